@@ -1,0 +1,147 @@
+"""Every error the API reports, one class per code.
+
+The class fixes the code and the HTTP status; the instance carries the message and
+the details. One handler in ``api`` turns any :class:`HMError` into
+``{"error": {"code", "message", "details"}}``.
+
+    HMError (500 INTERNAL_ERROR)
+    ├── BadRequest (400 BAD_REQUEST)
+    │   ├── ValidationFailed (400 VALIDATION_ERROR)
+    │   ├── ImageNotFound (400 IMAGE_NOT_FOUND)
+    │   ├── UnsupportedLanguage (400 UNSUPPORTED_LANGUAGE)
+    │   └── ScriptSyntaxError (400 SCRIPT_SYNTAX_ERROR)
+    ├── NotFound (404 NOT_FOUND)
+    │   └── VmNotFound (404 VM_NOT_FOUND)
+    ├── Conflict (409 CONFLICT)
+    │   ├── NameTaken (409 NAME_TAKEN)
+    │   ├── InvalidState (409 INVALID_STATE)
+    │   ├── IdempotencyConflict (409 IDEMPOTENCY_CONFLICT)
+    │   └── WaitTimeout (409 WAIT_TIMEOUT)
+    ├── Unsupported (422 UNSUPPORTED_ON_HOST)
+    ├── ScriptRuntimeError (422 SCRIPT_RUNTIME_ERROR)
+    ├── ScriptLimitExceeded (422 SCRIPT_LIMIT_EXCEEDED)
+    ├── ImagePullFailed (502 IMAGE_PULL_FAILED)
+    └── HypervisorError (500 HYPERVISOR_ERROR)
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "BadRequest",
+    "Conflict",
+    "HMError",
+    "HypervisorError",
+    "IdempotencyConflict",
+    "ImageNotFound",
+    "ImagePullFailed",
+    "InvalidState",
+    "NameTaken",
+    "NotFound",
+    "ScriptLimitExceeded",
+    "ScriptRuntimeError",
+    "ScriptSyntaxError",
+    "Unsupported",
+    "UnsupportedLanguage",
+    "ValidationFailed",
+    "VmNotFound",
+    "WaitTimeout",
+    "all_error_classes",
+]
+
+
+class HMError(Exception):
+    """Base of every error the API reports; the class fixes code and HTTP status."""
+
+    code: ClassVar[str] = "INTERNAL_ERROR"
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def body(self) -> dict[str, object]:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+class BadRequest(HMError):
+    code, status = "BAD_REQUEST", 400
+
+
+class ValidationFailed(BadRequest):
+    code, status = "VALIDATION_ERROR", 400
+
+
+class ImageNotFound(BadRequest):
+    code, status = "IMAGE_NOT_FOUND", 400
+
+
+class UnsupportedLanguage(BadRequest):
+    code, status = "UNSUPPORTED_LANGUAGE", 400
+
+
+class ScriptSyntaxError(BadRequest):
+    code, status = "SCRIPT_SYNTAX_ERROR", 400
+
+
+class NotFound(HMError):
+    code, status = "NOT_FOUND", 404
+
+
+class VmNotFound(NotFound):
+    code, status = "VM_NOT_FOUND", 404
+
+
+class Conflict(HMError):
+    code, status = "CONFLICT", 409
+
+
+class NameTaken(Conflict):
+    code, status = "NAME_TAKEN", 409
+
+
+class InvalidState(Conflict):
+    code, status = "INVALID_STATE", 409
+
+
+class IdempotencyConflict(Conflict):
+    code, status = "IDEMPOTENCY_CONFLICT", 409
+
+
+class WaitTimeout(Conflict):
+    code, status = "WAIT_TIMEOUT", 409
+
+
+class Unsupported(HMError):
+    """The request is well formed but this host cannot honour it."""
+
+    code, status = "UNSUPPORTED_ON_HOST", 422
+
+
+class ScriptRuntimeError(HMError):
+    code, status = "SCRIPT_RUNTIME_ERROR", 422
+
+
+class ScriptLimitExceeded(HMError):
+    code, status = "SCRIPT_LIMIT_EXCEEDED", 422
+
+
+class ImagePullFailed(HMError):
+    code, status = "IMAGE_PULL_FAILED", 502
+
+
+class HypervisorError(HMError):
+    code, status = "HYPERVISOR_ERROR", 500
+
+
+def all_error_classes() -> list[type[HMError]]:
+    """Every error class, base first, for documentation and uniqueness tests."""
+    found: list[type[HMError]] = []
+    pending: list[type[HMError]] = [HMError]
+    while pending:
+        cls = pending.pop(0)
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
