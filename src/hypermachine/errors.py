@@ -12,6 +12,9 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     │   └── ScriptSyntaxError (400 SCRIPT_SYNTAX_ERROR)
     ├── NotFound (404 NOT_FOUND)
     │   └── VmNotFound (404 VM_NOT_FOUND)
+    ├── MethodNotAllowed (405 METHOD_NOT_ALLOWED)
+    ├── PayloadTooLarge (413 PAYLOAD_TOO_LARGE)
+    ├── UnsupportedMediaType (415 UNSUPPORTED_MEDIA_TYPE)
     ├── Conflict (409 CONFLICT)
     │   ├── NameTaken (409 NAME_TAKEN)
     │   ├── InvalidState (409 INVALID_STATE)
@@ -37,13 +40,16 @@ __all__ = [
     "ImageNotFound",
     "ImagePullFailed",
     "InvalidState",
+    "MethodNotAllowed",
     "NameTaken",
     "NotFound",
+    "PayloadTooLarge",
     "ScriptLimitExceeded",
     "ScriptRuntimeError",
     "ScriptSyntaxError",
     "Unsupported",
     "UnsupportedLanguage",
+    "UnsupportedMediaType",
     "ValidationFailed",
     "VmNotFound",
     "WaitTimeout",
@@ -92,6 +98,18 @@ class NotFound(HMError):
 
 class VmNotFound(NotFound):
     code, status = "VM_NOT_FOUND", 404
+
+
+class MethodNotAllowed(HMError):
+    code, status = "METHOD_NOT_ALLOWED", 405
+
+
+class PayloadTooLarge(HMError):
+    code, status = "PAYLOAD_TOO_LARGE", 413
+
+
+class UnsupportedMediaType(HMError):
+    code, status = "UNSUPPORTED_MEDIA_TYPE", 415
 
 
 class Conflict(HMError):

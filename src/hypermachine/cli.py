@@ -1,0 +1,142 @@
+"""``hypermachine serve | image … | script …``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .config import ConfigError, Settings, load_settings
+
+__all__ = ["main"]
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    config_file = Path(args.config) if getattr(args, "config", None) else None
+    overrides = {"data_dir": getattr(args, "data_dir", None), **extra}
+    return load_settings(config_file=config_file, overrides=overrides)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    settings = _settings(args, host=args.host, port=args.port, accelerator=args.accelerator)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    print(f"HyperMachine serving on http://{settings.host}:{settings.port}", flush=True)
+    trio.run(serve, settings)
+    return 0
+
+
+def _catalogue(args: argparse.Namespace) -> Any:
+    from .images import Catalogue
+
+    settings = _settings(args)
+    return Catalogue(
+        settings.catalogue_file, settings.builtin_images_dir, settings.images_store_dir
+    )
+
+
+def _cmd_image_list(args: argparse.Namespace) -> int:
+    for image in _catalogue(args).list():
+        info = image.to_dict()
+        mark = "available" if info["available"] else "not on disk"
+        print(f"{info['name']:<16} {info['boot']:<7} {mark:<12} {info['description']}")
+    return 0
+
+
+def _cmd_image_pull(args: argparse.Namespace) -> int:
+    from .images import progress_bar
+
+    image = _catalogue(args).pull(args.name, progress_bar(sys.stderr))
+    print(f"pulled {image.name}")
+    return 0
+
+
+def _cmd_image_import(args: argparse.Namespace) -> int:
+    kernel_boot = args.kernel is not None
+    image = _catalogue(args).import_file(
+        args.name,
+        Path(args.path),
+        boot="kernel" if kernel_boot else "disk",
+        kernel=Path(args.kernel) if kernel_boot else None,
+        initrd=Path(args.initrd) if args.initrd else None,
+        append=args.append or "",
+    )
+    print(f"imported {image.name}")
+    return 0
+
+
+def _cmd_script_run(args: argparse.Namespace) -> int:
+    from .scriptcli import run_script_file
+
+    return run_script_file(Path(args.file), vm_id=args.vm, server=args.server)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hypermachine", description=__doc__)
+    parser.add_argument("--config", help="TOML settings file (also HM_CONFIG)")
+    parser.add_argument("--data-dir", help="state directory (also HM_DATA_DIR)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the API server")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--accelerator", choices=["auto", "kvm", "tcg"], default=None)
+    serve.add_argument("--data-dir", dest="data_dir", default=argparse.SUPPRESS)
+    serve.set_defaults(run=_cmd_serve)
+
+    image = commands.add_parser("image", help="the image catalogue").add_subparsers(
+        dest="image_command", required=True
+    )
+    image.add_parser("list", help="list catalogue images").set_defaults(run=_cmd_image_list)
+    pull = image.add_parser("pull", help="download a catalogue image and verify it")
+    pull.add_argument("name")
+    pull.set_defaults(run=_cmd_image_pull)
+    imp = image.add_parser("import", help="add a local qcow2/raw file to the catalogue")
+    imp.add_argument("name")
+    imp.add_argument("path")
+    imp.add_argument("--kernel", help="boot this kernel directly instead of the disk")
+    imp.add_argument("--initrd")
+    imp.add_argument("--append", help="kernel command line (with --kernel)")
+    imp.set_defaults(run=_cmd_image_import)
+
+    script = commands.add_parser("script", help="Rhai scripts").add_subparsers(
+        dest="script_command", required=True
+    )
+    run = script.add_parser("run", help="run a Rhai script (locally, or on a server's VM)")
+    run.add_argument("file")
+    run.add_argument("--vm", help="bind the script to this VM (runs on the server)")
+    run.add_argument("--server", default="http://127.0.0.1:8080")
+    run.set_defaults(run=_cmd_script_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except ConfigError as err:
+        print(f"hypermachine: configuration error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # the CLI's last word: one line, not a traceback
+        from .errors import HMError
+
+        if isinstance(err, HMError):
+            print(f"hypermachine: {err.message}", file=sys.stderr)
+            print(json.dumps(err.details), file=sys.stderr)
+            return 1
+        raise
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

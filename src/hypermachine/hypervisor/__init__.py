@@ -1,0 +1,1 @@
+"""Everything that touches QEMU: argv building, QMP, processes, disks, host facts."""

@@ -1,0 +1,62 @@
+"""Where one VM's files live: its disk and logs under the data dir, its sockets
+and pidfile under the short runtime dir (unix socket paths are capped at 108 bytes).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["VmPaths"]
+
+_SOCKET_PATH_MAX = 107
+
+
+@dataclass(frozen=True)
+class VmPaths:
+    vm_dir: Path
+    run_dir: Path
+
+    @classmethod
+    def for_vm(cls, vms_dir: Path, runtime_dir: Path, vm_id: str) -> VmPaths:
+        return cls(vm_dir=vms_dir / vm_id, run_dir=runtime_dir / vm_id)
+
+    @property
+    def disk(self) -> Path:
+        return self.vm_dir / "disk.qcow2"
+
+    @property
+    def console_log(self) -> Path:
+        return self.vm_dir / "console.log"
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.vm_dir / "qemu.log"
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.run_dir / "qmp.sock"
+
+    @property
+    def serial_socket(self) -> Path:
+        return self.run_dir / "serial.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run_dir / "qemu.pid"
+
+    def make(self) -> None:
+        """Create both folders (private to the server's user)."""
+        for folder in (self.vm_dir, self.run_dir):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        longest = max(len(str(p)) for p in (self.qmp_socket, self.serial_socket))
+        if longest > _SOCKET_PATH_MAX:
+            raise ValueError(f"runtime dir {self.run_dir} is too long for unix sockets")
+
+    def clear_runtime(self) -> None:
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def remove(self) -> None:
+        self.clear_runtime()
+        shutil.rmtree(self.vm_dir, ignore_errors=True)

@@ -1,0 +1,251 @@
+"""One live QEMU process: launching it, supervising it, and acting on it over QMP.
+
+A :class:`Machine` exists while a QEMU process does. Its :meth:`supervise` task
+(owned by the manager's nursery) turns QMP events and the process's exit into
+state reports through a callback; cancelling it only detaches — QEMU keeps
+running and a restarted server re-adopts it, as libvirt does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import trio
+
+from ..errors import HypervisorError
+from ..models import VmState
+from .layout import VmPaths
+from .qmp import QmpBridge, QmpGone, QmpSession
+
+__all__ = ["ExitReport", "Machine", "adopt_pid", "spawn_qemu"]
+
+log = logging.getLogger(__name__)
+
+# (state, reason) reported to the manager; it stores and announces them.
+StateReport = Callable[[VmState, str | None], Awaitable[None]]
+
+_SHUTDOWN_REASONS = {
+    "guest-shutdown": "the guest powered itself off",
+    "host-qmp-quit": "stopped on request",
+    "host-signal": "QEMU was terminated by a signal",
+    "guest-panic": "the guest kernel panicked",
+}
+
+
+@dataclass
+class ExitReport:
+    """What we learned before QEMU exited, to explain the exit."""
+
+    shutdown_reason: str | None = None
+    panic: dict[str, object] | None = None
+    returncode: int | None = None
+    log_tail: str = ""
+    stop_requested: str | None = None  # set when the server itself is stopping the VM
+
+    def outcome(self) -> tuple[VmState, str]:
+        if self.panic is not None or self.shutdown_reason == "guest-panic":
+            return VmState.ERROR, "the guest kernel panicked"
+        if self.stop_requested is not None:
+            return VmState.STOPPED, self.stop_requested
+        if self.shutdown_reason is not None:
+            return VmState.STOPPED, _SHUTDOWN_REASONS.get(
+                self.shutdown_reason, f"shut down ({self.shutdown_reason})"
+            )
+        how = (
+            f"killed by signal {-self.returncode}"
+            if self.returncode is not None and self.returncode < 0
+            else f"exit status {self.returncode}"
+            if self.returncode is not None
+            else "no exit status (not our child)"
+        )
+        tail = f": {self.log_tail}" if self.log_tail else ""
+        return VmState.ERROR, f"QEMU exited unexpectedly ({how}){tail}"
+
+
+def _listening_socket(path: Path) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.listen(8)
+    return sock
+
+
+def spawn_qemu(
+    build_argv: Callable[[int], list[str]], paths: VmPaths
+) -> subprocess.Popen[bytes]:
+    """Start QEMU detached (own session) with a ready QMP listening socket.
+
+    ``build_argv`` receives the QMP socket's fd number. QEMU's output goes to
+    ``paths.qemu_log``.
+
+    Raises:
+        HypervisorError: the binary could not be executed.
+    """
+    paths.make()
+    qmp = _listening_socket(paths.qmp_socket)
+    try:
+        argv = build_argv(qmp.fileno())
+        with open(paths.qemu_log, "ab") as out:
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                pass_fds=(qmp.fileno(),),
+                start_new_session=True,
+                close_fds=True,
+            )
+    except OSError as err:
+        raise HypervisorError(f"cannot start QEMU: {err.strerror}", argv0=str(err.filename)) from err
+    finally:
+        qmp.close()  # QEMU holds its own copy of the listening socket
+
+
+def adopt_pid(paths: VmPaths, vm_uuid: str) -> int | None:
+    """The pid of this VM's QEMU if it is still running, checked by UUID on its command line."""
+    try:
+        pid = int(paths.pidfile.read_text().strip())
+        cmdline = psutil.Process(pid).cmdline()
+    except (OSError, ValueError, psutil.Error):
+        return None
+    return pid if vm_uuid in cmdline and "-uuid" in cmdline else None
+
+
+def _log_tail(path: Path, limit: int = 400) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text.splitlines() if line.strip())[-limit:]
+
+
+@dataclass
+class Machine:
+    """A running QEMU and the means to talk to it."""
+
+    vm_id: str
+    pid: int
+    paths: VmPaths
+    child: subprocess.Popen[bytes] | None = None  # None for a re-adopted process
+    session: QmpSession | None = None
+    exited: trio.Event = field(default_factory=trio.Event)
+    report: ExitReport = field(default_factory=ExitReport)
+    _nursery: trio.Nursery | None = None
+    _process: psutil.Process | None = None
+
+    async def connect(self, bridge: QmpBridge, timeout_s: float) -> QmpSession:
+        """Open QMP (QEMU may still be starting).
+
+        Raises:
+            HypervisorError: no QMP answer within ``timeout_s`` or QEMU died first.
+        """
+        try:
+            with trio.fail_after(timeout_s):
+                self.session = await bridge.connect(self.paths.qmp_socket, name=self.vm_id)
+        except (trio.TooSlowError, QmpGone) as err:
+            raise HypervisorError(
+                "QEMU did not answer on QMP", reason=str(err), log=_log_tail(self.paths.qemu_log)
+            ) from err
+        with contextlib.suppress(psutil.Error):
+            self._process = psutil.Process(self.pid)
+            self._process.cpu_percent(None)  # prime: the next call measures from here
+        return self.session
+
+    async def execute(self, command: str, arguments: dict[str, object] | None = None) -> object:
+        if self.session is None:
+            raise HypervisorError("QMP is not connected", vm_id=self.vm_id)
+        try:
+            return await self.session.execute(command, arguments)
+        except QmpGone as err:
+            raise HypervisorError(f"QEMU went away during {command}", vm_id=self.vm_id) from err
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+    @property
+    def process(self) -> psutil.Process | None:
+        return self._process
+
+    async def terminate(self, grace_s: float) -> None:
+        """``quit`` over QMP, SIGKILL after ``grace_s``; returns once QEMU is gone."""
+        with trio.move_on_after(grace_s):
+            with contextlib.suppress(HypervisorError):
+                await self.execute("quit")
+            await self.exited.wait()
+            return
+        self.kill()
+        await self.exited.wait()
+
+    def start_soon(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run ``fn`` as a task of this machine's supervisor (it ends with the VM)."""
+        if self._nursery is None:
+            raise HypervisorError("the VM is not being supervised", vm_id=self.vm_id)
+        self._nursery.start_soon(fn)
+
+    async def supervise(
+        self, on_state: StateReport, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Follow QMP events and the process until QEMU exits, then report the outcome.
+
+        Cancellation detaches: QMP closes and QEMU keeps running.
+        """
+        pidfd = os.pidfd_open(self.pid)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._follow_events, on_state)
+                task_status.started()
+                await trio.lowlevel.wait_readable(pidfd)
+                nursery.cancel_scope.cancel()
+            self._reap()
+            self.exited.set()
+            state, reason = self.report.outcome()
+            await on_state(state, reason)
+        finally:
+            self._nursery = None
+            os.close(pidfd)
+            if self.session is not None:
+                await self.session.close()
+
+    def _reap(self) -> None:
+        if self.child is not None:
+            self.report.returncode = self.child.wait()
+        self.report.log_tail = _log_tail(self.paths.qemu_log)
+
+    async def _follow_events(self, on_state: StateReport) -> None:
+        if self.session is None:
+            return
+        async for event in self.session.events:
+            name, data = event.get("event"), event.get("data") or {}
+            log.debug("%s: QMP event %s %s", self.vm_id, name, data)
+            if name == "SHUTDOWN":
+                self.report.shutdown_reason = str(data.get("reason"))
+            elif name == "GUEST_PANICKED":
+                self.report.panic = dict(data)
+                log.warning("%s: guest panicked: %s", self.vm_id, data)
+            elif name == "STOP" and self.report.shutdown_reason is None:
+                await self._report_run_state(on_state)
+            elif name == "RESUME":
+                await on_state(VmState.RUNNING, None)
+
+    async def _report_run_state(self, on_state: StateReport) -> None:
+        try:
+            status = await self.execute("query-status")
+        except HypervisorError:
+            return  # QEMU is exiting; the exit report explains it
+        if isinstance(status, dict) and status.get("status") == "paused":
+            await on_state(VmState.PAUSED, None)

@@ -1,0 +1,540 @@
+"""All VMs: the operations the API, agent tools and scripts call.
+
+Ownership: ``Manager.run`` is started with ``nursery.start`` by the server; it
+re-adopts every QEMU still running before it reports ready, and owns one
+supervisor task per live VM plus the provisioning tasks of VMs being created.
+Every state change is written to the store first and then announced to waiters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid as uuidlib
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import psutil
+import trio
+
+from ..config import Settings
+from ..errors import HMError, HypervisorError, ImageNotFound, InvalidState, VmNotFound, WaitTimeout
+from ..models import CreateVmRequest, DiskStats, Vm, VmMetrics, VmSpec, VmState
+from ..states import LIVE_STATES, Action, transition
+from ..store import Store, fingerprint, utcnow
+from . import disks
+from .cmdline import BootSource, build_argv
+from .host import HostFacts, check_supported
+from .layout import VmPaths
+from .machine import Machine, adopt_pid, spawn_qemu
+from .qmp import QmpBridge
+
+__all__ = ["CatalogueLike", "ImageLike", "Manager"]
+
+log = logging.getLogger(__name__)
+
+
+class ImageLike(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def disk(self) -> Path | None: ...
+    @property
+    def kernel(self) -> Path | None: ...
+    @property
+    def initrd(self) -> Path | None: ...
+    @property
+    def append(self) -> str: ...
+    @property
+    def available(self) -> bool: ...
+
+
+class CatalogueLike(Protocol):
+    def get(self, name: str) -> ImageLike: ...
+    def pull(self, name: str) -> ImageLike: ...
+
+
+@dataclass(frozen=True)
+class _Created:
+    vm: Vm
+    replayed: bool
+
+
+def _boot_source(image: ImageLike) -> BootSource:
+    return BootSource(
+        disk_format=image.format, kernel=image.kernel, initrd=image.initrd, append=image.append
+    )
+
+
+class Manager:
+    """Every VM operation, on real QEMU processes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        catalogue: CatalogueLike,
+        host: HostFacts,
+        bridge: QmpBridge,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._catalogue = catalogue
+        self.host = host
+        self._bridge = bridge
+        self._machines: dict[str, Machine] = {}
+        self._locks: dict[str, trio.Lock] = {}
+        self._changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    # -- life of the manager ---------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Re-adopt running VMs, report ready, then own their supervisors until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for vm in list(self._store.all_vms()):
+                await self._recover(vm)
+            task_status.started()
+            await trio.sleep_forever()
+
+    def _spawn(self, fn: Any, *args: Any) -> None:
+        if self._nursery is None:
+            raise HypervisorError("the VM manager is not running")
+        self._nursery.start_soon(fn, *args)
+
+    async def _recover(self, vm: Vm) -> None:
+        paths = self._paths(vm.id)
+        if vm.state in LIVE_STATES:
+            pid = adopt_pid(paths, vm.uuid)
+            if pid is None:
+                paths.clear_runtime()
+                self._set(vm.id, VmState.STOPPED, "QEMU was not running when the server started")
+                return
+            await self._adopt(vm, pid, paths)
+        elif vm.state is VmState.CREATING:
+            self._set(vm.id, VmState.ERROR, "creation was interrupted by a server restart")
+        elif vm.state is VmState.DELETING:
+            self._finish_delete(vm.id)
+
+    async def _adopt(self, vm: Vm, pid: int, paths: VmPaths) -> None:
+        machine = Machine(vm_id=vm.id, pid=pid, paths=paths)
+        try:
+            await machine.connect(self._bridge, self._settings.qmp_connect_timeout_s)
+            status = await machine.execute("query-status")
+        except HypervisorError as err:
+            log.error("%s: cannot re-adopt QEMU pid %d: %s", vm.id, pid, err.message)
+            machine.kill()
+            self._set(vm.id, VmState.ERROR, f"could not re-adopt QEMU: {err.message}")
+            return
+        run_state = status.get("status") if isinstance(status, dict) else None
+        if run_state == "prelaunch":  # we died between launch and `cont`
+            await machine.execute("cont")
+            run_state = "running"
+        state = VmState.PAUSED if run_state == "paused" else VmState.RUNNING
+        self._set(vm.id, state, None, pid=pid)
+        await self._supervise(machine)
+        log.info("%s: re-adopted QEMU pid %d (%s)", vm.id, pid, state.value)
+        if vm.state is VmState.STOPPING:
+            await self.stop(vm.id, force=True)
+
+    # -- state bookkeeping -----------------------------------------------------
+
+    def _paths(self, vm_id: str) -> VmPaths:
+        return VmPaths.for_vm(self._settings.vms_dir, self._settings.runtime_dir, vm_id)
+
+    def _lock(self, vm_id: str) -> trio.Lock:
+        return self._locks.setdefault(vm_id, trio.Lock())
+
+    def _set(self, vm_id: str, state: VmState, reason: str | None, **extra: Any) -> Vm:
+        vm = self._store.update_vm(vm_id, state=state, state_reason=reason, **extra)
+        self._announce()
+        return vm
+
+    def _announce(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _machine(self, vm_id: str) -> Machine:
+        machine = self._machines.get(vm_id)
+        if machine is None:
+            vm = self._store.get_vm(vm_id)
+            raise InvalidState(
+                f"VM is {vm.state.value}, no QEMU process", current=vm.state.value
+            )
+        return machine
+
+    # -- queries ---------------------------------------------------------------
+
+    def get(self, vm_id: str) -> Vm:
+        return self._store.get_vm(vm_id)
+
+    def list(
+        self,
+        *,
+        states: list[VmState] | None = None,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[Vm], str | None]:
+        return self._store.list_vms(
+            states=states, name=name, labels=labels, limit=limit, cursor=cursor
+        )
+
+    async def wait_for(self, vm_id: str, states: Collection[VmState], timeout_s: float) -> Vm:
+        """Return the VM once it is in one of ``states``.
+
+        Raises:
+            WaitTimeout: not reached within ``timeout_s``.
+            InvalidState: the VM went to ``error`` instead (and error was not awaited).
+            VmNotFound: the VM does not exist (or was deleted meanwhile).
+        """
+        timeout_s = min(timeout_s, self._settings.wait_timeout_max_s)
+        deadline = trio.current_time() + timeout_s
+        while True:
+            changed = self._changed
+            vm = self._store.get_vm(vm_id)
+            if vm.state in states:
+                return vm
+            if vm.state is VmState.ERROR:
+                raise InvalidState(
+                    f"VM went to error: {vm.state_reason}",
+                    current=vm.state.value,
+                    reason=vm.state_reason,
+                )
+            with trio.move_on_at(deadline):
+                await changed.wait()
+            if trio.current_time() >= deadline:
+                raise WaitTimeout(
+                    f"VM did not reach {'/'.join(sorted(states))} within {timeout_s:g} s",
+                    current=vm.state.value,
+                    awaited=sorted(states),
+                )
+
+    # -- create / delete -------------------------------------------------------
+
+    async def create(self, request: CreateVmRequest, idempotency_key: str | None = None) -> _Created:
+        """Record the VM (state ``creating``) and provision its disk in the background.
+
+        Raises:
+            ImageNotFound, Unsupported, NameTaken, IdempotencyConflict.
+        """
+        body = request.model_dump(mode="json")
+        if idempotency_key is not None:
+            replay = self._replay(idempotency_key, fingerprint(body))
+            if replay is not None:
+                return _Created(replay, replayed=True)
+        image = self._catalogue.get(request.image)
+        check_supported(request, self.host)
+        now = utcnow()
+        vm_uuid = str(uuidlib.uuid4())
+        spec = VmSpec.model_validate(request.model_dump(exclude={"start", "wait"}))
+        vm = Vm(
+            **spec.model_dump(),
+            id=f"vm-{vm_uuid.replace('-', '')[:12]}",
+            uuid=vm_uuid,
+            state=VmState.CREATING,
+            created_at=now,
+            updated_at=now,
+        )
+        self._store.insert_vm(vm)
+        if idempotency_key is not None:
+            self._store.put_idempotency(idempotency_key, fingerprint(body), vm.id)
+        self._announce()
+        if not image.available:
+            self._spawn(self._pull_then_provision, vm.id, request.start)
+        else:
+            await self._nursery_start(self._provision, vm.id, image, request.start)
+        return _Created(vm, replayed=False)
+
+    async def _nursery_start(self, fn: Any, *args: Any) -> None:
+        if self._nursery is None:
+            raise HypervisorError("the VM manager is not running")
+        await self._nursery.start(fn, *args)
+
+    def _replay(self, key: str, body_fingerprint: str) -> Vm | None:
+        from ..errors import IdempotencyConflict
+
+        record = self._store.get_idempotency(key, max_age_s=self._settings.idempotency_ttl_s)
+        if record is None:
+            return None
+        if record.fingerprint != body_fingerprint:
+            raise IdempotencyConflict(
+                "this Idempotency-Key was used with a different request body", key=key
+            )
+        try:
+            return self._store.get_vm(record.vm_id)
+        except VmNotFound:
+            return None
+
+    async def _pull_then_provision(self, vm_id: str, start: bool) -> None:
+        vm = self._store.get_vm(vm_id)
+        try:
+            image = await trio.to_thread.run_sync(self._catalogue.pull, vm.image)
+        except HMError as err:
+            self._set(vm_id, VmState.ERROR, f"image {vm.image!r} could not be pulled: {err}")
+            return
+        await self._provision(vm_id, image, start)
+
+    async def _provision(
+        self,
+        vm_id: str,
+        image: ImageLike,
+        start: bool,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with self._lock(vm_id):
+            task_status.started()  # the lock is held: lifecycle calls now queue behind us
+            vm = self._store.get_vm(vm_id)
+            if vm.state is not VmState.CREATING:
+                return  # deleted meanwhile
+            paths = self._paths(vm_id)
+            try:
+                await self._make_disk(vm, image, paths)
+            except HMError as err:
+                self._set(vm_id, VmState.ERROR, f"disk creation failed: {err.message}")
+                return
+            self._set(vm_id, VmState.STOPPED, None)
+        if start:
+            with contextlib.suppress(HMError):
+                await self.start(vm_id)
+
+    async def _make_disk(self, vm: Vm, image: ImageLike, paths: VmPaths) -> None:
+        paths.vm_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        binary = self._settings.qemu_img_binary
+        if image.disk is None:
+            await disks.create_blank(binary, overlay=paths.disk, size_gb=vm.disk_gb)
+        else:
+            await disks.create_overlay(
+                binary,
+                base=image.disk,
+                base_format=image.format,
+                overlay=paths.disk,
+                size_gb=vm.disk_gb,
+            )
+
+    async def delete(self, vm_id: str, *, force: bool = False) -> None:
+        """Remove the VM, its disk and files. ``force`` kills a live QEMU first.
+
+        Raises:
+            VmNotFound, InvalidState (live VM without ``force``).
+        """
+        async with self._lock(vm_id):
+            vm = self._store.get_vm(vm_id)
+            transition(vm.state, Action.FORCE_DELETE if force else Action.DELETE)
+            self._set(vm_id, VmState.DELETING, None)
+            machine = self._machines.get(vm_id)
+            if machine is not None:
+                machine.report.stop_requested = "deleted"
+                await machine.terminate(0)
+        self._finish_delete(vm_id)
+
+    def _finish_delete(self, vm_id: str) -> None:
+        self._paths(vm_id).remove()
+        self._store.delete_vm(vm_id)
+        self._locks.pop(vm_id, None)
+        self._announce()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self, vm_id: str) -> Vm:
+        """Launch QEMU (paused), connect QMP and let the guest run.
+
+        Returns once QEMU is launched (state ``starting``); the VM becomes
+        ``running`` when QEMU confirms, or ``error`` with QEMU's complaint.
+
+        Raises:
+            VmNotFound, InvalidState, ImageNotFound.
+        """
+        async with self._lock(vm_id):
+            vm = self._store.get_vm(vm_id)
+            transition(vm.state, Action.START)
+            image = self._catalogue.get(vm.image)
+            if not image.available:
+                raise ImageNotFound(f"image {vm.image!r} is not on disk", image=vm.image)
+            vm = self._set(vm_id, VmState.STARTING, None)
+            await self._nursery_start(self._launch, vm, _boot_source(image))
+        return vm
+
+    async def _launch(
+        self, vm: Vm, boot: BootSource, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        paths = self._paths(vm.id)
+        settings = self._settings
+
+        def argv(qmp_fd: int) -> list[str]:
+            return build_argv(
+                vm,
+                boot,
+                paths,
+                qemu_binary=settings.qemu_binary,
+                accelerator=self.host.accelerator,
+                qmp_fd=qmp_fd,
+            )
+
+        try:
+            child = spawn_qemu(argv, paths)
+        except (HMError, ValueError) as err:
+            self._set(vm.id, VmState.ERROR, f"QEMU could not be started: {err}")
+            task_status.started()
+            return
+        machine = Machine(vm_id=vm.id, pid=child.pid, paths=paths, child=child)
+        self._machines[vm.id] = machine
+        task_status.started()
+        try:
+            await machine.connect(self._bridge, settings.qmp_connect_timeout_s)
+            await machine.execute("cont")
+        except HMError as err:
+            with trio.CancelScope(shield=True):
+                machine.kill()
+                await trio.to_thread.run_sync(child.wait)
+            self._machines.pop(vm.id, None)
+            details = err.details.get("log") or err.details.get("reason") or ""
+            self._set(vm.id, VmState.ERROR, f"{err.message}: {details}".rstrip(": "))
+            return
+        self._set(
+            vm.id,
+            VmState.RUNNING,
+            None,
+            pid=child.pid,
+            started_at=utcnow(),
+            accelerator=self.host.accelerator,
+        )
+        await self._supervise_here(machine)
+
+    async def _supervise(self, machine: Machine) -> None:
+        self._machines[machine.vm_id] = machine
+        await self._nursery_start(self._supervise_here, machine)
+
+    async def _supervise_here(
+        self, machine: Machine, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async def on_state(state: VmState, reason: str | None) -> None:
+            self._on_machine_state(machine, state, reason)
+
+        try:
+            await machine.supervise(on_state, task_status=task_status)
+        finally:
+            if machine.exited.is_set():
+                self._machines.pop(machine.vm_id, None)
+
+    def _on_machine_state(self, machine: Machine, state: VmState, reason: str | None) -> None:
+        try:
+            current = self._store.get_vm(machine.vm_id).state
+        except VmNotFound:
+            return
+        if machine.exited.is_set():
+            if current is not VmState.DELETING:
+                machine.paths.clear_runtime()
+                self._set(machine.vm_id, state, reason, pid=None)
+            return
+        # While the server stops or deletes a VM, QEMU's pause/resume chatter is noise.
+        if current in (VmState.STOPPING, VmState.DELETING, VmState.STARTING):
+            return
+        if state is not current:
+            self._set(machine.vm_id, state, reason)
+
+    async def stop(self, vm_id: str, *, force: bool = False, timeout_s: float | None = None) -> Vm:
+        """Ask the guest to power off (ACPI), quitting QEMU if it has not within the
+        timeout; ``force`` quits at once. A paused guest cannot see ACPI, so it is quit.
+
+        Returns with the VM ``stopping``; it becomes ``stopped`` when QEMU exits.
+        """
+        async with self._lock(vm_id):
+            vm = self._store.get_vm(vm_id)
+            transition(vm.state, Action.STOP)
+            machine = self._machine(vm_id)
+            graceful = not force and vm.state is VmState.RUNNING
+            machine.report.stop_requested = "stopped on request"
+            vm = self._set(vm_id, VmState.STOPPING, None)
+            timeout = timeout_s or self._settings.stop_timeout_s
+
+            async def stop_machine() -> None:
+                if graceful:
+                    with trio.move_on_after(timeout):
+                        await machine.execute("system_powerdown")
+                        await machine.exited.wait()
+                    if machine.exited.is_set():
+                        machine.report.stop_requested = "the guest powered off (ACPI)"
+                        return
+                    machine.report.stop_requested = (
+                        f"the guest did not power off within {timeout:g} s; QEMU was quit"
+                    )
+                await machine.terminate(self._settings.kill_grace_s)
+
+            machine.start_soon(stop_machine)
+        return vm
+
+    async def pause(self, vm_id: str) -> Vm:
+        return await self._simple(vm_id, Action.PAUSE, "stop", VmState.PAUSED)
+
+    async def resume(self, vm_id: str) -> Vm:
+        return await self._simple(vm_id, Action.RESUME, "cont", VmState.RUNNING)
+
+    async def reboot(self, vm_id: str) -> Vm:
+        """Hard reset of the guest (QMP ``system_reset``); the VM stays running."""
+        return await self._simple(vm_id, Action.REBOOT, "system_reset", VmState.RUNNING)
+
+    async def _simple(self, vm_id: str, action: Action, command: str, target: VmState) -> Vm:
+        async with self._lock(vm_id):
+            vm = self._store.get_vm(vm_id)
+            transition(vm.state, action)
+            await self._machine(vm_id).execute(command)
+            return self._set(vm_id, target, None)
+
+    # -- metrics ---------------------------------------------------------------
+
+    async def metrics(self, vm_id: str) -> VmMetrics:
+        """Raises: VmNotFound, InvalidState (no QEMU process)."""
+        vm = self._store.get_vm(vm_id)
+        if vm.state not in (VmState.RUNNING, VmState.PAUSED):
+            raise InvalidState(
+                f"metrics need a running VM; it is {vm.state.value}",
+                current=vm.state.value,
+                allowed=["paused", "running"],
+            )
+        machine = self._machine(vm_id)
+        stats = await machine.execute("query-blockstats")
+        disks_ = [_disk_stats(entry) for entry in stats] if isinstance(stats, list) else []
+        cpu, rss = 0.0, 0
+        process = machine.process
+        if process is not None:
+            with contextlib.suppress(psutil.Error):
+                cpu, rss = process.cpu_percent(None), process.memory_info().rss
+        started = vm.started_at or vm.updated_at
+        return VmMetrics(
+            vm_id=vm_id,
+            vcpus=vm.cpus,
+            cpu_percent=cpu,
+            memory_rss_bytes=rss,
+            memory_configured_bytes=vm.memory_mb * 1024 * 1024,
+            disk=disks_,
+            disk_read_bytes=sum(d.read_bytes for d in disks_),
+            disk_write_bytes=sum(d.write_bytes for d in disks_),
+            disk_read_ops=sum(d.read_ops for d in disks_),
+            disk_write_ops=sum(d.write_ops for d in disks_),
+            uptime_seconds=max(0.0, (utcnow() - started).total_seconds()),
+        )
+
+    # -- shutdown --------------------------------------------------------------
+
+    def live_machines(self) -> int:
+        return len(self._machines)
+
+
+def _disk_stats(entry: dict[str, Any]) -> DiskStats:
+    stats = entry.get("stats", {})
+    return DiskStats(
+        device=str(entry.get("qdev") or entry.get("device") or entry.get("node-name") or "?"),
+        read_bytes=int(stats.get("rd_bytes", 0)),
+        write_bytes=int(stats.get("wr_bytes", 0)),
+        read_ops=int(stats.get("rd_operations", 0)),
+        write_ops=int(stats.get("wr_operations", 0)),
+    )
+

@@ -1,0 +1,160 @@
+"""The Trio face of ``qemu.qmp``: the one module that touches asyncio.
+
+``qemu.qmp`` is asyncio-only. Rather than patching asyncio for the whole process
+(trio-asyncio), one asyncio loop runs in one thread and hosts every QMP client:
+
+    bridge = QmpBridge()                       # starts the loop thread
+    session = await bridge.connect(path, name="vm-1")
+    await session.execute("cont")              # awaits an asyncio future from Trio
+    async for event in session.events: ...     # events arrive on a Trio channel
+    await session.close()
+    bridge.close()                             # stops the loop thread
+
+A command's future wakes Trio through the Trio token (no worker thread is held
+while QEMU answers); cancelling the Trio side cancels the asyncio future. Errors
+are translated here: a failed command becomes :class:`HypervisorError`, a lost
+connection :class:`QmpGone`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPClient, StateError
+from qemu.qmp.error import QMPError
+
+from ..errors import HypervisorError
+
+__all__ = ["QmpBridge", "QmpGone", "QmpSession"]
+
+T = TypeVar("T")
+QmpEvent = dict[str, Any]
+
+
+class QmpGone(Exception):
+    """The QMP connection is closed or could not be made (QEMU is gone or going)."""
+
+
+class QmpBridge:
+    """Owns the asyncio loop thread that every :class:`QmpSession` runs on."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="qmp-asyncio", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop thread and await its result from Trio."""
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        done = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+
+        def wake(_: object) -> None:
+            try:
+                token.run_sync_soon(done.set)
+            except trio.RunFinishedError:
+                pass
+
+        future.add_done_callback(wake)
+        try:
+            await done.wait()
+        except BaseException:
+            future.cancel()
+            raise
+        return future.result()
+
+    async def connect(self, socket_path: Path, *, name: str) -> QmpSession:
+        """Connect and negotiate; events flow from this moment on.
+
+        Raises:
+            QmpGone: nobody answers on ``socket_path`` or negotiation failed.
+        """
+        send, receive = trio.open_memory_channel[QmpEvent](math.inf)
+        token = trio.lowlevel.current_trio_token()
+
+        def forward(event: QmpEvent) -> None:
+            try:
+                send.send_nowait(event)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+        async def open_client() -> tuple[QMPClient, asyncio.Task[None]]:
+            client = QMPClient(name)
+            await client.connect(str(socket_path))
+
+            async def pump() -> None:
+                async for message in client.events:
+                    try:
+                        token.run_sync_soon(forward, dict(message))
+                    except trio.RunFinishedError:
+                        return
+
+            return client, asyncio.get_running_loop().create_task(pump())
+
+        try:
+            client, pump = await self.run(open_client())
+        except (ConnectError, QMPError, OSError, EOFError) as err:
+            raise QmpGone(f"cannot connect QMP at {socket_path}: {err}") from err
+        return QmpSession(self, client, pump, receive)
+
+
+class QmpSession:
+    """One QMP connection to one QEMU."""
+
+    def __init__(
+        self,
+        bridge: QmpBridge,
+        client: QMPClient,
+        pump: asyncio.Task[None],
+        events: trio.MemoryReceiveChannel[QmpEvent],
+    ) -> None:
+        self._bridge = bridge
+        self._client = client
+        self._pump = pump
+        self.events = events
+
+    async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """Run one QMP command and return its ``return`` value.
+
+        Raises:
+            HypervisorError: QEMU answered with an error.
+            QmpGone: the connection dropped before the answer.
+        """
+        try:
+            return await self._bridge.run(self._client.execute(command, arguments))
+        except ExecuteError as err:
+            raise HypervisorError(
+                f"QEMU refused {command}: {err.error.desc}",
+                qmp_command=command,
+                qmp_error_class=err.error_class,
+            ) from err
+        except (ExecInterruptedError, StateError, EOFError, OSError, QMPError) as err:
+            raise QmpGone(f"QMP connection lost during {command}: {err}") from err
+
+    async def close(self) -> None:
+        """Disconnect; QEMU keeps running. Safe to call twice."""
+
+        async def shut() -> None:
+            self._pump.cancel()
+            try:
+                await self._client.disconnect()
+            except (EOFError, OSError, QMPError):
+                pass  # the peer had already gone, which is what we wanted
+
+        with trio.CancelScope(shield=True):
+            await self._bridge.run(shut())
+        self.events.close()

@@ -1,0 +1,81 @@
+"""Running the whole server: services, the VM manager, and Hypercorn on Trio.
+
+Ownership: ``serve`` opens the root nursery; ``Manager.run`` starts in it with
+``nursery.start`` (so HTTP is served only after every running VM is re-adopted);
+Hypercorn serves the app in the same nursery. On shutdown the manager's tasks are
+cancelled, which detaches from QEMU: VMs keep running for the next server.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from .api import Services, create_app
+from .config import Settings
+from .hypervisor.host import probe_host
+from .hypervisor.manager import Manager
+from .hypervisor.qmp import QmpBridge
+from .images import Catalogue
+from .store import Store
+
+__all__ = ["open_services", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def open_services(settings: Settings) -> AsyncIterator[Services]:
+    """Everything the API needs, with the manager running (VMs re-adopted) inside."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    host = await trio.to_thread.run_sync(probe_host, settings.qemu_binary, settings.accelerator)
+    store = Store(settings.database_file)
+    catalogue = Catalogue(
+        settings.catalogue_file, settings.builtin_images_dir, settings.images_store_dir
+    )
+    bridge = QmpBridge()
+    try:
+        async with trio.open_nursery() as nursery:
+            manager = Manager(settings, store, catalogue, host, bridge)
+            await nursery.start(manager.run)
+            yield Services(settings=settings, manager=manager, catalogue=catalogue)
+            nursery.cancel_scope.cancel()
+    finally:
+        bridge.close()
+        store.close()
+
+
+async def _until_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s, shutting down (VMs keep running)", signal.Signals(signum).name)
+            return
+
+
+async def serve(
+    settings: Settings, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    async with open_services(settings) as services:
+        host = services.manager.host
+        log.info(
+            "accelerator %s (%s), QEMU %s, data in %s",
+            host.accelerator,
+            host.accelerator_reason,
+            host.qemu_version,
+            settings.data_dir,
+        )
+        config = HypercornConfig()
+        config.bind = [f"{settings.host}:{settings.port}"]
+        config.accesslog = logging.getLogger("hypermachine.access")
+        config.errorlog = logging.getLogger("hypermachine.http")
+        config.h11_max_incomplete_size = 64 * 1024
+        config.read_timeout = 30
+        await hypercorn_serve(  # type: ignore[arg-type]
+            create_app(services), config, shutdown_trigger=_until_signal, task_status=task_status
+        )

@@ -1,0 +1,66 @@
+"""The VM state machine: which client action is allowed in which state.
+
+    creating -> stopped -> starting -> running <-> paused
+                   ^                      |          |
+                   +----- stopping <------+----------+
+    any -> error (with a reason); stopped/error -> deleting
+
+``transition`` is pure: it names the state an action moves a VM into, or raises
+:class:`~hypermachine.errors.InvalidState` with the current state and the states
+the action is allowed from.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from .errors import InvalidState
+from .models import VmState
+
+__all__ = ["LIVE_STATES", "Action", "allowed_from", "transition"]
+
+S = VmState
+
+
+class Action(StrEnum):
+    START = "start"
+    STOP = "stop"
+    PAUSE = "pause"
+    RESUME = "resume"
+    REBOOT = "reboot"
+    DELETE = "delete"
+    FORCE_DELETE = "force_delete"
+
+
+# States in which a QEMU process may exist.
+LIVE_STATES = frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING})
+
+_TABLE: dict[Action, tuple[frozenset[VmState], VmState]] = {
+    Action.START: (frozenset({S.STOPPED, S.ERROR}), S.STARTING),
+    Action.STOP: (frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING}), S.STOPPING),
+    Action.PAUSE: (frozenset({S.RUNNING}), S.PAUSED),
+    Action.RESUME: (frozenset({S.PAUSED}), S.RUNNING),
+    Action.REBOOT: (frozenset({S.RUNNING}), S.RUNNING),
+    Action.DELETE: (frozenset({S.STOPPED, S.ERROR, S.CREATING}), S.DELETING),
+    Action.FORCE_DELETE: (frozenset(set(VmState) - {S.DELETING}), S.DELETING),
+}
+
+
+def allowed_from(action: Action) -> frozenset[VmState]:
+    return _TABLE[action][0]
+
+
+def transition(current: VmState, action: Action) -> VmState:
+    """The state ``action`` moves a VM in ``current`` into.
+
+    Raises:
+        InvalidState: the action is not allowed in ``current``.
+    """
+    sources, target = _TABLE[action]
+    if current not in sources:
+        raise InvalidState(
+            f"cannot {action.value.replace('_', ' ')} a VM that is {current.value}",
+            current=current.value,
+            allowed=sorted(s.value for s in sources),
+        )
+    return target

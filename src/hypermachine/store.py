@@ -1,0 +1,173 @@
+"""SQLite persistence: VMs and idempotency records.
+
+Each VM row keeps the full :class:`~hypermachine.models.Vm` document as JSON plus
+the columns queries filter on. Every state change is written here before it is
+reported to anyone. Calls are short and synchronous (SQLite in WAL mode answers
+in microseconds), made from the Trio thread only.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import BadRequest, NameTaken, VmNotFound
+from .models import Vm, VmState
+
+__all__ = ["IdempotencyRecord", "Store", "utcnow"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS vms (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS vms_state ON vms(state);
+CREATE TABLE IF NOT EXISTS idempotency (
+    key TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    vm_id TEXT NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    fingerprint: str
+    vm_id: str
+
+
+def _encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        kind, _, value = base64.urlsafe_b64decode(padded).decode().partition(":")
+        if kind != "seq":
+            raise ValueError(kind)
+        return int(value)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BadRequest("cursor is not one this server handed out", cursor=cursor) from err
+
+
+class Store:
+    """The one owner of SQL in the project."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- VMs -----------------------------------------------------------------
+
+    def insert_vm(self, vm: Vm) -> None:
+        """Raises NameTaken when another VM has the name."""
+        try:
+            self._db.execute(
+                "INSERT INTO vms(id, name, state, doc) VALUES (?, ?, ?, ?)",
+                (vm.id, vm.name, vm.state.value, vm.model_dump_json()),
+            )
+        except sqlite3.IntegrityError as err:
+            raise NameTaken(f"a VM named {vm.name!r} already exists", name=vm.name) from err
+
+    def get_vm(self, vm_id: str) -> Vm:
+        row = self._db.execute("SELECT doc FROM vms WHERE id = ?", (vm_id,)).fetchone()
+        if row is None:
+            raise VmNotFound(f"no VM with id {vm_id!r}", id=vm_id)
+        return Vm.model_validate_json(row[0])
+
+    def update_vm(self, vm_id: str, **changes: Any) -> Vm:
+        """Apply ``changes`` to the stored document and stamp ``updated_at``."""
+        vm = self.get_vm(vm_id).model_copy(update={**changes, "updated_at": utcnow()})
+        self._db.execute(
+            "UPDATE vms SET state = ?, doc = ? WHERE id = ?",
+            (vm.state.value, vm.model_dump_json(), vm_id),
+        )
+        return vm
+
+    def delete_vm(self, vm_id: str) -> None:
+        self._db.execute("DELETE FROM vms WHERE id = ?", (vm_id,))
+        self._db.execute("DELETE FROM idempotency WHERE vm_id = ?", (vm_id,))
+
+    def all_vms(self) -> Iterator[Vm]:
+        for (doc,) in self._db.execute("SELECT doc FROM vms ORDER BY seq").fetchall():
+            yield Vm.model_validate_json(doc)
+
+    def count_vms(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM vms").fetchone()[0])
+
+    def list_vms(
+        self,
+        *,
+        states: list[VmState] | None = None,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[Vm], str | None]:
+        """One page of VMs in creation order, and the cursor of the next page."""
+        where, params = ["1=1"], []
+        if cursor:
+            where.append("seq > ?")
+            params.append(_decode_cursor(cursor))
+        if states:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            params.extend(s.value for s in states)
+        if name:
+            where.append("name = ?")
+            params.append(name)
+        for key, value in (labels or {}).items():
+            where.append(
+                "EXISTS (SELECT 1 FROM json_each(vms.doc, '$.labels') WHERE key = ? AND value = ?)"
+            )
+            params.extend((key, value))
+        rows = self._db.execute(
+            f"SELECT seq, doc FROM vms WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+            (*params, limit + 1),
+        ).fetchall()
+        page = [Vm.model_validate_json(doc) for _, doc in rows[:limit]]
+        next_cursor = _encode_cursor(rows[limit - 1][0]) if len(rows) > limit else None
+        return page, next_cursor
+
+    # -- idempotency ---------------------------------------------------------
+
+    def get_idempotency(self, key: str, *, max_age_s: float) -> IdempotencyRecord | None:
+        now = utcnow().timestamp()
+        self._db.execute("DELETE FROM idempotency WHERE created < ?", (now - max_age_s,))
+        row = self._db.execute(
+            "SELECT fingerprint, vm_id FROM idempotency WHERE key = ?", (key,)
+        ).fetchone()
+        return IdempotencyRecord(row[0], row[1]) if row else None
+
+    def put_idempotency(self, key: str, fingerprint: str, vm_id: str) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO idempotency(key, fingerprint, vm_id, created) VALUES (?,?,?,?)",
+            (key, fingerprint, vm_id, utcnow().timestamp()),
+        )
+
+
+def fingerprint(body: Mapping[str, Any]) -> str:
+    """A stable digest of a request body, to tell a retry from a different request."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
