@@ -34,7 +34,12 @@ def make_vm(**fields: object) -> Vm:
 
 def argv_for(vm: Vm, boot: BootSource | None = None, accel: str = "tcg") -> list[str]:
     return build_argv(
-        vm, boot or BootSource(), PATHS, qemu_binary="qemu-system-x86_64", accelerator=accel, qmp_fd=7
+        vm,
+        boot or BootSource(),
+        PATHS,
+        qemu_binary="qemu-system-x86_64",
+        accelerator=accel,
+        qmp_fd=7,
     )
 
 
@@ -66,7 +71,11 @@ def test_kvm_uses_host_cpu() -> None:
 def test_disk_and_nic_are_json() -> None:
     argv = argv_for(make_vm())
     blockdevs = [json.loads(b) for b in option(argv, "-blockdev")]
-    assert blockdevs[0] == {"driver": "file", "node-name": "disk0-file", "filename": str(PATHS.disk)}
+    assert blockdevs[0] == {
+        "driver": "file",
+        "node-name": "disk0-file",
+        "filename": str(PATHS.disk),
+    }
     assert blockdevs[1]["file"] == "disk0-file"
     devices = [json.loads(d) for d in option(argv, "-device")]
     nic = next(d for d in devices if d["driver"] == "virtio-net-pci")
@@ -81,7 +90,9 @@ def test_network_none_has_no_nic() -> None:
 
 
 def test_direct_kernel_boot() -> None:
-    boot = BootSource(kernel=Path("/img/vmlinuz"), initrd=Path("/img/initrd"), append="console=ttyS0")
+    boot = BootSource(
+        kernel=Path("/img/vmlinuz"), initrd=Path("/img/initrd"), append="console=ttyS0"
+    )
     argv = argv_for(make_vm(), boot)
     assert option(argv, "-kernel") == ["/img/vmlinuz"]
     assert option(argv, "-initrd") == ["/img/initrd"]

@@ -89,12 +89,14 @@ async def get_vm(vm_id: str) -> Response:
 
 
 @blueprint.delete("/<vm_id>")
-async def delete_vm(vm_id: str) -> Response:
+async def delete_vm(vm_id: str) -> tuple[str, int]:
     await services().manager.delete(vm_id, force=query_bool("force"))
-    return Response(status=204)
+    return "", 204
 
 
-async def _maybe_wait(vm: Vm, wants_wait: bool, timeout_s: float | None, target: VmState) -> Response:
+async def _maybe_wait(
+    vm: Vm, wants_wait: bool, timeout_s: float | None, target: VmState
+) -> Response:
     if wants_wait or query_bool("wait"):
         timeout = timeout_s or query_float("timeout", default=_DEFAULT_WAIT_S, low=0, high=3600)
         return _vm_response(await services().manager.wait_for(vm.id, {target}, timeout))

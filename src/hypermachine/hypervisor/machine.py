@@ -80,9 +80,7 @@ def _listening_socket(path: Path) -> socket.socket:
     return sock
 
 
-def spawn_qemu(
-    build_argv: Callable[[int], list[str]], paths: VmPaths
-) -> subprocess.Popen[bytes]:
+def spawn_qemu(build_argv: Callable[[int], list[str]], paths: VmPaths) -> subprocess.Popen[bytes]:
     """Start QEMU detached (own session) with a ready QMP listening socket.
 
     ``build_argv`` receives the QMP socket's fd number. QEMU's output goes to
@@ -106,7 +104,9 @@ def spawn_qemu(
                 close_fds=True,
             )
     except OSError as err:
-        raise HypervisorError(f"cannot start QEMU: {err.strerror}", argv0=str(err.filename)) from err
+        raise HypervisorError(
+            f"cannot start QEMU: {err.strerror}", argv0=str(err.filename)
+        ) from err
     finally:
         qmp.close()  # QEMU holds its own copy of the listening socket
 
@@ -197,7 +197,10 @@ class Machine:
         self._nursery.start_soon(fn)
 
     async def supervise(
-        self, on_state: StateReport, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        on_state: StateReport,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Follow QMP events and the process until QEMU exits, then report the outcome.
 

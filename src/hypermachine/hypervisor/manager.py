@@ -163,9 +163,7 @@ class Manager:
         machine = self._machines.get(vm_id)
         if machine is None:
             vm = self._store.get_vm(vm_id)
-            raise InvalidState(
-                f"VM is {vm.state.value}, no QEMU process", current=vm.state.value
-            )
+            raise InvalidState(f"VM is {vm.state.value}, no QEMU process", current=vm.state.value)
         return machine
 
     # -- queries ---------------------------------------------------------------
@@ -218,7 +216,9 @@ class Manager:
 
     # -- create / delete -------------------------------------------------------
 
-    async def create(self, request: CreateVmRequest, idempotency_key: str | None = None) -> _Created:
+    async def create(
+        self, request: CreateVmRequest, idempotency_key: str | None = None
+    ) -> _Created:
         """Record the VM (state ``creating``) and provision its disk in the background.
 
         Raises:
@@ -363,7 +363,11 @@ class Manager:
         return vm
 
     async def _launch(
-        self, vm: Vm, boot: BootSource, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        vm: Vm,
+        boot: BootSource,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         paths = self._paths(vm.id)
         settings = self._settings
@@ -451,17 +455,17 @@ class Manager:
             transition(vm.state, Action.STOP)
             machine = self._machine(vm_id)
             graceful = not force and vm.state is VmState.RUNNING
-            machine.report.stop_requested = "stopped on request"
+            machine.report.stop_requested = "quit on request"
             vm = self._set(vm_id, VmState.STOPPING, None)
             timeout = timeout_s or self._settings.stop_timeout_s
 
             async def stop_machine() -> None:
                 if graceful:
+                    machine.report.stop_requested = "the guest powered off (ACPI)"
                     with trio.move_on_after(timeout):
                         await machine.execute("system_powerdown")
                         await machine.exited.wait()
                     if machine.exited.is_set():
-                        machine.report.stop_requested = "the guest powered off (ACPI)"
                         return
                     machine.report.stop_requested = (
                         f"the guest did not power off within {timeout:g} s; QEMU was quit"
@@ -537,4 +541,3 @@ def _disk_stats(entry: dict[str, Any]) -> DiskStats:
         read_ops=int(stats.get("rd_operations", 0)),
         write_ops=int(stats.get("wr_operations", 0)),
     )
-

@@ -19,6 +19,7 @@ connection :class:`QmpGone`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 from collections.abc import Coroutine
@@ -64,10 +65,8 @@ class QmpBridge:
         token = trio.lowlevel.current_trio_token()
 
         def wake(_: object) -> None:
-            try:
+            with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(done.set)
-            except trio.RunFinishedError:
-                pass
 
         future.add_done_callback(wake)
         try:
@@ -87,10 +86,8 @@ class QmpBridge:
         token = trio.lowlevel.current_trio_token()
 
         def forward(event: QmpEvent) -> None:
-            try:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 send.send_nowait(event)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
 
         async def open_client() -> tuple[QMPClient, asyncio.Task[None]]:
             client = QMPClient(name)
@@ -150,10 +147,9 @@ class QmpSession:
 
         async def shut() -> None:
             self._pump.cancel()
-            try:
+            # The peer may already be gone, which is what we wanted anyway.
+            with contextlib.suppress(EOFError, OSError, QMPError):
                 await self._client.disconnect()
-            except (EOFError, OSError, QMPError):
-                pass  # the peer had already gone, which is what we wanted
 
         with trio.CancelScope(shield=True):
             await self._bridge.run(shut())

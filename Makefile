@@ -1,0 +1,33 @@
+# The two commands that matter: `make run` and `make test` (both set everything up).
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8080
+
+.PHONY: setup run test lint typecheck bench wasm clean
+
+setup:
+	tools/setup
+
+run: setup
+	tools/standin-images
+	$(VENV)/bin/hypermachine serve --host $(HOST) --port $(PORT)
+
+test: setup lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint:
+	$(VENV)/bin/ruff check src tests bench tools
+	$(VENV)/bin/ruff format --check src tests bench
+
+typecheck:
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) bench/run.py
+
+wasm:
+	tools/build-rhai-wasm
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,77 @@
+"""Shared fixtures: real settings in a temp dir, real services, real QEMU.
+
+Every test that starts QEMU leaves nothing behind: the ``services`` fixture
+force-deletes every VM at teardown and then checks that no QEMU process carrying
+one of the test's VM UUIDs survives.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from hypermachine.api import Services, create_app
+from hypermachine.config import Settings, load_settings
+from hypermachine.server import open_services
+from support import qemu_pids_for
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_DIR = REPO / "images" / "tiny"
+
+
+def require_tiny() -> None:
+    if (TINY_DIR / "image.json").exists():
+        return
+    message = "the tiny image is not built: run tools/build-tiny-image (make test does)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def tiny() -> Path:
+    require_tiny()
+    return TINY_DIR
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def settings(data_dir: Path) -> Settings:
+    return load_settings(
+        environ={},
+        overrides={"data_dir": data_dir, "stop_timeout_s": 20.0, "qmp_connect_timeout_s": 20.0},
+    )
+
+
+async def remove_all_vms(svc: Services) -> set[str]:
+    uuids = set()
+    for vm in svc.manager.list(limit=500)[0]:
+        uuids.add(vm.uuid)
+        await svc.manager.delete(vm.id, force=True)
+    return uuids
+
+
+@pytest.fixture
+async def services(settings: Settings, tiny: Path) -> AsyncIterator[Services]:
+    async with open_services(settings) as svc:
+        try:
+            yield svc
+        finally:
+            with trio.CancelScope(shield=True), trio.fail_after(30):
+                uuids = await remove_all_vms(svc)
+    assert qemu_pids_for(uuids) == [], "a QEMU process outlived its test"
+
+
+@pytest.fixture
+def client(services: Services):  # type: ignore[no-untyped-def]
+    return create_app(services).test_client()

@@ -1,0 +1,31 @@
+"""Helpers shared by tests (plain functions; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import psutil
+import trio
+
+
+def qemu_pids_for(uuids: set[str]) -> list[int]:
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if any(u in cmdline for u in uuids):
+            found.append(proc.info["pid"])
+    return found
+
+
+async def wait_until(
+    condition: Callable[[], object], *, timeout: float = 30, what: str = "condition"
+) -> object:
+    """Poll ``condition`` in short steps until truthy; for facts with no event (a log line)."""
+    last: object = None
+    with trio.move_on_after(timeout):
+        while True:
+            last = condition()
+            if last:
+                return last
+            await trio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value {last!r}")

@@ -1,0 +1,134 @@
+"""A real tiny VM driven through the REST API, with states checked over QMP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psutil
+import pytest
+
+from hypermachine.api import Services
+from support import wait_until
+
+pytestmark = pytest.mark.qemu
+
+
+async def qmp_status(services: Services, vm_id: str) -> str:
+    machine = services.manager._machine(vm_id)
+    status = await machine.execute("query-status")
+    assert isinstance(status, dict)
+    return str(status["status"])
+
+
+async def create(client: Any, **fields: Any) -> dict[str, Any]:
+    body = {"name": "vm-under-test", "image": "tiny", "memory_mb": 512, "disk_gb": 1, **fields}
+    response = await client.post("/api/v1/vms", json=body)
+    assert response.status_code == 201, await response.get_data()
+    return dict(await response.get_json())
+
+
+async def post(client: Any, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    response = await client.post(path, json=body or {})
+    return response.status_code, await response.get_json()
+
+
+async def test_full_lifecycle(client: Any, services: Services) -> None:
+    vm = await create(client, labels={"team": "qa"})
+    assert vm["state"] == "creating"
+    assert vm["id"].startswith("vm-")
+    assert vm["created_at"].endswith("Z") or vm["created_at"].endswith("+00:00")
+    vm_id = vm["id"]
+
+    got = await client.get(f"/api/v1/vms/{vm_id}/wait?state=stopped&timeout=30")
+    assert got.status_code == 200
+    assert (await got.get_json())["state"] == "stopped"
+
+    status, body = await post(client, f"/api/v1/vms/{vm_id}/start?wait=true")
+    assert status == 200, body
+    assert body["state"] == "running"
+    assert body["accelerator"] in ("kvm", "tcg")
+    assert await qmp_status(services, vm_id) == "running"
+    pid = body["pid"]
+    assert psutil.Process(pid).is_running()
+
+    status, body = await post(client, f"/api/v1/vms/{vm_id}/pause")
+    assert (status, body["state"]) == (200, "paused")
+    assert await qmp_status(services, vm_id) == "paused"
+
+    status, body = await post(client, f"/api/v1/vms/{vm_id}/pause")
+    assert status == 409
+    assert body["error"]["code"] == "INVALID_STATE"
+    assert body["error"]["details"]["current"] == "paused"
+
+    status, body = await post(client, f"/api/v1/vms/{vm_id}/resume")
+    assert (status, body["state"]) == (200, "running")
+    assert await qmp_status(services, vm_id) == "running"
+
+    metrics = await client.get(f"/api/v1/vms/{vm_id}/metrics")
+    assert metrics.status_code == 200
+    m = await metrics.get_json()
+    assert m["vcpus"] == 1
+    assert m["memory_configured_bytes"] == 512 * 1024 * 1024
+    assert m["memory_rss_bytes"] > 0
+    assert m["disk"] and m["uptime_seconds"] >= 0
+
+    status, body = await post(client, f"/api/v1/vms/{vm_id}/stop", {"force": True, "wait": True})
+    assert status == 200, body
+    assert body["state"] == "stopped"
+    assert body["pid"] is None
+    await wait_until(lambda: not psutil.pid_exists(pid), what="QEMU to exit")
+
+    metrics = await client.get(f"/api/v1/vms/{vm_id}/metrics")
+    assert metrics.status_code == 409
+
+    deleted = await client.delete(f"/api/v1/vms/{vm_id}")
+    assert deleted.status_code == 204
+    missing = await client.get(f"/api/v1/vms/{vm_id}")
+    assert missing.status_code == 404
+    assert (await missing.get_json())["error"]["code"] == "VM_NOT_FOUND"
+    assert not (services.settings.vms_dir / vm_id).exists()
+
+
+async def test_graceful_stop_reaches_the_guest(client: Any, services: Services) -> None:
+    vm = await create(client, start=True, wait=True)
+    assert vm["state"] == "running"
+    log = services.settings.vms_dir / vm["id"] / "console.log"
+    await wait_until(
+        lambda: log.exists() and b"HM-READY" in log.read_bytes(), timeout=60, what="ready marker"
+    )
+    status, body = await post(client, f"/api/v1/vms/{vm['id']}/stop", {"wait": True})
+    assert status == 200, body
+    assert body["state"] == "stopped"
+    assert body["state_reason"] == "the guest powered off (ACPI)"
+
+
+async def test_reboot_keeps_running(client: Any, services: Services) -> None:
+    vm = await create(client, start=True, wait=True)
+    status, body = await post(client, f"/api/v1/vms/{vm['id']}/reboot")
+    assert (status, body["state"]) == (200, "running")
+    assert await qmp_status(services, vm["id"]) == "running"
+
+
+async def test_qemu_killed_becomes_error(client: Any, services: Services) -> None:
+    vm = await create(client, start=True, wait=True)
+    got = await (await client.get(f"/api/v1/vms/{vm['id']}")).get_json()
+    psutil.Process(got["pid"]).kill()
+    waited = await client.get(f"/api/v1/vms/{vm['id']}/wait?state=error&timeout=20")
+    body = await waited.get_json()
+    assert waited.status_code == 200, body
+    assert "killed by signal 9" in body["state_reason"]
+    # An errored VM can be started again.
+    status, body = await post(client, f"/api/v1/vms/{vm['id']}/start", {"wait": True})
+    assert (status, body["state"]) == (200, "running")
+
+
+async def test_delete_running_needs_force(client: Any, services: Services) -> None:
+    vm = await create(client, start=True, wait=True)
+    refused = await client.delete(f"/api/v1/vms/{vm['id']}")
+    assert refused.status_code == 409
+    assert (await refused.get_json())["error"]["details"]["current"] == "running"
+    pid = services.manager.get(vm["id"]).pid
+    assert pid is not None and psutil.pid_exists(pid)
+    forced = await client.delete(f"/api/v1/vms/{vm['id']}?force=true")
+    assert forced.status_code == 204
+    await wait_until(lambda: not psutil.pid_exists(pid), what="QEMU to be gone")
