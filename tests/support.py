@@ -29,3 +29,11 @@ async def wait_until(
                 return last
             await trio.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value {last!r}")
+
+
+def process_gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie awaiting its reaper counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

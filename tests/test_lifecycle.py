@@ -8,7 +8,7 @@ import psutil
 import pytest
 
 from hypermachine.api import Services
-from support import wait_until
+from support import process_gone, wait_until
 
 pytestmark = pytest.mark.qemu
 
@@ -76,7 +76,7 @@ async def test_full_lifecycle(client: Any, services: Services) -> None:
     assert status == 200, body
     assert body["state"] == "stopped"
     assert body["pid"] is None
-    await wait_until(lambda: not psutil.pid_exists(pid), what="QEMU to exit")
+    await wait_until(lambda: process_gone(pid), what="QEMU to exit")
 
     metrics = await client.get(f"/api/v1/vms/{vm_id}/metrics")
     assert metrics.status_code == 409
@@ -131,4 +131,4 @@ async def test_delete_running_needs_force(client: Any, services: Services) -> No
     assert pid is not None and psutil.pid_exists(pid)
     forced = await client.delete(f"/api/v1/vms/{vm['id']}?force=true")
     assert forced.status_code == 204
-    await wait_until(lambda: not psutil.pid_exists(pid), what="QEMU to be gone")
+    await wait_until(lambda: process_gone(pid), what="QEMU to be gone")

@@ -1,0 +1,94 @@
+"""Restarting the server never stops or loses a VM: running QEMUs are re-adopted."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+import trio
+
+from conftest import remove_all_vms
+from hypermachine.config import Settings
+from hypermachine.models import CreateVmRequest, VmState
+from hypermachine.server import open_services
+from realserver import Server, free_port
+from support import process_gone, qemu_pids_for, wait_until
+
+pytestmark = pytest.mark.qemu
+
+
+async def test_restart_in_process_readopts(settings: Settings, tiny: Path) -> None:
+    async with open_services(settings) as svc:
+        created = await svc.manager.create(
+            CreateVmRequest(name="keeper", image="tiny", memory_mb=512, disk_gb=1, start=True)
+        )
+        vm = await svc.manager.wait_for(created.vm.id, {VmState.RUNNING}, 60)
+        stopper = await svc.manager.create(
+            CreateVmRequest(name="goner", image="tiny", memory_mb=512, disk_gb=1, start=True)
+        )
+        goner = await svc.manager.wait_for(stopper.vm.id, {VmState.RUNNING}, 60)
+    # The server is gone; QEMU is not.
+    assert vm.pid is not None and psutil.pid_exists(vm.pid)
+    assert goner.pid is not None
+    psutil.Process(goner.pid).kill()
+    await wait_until(lambda: process_gone(goner.pid), what="goner to die")
+
+    async with open_services(settings) as svc:
+        try:
+            again = svc.manager.get(vm.id)
+            assert again.state is VmState.RUNNING
+            assert again.pid == vm.pid
+            paused = await svc.manager.pause(vm.id)  # QMP works after the reconnect
+            assert paused.state is VmState.PAUSED
+            status = await svc.manager._machine(vm.id).execute("query-status")
+            assert isinstance(status, dict) and status["status"] == "paused"
+            lost = svc.manager.get(goner.id)
+            assert lost.state is VmState.STOPPED
+            assert lost.state_reason == "QEMU was not running when the server started"
+        finally:
+            with trio.CancelScope(shield=True):
+                uuids = await remove_all_vms(svc)
+    assert qemu_pids_for(uuids) == []
+
+
+@pytest.fixture
+def server(data_dir: Path, tiny: Path) -> Iterator[Server]:
+    srv = Server(data_dir, free_port())
+    srv.start()
+    yield srv
+    try:
+        if srv.proc is None or srv.proc.poll() is not None:
+            srv.start()
+        with httpx.Client(base_url=srv.url, timeout=60) as client:
+            for vm in client.get("/api/v1/vms").json()["vms"]:
+                client.delete(f"/api/v1/vms/{vm['id']}?force=true")
+    finally:
+        srv.stop()
+
+
+def test_kill_9_server_then_readopt(server: Server) -> None:
+    with httpx.Client(base_url=server.url, timeout=90) as client:
+        body = {"name": "survivor", "image": "tiny", "memory_mb": 512, "disk_gb": 1,
+                "start": True, "wait": True}  # fmt: skip
+        vm: dict[str, Any] = client.post("/api/v1/vms", json=body).json()
+        assert vm["state"] == "running", vm
+        pid = vm["pid"]
+
+        server.kill9()
+        assert psutil.pid_exists(pid), "QEMU must outlive a killed server"
+
+        server.start()
+        again = client.get(f"/api/v1/vms/{vm['id']}").json()
+        assert again["state"] == "running"
+        assert again["pid"] == pid
+        paused = client.post(f"/api/v1/vms/{vm['id']}/pause").json()
+        assert paused["state"] == "paused"
+        stopped = client.post(
+            f"/api/v1/vms/{vm['id']}/stop", json={"force": True, "wait": True}
+        ).json()
+        assert stopped["state"] == "stopped"
+        assert process_gone(pid)
