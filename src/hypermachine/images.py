@@ -21,6 +21,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -503,7 +504,7 @@ class Catalogue:
             raise errors.ImagePullFailed(
                 f"download of {url} failed: {exc.reason}", url=url, reason=str(exc.reason)
             ) from exc
-        except (OSError, TimeoutError, ValueError) as exc:
+        except (OSError, TimeoutError, ValueError, http.client.HTTPException) as exc:
             raise errors.ImagePullFailed(
                 f"download of {url} failed: {exc}", url=url, reason=str(exc)
             ) from exc
