@@ -342,9 +342,7 @@ class RhaiRuntime:
         linker.define_func("hm", "emit", ft([i32, i32, i32], []), emit, access_caller=True)
         linker.define_func("hm", "clock_ms", ft([], [f64]), clock_ms)
         linker.define_func("hm", "host_call", ft([i32, i32], [i32]), host_call, access_caller=True)
-        linker.define_func(
-            "hm", "host_response", ft([i32], []), host_response, access_caller=True
-        )
+        linker.define_func("hm", "host_response", ft([i32], []), host_response, access_caller=True)
         linker.define_func("hm", "oom", ft([i32], []), oom)
         return linker
 

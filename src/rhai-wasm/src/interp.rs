@@ -117,6 +117,8 @@ pub struct Interp {
     pub host_objects: Rc<Vec<Rc<str>>>,
     pub host_fns: Vec<Rc<str>>,
     pub anon: Rc<Cell<u32>>,
+    /// Values being handled by enclosing `catch` blocks (for `throw;` re-throw).
+    pub caught: Vec<Value>,
 }
 
 const NOT_SCRIPT: u32 = u32::MAX - 1;
@@ -140,6 +142,7 @@ impl Interp {
             host_objects: Rc::new(Vec::new()),
             host_fns: Vec::new(),
             anon: Rc::new(Cell::new(0)),
+            caught: Vec::new(),
         }
     }
 
@@ -305,14 +308,89 @@ impl Interp {
         Ok(last)
     }
 
+    #[inline]
     fn cond(&mut self, e: &Expr, pos: Pos) -> R<bool> {
+        if let Expr::Bin(op, a, b, _) = e {
+            if let (Some(x), Some(y)) = (self.int_operand(a), self.int_operand(b)) {
+                match op {
+                    BinOp::Lt => return Ok(x < y),
+                    BinOp::Le => return Ok(x <= y),
+                    BinOp::Gt => return Ok(x > y),
+                    BinOp::Ge => return Ok(x >= y),
+                    BinOp::Eq => return Ok(x == y),
+                    BinOp::Ne => return Ok(x != y),
+                    _ => {}
+                }
+            }
+        }
         match self.eval(e)? {
             Value::Bool(b) => Ok(b),
             v => rt_err(format!("Data type incorrect: {} (expecting bool)", v.type_name()), pos),
         }
     }
 
+    #[inline]
+    fn int_operand(&self, e: &Expr) -> Option<i64> {
+        match e {
+            Expr::Const(Value::Int(i)) => Some(*i),
+            Expr::Local(s, _) => match &self.stack[self.base + *s as usize] {
+                Value::Int(i) => Some(*i),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Hot path: small frame, common nodes only.
     pub fn eval(&mut self, e: &Expr) -> R<Value> {
+        match e {
+            Expr::Const(v) => Ok(v.clone()),
+            Expr::Local(s, _) => Ok(self.local(*s)),
+            Expr::Bin(op, a, b, pos) => {
+                if let (Some(x), Some(y)) = (self.int_operand(a), self.int_operand(b)) {
+                    let r = match op {
+                        BinOp::Add => x.checked_add(y).map(Value::Int),
+                        BinOp::Sub => x.checked_sub(y).map(Value::Int),
+                        BinOp::Mul => x.checked_mul(y).map(Value::Int),
+                        BinOp::Lt => Some(Value::Bool(x < y)),
+                        BinOp::Le => Some(Value::Bool(x <= y)),
+                        BinOp::Gt => Some(Value::Bool(x > y)),
+                        BinOp::Ge => Some(Value::Bool(x >= y)),
+                        BinOp::Eq => Some(Value::Bool(x == y)),
+                        BinOp::Ne => Some(Value::Bool(x != y)),
+                        _ => None,
+                    };
+                    if let Some(r) = r {
+                        return Ok(r);
+                    }
+                }
+                let x = self.eval(a)?;
+                let y = self.eval(b)?;
+                self.binop(*op, x, y, *pos)
+            }
+            Expr::Assign(lhs, rhs, Some(op), _) => {
+                if let (Expr::Local(s, _), Some(y)) = (&**lhs, self.int_operand(rhs)) {
+                    if let Value::Int(a) = &mut self.stack[self.base + *s as usize] {
+                        let r = match op {
+                            BinOp::Add => a.checked_add(y),
+                            BinOp::Sub => a.checked_sub(y),
+                            _ => None,
+                        };
+                        if let Some(r) = r {
+                            *a = r;
+                            return Ok(Value::Unit);
+                        }
+                    }
+                }
+                self.eval_slow(e)
+            }
+            Expr::Call(c) => self.call(c),
+            _ => self.eval_slow(e),
+        }
+    }
+
+    #[inline(never)]
+    fn eval_slow(&mut self, e: &Expr) -> R<Value> {
         match e {
             Expr::Const(v) => Ok(v.clone()),
             Expr::Local(s, _) => Ok(self.local(*s)),
@@ -456,7 +534,7 @@ impl Interp {
                 }
             }
             Expr::Loop(body) => loop {
-                self.tick(Pos::NONE)?;
+                self.tick(body.stmts.first().map(stmt_pos).unwrap_or(Pos::NONE))?;
                 match self.exec_block(body) {
                     Ok(_) | Err(Flow::Continue) => {}
                     Err(Flow::Break(v)) => return Ok(v),
@@ -518,7 +596,7 @@ impl Interp {
             Expr::Throw(v, pos) => {
                 let v = match v {
                     Some(x) => self.eval(x)?,
-                    None => Value::Unit,
+                    None => self.caught.last().cloned().unwrap_or(Value::Unit),
                 };
                 let msg = if v.is_unit() {
                     "Runtime error".to_string()
@@ -557,9 +635,14 @@ impl Interp {
                                     Value::Map(Rc::new(m))
                                 }
                             };
-                            self.stack[self.base + *slot as usize] = v;
+                            self.stack[self.base + *slot as usize] = v.clone();
+                            self.caught.push(v);
+                        } else {
+                            self.caught.push(err.thrown.unwrap_or(Value::Unit));
                         }
-                        self.exec_block(catch)
+                        let r = self.exec_block(catch);
+                        self.caught.pop();
+                        r
                     }
                     other => other,
                 }
@@ -718,6 +801,7 @@ impl Interp {
     }
 
     // ------------------------------------------------------------ operators
+    #[inline(never)]
     pub fn binop(&mut self, op: BinOp, x: Value, y: Value, pos: Pos) -> R<Value> {
         use BinOp::*;
         use Value::*;
@@ -1323,6 +1407,7 @@ impl Interp {
         self.fn_index.get(&key).map(|i| self.fns[*i as usize].clone())
     }
 
+    #[inline(never)]
     fn call(&mut self, c: &Call) -> R<Value> {
         if let Some(ns) = &c.namespace {
             return rt_err(format!("Module not found: {}", ns), c.pos);

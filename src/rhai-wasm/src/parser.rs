@@ -427,38 +427,43 @@ impl Parser {
                 Expr::Try(Box::new(body), var, Box::new(catch), pos)
             }
             _ => {
-                let e = self.expr()?;
-                if let Tok::Op(op) = self.peek().clone() {
-                    let bop = match op {
-                        "=" => Some(None),
-                        "+=" => Some(Some(BinOp::Add)),
-                        "-=" => Some(Some(BinOp::Sub)),
-                        "*=" => Some(Some(BinOp::Mul)),
-                        "/=" => Some(Some(BinOp::Div)),
-                        "%=" => Some(Some(BinOp::Rem)),
-                        "**=" => Some(Some(BinOp::Pow)),
-                        "<<=" => Some(Some(BinOp::Shl)),
-                        ">>=" => Some(Some(BinOp::Shr)),
-                        "&=" => Some(Some(BinOp::BitAnd)),
-                        "|=" => Some(Some(BinOp::BitOr)),
-                        "^=" => Some(Some(BinOp::BitXor)),
-                        _ => None,
-                    };
-                    if let Some(bop) = bop {
-                        let apos = self.pos();
-                        self.check_assignable(&e, apos)?;
-                        self.advance();
-                        let rhs = self.expr()?;
-                        let a = Expr::Assign(Box::new(e), Box::new(rhs), bop, apos);
-                        self.end_statement(&a)?;
-                        return Ok(Some(a));
-                    }
-                }
-                e
+                let e = self.expr_or_assign()?;
+                self.end_statement(&e)?;
+                return Ok(Some(e));
             }
         };
         self.end_statement(&e)?;
         Ok(Some(e))
+    }
+
+    /// An expression, or an assignment `lhs op= rhs` (statement level / closure bodies).
+    fn expr_or_assign(&mut self) -> PResult<Expr> {
+        let e = self.expr()?;
+        if let Tok::Op(op) = self.peek().clone() {
+            let bop = match op {
+                "=" => Some(None),
+                "+=" => Some(Some(BinOp::Add)),
+                "-=" => Some(Some(BinOp::Sub)),
+                "*=" => Some(Some(BinOp::Mul)),
+                "/=" => Some(Some(BinOp::Div)),
+                "%=" => Some(Some(BinOp::Rem)),
+                "**=" => Some(Some(BinOp::Pow)),
+                "<<=" => Some(Some(BinOp::Shl)),
+                ">>=" => Some(Some(BinOp::Shr)),
+                "&=" => Some(Some(BinOp::BitAnd)),
+                "|=" => Some(Some(BinOp::BitOr)),
+                "^=" => Some(Some(BinOp::BitXor)),
+                _ => None,
+            };
+            if let Some(bop) = bop {
+                let apos = self.pos();
+                self.check_assignable(&e, apos)?;
+                self.advance();
+                let rhs = self.expr()?;
+                return Ok(Expr::Assign(Box::new(e), Box::new(rhs), bop, apos));
+            }
+        }
+        Ok(e)
     }
 
     fn check_assignable(&self, e: &Expr, pos: Pos) -> PResult<()> {
@@ -853,6 +858,9 @@ impl Parser {
             Tok::Kw("for") => self.for_expr(),
             Tok::Op("(") => {
                 self.advance();
+                if self.eat_op(")") {
+                    return Ok(Expr::Const(Value::Unit));
+                }
                 let e = self.expr()?;
                 self.expect_op(")", "to close the parenthesized expression")?;
                 Ok(e)
@@ -1104,13 +1112,13 @@ impl Parser {
             self.advance();
             self.params("|")?
         };
-        self.ctxs.push(FnCtx::new(true, false, 0));
+        self.ctxs.push(FnCtx::new(true, true, 0));
         for p in &params {
             self.declare(p.clone(), false);
         }
         let saved = self.in_loop;
         self.in_loop = 0;
-        let body = self.expr();
+        let body = self.expr_or_assign();
         self.in_loop = saved;
         let body = body?;
         let c = self.ctxs.pop().unwrap();
