@@ -60,7 +60,10 @@ class Settings:
     stop_timeout_s: float = 30.0
     kill_grace_s: float = 5.0
     wait_timeout_max_s: float = 600.0
-    max_body_bytes: int = 1024 * 1024
+    max_body_bytes: int = 2 * 1024 * 1024
+    max_concurrent_scripts: int = 4
+    # Scripts that drive VMs wait for boots; requests may lower this, never raise it.
+    script_timeout_s: float = 300.0
     idempotency_ttl_s: float = 24 * 3600.0
     log_level: str = "INFO"
 
@@ -71,6 +74,10 @@ class Settings:
     @property
     def database_file(self) -> Path:
         return self.data_dir / "hypermachine.sqlite3"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
 
     @property
     def images_store_dir(self) -> Path:

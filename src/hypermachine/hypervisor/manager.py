@@ -492,6 +492,10 @@ class Manager:
             await self._machine(vm_id).execute(command)
             return self._set(vm_id, target, None)
 
+    async def qmp(self, vm_id: str, command: str, arguments: dict[str, Any] | None) -> object:
+        """One QMP command on a live VM; callers decide which commands are allowed."""
+        return await self._machine(vm_id).execute(command, arguments)
+
     # -- metrics ---------------------------------------------------------------
 
     async def metrics(self, vm_id: str) -> VmMetrics:
