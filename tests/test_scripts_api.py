@@ -119,7 +119,8 @@ async def test_script_drives_a_real_vm(client: Any) -> None:
         let m = vm.metrics();
         seen.push(m.vcpus);
         let refused = "allowed";
-        try { vm.qmp("migrate", #{uri: "exec:touch /tmp/pwned"}); } catch (e) { refused = "refused"; }
+        try { vm.qmp("migrate", #{uri: "exec:touch /tmp/pwned"}); }
+        catch (e) { refused = "refused"; }
         seen.push(refused);
         vm.stop(#{force: true});
         vm.wait_for("stopped", 30000);
