@@ -10,7 +10,6 @@ import pytest
 from hypermachine.sandbox import RhaiRuntime
 
 
-
 @pytest.fixture(scope="session")
 def runtime(request: pytest.FixtureRequest) -> Iterator[RhaiRuntime]:
     cache_dir = Path(request.config.cache.mkdir("rhai-wasm")) if request.config.cache else None

@@ -14,11 +14,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from pathlib import Path
 from typing import Any
 
 import pytest
-
 
 from hypermachine.sandbox import Limits, RhaiRuntime, ScriptFailure
 

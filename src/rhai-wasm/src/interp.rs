@@ -119,7 +119,13 @@ pub struct Interp {
     pub anon: Rc<Cell<u32>>,
     /// Values being handled by enclosing `catch` blocks (for `throw;` re-throw).
     pub caught: Vec<Value>,
+    /// Nesting of blocks being executed (guards the native wasm stack).
+    pub nest: u32,
 }
+
+/// Blocks nested deeper than this (across calls) stop the script before the
+/// native wasm stack can overflow.
+pub const MAX_NEST: u32 = 1024;
 
 const NOT_SCRIPT: u32 = u32::MAX - 1;
 const UNRESOLVED: u32 = u32::MAX;
@@ -143,12 +149,14 @@ impl Interp {
             host_fns: Vec::new(),
             anon: Rc::new(Cell::new(0)),
             caught: Vec::new(),
+            nest: 0,
         }
     }
 
     pub fn parse(&self, code: &str, predefined: &[(Rc<str>, u32, bool)], first: u32, fns: bool) -> Result<Program, crate::parser::ParseError> {
-        Parser::new(code, self.host_objects.clone(), self.limits.max_expr_depth, self.anon.clone())?
-            .parse_program(predefined, first, fns)
+        let mut p = Parser::new(code, self.host_objects.clone(), self.limits.max_expr_depth, self.anon.clone())?;
+        p.max_string = self.limits.max_string_size;
+        p.parse_program(predefined, first, fns)
     }
 
     /// Run a whole program whose slot 0.. are pre-filled by `initial`.
@@ -297,14 +305,36 @@ impl Interp {
 
     // ------------------------------------------------------------ blocks
     pub fn exec_block(&mut self, b: &Block) -> R<Value> {
+        self.nest += 1;
+        if self.nest > MAX_NEST {
+            self.nest -= 1;
+            return limit_err(
+                "max_call_depth",
+                format!(
+                    "Stack overflow: blocks and calls nested too deeply (more than {} levels; limit max_call_depth = {})",
+                    MAX_NEST, self.limits.max_call_depth
+                ),
+                b.stmts.first().map(stmt_pos).unwrap_or(Pos::NONE),
+            );
+        }
         let mut last = Value::Unit;
         for s in &b.stmts {
             self.ops += 1;
             if self.ops > self.limits.max_operations {
-                self.tick(stmt_pos(s))?;
+                if let Err(e) = self.tick(stmt_pos(s)) {
+                    self.nest -= 1;
+                    return Err(e);
+                }
             }
-            last = self.eval(s)?;
+            match self.eval(s) {
+                Ok(v) => last = v,
+                Err(e) => {
+                    self.nest -= 1;
+                    return Err(e);
+                }
+            }
         }
+        self.nest -= 1;
         Ok(last)
     }
 
@@ -616,12 +646,14 @@ impl Interp {
                 let frames = self.frames.len();
                 let stack_len = self.stack.len();
                 let base = self.base;
+                let nest = self.nest;
                 match self.exec_block(body) {
                     Err(Flow::Err(err)) if err.kind != ErrKind::Limit => {
                         self.depth = depth;
                         self.frames.truncate(frames);
                         self.stack.truncate(stack_len);
                         self.base = base;
+                        self.nest = nest;
                         if let Some(slot) = var {
                             let v = match err.thrown {
                                 Some(v) => v,
@@ -1057,6 +1089,9 @@ impl Interp {
         match &t {
             Value::Map(m) => Ok(m.get(name).cloned().unwrap_or(Value::Unit)),
             Value::Host(h) => {
+                if !h.properties.iter().any(|p| p == name) {
+                    return rt_err(format!("Property not found: {} (for {})", name, h.type_name), pos);
+                }
                 let req = format!("{{\"object\":{},\"property\":{}}}", jstr(&h.name), jstr(name));
                 self.host_request(req, pos)
             }
@@ -1093,7 +1128,9 @@ impl Interp {
 
     fn is_place(e: &Expr) -> bool {
         match e {
-            Expr::Index(t, _, false, _) | Expr::Prop(t, _, false, _) => Self::is_place(t),
+            Expr::Index(t, _, false, _) | Expr::Prop(t, _, false, _) => {
+                matches!(**t, Expr::GlobalConst(..)) || Self::is_place(t)
+            }
             Expr::Local(..) | Expr::Captured(..) | Expr::This(_) | Expr::DynVar(..) => true,
             _ => false,
         }
@@ -1110,6 +1147,10 @@ impl Interp {
                 })
             }
             Expr::Captured(i, _) => Ok(std::mem::take(&mut *self.frame().captures[*i as usize].borrow_mut())),
+            Expr::GlobalConst(n, pos) => match self.global_lookup(n) {
+                Some(v) => Ok(v),
+                None => rt_err(format!("Variable not found: global::{}", n), *pos),
+            },
             Expr::This(pos) => match self.frames.last_mut().unwrap().this.take() {
                 Some(v) => Ok(v),
                 None => rt_err("Variable not found: this", *pos),
@@ -1338,7 +1379,7 @@ impl Interp {
                 }
                 Ok(())
             }
-            (Key::Prop(n, p), Value::Host(h)) if last && op.is_none() => {
+            (Key::Prop(n, p), Value::Host(h)) if last && op.is_none() && h.properties.iter().any(|x| x == n) => {
                 let mut req = format!("{{\"object\":{},\"property\":{},\"value\":", jstr(&h.name), jstr(n));
                 value_to_json(&mut req, &rv, self.limits.max_string_size, 0);
                 req.push('}');
@@ -1646,6 +1687,14 @@ impl Interp {
 
     pub fn call_method(&mut self, name: &Rc<str>, this: &mut Value, args: Vec<Value>, pos: Pos) -> R<Value> {
         match this {
+            Value::Host(h) if !h.methods.iter().any(|m| m == name) => {
+                if &**name == "type_of" && args.is_empty() {
+                    return Ok(str_val(&h.type_name));
+                }
+                let mut all = vec![this.clone()];
+                all.extend(args);
+                return self.fn_not_found(name, &all, pos);
+            }
             Value::Host(h) => {
                 let req = format!(
                     "{{\"object\":{},\"method\":{},\"args\":{}}}",

@@ -152,10 +152,19 @@ pub fn run_json(input: &str, host: Box<dyn Host>) -> String {
         for (name, spec) in o {
             let tn = spec.get("type").and_then(|t| t.as_str()).unwrap_or(name).to_string();
             let n: Rc<str> = Rc::from(name.as_str());
-            it.globals.insert(
-                n.clone(),
-                Value::Host(Rc::new(HostObj { name: n.clone(), type_name: Rc::from(tn.as_str()) })),
-            );
+            let names = |key: &str| -> Vec<Rc<str>> {
+                match spec.get(key) {
+                    Some(Json::Arr(v)) => v.iter().filter_map(|x| x.as_str()).map(Rc::from).collect(),
+                    _ => Vec::new(),
+                }
+            };
+            let obj = HostObj {
+                name: n.clone(),
+                type_name: Rc::from(tn.as_str()),
+                properties: names("properties"),
+                methods: names("methods"),
+            };
+            it.globals.insert(n.clone(), Value::Host(Rc::new(obj)));
             objs.push(n);
         }
     }

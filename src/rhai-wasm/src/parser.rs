@@ -76,6 +76,7 @@ pub struct Parser {
     anon: Rc<Cell<u32>>,
     in_loop: usize,
     global_consts: Vec<(Rc<str>, u32)>,
+    pub max_string: usize,
 }
 
 fn is_block_like(e: &Expr) -> bool {
@@ -115,6 +116,7 @@ impl Parser {
             anon,
             in_loop: 0,
             global_consts: Vec::new(),
+            max_string: usize::MAX,
         })
     }
 
@@ -762,6 +764,16 @@ impl Parser {
                 Ok(Expr::Const(Value::Float(f)))
             }
             Tok::Str(s) => {
+                if s.len() > self.max_string {
+                    return Err(ParseError {
+                        msg: format!(
+                            "Literal string too large (limit max_string_size = {})",
+                            self.max_string
+                        ),
+                        pos,
+                        limit: Some("max_string_size"),
+                    });
+                }
                 self.advance();
                 Ok(Expr::Const(str_val(&s)))
             }

@@ -23,6 +23,8 @@ pub struct FnPtr {
 pub struct HostObj {
     pub name: Rc<str>,
     pub type_name: Rc<str>,
+    pub properties: Vec<Rc<str>>,
+    pub methods: Vec<Rc<str>>,
 }
 
 #[derive(Clone, Debug)]
