@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 import trio
+
+from hypermachine.config import Settings, load_settings
 
 
 def qemu_pids_for(uuids: set[str]) -> list[int]:
@@ -37,3 +40,16 @@ def process_gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def make_settings(data_dir: Path, compile_cache: Path, **overrides: object) -> Settings:
+    return load_settings(
+        environ={},
+        overrides={
+            "data_dir": data_dir,
+            "compile_cache_dir": compile_cache,
+            "stop_timeout_s": 20.0,
+            "qmp_connect_timeout_s": 20.0,
+            **overrides,
+        },
+    )

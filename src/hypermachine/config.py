@@ -51,6 +51,8 @@ class Settings:
     # Short-path directory for sockets and pidfiles (unix socket paths are limited
     # to 108 bytes); empty means derived from data_dir.
     run_dir: Path | None = None
+    # Compiled-module cache (Wasmtime); empty means <data_dir>/cache.
+    compile_cache_dir: Path | None = None
     accelerator: Accelerator = "auto"
     qemu_binary: str = "qemu-system-x86_64"
     qemu_img_binary: str = "qemu-img"
@@ -77,7 +79,7 @@ class Settings:
 
     @property
     def cache_dir(self) -> Path:
-        return self.data_dir / "cache"
+        return self.compile_cache_dir or self.data_dir / "cache"
 
     @property
     def images_store_dir(self) -> Path:
@@ -93,7 +95,7 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
-_PATH_FIELDS = {"data_dir", "run_dir", "catalogue_file", "builtin_images_dir"}
+_PATH_FIELDS = {"data_dir", "run_dir", "compile_cache_dir", "catalogue_file", "builtin_images_dir"}
 
 
 def _coerce(name: str, raw: Any) -> Any:
