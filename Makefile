@@ -10,7 +10,7 @@ setup:
 	tools/setup
 
 run: setup
-	tools/standin-images
+	$(PY) tools/standin-images
 	$(VENV)/bin/hypermachine serve --host $(HOST) --port $(PORT)
 
 test: setup lint

@@ -17,10 +17,7 @@ import trio
 from hypermachine.api import Services, create_app
 from hypermachine.config import Settings
 from hypermachine.server import open_services
-from support import make_settings, qemu_pids_for
-
-REPO = Path(__file__).resolve().parents[1]
-TINY_DIR = REPO / "images" / "tiny"
+from support import TINY_DIR, make_settings, qemu_pids_for, remove_all_vms
 
 
 def require_tiny() -> None:
@@ -54,14 +51,6 @@ def compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def settings(data_dir: Path, compile_cache: Path) -> Settings:
     return make_settings(data_dir, compile_cache)
-
-
-async def remove_all_vms(svc: Services) -> set[str]:
-    uuids = set()
-    for vm in svc.manager.list(limit=500)[0]:
-        uuids.add(vm.uuid)
-        await svc.manager.delete(vm.id, force=True)
-    return uuids
 
 
 @pytest.fixture
