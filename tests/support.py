@@ -73,7 +73,7 @@ def wait_for_file_text(path: Path, needle: bytes, *, timeout: float) -> None:
 
 async def remove_all_vms(svc: Services) -> set[str]:
     uuids = set()
-    for vm in svc.manager.list(limit=500)[0]:
+    for vm in svc.manager.list()[0]:
         uuids.add(vm.uuid)
         await svc.manager.delete(vm.id, force=True)
     return uuids

@@ -9,9 +9,10 @@ Every state change is written to the store first and then announced to waiters.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import uuid as uuidlib
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,7 +24,7 @@ from ..config import Settings
 from ..errors import HMError, HypervisorError, ImageNotFound, InvalidState, VmNotFound, WaitTimeout
 from ..models import CreateVmRequest, DiskStats, Vm, VmMetrics, VmSpec, VmState
 from ..states import LIVE_STATES, Action, transition
-from ..store import Store, fingerprint, utcnow
+from ..store import Store, VmQuery, fingerprint, utcnow
 from . import disks
 from .cmdline import BootSource, build_argv
 from .host import HostFacts, check_supported
@@ -57,6 +58,8 @@ class CatalogueLike(Protocol):
     def get(self, name: str) -> ImageLike: ...
     def pull(self, name: str) -> ImageLike: ...
 
+
+_ALL = VmQuery(limit=500)
 
 # States the server itself is driving; QEMU's events then don't override them.
 _SERVER_DRIVEN = frozenset({VmState.STARTING, VmState.STOPPING, VmState.DELETING})
@@ -175,18 +178,15 @@ class Manager:
     def get(self, vm_id: str) -> Vm:
         return self._store.get_vm(vm_id)
 
-    def list(
-        self,
-        *,
-        states: list[VmState] | None = None,
-        name: str | None = None,
-        labels: Mapping[str, str] | None = None,
-        limit: int = 100,
-        cursor: str | None = None,
-    ) -> tuple[list[Vm], str | None]:
-        return self._store.list_vms(
-            states=states, name=name, labels=labels, limit=limit, cursor=cursor
-        )
+    def list(self, query: VmQuery = _ALL) -> tuple[list[Vm], str | None]:
+        """A page of VMs and the cursor of the next one."""
+        return self._store.list_vms(query)
+
+    def list_json(self, query: VmQuery) -> str:
+        """The same page as ``{"vms": [...], "next_cursor": ...}`` JSON, built from the
+        stored documents without re-parsing them (the API's listing path)."""
+        docs, cursor = self._store.list_vm_docs(query)
+        return f'{{"vms":[{",".join(docs)}],"next_cursor":{json.dumps(cursor)}}}'
 
     async def wait_for(self, vm_id: str, states: Collection[VmState], timeout_s: float) -> Vm:
         """Return the VM once it is in one of ``states``.
