@@ -1064,13 +1064,28 @@ impl Interp {
                     None => rt_err(format!("String index {} out of bounds: only {} characters in string", i, n), pos),
                 }
             }
+            (Value::Str(s), Value::Range(a, b)) | (Value::Str(s), Value::RangeIncl(a, b)) => {
+                let end = if matches!(i, Value::RangeIncl(..)) { b.saturating_add(1) } else { *b };
+                let n = s.chars().count() as i64;
+                let start = if *a < 0 { (n + a).max(0) } else { (*a).min(n) };
+                let end = end.min(n).max(start);
+                let sub: String = s.chars().skip(start as usize).take((end - start) as usize).collect();
+                Ok(Value::Str(Rc::from(sub.as_str())))
+            }
+            (Value::Array(arr), Value::Range(a, b)) | (Value::Array(arr), Value::RangeIncl(a, b)) => {
+                let end = if matches!(i, Value::RangeIncl(..)) { b.saturating_add(1) } else { *b };
+                let n = arr.len() as i64;
+                let start = if *a < 0 { (n + a).max(0) } else { (*a).min(n) };
+                let end = end.min(n).max(start);
+                Ok(Value::Array(Rc::new(arr[start as usize..end as usize].to_vec())))
+            }
             (Value::Int(x), Value::Int(b)) => match norm_index(*b, 64) {
                 Some(k) => Ok(Value::Bool(x & (1i64 << k) != 0)),
                 None => rt_err(format!("Bit-field index {} out of bounds: only 64 bits in number", b), pos),
             },
             (Value::Int(x), Value::Range(a, b)) | (Value::Int(x), Value::RangeIncl(a, b)) => {
-                let end = if matches!(i, Value::RangeIncl(..)) { b + 1 } else { *b };
-                if *a < 0 || *a > 64 || end > 64 || end < *a {
+                let end = if matches!(i, Value::RangeIncl(..)) { b.saturating_add(1) } else { *b };
+                if *a < 0 || *a >= 64 || end > 64 || end < *a {
                     return rt_err(format!("Bit-field range out of bounds: {}..{}", a, end), pos);
                 }
                 let w = end - a;
@@ -1624,6 +1639,18 @@ impl Interp {
         let mut args = Vec::with_capacity(m.args.len());
         for a in &m.args {
             args.push(self.eval(a)?);
+        }
+        if let Some(name) = &m.constant {
+            let before = self.eval(&m.target)?;
+            if m.safe && before.is_unit() {
+                return Ok(Value::Unit);
+            }
+            let mut t = before.clone();
+            let r = self.call_method(&m.name, &mut t, args, m.pos)?;
+            if !values_eq(&t, &before) || t.type_name() != before.type_name() {
+                return rt_err(format!("Cannot modify constant {}", name), m.pos);
+            }
+            return Ok(r);
         }
         if Self::is_place(&m.target) {
             let mut keys = Vec::new();

@@ -87,6 +87,7 @@ fn is_block_like(e: &Expr) -> bool {
             | Expr::Switch(_)
             | Expr::While(..)
             | Expr::Loop(_)
+            | Expr::Do(..)
             | Expr::For(_)
             | Expr::Try(..)
             | Expr::Nop
@@ -468,6 +469,22 @@ impl Parser {
         Ok(e)
     }
 
+    fn const_root(&self, e: &Expr) -> Option<Rc<str>> {
+        let mut root = e;
+        while let Expr::Index(t, _, _, _) | Expr::Prop(t, _, _, _) = root {
+            root = t;
+        }
+        if let Expr::Local(slot, _) = root {
+            let c = self.ctxs.last().unwrap();
+            if let Some(v) = c.vars.iter().rev().find(|v| v.slot == *slot) {
+                if v.is_const {
+                    return Some(v.name.clone());
+                }
+            }
+        }
+        None
+    }
+
     fn check_assignable(&self, e: &Expr, pos: Pos) -> PResult<()> {
         let mut root = e;
         loop {
@@ -736,7 +753,8 @@ impl Parser {
                 }
                 if self.eat_op("(") {
                     let args = self.args()?;
-                    e = Expr::Method(Box::new(MethodCall { target: e, name, args, safe, pos: npos }));
+                    let constant = self.const_root(&e);
+                    e = Expr::Method(Box::new(MethodCall { constant, target: e, name, args, safe, pos: npos }));
                 } else {
                     e = Expr::Prop(Box::new(e), name, safe, npos);
                 }
@@ -1199,6 +1217,7 @@ pub fn clone_expr(e: &Expr) -> Expr {
             cache: Cell::new(u32::MAX),
         })),
         Expr::Method(m) => Expr::Method(Box::new(MethodCall {
+            constant: m.constant.clone(),
             target: clone_expr(&m.target),
             name: m.name.clone(),
             args: m.args.iter().map(clone_expr).collect(),
