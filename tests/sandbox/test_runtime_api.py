@@ -193,3 +193,19 @@ def test_cli_failure(tmp_path: Path, cli_cache: Path) -> None:
     assert proc.stdout.splitlines() == ["before"]
     assert "Division by zero" in proc.stderr
     assert "line 2" in proc.stderr
+
+
+def test_memory_limit_too_small_to_start(runtime: RhaiRuntime) -> None:
+    with pytest.raises(ScriptFailure) as info:
+        runtime.run("1", limits=Limits(memory_bytes=1024 * 1024))
+    assert (info.value.kind, info.value.limit) == ("limit", "memory_bytes")
+
+
+def test_unexpected_host_exception_propagates(runtime: RhaiRuntime) -> None:
+    def broken(request: dict[str, object]) -> object:
+        raise KeyError("bug in host")
+
+    with pytest.raises(KeyError):
+        runtime.run("try { boom() } catch { 0 }", functions=("boom",), host_call=broken)
+    # the runtime is still usable afterwards
+    assert runtime.run("1 + 1").result == 2
