@@ -14,7 +14,7 @@ run: setup
 	$(VENV)/bin/hypermachine serve --host $(HOST) --port $(PORT)
 
 test: setup lint
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q
 
 lint:
 	$(VENV)/bin/ruff check src tests bench tools
