@@ -97,7 +97,8 @@ async def test_graceful_stop_reaches_the_guest(client: Any, services: Services) 
         lambda: log.exists() and b"HM-READY" in log.read_bytes(), timeout=60, what="ready marker"
     )
     # A guest on a loaded host can be slow to act on the button: give it room.
-    status, body = await post(client, f"/api/v1/vms/{vm['id']}/stop", {"wait": True, "timeout_s": 90})
+    stop = {"wait": True, "timeout_s": 90}
+    status, body = await post(client, f"/api/v1/vms/{vm['id']}/stop", stop)
     assert status == 200, body
     assert body["state"] == "stopped"
     assert body["state_reason"] == "the guest powered off (ACPI)"
