@@ -362,7 +362,7 @@ fn number_fn(it: &mut Interp, name: &str, args: &mut Vec<Value>, pos: Pos) -> R<
             ("set_bit", [Value::Int(b), Value::Bool(v)]) => {
                 let k = match norm_index(*b, 64) {
                     Some(k) => k,
-                    None => return rt_err(format!("Bit-field index {} out of bounds: only 64 bits in number", b), pos),
+                    None => return bit_bounds(*b, pos),
                 };
                 args[0] = Value::Int(if *v { x | (1 << k) } else { x & !(1 << k) });
                 return Ok(Some(Value::Unit));

@@ -435,7 +435,7 @@ impl Interp {
             },
             Expr::This(pos) => match &self.frame().this {
                 Some(v) => Ok(v.clone()),
-                None => rt_err("Variable not found: this", *pos),
+                None => rt_err("'this' not bound", *pos),
             },
             Expr::Interp(parts, pos) => {
                 let mut s = String::new();
@@ -827,7 +827,7 @@ impl Interp {
                     n += 1;
                 }
             }
-            v => return rt_err(format!("Data type incorrect: {} (expecting an iterable)", v.type_name()), f.pos),
+            v => return rt_err(format!("For loop expects iterable type (not {})", v.type_name()), f.pos),
         }
         Ok(Value::Unit)
     }
@@ -1061,7 +1061,7 @@ impl Interp {
                 let n = s.chars().count();
                 match norm_index(*i, n) {
                     Some(k) => Ok(Value::Char(s.chars().nth(k).unwrap())),
-                    None => rt_err(format!("String index {} out of bounds: only {} characters in string", i, n), pos),
+                    None => str_bounds(n, *i, pos),
                 }
             }
             (Value::Str(s), Value::Range(a, b)) | (Value::Str(s), Value::RangeIncl(a, b)) => {
@@ -1081,7 +1081,7 @@ impl Interp {
             }
             (Value::Int(x), Value::Int(b)) => match norm_index(*b, 64) {
                 Some(k) => Ok(Value::Bool(x & (1i64 << k) != 0)),
-                None => rt_err(format!("Bit-field index {} out of bounds: only 64 bits in number", b), pos),
+                None => bit_bounds(*b, pos),
             },
             (Value::Int(x), Value::Range(a, b)) | (Value::Int(x), Value::RangeIncl(a, b)) => {
                 let end = if matches!(i, Value::RangeIncl(..)) { b.saturating_add(1) } else { *b };
@@ -1096,7 +1096,7 @@ impl Interp {
                 let req = format!("{{\"object\":{},\"property\":{}}}", jstr(&h.name), jstr(k));
                 self.host_request(req, pos)
             }
-            _ => rt_err(format!("Indexing not supported for {} [{}]", t.type_name(), i.type_name()), pos),
+            _ => rt_err(format!("Indexer unavailable: {} [{}]", t.type_name(), i.type_name()), pos),
         }
     }
 
@@ -1168,7 +1168,7 @@ impl Interp {
             },
             Expr::This(pos) => match self.frames.last_mut().unwrap().this.take() {
                 Some(v) => Ok(v),
-                None => rt_err("Variable not found: this", *pos),
+                None => rt_err("'this' not bound", *pos),
             },
             Expr::DynVar(n, pos) => {
                 let fi = self.frames.len() - 1;
@@ -1361,12 +1361,7 @@ impl Interp {
                 let chars: Vec<char> = s.chars().collect();
                 let k = match norm_index(*i, chars.len()) {
                     Some(k) => k,
-                    None => {
-                        return rt_err(
-                            format!("String index {} out of bounds: only {} characters in string", i, chars.len()),
-                            *p,
-                        )
-                    }
+                    None => return str_bounds(chars.len(), *i, *p),
                 };
                 let mut v = Value::Char(chars[k]);
                 self.set_path(&mut v, &[], rv, op, pos)?;
@@ -1383,7 +1378,7 @@ impl Interp {
             (Key::Idx(Value::Int(b), p), Value::Int(x)) if last => {
                 let k = match norm_index(*b, 64) {
                     Some(k) => k,
-                    None => return rt_err(format!("Bit-field index {} out of bounds: only 64 bits in number", b), *p),
+                    None => return bit_bounds(*b, *p),
                 };
                 let mut v = Value::Bool(*x & (1i64 << k) != 0);
                 self.set_path(&mut v, &[], rv, op, pos)?;
@@ -1402,7 +1397,7 @@ impl Interp {
             }
             (Key::Prop(n, p), other) => rt_err(format!("Cannot set property {} of {}", n, other.type_name()), *p),
             (Key::Idx(i, p), other) => {
-                rt_err(format!("Indexing not supported for {} [{}]", other.type_name(), i.type_name()), *p)
+                rt_err(format!("Indexer unavailable: {} [{}]", other.type_name(), i.type_name()), *p)
             }
         }
     }
@@ -1648,7 +1643,10 @@ impl Interp {
             let mut t = before.clone();
             let r = self.call_method(&m.name, &mut t, args, m.pos)?;
             if !values_eq(&t, &before) || t.type_name() != before.type_name() {
-                return rt_err(format!("Cannot modify constant {}", name), m.pos);
+                return rt_err(
+                    format!("Non-pure method '{}' cannot be called on constant {}", m.name, name),
+                    m.pos,
+                );
             }
             return Ok(r);
         }
@@ -1821,11 +1819,23 @@ pub fn norm_index(i: i64, len: usize) -> Option<usize> {
 }
 
 fn arr_bounds<T>(len: usize, i: i64, pos: Pos) -> R<T> {
-    if len == 0 {
-        rt_err(format!("Array index {} out of bounds: array is empty", i), pos)
-    } else {
-        rt_err(format!("Array index {} out of bounds: only {} elements in array", i, len), pos)
+    match len {
+        0 => rt_err(format!("Array index {} out of bounds: array is empty", i), pos),
+        1 => rt_err(format!("Array index {} out of bounds: only 1 element in array", i), pos),
+        _ => rt_err(format!("Array index {} out of bounds: only {} elements in array", i, len), pos),
     }
+}
+
+pub fn str_bounds<T>(len: usize, i: i64, pos: Pos) -> R<T> {
+    match len {
+        0 => rt_err(format!("String index {} out of bounds: string is empty", i), pos),
+        1 => rt_err(format!("String index {} out of bounds: only 1 character in string", i), pos),
+        _ => rt_err(format!("String index {} out of bounds: only {} characters in string", i, len), pos),
+    }
+}
+
+pub fn bit_bounds<T>(i: i64, pos: Pos) -> R<T> {
+    rt_err(format!("Bit-field index {} out of bounds: only 64 bits in bit-field", i), pos)
 }
 
 pub fn values_eq(a: &Value, b: &Value) -> bool {

@@ -391,7 +391,7 @@ impl Parser {
             Tok::Kw("break") => {
                 self.advance();
                 if self.in_loop == 0 {
-                    return Err(ParseError { msg: "'break' not inside a loop".into(), pos, limit: None });
+                    return Err(ParseError { msg: "'break' must be within a loop".into(), pos, limit: None });
                 }
                 let v = if self.is_op(";") || self.is_op("}") || self.at_eof() {
                     None
@@ -404,7 +404,7 @@ impl Parser {
                 self.advance();
                 if self.in_loop == 0 {
                     return Err(ParseError {
-                        msg: "'continue' not inside a loop".into(),
+                        msg: "'continue' must be within a loop".into(),
                         pos,
                         limit: None,
                     });

@@ -113,23 +113,27 @@ impl Fmt {
     }
 }
 
+/// `print`/`to_string` of a FLOAT: natural notation between 1e-13 and 1e13 (the bounds
+/// are single-precision constants, as in Rhai), scientific outside, `.0` if integral.
 pub fn fmt_float(f: f64) -> String {
     let abs = f.abs();
-    if f.is_nan() {
-        "NaN".into()
-    } else if f.is_infinite() {
-        if f > 0.0 { "inf".into() } else { "-inf".into() }
-    } else if abs == 0.0 {
-        if f.is_sign_negative() { "-0.0".into() } else { "0.0".into() }
-    } else if abs >= 1e15 || abs < 1e-7 {
+    let max = 10_000_000_000_000.0f32 as f64;
+    let min = 0.000_000_000_000_1f32 as f64;
+    if abs == 0.0 {
+        "0.0".into()
+    } else if abs > max || abs < min {
         format!("{:e}", f)
     } else {
         let mut s = format!("{}", f);
-        if !s.contains('.') {
+        if abs.fract() == 0.0 {
             s.push_str(".0");
         }
         s
     }
+}
+
+fn fmt_float_debug(f: f64) -> String {
+    format!("{:?}", f)
 }
 
 fn debug_str(s: &str) -> String {
@@ -145,7 +149,13 @@ pub fn write_value(f: &mut Fmt, v: &Value, debug: bool) -> bool {
         Value::Unit => f.push(if debug { "()" } else { "" }),
         Value::Bool(b) => f.push(if *b { "true" } else { "false" }),
         Value::Int(i) => f.push(&i.to_string()),
-        Value::Float(x) => f.push(&fmt_float(*x)),
+        Value::Float(x) => {
+            if debug {
+                f.push(&fmt_float_debug(*x))
+            } else {
+                f.push(&fmt_float(*x))
+            }
+        }
         Value::Char(c) => {
             if debug {
                 f.push(&format!("{:?}", c))
