@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from realserver import Server, free_port
+from realserver import Server
 from support import TINY_DIR, process_gone, wait_for_file_text
 
 pytestmark = pytest.mark.qemu
@@ -23,19 +22,6 @@ def cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
-
-
-@pytest.fixture
-def server(data_dir: Path, tiny: Path) -> Iterator[Server]:
-    srv = Server(data_dir, free_port())
-    srv.start()
-    yield srv
-    try:
-        with httpx.Client(base_url=srv.url, timeout=60) as client:
-            for vm in client.get("/api/v1/vms").json()["vms"]:
-                client.delete(f"/api/v1/vms/{vm['id']}?force=true")
-    finally:
-        srv.stop()
 
 
 def test_stand_in_is_labelled_and_unverified_import_needs_the_flag(

@@ -84,7 +84,12 @@ def _cmd_image_import(args: argparse.Namespace) -> int:
 def _cmd_script_run(args: argparse.Namespace) -> int:
     from .scriptcli import run_script_file
 
-    return run_script_file(Path(args.file), vm_id=args.vm, server=args.server)
+    try:
+        script_args = json.loads(args.args)
+    except json.JSONDecodeError as err:
+        print(f"hypermachine: --args is not JSON: {err}", file=sys.stderr)
+        return 2
+    return run_script_file(Path(args.file), vm_id=args.vm, server=args.server, args=script_args)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("file")
     run.add_argument("--vm", help="bind the script to this VM (runs on the server)")
     run.add_argument("--server", default="http://127.0.0.1:8080")
+    run.add_argument("--args", default="{}", help="JSON object the script sees as `args`")
     run.set_defaults(run=_cmd_script_run)
     return parser
 
