@@ -248,3 +248,28 @@ def test_fresh_instance_per_run(runtime: RhaiRuntime) -> None:
     runtime.run("let leaked = 42;")
     err = fail(runtime, "leaked")
     assert "Variable not found" in err.message
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "let x = 1" + " + 1" * 100_000 + ";",
+        "let x = true" + " && true" * 50_000 + ";",
+        "let x = ()" + " ?? ()" * 50_000 + ";",
+        "let m = #{}; m" + ".a" * 10_000,
+        "let a = [1]; a" + "[0]" * 10_000,
+        'let s = "a"' + ".to_upper()" * 10_000,
+        "let x = 1; " + "if x == 0 { 0 } else " * 5_000 + "{ 1 }",
+    ],
+    ids=["plus", "and", "coalesce", "props", "index", "methods", "else-if"],
+)
+def test_long_chains_hit_expression_depth(runtime: RhaiRuntime, code: str) -> None:
+    err = fail(runtime, code)
+    assert (err.kind, err.limit) == ("limit", "max_expr_depth")
+
+
+def test_long_chains_within_limits_still_work(runtime: RhaiRuntime) -> None:
+    limits = Limits(max_call_depth=256, max_expr_depth=256)
+    assert runtime.run("let x = 1" + " + 1" * 2000 + "; x", limits=limits).result == 2001
+    code = "let x = 1; " + "if x == 0 { 0 } else " * 2000 + "{ 7 }"
+    assert runtime.run(code, limits=limits).result == 7

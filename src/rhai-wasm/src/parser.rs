@@ -77,6 +77,7 @@ pub struct Parser {
     in_loop: usize,
     global_consts: Vec<(Rc<str>, u32)>,
     pub max_string: usize,
+    else_links: usize,
 }
 
 fn is_block_like(e: &Expr) -> bool {
@@ -118,6 +119,7 @@ impl Parser {
             in_loop: 0,
             global_consts: Vec::new(),
             max_string: usize::MAX,
+            else_links: 0,
         })
     }
 
@@ -600,6 +602,26 @@ impl Parser {
         r
     }
 
+    fn depth_error<T>(&self, pos: Pos) -> PResult<T> {
+        Err(ParseError {
+            msg: format!(
+                "Expression exceeds maximum complexity (limit max_expr_depth = {})",
+                self.max_depth
+            ),
+            pos,
+            limit: Some("max_expr_depth"),
+        })
+    }
+
+    /// Long left-leaning chains (`a + b + c …`, `x.a.b.c …`, `else if …`) nest the tree
+    /// too: every 8 links count as one level of expression depth.
+    fn check_links(&self, links: usize, pos: Pos) -> PResult<()> {
+        if self.depth + links / 8 > self.max_depth {
+            return self.depth_error(pos);
+        }
+        Ok(())
+    }
+
     fn bin_prec(&self) -> Option<(u8, &'static str)> {
         let op = match self.peek() {
             Tok::Op(o) => *o,
@@ -625,11 +647,14 @@ impl Parser {
 
     fn binary(&mut self, min: u8) -> PResult<Expr> {
         let mut lhs = self.unary()?;
+        let mut links = 0;
         while let Some((prec, op)) = self.bin_prec() {
             if prec < min {
                 break;
             }
             let pos = self.pos();
+            links += 1;
+            self.check_links(links, pos)?;
             self.advance();
             let next_min = if op == "**" { prec } else { prec + 1 };
             self.depth += 1;
@@ -736,8 +761,13 @@ impl Parser {
     }
 
     fn postfix(&mut self, mut e: Expr) -> PResult<Expr> {
+        let mut links = 0;
         loop {
             let pos = self.pos();
+            if self.is_op(".") || self.is_op("?.") || self.is_op("[") || self.is_op("?[") {
+                links += 1;
+                self.check_links(links, pos)?;
+            }
             if self.is_op(".") || self.is_op("?.") {
                 let safe = self.is_op("?.");
                 self.advance();
@@ -1023,7 +1053,10 @@ impl Parser {
         let then = self.block()?;
         let els = if self.eat_kw("else") {
             if self.is_kw("if") {
-                Some(Box::new(self.if_expr()?))
+                self.else_links += 1;
+                let r = self.check_links(self.else_links, pos).and_then(|_| self.if_expr());
+                self.else_links -= 1;
+                Some(Box::new(r?))
             } else {
                 Some(Box::new(Expr::Block(Box::new(self.block()?))))
             }
