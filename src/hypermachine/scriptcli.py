@@ -12,12 +12,13 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 __all__ = ["run_script_file"]
 
 
-def _print_outcome(body: dict[str, object]) -> None:
-    for line in body.get("output") or []:  # type: ignore[union-attr]
+def _print_outcome(body: dict[str, Any]) -> None:
+    for line in body.get("output") or []:
         print(line)
     print(json.dumps({"result": body.get("result"), "type": body.get("result_type")}))
 

@@ -86,6 +86,6 @@ async def serve(
         config.errorlog = logging.getLogger("hypermachine.http")
         config.h11_max_incomplete_size = 64 * 1024
         config.read_timeout = 30
-        await hypercorn_serve(  # type: ignore[arg-type]
+        await hypercorn_serve(
             create_app(services), config, shutdown_trigger=_until_signal, task_status=task_status
         )

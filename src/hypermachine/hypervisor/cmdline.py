@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def _option_path(path: Path) -> str:
     return escape_option(_plain_path(path))
 
 
-def _json(obj: dict[str, object]) -> str:
+def _json(obj: Mapping[str, object]) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 

@@ -160,7 +160,7 @@ class QmpSession:
             return await self._bridge.run(self._client.execute(command, arguments))
         except ExecuteError as err:
             raise HypervisorError(
-                f"QEMU refused {command}: {err.error.desc}",
+                f"QEMU refused {command}: {err.error.error.desc}",
                 qmp_command=command,
                 qmp_error_class=err.error_class,
             ) from err
