@@ -143,6 +143,8 @@ class Machine:
     session: QmpSession | None = None
     exited: trio.Event = field(default_factory=trio.Event)
     report: ExitReport = field(default_factory=ExitReport)
+    # Tasks that live exactly as long as this supervision (guest agent, log rotation).
+    companions: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _nursery: trio.Nursery | None = None
     _process: psutil.Process | None = None
 
@@ -211,6 +213,8 @@ class Machine:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._follow_events, on_state)
+                for companion in self.companions:
+                    nursery.start_soon(companion)
                 task_status.started()
                 await trio.lowlevel.wait_readable(pidfd)
                 nursery.cancel_scope.cancel()
