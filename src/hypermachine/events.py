@@ -10,6 +10,7 @@ the one place where states change.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -89,8 +90,13 @@ class EventLog:
     def after(self, after: int, *, vm_id: str | None = None, limit: int = _BATCH) -> list[Event]:
         return self._store.events_after(after, vm_id=vm_id, limit=limit)
 
-    async def follow(self, after: int, *, vm_id: str | None = None) -> AsyncIterator[Event]:
-        """Every event with an id above ``after`` (optionally of one VM), forever."""
+    async def follow(
+        self, after: int, *, vm_id: str | None = None, idle_s: float = math.inf
+    ) -> AsyncIterator[Event | None]:
+        """Every event with an id above ``after`` (optionally of one VM), forever.
+
+        Yields None after ``idle_s`` without news (for keep-alives).
+        """
         while True:
             changed = self._changed
             batch = self.after(after, vm_id=vm_id)
@@ -98,4 +104,7 @@ class EventLog:
                 yield event
                 after = event.id
             if len(batch) < _BATCH:
-                await changed.wait()
+                with trio.move_on_after(idle_s):
+                    await changed.wait()
+                if not changed.is_set():
+                    yield None

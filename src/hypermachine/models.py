@@ -30,6 +30,7 @@ __all__ = [
     "GpuSpec",
     "GuestAgentInfo",
     "ImageInfo",
+    "InterfaceStats",
     "LifecycleRequest",
     "NetworkSpec",
     "SecuritySpec",
@@ -383,3 +384,13 @@ class Event(_Strict):
     type: EventType
     vm_id: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
+
+
+class InterfaceStats(_Strict):
+    """One guest network interface's counters, as qemu-ga reports them."""
+
+    name: str
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    rx_packets: int = 0
+    tx_packets: int = 0

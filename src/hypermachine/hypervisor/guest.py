@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import codecs
 import logging
+import math
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -53,6 +54,7 @@ from ..models import (
     FileWriteRequest,
     FileWritten,
     GuestAgentInfo,
+    InterfaceStats,
     Vm,
     VmState,
 )
@@ -483,8 +485,13 @@ class GuestService:
         self._get_vm(vm_id)
         return [job.result() for job in self._jobs.get(vm_id, {}).values()]
 
-    async def exec_stream(self, vm_id: str, exec_id: str) -> AsyncIterator[ExecOutput | ExecResult]:
-        """The command's output from the start, as it arrives, then its result."""
+    async def exec_stream(
+        self, vm_id: str, exec_id: str, *, idle_s: float = math.inf
+    ) -> AsyncIterator[ExecOutput | ExecResult | None]:
+        """The command's output from the start, as it arrives, then its result.
+
+        Yields None after ``idle_s`` without news (for keep-alives).
+        """
         job = self._job(vm_id, exec_id)
         sent = {"stdout": 0, "stderr": 0}
         decoders = {name: codecs.getincrementaldecoder("utf-8")() for name in sent}
@@ -498,7 +505,36 @@ class GuestService:
             if job.done.is_set():
                 yield job.result()
                 return
-            await changed.wait()
+            with trio.move_on_after(idle_s):
+                await changed.wait()
+            if not changed.is_set():
+                yield None
+
+    async def network_stats(self, vm_id: str) -> list[InterfaceStats]:
+        """Counters of the guest's network interfaces (loopback left out).
+
+        Raises: VmNotFound, InvalidState, GuestAgentUnavailable, GuestOperationFailed.
+        """
+        agent = await self.agent(vm_id)
+        try:
+            interfaces = await agent.call("guest-network-get-interfaces")
+        except AgentRefused as err:
+            raise GuestOperationFailed(f"the guest agent refused: {err.desc}") from err
+        found = []
+        for nic in interfaces if isinstance(interfaces, list) else []:
+            stats = nic.get("statistics") or {}
+            if nic.get("name") == "lo" or not stats:
+                continue
+            found.append(
+                InterfaceStats(
+                    name=str(nic.get("name")),
+                    rx_bytes=int(stats.get("rx-bytes", 0)),
+                    tx_bytes=int(stats.get("tx-bytes", 0)),
+                    rx_packets=int(stats.get("rx-packets", 0)),
+                    tx_packets=int(stats.get("tx-packets", 0)),
+                )
+            )
+        return found
 
     # -- files -----------------------------------------------------------------------
 

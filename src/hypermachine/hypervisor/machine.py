@@ -145,6 +145,7 @@ class Machine:
     report: ExitReport = field(default_factory=ExitReport)
     # Tasks that live exactly as long as this supervision (guest agent, log rotation).
     companions: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_qmp: Callable[[str, float], None] | None = None  # (command, seconds) for metrics
     _nursery: trio.Nursery | None = None
     _process: psutil.Process | None = None
 
@@ -169,10 +170,14 @@ class Machine:
     async def execute(self, command: str, arguments: dict[str, object] | None = None) -> object:
         if self.session is None:
             raise HypervisorError("QMP is not connected", vm_id=self.vm_id)
+        started = trio.current_time()
         try:
             return await self.session.execute(command, arguments)
         except QmpGone as err:
             raise HypervisorError(f"QEMU went away during {command}", vm_id=self.vm_id) from err
+        finally:
+            if self.on_qmp is not None:
+                self.on_qmp(command, trio.current_time() - started)
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):

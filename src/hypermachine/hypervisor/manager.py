@@ -26,6 +26,7 @@ from ..events import EventLog
 from ..models import CreateVmRequest, DiskStats, Vm, VmMetrics, VmSpec, VmState
 from ..states import LIVE_STATES, Action, transition
 from ..store import Store, fingerprint, utcnow
+from ..telemetry import Telemetry
 from . import disks
 from .cmdline import BootSource, build_argv
 from .console import ConsoleService, rotate_at_start
@@ -97,6 +98,8 @@ class Manager:
         self.events = EventLog(store, retain=settings.events_retained)
         self.guest = GuestService(settings, self.events, store.get_vm)
         self.console = ConsoleService(settings, store.get_vm, self._paths)
+        self.telemetry = Telemetry()
+        self.events.add_listener(self.telemetry.on_event)
 
     # -- life of the manager ---------------------------------------------------
 
@@ -440,6 +443,7 @@ class Manager:
         async def on_state(state: VmState, reason: str | None) -> None:
             self._on_machine_state(machine, state, reason)
 
+        machine.on_qmp = self.telemetry.observe_qmp
         machine.companions = [
             partial(self.guest.attend, machine.vm_id, machine.paths.qga_socket),
             partial(self.console.keep_rotated, machine.paths.console_log),
