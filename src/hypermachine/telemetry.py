@@ -76,7 +76,7 @@ class Telemetry:
         return generate_latest(self.registry) + generate_latest(scraped)
 
 
-@dataclass
+@dataclass(eq=False)  # registries key collectors by identity
 class _VmSnapshot(Collector):
     """VM figures read once per scrape, exposed by :meth:`collect`."""
 
