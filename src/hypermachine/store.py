@@ -191,7 +191,7 @@ class Store:
     def events_after(
         self, after: int, *, vm_id: str | None = None, limit: int = 500
     ) -> list[Event]:
-        where, params = "id > ?", [after]
+        where, params = "id > ?", list[object]([after])
         if vm_id is not None:
             where += " AND vm_id = ?"
             params.append(vm_id)

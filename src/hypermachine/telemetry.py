@@ -116,7 +116,9 @@ class _VmSnapshot(Collector):
         self, kind: type[GaugeMetricFamily] | type[CounterMetricFamily], what: str, doc: str
     ) -> Metric:
         source = "cpu_seconds_total" if what == "cpu_seconds" else what
-        rows = [(i, float(getattr(m, source)), {}) for i, m in self.metrics.items()]
+        rows: list[tuple[str, float, dict[str, str]]] = [
+            (i, float(getattr(m, source)), {}) for i, m in self.metrics.items()
+        ]
         return _family(kind, f"hypermachine_vm_{what}", doc, rows)
 
     def _counts(self) -> Metric:

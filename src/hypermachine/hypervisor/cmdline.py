@@ -103,7 +103,7 @@ def _consoles(paths: VmPaths, qmp_fd: int) -> list[str]:
 def _guest_agent(paths: VmPaths) -> list[str]:
     """A virtio-serial port named ``org.qemu.guest_agent.0`` on a unix socket for qemu-ga."""
     chardev = f"socket,id=qga0,path={_option_path(paths.qga_socket)},server=on,wait=off"
-    port = {
+    port: dict[str, object] = {
         "driver": "virtserialport",
         "bus": "vser0.0",
         "chardev": "qga0",

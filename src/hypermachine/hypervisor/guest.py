@@ -472,7 +472,8 @@ class GuestService:
 
     def _job(self, vm_id: str, exec_id: str) -> _Job:
         self._get_vm(vm_id)
-        job = self._jobs.get(vm_id, {}).get(exec_id)
+        jobs = self._jobs.get(vm_id)
+        job = jobs.get(exec_id) if jobs is not None else None
         if job is None:
             raise ExecNotFound(f"no command {exec_id!r} in VM {vm_id}", exec_id=exec_id)
         return job
