@@ -101,6 +101,22 @@ def _consoles(paths: VmPaths, qmp_fd: int) -> list[str]:
     ]  # fmt: skip
 
 
+def _guest_agent(paths: VmPaths) -> list[str]:
+    """A virtio-serial port named ``org.qemu.guest_agent.0`` on a unix socket for qemu-ga."""
+    chardev = f"socket,id=qga0,path={_option_path(paths.qga_socket)},server=on,wait=off"
+    port: dict[str, object] = {
+        "driver": "virtserialport",
+        "bus": "vser0.0",
+        "chardev": "qga0",
+        "name": "org.qemu.guest_agent.0",
+    }
+    return [
+        "-chardev", chardev,
+        "-device", _json({"driver": "virtio-serial-pci", "id": "vser0"}),
+        "-device", _json(port),
+    ]  # fmt: skip
+
+
 def _kernel(boot: BootSource) -> list[str]:
     if boot.kernel is None:
         return []
@@ -138,6 +154,7 @@ def build_argv(
         "-nodefaults", "-no-user-config", "-display", "none",
         "-pidfile", _plain_path(paths.pidfile),
         *_consoles(paths, qmp_fd),
+        *_guest_agent(paths),
         *_disk(paths),
         *_network(vm),
         "-device", _json({"driver": "pvpanic", "id": "panic0"}),

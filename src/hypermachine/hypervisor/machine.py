@@ -152,6 +152,9 @@ class Machine:
     session: QmpSession | None = None
     exited: trio.Event = field(default_factory=trio.Event)
     report: ExitReport = field(default_factory=ExitReport)
+    # Tasks that live exactly as long as this supervision (guest agent, log rotation).
+    companions: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_qmp: Callable[[str, float], None] | None = None  # (command, seconds) for metrics
     _nursery: trio.Nursery | None = None
     _process: psutil.Process | None = None
     _events_done: trio.Event = field(default_factory=trio.Event)
@@ -178,10 +181,14 @@ class Machine:
     async def execute(self, command: str, arguments: dict[str, object] | None = None) -> object:
         if self.session is None:
             raise HypervisorError("QMP is not connected", vm_id=self.vm_id)
+        started = trio.current_time()
         try:
             return await self.session.execute(command, arguments)
         except QmpGone as err:
             raise HypervisorError(f"QEMU went away during {command}", vm_id=self.vm_id) from err
+        finally:
+            if self.on_qmp is not None:
+                self.on_qmp(command, trio.current_time() - started)
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -226,6 +233,8 @@ class Machine:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._session, on_state, boot)
+                for companion in self.companions:
+                    nursery.start_soon(companion)
                 task_status.started()
                 await trio.lowlevel.wait_readable(pidfd)
                 self._gone.set()
