@@ -325,7 +325,7 @@ fn string_mutates(name: &str) -> bool {
     matches!(
         name,
         "trim" | "replace" | "pad" | "truncate" | "crop" | "clear" | "make_upper" | "make_lower" | "remove"
-            | "append" | "push" | "trim_start" | "trim_end"
+            | "append" | "push" | "trim_start" | "trim_end" | "set" | "pop"
     )
 }
 
@@ -620,6 +620,26 @@ fn string_fn(it: &mut Interp, name: &str, sv: &mut String, rest: &[Value], pos: 
             it.check_len("string", sv.len() + t.len(), pos)?;
             sv.push_str(&t);
             Value::Unit
+        }
+        ("set", [Value::Int(i), Value::Char(c)]) => {
+            let mut chars: Vec<char> = sv.chars().collect();
+            if let Some(k) = norm_index(*i, chars.len()) {
+                chars[k] = *c;
+                *sv = chars.into_iter().collect();
+            }
+            Value::Unit
+        }
+        ("pop", []) => match sv.pop() {
+            Some(c) => Value::Char(c),
+            None => Value::Unit,
+        },
+        ("pop", [Value::Int(n)]) => {
+            let total = nchars();
+            let k = if *n <= 0 { 0 } else { (*n as u64).min(total as u64) as usize };
+            let b = char_index_to_byte(sv, total - k);
+            let tail = sv[b..].to_string();
+            sv.truncate(b);
+            s(&tail)
         }
         ("chars", []) => Value::Array(Rc::new(sv.chars().map(Value::Char).collect())),
         ("to_chars", []) => Value::Array(Rc::new(sv.chars().map(Value::Char).collect())),

@@ -660,6 +660,7 @@ impl Interp {
                                 None => {
                                     let mut m = Map::new();
                                     m.insert(Rc::from("message"), str_val(&err.msg));
+                                    m.insert(Rc::from("error"), str_val(error_kind(&err.msg)));
                                     if !err.pos.is_none() {
                                         m.insert(Rc::from("line"), Value::Int(err.pos.line as i64));
                                         m.insert(Rc::from("position"), Value::Int(err.pos.col as i64));
@@ -1793,6 +1794,35 @@ impl Interp {
             }
         }
     }
+}
+
+/// Name of the error kind (as upstream Rhai's `EvalAltResult` variants) for catch maps.
+pub fn error_kind(msg: &str) -> &'static str {
+    const KINDS: &[(&str, &str)] = &[
+        ("Variable not found", "ErrorVariableNotFound"),
+        ("Function not found", "ErrorFunctionNotFound"),
+        ("Module not found", "ErrorModuleNotFound"),
+        ("Property not found", "ErrorPropertyNotFound"),
+        ("Array index", "ErrorArrayBounds"),
+        ("String index", "ErrorStringBounds"),
+        ("Bit-field", "ErrorBitFieldBounds"),
+        ("Indexer unavailable", "ErrorIndexingType"),
+        ("Data type incorrect", "ErrorMismatchDataType"),
+        ("For loop expects", "ErrorFor"),
+        ("'this' not bound", "ErrorUnboundThis"),
+        ("Non-pure method", "ErrorNonPureMethodCallOnConstant"),
+        ("Cannot modify", "ErrorAssignmentToConstant"),
+        ("Syntax error", "ErrorParsing"),
+    ];
+    for (prefix, kind) in KINDS {
+        if msg.starts_with(prefix) {
+            return kind;
+        }
+    }
+    if msg.contains("overflow") || msg.contains("by zero") || msg.contains("negative power") {
+        return "ErrorArithmetic";
+    }
+    "ErrorRuntime"
 }
 
 pub fn jstr(s: &str) -> String {

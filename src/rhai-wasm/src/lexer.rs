@@ -421,6 +421,27 @@ impl<'a> Lexer<'a> {
                     loop {
                         match self.bump() {
                             None => return self.err("Unterminated string interpolation".into(), p),
+                            Some(q) if q == '"' || q == '\'' => {
+                                // copy a quoted literal verbatim so braces inside it don't count
+                                code.push(q);
+                                loop {
+                                    match self.bump() {
+                                        None => return self.err("Unterminated string interpolation".into(), p),
+                                        Some('\\') => {
+                                            code.push('\\');
+                                            if let Some(c) = self.bump() {
+                                                code.push(c);
+                                            }
+                                        }
+                                        Some(c) => {
+                                            code.push(c);
+                                            if c == q {
+                                                break;
+                                            }
+                                        }
+                                    }
+                                }
+                            }
                             Some('{') => {
                                 depth += 1;
                                 code.push('{');
