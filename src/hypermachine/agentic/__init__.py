@@ -1,0 +1,1 @@
+"""Agent-facing faces of HyperMachine, all generated from one operation registry."""
