@@ -101,7 +101,7 @@ class ScriptBody(_Input):
     )
     limits: dict[str, Any] | None = Field(
         default=None,
-        description="Tighter sandbox limits (e.g. time_ms, memory_mb); never looser than the server's.",
+        description="Tighter sandbox limits (e.g. time_ms); never looser than the server's.",
     )
 
 

@@ -112,7 +112,7 @@ class Operation:
 
 
 _ERROR_MEANINGS = {
-    "VALIDATION_ERROR": "VALIDATION_ERROR: an argument is missing or invalid (details name the field)",
+    "VALIDATION_ERROR": "VALIDATION_ERROR: a missing or invalid argument (details name it)",
     "VM_NOT_FOUND": "VM_NOT_FOUND: no VM has that id (call list_vms)",
     "INVALID_STATE": (
         "INVALID_STATE: not allowed in the VM's current state (details: current, allowed)"

@@ -155,7 +155,9 @@ def lower(schema: Schema) -> Schema:
         if "maxProperties" in schema:
             out["maxItems"] = out.pop("maxProperties")
         note = "a list of {key, value} pairs"
-        out["description"] = f"{schema['description']} ({note})" if "description" in schema else note
+        out["description"] = (
+            f"{schema['description']} ({note})" if "description" in schema else note
+        )
         return out
     if "properties" in schema:
         out["properties"] = {k: lower(v) for k, v in schema["properties"].items()}
