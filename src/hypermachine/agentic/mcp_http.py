@@ -79,9 +79,11 @@ def origin_allowed(origin: str | None, host: str | None) -> bool:
     return parts.hostname in _LOOPBACK or (host is not None and parts.netloc == host)
 
 
-def _json(body: dict[str, Any], status: int = 200, **headers: str) -> Response:
+def _json(
+    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     return Response(
-        json.dumps(body), status=status, content_type="application/json", headers=headers
+        json.dumps(body), status=status, content_type="application/json", headers=headers or {}
     )
 
 
@@ -136,7 +138,7 @@ class McpHttp:
         while len(self._sessions) > _MAX_SESSIONS:
             self._sessions.popitem(last=False)
         reply = {"jsonrpc": "2.0", "id": msg.id, "result": result}
-        return _json(reply, **{_SESSION_HEADER: session})
+        return _json(reply, headers={_SESSION_HEADER: session})
 
     async def _in_session(self, msg: Any, session: str | None) -> Response:
         if session is None:

@@ -87,7 +87,8 @@ def json_schema(model: type[BaseModel]) -> Schema:
     """The model's JSON Schema, self-contained: ``$ref``s inlined, no ``$defs``, no titles."""
     raw = model.model_json_schema()
     defs = raw.pop("$defs", {})
-    return _inline(raw, defs, ())
+    inlined: Schema = _inline(raw, defs, ())
+    return inlined
 
 
 def _inline(node: Any, defs: dict[str, Any], seen: tuple[str, ...]) -> Any:
