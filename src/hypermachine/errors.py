@@ -13,7 +13,8 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     ├── NotFound (404 NOT_FOUND)
     │   ├── VmNotFound (404 VM_NOT_FOUND)
     │   ├── GuestPathNotFound (404 GUEST_PATH_NOT_FOUND)
-    │   └── ExecNotFound (404 EXEC_NOT_FOUND)
+    │   ├── ExecNotFound (404 EXEC_NOT_FOUND)
+    │   └── UnknownTool (404 UNKNOWN_TOOL)
     ├── MethodNotAllowed (405 METHOD_NOT_ALLOWED)
     ├── PayloadTooLarge (413 PAYLOAD_TOO_LARGE)
     │   └── GuestFileTooLarge (413 GUEST_FILE_TOO_LARGE)
@@ -59,6 +60,7 @@ __all__ = [
     "ScriptLimitExceeded",
     "ScriptRuntimeError",
     "ScriptSyntaxError",
+    "UnknownTool",
     "Unsupported",
     "UnsupportedLanguage",
     "UnsupportedMediaType",
@@ -120,6 +122,12 @@ class GuestPathNotFound(NotFound):
 
 class ExecNotFound(NotFound):
     code, status = "EXEC_NOT_FOUND", 404
+
+
+class UnknownTool(NotFound):
+    """An agent named a tool the registry does not have."""
+
+    code, status = "UNKNOWN_TOOL", 404
 
 
 class MethodNotAllowed(HMError):

@@ -199,7 +199,7 @@ class VmMetrics(_Strict):
 class ScriptRequest(_Strict):
     """A script to run in the sandbox, with ``vm`` bound to the VM of the URL."""
 
-    language: str = Field(description='Only "rhai".')
+    language: str = Field(default="rhai", description='Only "rhai" (the default).')
     code: str = Field(max_length=1024 * 1024, description="The Rhai source.")
     args: dict[str, Any] | None = Field(
         default=None, description="A JSON object the script sees as the constant `args`."

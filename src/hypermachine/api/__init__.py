@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from quart_trio import QuartTrio
 
+from ..agentic.http import register_agentic
 from .console import blueprint as console_blueprint
 from .errors import register_error_handlers
 from .events import blueprint as events_blueprint
@@ -39,4 +40,5 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(guest_blueprint, url_prefix="/api/v1/vms")
     app.register_blueprint(console_blueprint, url_prefix="/api/v1/vms")
     app.register_blueprint(events_blueprint, url_prefix="/api/v1/events")
+    register_agentic(app)  # tools, execute, ontology, OpenAPI, docs, MCP (hypermachine.agentic)
     return app
