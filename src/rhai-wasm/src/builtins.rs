@@ -179,6 +179,18 @@ pub fn call_builtin(it: &mut Interp, name: &str, args: &mut Vec<Value>, pos: Pos
             }
         }
         ("is_shared", 1) => return Ok(Some(Value::Bool(false))),
+        ("range", 3) if args.iter().any(|a| matches!(a, Value::Float(_))) && args.iter().all(|a| f_of(a).is_some()) => {
+            let (a, b, st) = (f_of(&args[0]).unwrap(), f_of(&args[1]).unwrap(), f_of(&args[2]).unwrap());
+            if st == 0.0 || !st.is_finite() {
+                return rt_err("Step value cannot be zero", pos);
+            }
+            return Ok(Some(Value::FnPtr(Rc::new(FnPtr {
+                name: Rc::from("range$fstep"),
+                curry: vec![Value::Float(a), Value::Float(b), Value::Float(st)],
+                def: None,
+                captures: Vec::new(),
+            }))));
+        }
         ("range", 2) | ("range", 3) => {
             let step = if n == 3 { args[2].clone() } else { Value::Int(1) };
             if let (Value::Int(a), Value::Int(b), Value::Int(st)) = (&args[0], &args[1], &step) {

@@ -812,7 +812,7 @@ impl Interp {
                     body!(Value::Str(k.clone()), n);
                 }
             }
-            Value::FnPtr(p) if p.name.starts_with("range$") => {
+            Value::FnPtr(p) if &*p.name == "range$step" => {
                 let (a, b, step) = match (p.curry.get(0), p.curry.get(1), p.curry.get(2)) {
                     (Some(Value::Int(a)), Some(Value::Int(b)), Some(Value::Int(s))) => (*a, *b, *s),
                     _ => return rt_err("Invalid range", f.pos),
@@ -825,6 +825,21 @@ impl Interp {
                         Some(x) => x,
                         None => break,
                     };
+                    n += 1;
+                }
+            }
+            Value::FnPtr(p) if &*p.name == "range$fstep" => {
+                let (a, b, step) = match (p.curry.get(0), p.curry.get(1), p.curry.get(2)) {
+                    (Some(Value::Float(a)), Some(Value::Float(b)), Some(Value::Float(s))) => (*a, *b, *s),
+                    _ => return rt_err("Invalid range", f.pos),
+                };
+                let mut n: u64 = 0;
+                loop {
+                    let x = a + step * n as f64;
+                    if !((step > 0.0 && x < b) || (step < 0.0 && x > b)) {
+                        break;
+                    }
+                    body!(Value::Float(x), n);
                     n += 1;
                 }
             }

@@ -431,6 +431,25 @@ impl Parser {
                 self.scope_exit(mark);
                 Expr::Try(Box::new(body), var, Box::new(catch), pos)
             }
+            Tok::Kw("if") | Tok::Kw("switch") | Tok::Kw("while") | Tok::Kw("loop") | Tok::Kw("do")
+            | Tok::Kw("for")
+            | Tok::Op("{") => {
+                // Control-flow statements (and blocks) at statement start end at their
+                // closing brace: `for … { } -1` is two statements, as in Rhai.
+                self.depth += 1;
+                if self.depth > self.max_depth {
+                    return self.depth_error(pos);
+                }
+                let e = self.primary();
+                self.depth -= 1;
+                let e = e?;
+                if matches!(e, Expr::Do(..)) {
+                    self.end_statement(&e)?;
+                } else {
+                    self.eat_op(";");
+                }
+                return Ok(Some(e));
+            }
             _ => {
                 let e = self.expr_or_assign()?;
                 self.end_statement(&e)?;
