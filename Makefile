@@ -13,7 +13,7 @@ run: setup
 	$(PY) tools/standin-images
 	$(VENV)/bin/hypermachine serve --host $(HOST) --port $(PORT)
 
-test: setup lint
+test: setup lint typecheck
 	$(PY) -m pytest -q
 
 lint:
