@@ -209,3 +209,10 @@ def test_unexpected_host_exception_propagates(runtime: RhaiRuntime) -> None:
         runtime.run("try { boom() } catch { 0 }", functions=("boom",), host_call=broken)
     # the runtime is still usable afterwards
     assert runtime.run("1 + 1").result == 2
+
+
+def test_closed_runtime_refuses(tmp_path: Path) -> None:
+    rt = RhaiRuntime(cache_dir=tmp_path)
+    rt.close()
+    with pytest.raises(RuntimeError):
+        rt.run("1")

@@ -389,6 +389,8 @@ class RhaiRuntime:
         on_output: Callable[[str], None] | None = None,
     ) -> ScriptResult:
         """Run one script; raises :class:`ScriptFailure` on any failure."""
+        if self._cancel.is_set():
+            raise RuntimeError("RhaiRuntime is closed")
         objects = dict(objects or {})
         started = time.monotonic()
         state = _RunState(
