@@ -106,7 +106,8 @@ pub struct Interp {
     pub base: usize,
     pub frames: Vec<Frame>,
     pub fns: Vec<Rc<FnDef>>,
-    pub fn_index: HashMap<(Rc<str>, usize), u32>,
+    /// Script functions by name: (arity, index into `fns`).
+    pub fn_index: HashMap<Rc<str>, Vec<(usize, u32)>>,
     pub limits: Limits,
     pub ops: u64,
     pub depth: usize,
@@ -164,7 +165,7 @@ impl Interp {
         for f in &prog.fns {
             let idx = self.fns.len() as u32;
             self.fns.push(f.clone());
-            self.fn_index.insert((f.name.clone(), f.params.len()), idx);
+            self.fn_index.entry(f.name.clone()).or_default().push((f.params.len(), idx));
         }
         self.global_consts = prog.global_consts.clone();
         self.stack.clear();
@@ -1469,9 +1470,12 @@ impl Interp {
         s
     }
 
+    fn fn_slot(&self, name: &str, arity: usize) -> Option<u32> {
+        self.fn_index.get(name)?.iter().find(|(a, _)| *a == arity).map(|(_, i)| *i)
+    }
+
     pub fn find_fn(&self, name: &str, arity: usize) -> Option<Rc<FnDef>> {
-        let key: (Rc<str>, usize) = (Rc::from(name), arity);
-        self.fn_index.get(&key).map(|i| self.fns[*i as usize].clone())
+        self.fn_slot(name, arity).map(|i| self.fns[i as usize].clone())
     }
 
     #[inline(never)]
@@ -1481,11 +1485,7 @@ impl Interp {
         }
         let mut cached = c.cache.get();
         if cached == UNRESOLVED {
-            let key: (Rc<str>, usize) = (c.name.clone(), c.args.len());
-            cached = match self.fn_index.get(&key) {
-                Some(i) => *i,
-                None => NOT_SCRIPT,
-            };
+            cached = self.fn_slot(&c.name, c.args.len()).unwrap_or(NOT_SCRIPT);
             c.cache.set(cached);
         }
         if cached != NOT_SCRIPT {
