@@ -17,9 +17,8 @@ import trio
 from hypermachine.api import Services, create_app
 from hypermachine.config import Settings
 from hypermachine.server import open_services
-from support import make_settings, qemu_pids_for
+from support import REPO, make_settings, qemu_pids_for, remove_all_vms
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_DIR = REPO / "images" / "tiny"
 
 
@@ -54,14 +53,6 @@ def compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def settings(data_dir: Path, compile_cache: Path) -> Settings:
     return make_settings(data_dir, compile_cache)
-
-
-async def remove_all_vms(svc: Services) -> set[str]:
-    uuids = set()
-    for vm in svc.manager.list(limit=500)[0]:
-        uuids.add(vm.uuid)
-        await svc.manager.delete(vm.id, force=True)
-    return uuids
 
 
 @pytest.fixture

@@ -8,7 +8,10 @@ from pathlib import Path
 import psutil
 import trio
 
+from hypermachine.api import Services
 from hypermachine.config import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def qemu_pids_for(uuids: set[str]) -> list[int]:
@@ -53,3 +56,12 @@ def make_settings(data_dir: Path, compile_cache: Path, **overrides: object) -> S
             **overrides,
         },
     )
+
+
+async def remove_all_vms(svc: Services) -> set[str]:
+    """Force-delete every VM of ``svc``; the UUIDs they had (to check for leftovers)."""
+    uuids = set()
+    for vm in svc.manager.list(limit=500)[0]:
+        uuids.add(vm.uuid)
+        await svc.manager.delete(vm.id, force=True)
+    return uuids

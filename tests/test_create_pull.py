@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO
 from hypermachine.config import Settings
-from support import make_settings
+from support import REPO, make_settings
 
 
 @pytest.fixture

@@ -7,10 +7,9 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO
 from hypermachine.api import Services
 from hypermachine.config import Settings
-from support import make_settings, wait_until
+from support import REPO, make_settings, wait_until
 
 pytestmark = pytest.mark.qemu
 

@@ -19,7 +19,11 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     │   ├── NameTaken (409 NAME_TAKEN)
     │   ├── InvalidState (409 INVALID_STATE)
     │   ├── IdempotencyConflict (409 IDEMPOTENCY_CONFLICT)
-    │   └── WaitTimeout (409 WAIT_TIMEOUT)
+    │   ├── WaitTimeout (409 WAIT_TIMEOUT)
+    │   ├── PortInUse (409 PORT_IN_USE)
+    │   ├── AddressInUse (409 ADDRESS_IN_USE)
+    │   ├── DeviceInUse (409 DEVICE_IN_USE)
+    │   └── DeviceUnavailable (409 DEVICE_UNAVAILABLE)
     ├── Unsupported (409 CAPABILITY_UNAVAILABLE)
     ├── ScriptRuntimeError (422 SCRIPT_RUNTIME_ERROR)
     ├── ScriptLimitExceeded (422 SCRIPT_LIMIT_EXCEEDED)
@@ -32,8 +36,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "AddressInUse",
     "BadRequest",
     "Conflict",
+    "DeviceInUse",
+    "DeviceUnavailable",
     "HMError",
     "HypervisorError",
     "IdempotencyConflict",
@@ -44,6 +51,7 @@ __all__ = [
     "NameTaken",
     "NotFound",
     "PayloadTooLarge",
+    "PortInUse",
     "ScriptLimitExceeded",
     "ScriptRuntimeError",
     "ScriptSyntaxError",
@@ -130,6 +138,30 @@ class IdempotencyConflict(Conflict):
 
 class WaitTimeout(Conflict):
     code, status = "WAIT_TIMEOUT", 409
+
+
+class PortInUse(Conflict):
+    """A forwarded host port is another VM's or already bound on the host."""
+
+    code, status = "PORT_IN_USE", 409
+
+
+class AddressInUse(Conflict):
+    """Another VM has this MAC or static IP."""
+
+    code, status = "ADDRESS_IN_USE", 409
+
+
+class DeviceInUse(Conflict):
+    """A PCI device (or one of its IOMMU group) is held by another running VM."""
+
+    code, status = "DEVICE_IN_USE", 409
+
+
+class DeviceUnavailable(Conflict):
+    """No instance of the wanted mediated-device type is left; details list what exists."""
+
+    code, status = "DEVICE_UNAVAILABLE", 409
 
 
 class Unsupported(HMError):
