@@ -36,6 +36,10 @@ class ScratchBridge:
     def delete(self) -> None:
         ip("link", "del", "dev", self.name, check=False)
 
+    def ping(self, address: str) -> bool:
+        """One ping from the peer namespace (busybox's: iputils is not a dependency)."""
+        return self.in_netns("busybox", "ping", "-c1", "-W1", address).returncode == 0
+
     def in_netns(self, *argv: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
         assert self.netns is not None
         return subprocess.run(

@@ -98,6 +98,7 @@ class TapManager:
         try:
             await self._ip_cmd("link", "del", "dev", tap)
         except HypervisorError as err:
-            log.error("could not delete tap %s: %s %s", tap, err.message, err.details)
+            if interface_exists(tap):  # else someone else just deleted it: fine
+                log.error("could not delete tap %s: %s %s", tap, err.message, err.details)
             return
         log.info("tap %s deleted", tap)
