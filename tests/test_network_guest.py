@@ -3,7 +3,8 @@
 * nat: a forwarded host port on 127.0.0.1 reaches busybox httpd in the guest;
 * bridge: two guests with static IPs on a scratch bridge answer pings from a peer
   in the test's own network namespace and reach each other; their taps exist while
-  they run and are gone once QEMU has exited.
+  they run and are gone once QEMU has exited, after delete, and after a restarted
+  server finds the QEMU gone.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import trio
 
@@ -22,7 +24,9 @@ from guestconsole import console, console_text, wait_console
 from hypermachine.api import Services
 from hypermachine.config import Settings
 from hypermachine.hypervisor.hostnet import interface_exists, port_free
-from support import make_settings, wait_until
+from hypermachine.models import CreateVmRequest, VmState
+from hypermachine.server import open_services
+from support import make_settings, process_gone, remove_all_vms, wait_until
 from testnet import ScratchBridge, scratch_bridge
 
 pytestmark = pytest.mark.qemu
@@ -135,3 +139,32 @@ async def test_bridge_guests_answer_on_their_static_ips(
     assert tap_master(taps[0]) == bridge.name
     assert (await client.delete(f"/api/v1/vms/{a['id']}?force=true")).status_code == 204
     assert not interface_exists(taps[0])
+
+
+async def test_tap_of_a_vm_that_died_while_the_server_was_away_is_removed(
+    settings: Settings, tiny: Path, bridge: ScratchBridge
+) -> None:
+    request = CreateVmRequest(
+        name="lost",
+        image="tiny",
+        memory_mb=512,
+        disk_gb=1,
+        network={"type": "bridge", "ip": bridge.host(20)},
+        start=True,
+    )
+    async with open_services(settings) as svc:
+        created = await svc.manager.create(request)
+        vm = await svc.manager.wait_for(created.vm.id, {VmState.RUNNING}, BOOT_S)
+    assert vm.network_info is not None and vm.network_info.tap is not None and vm.pid
+    tap = vm.network_info.tap
+    assert interface_exists(tap), "QEMU and its tap outlive the server"
+    psutil.Process(vm.pid).kill()
+    await wait_until(lambda: process_gone(vm.pid), what="QEMU to die")
+
+    async with open_services(settings) as svc:
+        try:
+            assert svc.manager.get(vm.id).state is VmState.STOPPED
+            assert not interface_exists(tap)
+        finally:
+            with trio.CancelScope(shield=True):
+                await remove_all_vms(svc)
