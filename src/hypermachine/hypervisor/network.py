@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..config import BridgeConfig, Settings
@@ -227,7 +227,7 @@ def _host(cidr: str) -> ipaddress.IPv4Address:
     return ipaddress.IPv4Interface(cidr).ip
 
 
-def _json(obj: dict[str, object]) -> str:
+def _json(obj: Mapping[str, object]) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 

@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import uuid as uuidlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import trio
@@ -39,7 +39,7 @@ def mdev_uuid(vm_uuid: str) -> str:
     return str(uuidlib.uuid5(uuidlib.UUID(vm_uuid), "hypermachine/vgpu0"))
 
 
-def _json(obj: dict[str, object]) -> str:
+def _json(obj: Mapping[str, object]) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
