@@ -387,8 +387,14 @@ class Manager:
         image = self._catalogue.get(vm.image)
         if not image.available:
             raise ImageNotFound(f"image {vm.image!r} is not on disk", image=vm.image)
-        held = await self._resources.acquire(vm, image.kernel is not None, self._paths(vm_id))
-        vm = self._set(vm_id, VmState.STARTING, None, **held)
+        # "starting" at once, with no checkpoint before it (see _provision).
+        self._set(vm_id, VmState.STARTING, None)
+        try:
+            held = await self._resources.acquire(vm, image.kernel is not None, self._paths(vm_id))
+        except HMError as err:
+            self._set(vm_id, vm.state, f"start refused: {err.message}")
+            raise
+        vm = self._store.update_vm(vm_id, **held)
         await self._nursery_start(self._launch, vm, _boot_source(image))
         return vm
 
