@@ -8,18 +8,18 @@ one of the test's VM UUIDs survives.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
 from hypermachine.api import Services, create_app
 from hypermachine.config import Settings
 from hypermachine.server import open_services
-from support import REPO, make_settings, qemu_pids_for, remove_all_vms
-
-TINY_DIR = REPO / "images" / "tiny"
+from realserver import Server, free_port
+from support import TINY_DIR, make_settings, qemu_pids_for, remove_all_vms
 
 
 def require_tiny() -> None:
@@ -69,3 +69,19 @@ async def services(settings: Settings, tiny: Path) -> AsyncIterator[Services]:
 @pytest.fixture
 def client(services: Services):  # type: ignore[no-untyped-def]
     return create_app(services).test_client()
+
+
+@pytest.fixture
+def server(data_dir: Path, tiny: Path) -> Iterator[Server]:
+    """A real ``hypermachine serve`` process; its VMs are force-deleted afterwards."""
+    srv = Server(data_dir, free_port())
+    srv.start()
+    yield srv
+    try:
+        if srv.proc is None or srv.proc.poll() is not None:
+            srv.start()
+        with httpx.Client(base_url=srv.url, timeout=60) as client:
+            for vm in client.get("/api/v1/vms").json()["vms"]:
+                client.delete(f"/api/v1/vms/{vm['id']}?force=true")
+    finally:
+        srv.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from hypermachine.api import Services
 from hypermachine.config import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
+TINY_DIR = REPO / "images" / "tiny"
 
 
 def qemu_pids_for(uuids: set[str]) -> list[int]:
@@ -58,10 +60,20 @@ def make_settings(data_dir: Path, compile_cache: Path, **overrides: object) -> S
     )
 
 
+def wait_for_file_text(path: Path, needle: bytes, *, timeout: float) -> None:
+    """Block until ``needle`` appears in ``path`` (a log has no event: poll it)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.exists() and needle in path.read_bytes():
+            return
+        time.sleep(0.1)
+    tail = path.read_bytes()[-1500:] if path.exists() else b"(no file)"
+    raise AssertionError(f"{needle!r} not in {path} after {timeout} s; tail: {tail!r}")
+
+
 async def remove_all_vms(svc: Services) -> set[str]:
-    """Force-delete every VM of ``svc``; the UUIDs they had (to check for leftovers)."""
     uuids = set()
-    for vm in svc.manager.list(limit=500)[0]:
+    for vm in svc.manager.list()[0]:
         uuids.add(vm.uuid)
         await svc.manager.delete(vm.id, force=True)
     return uuids

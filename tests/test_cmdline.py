@@ -162,3 +162,16 @@ def test_any_valid_name_stays_one_option(name: str) -> None:
 @given(st.text(min_size=1, max_size=40).filter(lambda s: all(31 < ord(c) != 127 for c in s)))
 def test_escaped_values_split_back_to_themselves(value: str) -> None:
     assert _split_options(escape_option(value)) == [value]
+
+
+def test_guest_agent_channel() -> None:
+    argv = argv_for(make_vm())
+    chardevs = [c for c in option(argv, "-chardev") if c.startswith("socket,id=qga0,")]
+    assert chardevs == [f"socket,id=qga0,path={PATHS.qga_socket},server=on,wait=off"]
+    devices = [json.loads(d) for d in option(argv, "-device") if d.startswith("{")]
+    port = [d for d in devices if d["driver"] == "virtserialport"]
+    assert port == [
+        {"driver": "virtserialport", "bus": "vser0.0", "chardev": "qga0",
+         "name": "org.qemu.guest_agent.0"}
+    ]  # fmt: skip
+    assert any(d["driver"] == "virtio-serial-pci" and d["id"] == "vser0" for d in devices)

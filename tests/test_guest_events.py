@@ -72,10 +72,12 @@ async def test_guest_poweroff_becomes_stopped(client: Any) -> None:
     assert stopped["state_reason"] == "the guest powered itself off"
 
 
-async def test_guest_panic_becomes_error(client: Any) -> None:
+async def test_guest_panic_becomes_error(client: Any, services: Services) -> None:
     vm = await boot(client, "tiny-panic")
     failed = await wait_state(client, vm["id"], "error")
     assert failed["state_reason"] == "the guest kernel panicked"
+    kinds = [e.type.value for e in services.manager.events.after(0, vm_id=vm["id"])]
+    assert kinds[-3:] == ["vm.guest_panicked", "vm.qemu_exited", "vm.state_changed"], kinds
 
 
 async def test_bios_disk_boot_reaches_marker(client: Any, services: Services) -> None:

@@ -8,6 +8,7 @@ import psutil
 import pytest
 
 from hypermachine.api import Services
+from hypermachine.errors import HypervisorError
 from support import process_gone, wait_until
 
 pytestmark = pytest.mark.qemu
@@ -96,7 +97,9 @@ async def test_graceful_stop_reaches_the_guest(client: Any, services: Services) 
     await wait_until(
         lambda: log.exists() and b"HM-READY" in log.read_bytes(), timeout=60, what="ready marker"
     )
-    status, body = await post(client, f"/api/v1/vms/{vm['id']}/stop", {"wait": True})
+    # A guest on a loaded host can be slow to act on the button: give it room.
+    stop = {"wait": True, "timeout_s": 90}
+    status, body = await post(client, f"/api/v1/vms/{vm['id']}/stop", stop)
     assert status == 200, body
     assert body["state"] == "stopped"
     assert body["state_reason"] == "the guest powered off (ACPI)"
@@ -107,6 +110,11 @@ async def test_reboot_keeps_running(client: Any, services: Services) -> None:
     status, body = await post(client, f"/api/v1/vms/{vm['id']}/reboot")
     assert (status, body["state"]) == (200, "running")
     assert await qmp_status(services, vm["id"]) == "running"
+    # A command QEMU refuses comes back as a HypervisorError naming QEMU's class.
+    with pytest.raises(HypervisorError) as refused:
+        await services.manager.qmp(vm["id"], "query-balloon", None)
+    assert refused.value.details["qmp_error_class"] == "DeviceNotActive"
+    assert "QEMU refused query-balloon" in refused.value.message
 
 
 async def test_qemu_killed_becomes_error(client: Any, services: Services) -> None:

@@ -24,6 +24,7 @@ from hypermachine.errors import AddressInUse, PortInUse, Unsupported, Validation
 from hypermachine.hypervisor import network
 from hypermachine.hypervisor.network import NetworkConfig, kernel_ip_param, nic_args, plan
 from hypermachine.models import NetworkSpec, Vm, VmState
+from hypermachine.store import VmQuery
 from support import make_settings
 from testnet import ScratchBridge, scratch_bridge
 
@@ -265,7 +266,7 @@ async def test_api_refuses_a_port_bound_on_the_host(client: Any, services: Servi
     assert status == 201, body
     status, body = await create(client, "d", {"ports": [{"host": port, "guest": 80}]})
     assert (status, body["error"]["code"]) == (409, "PORT_IN_USE")
-    assert body["error"]["details"]["vm_id"] == services.manager.list(name="c")[0][0].id
+    assert body["error"]["details"]["vm_id"] == services.manager.list(VmQuery(name="c"))[0][0].id
 
 
 async def test_api_refuses_a_bridge_that_does_not_exist(

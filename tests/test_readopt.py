@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import trio
 from hypermachine.config import Settings
 from hypermachine.models import CreateVmRequest, VmState
 from hypermachine.server import open_services
-from realserver import Server, free_port
+from realserver import Server
 from support import process_gone, qemu_pids_for, remove_all_vms, wait_until
 
 pytestmark = pytest.mark.qemu
@@ -52,21 +51,6 @@ async def test_restart_in_process_readopts(settings: Settings, tiny: Path) -> No
             with trio.CancelScope(shield=True):
                 uuids = await remove_all_vms(svc)
     assert qemu_pids_for(uuids) == []
-
-
-@pytest.fixture
-def server(data_dir: Path, tiny: Path) -> Iterator[Server]:
-    srv = Server(data_dir, free_port())
-    srv.start()
-    yield srv
-    try:
-        if srv.proc is None or srv.proc.poll() is not None:
-            srv.start()
-        with httpx.Client(base_url=srv.url, timeout=60) as client:
-            for vm in client.get("/api/v1/vms").json()["vms"]:
-                client.delete(f"/api/v1/vms/{vm['id']}?force=true")
-    finally:
-        srv.stop()
 
 
 def test_kill_9_server_then_readopt(server: Server) -> None:

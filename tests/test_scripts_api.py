@@ -147,3 +147,21 @@ async def test_hostile_names_cannot_create_through_scripts(client: Any, row: Any
     status, body = await run(client, vm_id, "vm.create(args)", args={"spec": row[1]})
     assert status == 422
     assert body["error"]["code"] == "SCRIPT_RUNTIME_ERROR"
+
+
+async def test_script_reaches_into_the_guest(client: Any) -> None:
+    vm_id = await make_vm(client, "guesty")
+    code = """
+        vm.start();
+        vm.wait_for("running", 60000);
+        let r = vm.exec(["/bin/echo", "hello", "guest"]);
+        vm.write_file("/tmp/hm-note", `written by ${vm.name}`);
+        let back = vm.read_file("/tmp/hm-note");
+        let sh = vm.exec("echo $((6 * 7))");
+        let bad = "";
+        try { vm.exec([]); } catch (e) { bad = "refused"; }
+        [r.exit_code, r.stdout, back, sh.stdout, bad]
+    """
+    status, body = await run(client, vm_id, code, limits={"timeout_ms": 150000})
+    assert status == 200, body
+    assert body["result"] == [0, "hello guest\n", "written by guesty", "42\n", "refused"]

@@ -60,8 +60,16 @@ def _cmd_image_pull(args: argparse.Namespace) -> int:
 
 
 def _cmd_image_import(args: argparse.Namespace) -> int:
+    catalogue = _catalogue(args)
+    if any(i.name == args.name and i.source == "remote" for i in catalogue.list()):
+        image = catalogue.sideload(args.name, Path(args.path), verify=not args.no_verify)
+        print(
+            f"provided {image.name} from {args.path}"
+            + (f" ({image.stand_in})" if image.stand_in else "")
+        )
+        return 0
     kernel_boot = args.kernel is not None
-    image = _catalogue(args).import_file(
+    image = catalogue.import_file(
         args.name,
         Path(args.path),
         boot="kernel" if kernel_boot else "disk",
@@ -76,7 +84,12 @@ def _cmd_image_import(args: argparse.Namespace) -> int:
 def _cmd_script_run(args: argparse.Namespace) -> int:
     from .scriptcli import run_script_file
 
-    return run_script_file(Path(args.file), vm_id=args.vm, server=args.server)
+    try:
+        script_args = json.loads(args.args)
+    except json.JSONDecodeError as err:
+        print(f"hypermachine: --args is not JSON: {err}", file=sys.stderr)
+        return 2
+    return run_script_file(Path(args.file), vm_id=args.vm, server=args.server, args=script_args)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,6 +118,12 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--kernel", help="boot this kernel directly instead of the disk")
     imp.add_argument("--initrd")
     imp.add_argument("--append", help="kernel command line (with --kernel)")
+    imp.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="for a remote catalogue name: accept a file that does not match its checksum "
+        "(it is then listed as a stand-in)",
+    )
     imp.set_defaults(run=_cmd_image_import)
 
     script = commands.add_parser("script", help="Rhai scripts").add_subparsers(
@@ -114,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("file")
     run.add_argument("--vm", help="bind the script to this VM (runs on the server)")
     run.add_argument("--server", default="http://127.0.0.1:8080")
+    run.add_argument("--args", default="{}", help="JSON object the script sees as `args`")
     run.set_defaults(run=_cmd_script_run)
     return parser
 

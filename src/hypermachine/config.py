@@ -83,6 +83,24 @@ class Settings:
     script_timeout_s: float = 300.0
     idempotency_ttl_s: float = 24 * 3600.0
     log_level: str = "INFO"
+    # Guest agent (qemu-ga over virtio-serial): docs/guest.md
+    guest_agent_sync_timeout_s: float = 3.0
+    guest_agent_command_timeout_s: float = 30.0
+    guest_agent_ping_interval_s: float = 5.0
+    guest_agent_retry_s: float = 1.0
+    exec_timeout_default_s: float = 300.0
+    exec_timeout_max_s: float = 24 * 3600.0
+    exec_poll_max_s: float = 0.5
+    exec_output_max_bytes: int = 1024 * 1024
+    exec_retained_per_vm: int = 64
+    file_max_bytes: int = 32 * 1024 * 1024
+    file_chunk_bytes: int = 256 * 1024
+    # Serial console log rotation
+    console_log_max_bytes: int = 4 * 1024 * 1024
+    console_log_check_s: float = 10.0
+    # Event log
+    events_retained: int = 100_000
+    sse_keepalive_s: float = 15.0
     # Networks and devices (docs/networking.md). Bridges VMs may join, by name.
     bridges: tuple[BridgeConfig, ...] = ()
     # Host address port forwards of nat VMs listen on, and the host ports allowed.

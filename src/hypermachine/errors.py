@@ -11,15 +11,20 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     │   ├── UnsupportedLanguage (400 UNSUPPORTED_LANGUAGE)
     │   └── ScriptSyntaxError (400 SCRIPT_SYNTAX_ERROR)
     ├── NotFound (404 NOT_FOUND)
-    │   └── VmNotFound (404 VM_NOT_FOUND)
+    │   ├── VmNotFound (404 VM_NOT_FOUND)
+    │   ├── GuestPathNotFound (404 GUEST_PATH_NOT_FOUND)
+    │   └── ExecNotFound (404 EXEC_NOT_FOUND)
     ├── MethodNotAllowed (405 METHOD_NOT_ALLOWED)
     ├── PayloadTooLarge (413 PAYLOAD_TOO_LARGE)
+    │   └── GuestFileTooLarge (413 GUEST_FILE_TOO_LARGE)
     ├── UnsupportedMediaType (415 UNSUPPORTED_MEDIA_TYPE)
     ├── Conflict (409 CONFLICT)
     │   ├── NameTaken (409 NAME_TAKEN)
     │   ├── InvalidState (409 INVALID_STATE)
     │   ├── IdempotencyConflict (409 IDEMPOTENCY_CONFLICT)
     │   ├── WaitTimeout (409 WAIT_TIMEOUT)
+    │   ├── GuestAgentUnavailable (409 GUEST_AGENT_UNAVAILABLE)
+    │   ├── ConsoleBusy (409 CONSOLE_BUSY)
     │   ├── PortInUse (409 PORT_IN_USE)
     │   ├── AddressInUse (409 ADDRESS_IN_USE)
     │   ├── DeviceInUse (409 DEVICE_IN_USE)
@@ -27,6 +32,7 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     ├── Unsupported (409 CAPABILITY_UNAVAILABLE)
     ├── ScriptRuntimeError (422 SCRIPT_RUNTIME_ERROR)
     ├── ScriptLimitExceeded (422 SCRIPT_LIMIT_EXCEEDED)
+    ├── GuestOperationFailed (422 GUEST_OPERATION_FAILED)
     ├── ImagePullFailed (502 IMAGE_PULL_FAILED)
     └── HypervisorError (500 HYPERVISOR_ERROR)
 """
@@ -39,8 +45,14 @@ __all__ = [
     "AddressInUse",
     "BadRequest",
     "Conflict",
+    "ConsoleBusy",
     "DeviceInUse",
     "DeviceUnavailable",
+    "ExecNotFound",
+    "GuestAgentUnavailable",
+    "GuestFileTooLarge",
+    "GuestOperationFailed",
+    "GuestPathNotFound",
     "HMError",
     "HypervisorError",
     "IdempotencyConflict",
@@ -108,12 +120,26 @@ class VmNotFound(NotFound):
     code, status = "VM_NOT_FOUND", 404
 
 
+class GuestPathNotFound(NotFound):
+    """The guest agent reports no such file or folder in the guest."""
+
+    code, status = "GUEST_PATH_NOT_FOUND", 404
+
+
+class ExecNotFound(NotFound):
+    code, status = "EXEC_NOT_FOUND", 404
+
+
 class MethodNotAllowed(HMError):
     code, status = "METHOD_NOT_ALLOWED", 405
 
 
 class PayloadTooLarge(HMError):
     code, status = "PAYLOAD_TOO_LARGE", 413
+
+
+class GuestFileTooLarge(PayloadTooLarge):
+    code, status = "GUEST_FILE_TOO_LARGE", 413
 
 
 class UnsupportedMediaType(HMError):
@@ -138,6 +164,18 @@ class IdempotencyConflict(Conflict):
 
 class WaitTimeout(Conflict):
     code, status = "WAIT_TIMEOUT", 409
+
+
+class GuestAgentUnavailable(Conflict):
+    """No guest agent answers in this VM (not installed, not started yet, or stopped)."""
+
+    code, status = "GUEST_AGENT_UNAVAILABLE", 409
+
+
+class ConsoleBusy(Conflict):
+    """Someone else holds the VM's interactive serial console."""
+
+    code, status = "CONSOLE_BUSY", 409
 
 
 class PortInUse(Conflict):
@@ -176,6 +214,12 @@ class ScriptRuntimeError(HMError):
 
 class ScriptLimitExceeded(HMError):
     code, status = "SCRIPT_LIMIT_EXCEEDED", 422
+
+
+class GuestOperationFailed(HMError):
+    """The guest agent refused or failed the operation (permission, missing program, ...)."""
+
+    code, status = "GUEST_OPERATION_FAILED", 422
 
 
 class ImagePullFailed(HMError):

@@ -85,7 +85,10 @@ async def serve(
         config.accesslog = logging.getLogger("hypermachine.access")
         config.errorlog = logging.getLogger("hypermachine.http")
         config.h11_max_incomplete_size = 64 * 1024
-        config.read_timeout = 30
-        await hypercorn_serve(  # type: ignore[arg-type]
+        # No read timeout: hypercorn applies it to the whole connection, which would cut
+        # server-sent event streams, console websockets and long exec waits after 30 s
+        # of client silence. Idle connections still close after keep_alive_timeout.
+        config.read_timeout = None
+        await hypercorn_serve(
             create_app(services), config, shutdown_trigger=_until_signal, task_status=task_status
         )

@@ -1,4 +1,4 @@
-"""SQLite persistence: VMs and idempotency records.
+"""SQLite persistence: VMs, idempotency records and the event log.
 
 Each VM row keeps the full :class:`~hypermachine.models.Vm` document as JSON plus
 the columns queries filter on. Every state change is written here before it is
@@ -9,18 +9,19 @@ in microseconds), made from the Trio thread only.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .errors import BadRequest, NameTaken, VmNotFound
-from .models import Vm, VmState
+from .models import Event, EventType, Vm, VmState
 
-__all__ = ["IdempotencyRecord", "Store", "utcnow"]
+__all__ = ["IdempotencyRecord", "Store", "VmQuery", "fingerprint", "utcnow"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vms (
@@ -37,11 +38,33 @@ CREATE TABLE IF NOT EXISTS idempotency (
     vm_id TEXT NOT NULL,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    type TEXT NOT NULL,
+    vm_id TEXT,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_vm ON events(vm_id, id);
 """
+
+# Live facts that are reported with a VM but never stored.
+_NOT_STORED = {"guest_agent"}
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class VmQuery:
+    """Which VMs to list: every filter is optional; pages follow creation order."""
+
+    states: tuple[VmState, ...] = ()
+    name: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    limit: int = 100
+    cursor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +108,7 @@ class Store:
         try:
             self._db.execute(
                 "INSERT INTO vms(id, name, state, doc) VALUES (?, ?, ?, ?)",
-                (vm.id, vm.name, vm.state.value, vm.model_dump_json()),
+                (vm.id, vm.name, vm.state.value, vm.model_dump_json(exclude=_NOT_STORED)),
             )
         except sqlite3.IntegrityError as err:
             raise NameTaken(f"a VM named {vm.name!r} already exists", name=vm.name) from err
@@ -101,7 +124,7 @@ class Store:
         vm = self.get_vm(vm_id).model_copy(update={**changes, "updated_at": utcnow()})
         self._db.execute(
             "UPDATE vms SET state = ?, doc = ? WHERE id = ?",
-            (vm.state.value, vm.model_dump_json(), vm_id),
+            (vm.state.value, vm.model_dump_json(exclude=_NOT_STORED), vm_id),
         )
         return vm
 
@@ -116,38 +139,37 @@ class Store:
     def count_vms(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM vms").fetchone()[0])
 
-    def list_vms(
-        self,
-        *,
-        states: list[VmState] | None = None,
-        name: str | None = None,
-        labels: Mapping[str, str] | None = None,
-        limit: int = 100,
-        cursor: str | None = None,
-    ) -> tuple[list[Vm], str | None]:
+    def list_vms(self, query: VmQuery) -> tuple[list[Vm], str | None]:
         """One page of VMs in creation order, and the cursor of the next page."""
-        where, params = ["1=1"], []
-        if cursor:
+        rows, cursor = self.list_vm_docs(query)
+        return [Vm.model_validate_json(doc) for _, doc in rows], cursor
+
+    def list_vm_docs(self, query: VmQuery) -> tuple[list[tuple[str, str]], str | None]:
+        """Like :meth:`list_vms` but ``(id, stored JSON document)`` pairs as they are
+        (no parsing), for the API's hot listing path."""
+        where: list[str] = ["1=1"]
+        params: list[object] = []
+        if query.cursor:
             where.append("seq > ?")
-            params.append(_decode_cursor(cursor))
-        if states:
-            where.append(f"state IN ({','.join('?' * len(states))})")
-            params.extend(s.value for s in states)
-        if name:
+            params.append(_decode_cursor(query.cursor))
+        if query.states:
+            where.append(f"state IN ({','.join('?' * len(query.states))})")
+            params.extend(s.value for s in query.states)
+        if query.name:
             where.append("name = ?")
-            params.append(name)
-        for key, value in (labels or {}).items():
+            params.append(query.name)
+        for key, value in query.labels.items():
             where.append(
                 "EXISTS (SELECT 1 FROM json_each(vms.doc, '$.labels') WHERE key = ? AND value = ?)"
             )
             params.extend((key, value))
         rows = self._db.execute(
-            f"SELECT seq, doc FROM vms WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
-            (*params, limit + 1),
+            f"SELECT seq, id, doc FROM vms WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+            (*params, query.limit + 1),
         ).fetchall()
-        page = [Vm.model_validate_json(doc) for _, doc in rows[:limit]]
+        limit = query.limit
         next_cursor = _encode_cursor(rows[limit - 1][0]) if len(rows) > limit else None
-        return page, next_cursor
+        return [(vm_id, doc) for _, vm_id, doc in rows[:limit]], next_cursor
 
     # -- idempotency ---------------------------------------------------------
 
@@ -165,9 +187,42 @@ class Store:
             (key, fingerprint, vm_id, utcnow().timestamp()),
         )
 
+    # -- events --------------------------------------------------------------
+
+    def append_event(self, type_: EventType, vm_id: str | None, data: Mapping[str, Any]) -> Event:
+        """Write one event; its id is larger than every id before it."""
+        time = utcnow()
+        cursor = self._db.execute(
+            "INSERT INTO events(time, type, vm_id, data) VALUES (?, ?, ?, ?)",
+            (time.isoformat(), type_.value, vm_id, json.dumps(dict(data))),
+        )
+        assert cursor.lastrowid is not None
+        return Event(id=cursor.lastrowid, time=time, type=type_, vm_id=vm_id, data=dict(data))
+
+    def events_after(
+        self, after: int, *, vm_id: str | None = None, limit: int = 500
+    ) -> list[Event]:
+        where, params = "id > ?", list[object]([after])
+        if vm_id is not None:
+            where += " AND vm_id = ?"
+            params.append(vm_id)
+        rows = self._db.execute(
+            f"SELECT id, time, type, vm_id, data FROM events WHERE {where} ORDER BY id LIMIT ?",
+            (*params, limit),
+        ).fetchall()
+        return [
+            Event(id=r[0], time=r[1], type=EventType(r[2]), vm_id=r[3], data=json.loads(r[4]))
+            for r in rows
+        ]
+
+    def last_event_id(self) -> int:
+        return int(self._db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
+
+    def prune_events(self, keep: int) -> None:
+        """Drop all but the newest ``keep`` events."""
+        self._db.execute("DELETE FROM events WHERE id <= ?", (self.last_event_id() - keep,))
+
 
 def fingerprint(body: Mapping[str, Any]) -> str:
     """A stable digest of a request body, to tell a retry from a different request."""
-    import hashlib
-
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()

@@ -158,8 +158,13 @@ def test_corrupt_cache_is_replaced(tmp_path: Path) -> None:
     rt.close()
 
 
-def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
+@pytest.fixture(scope="module")
+def cli_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("xdg-cache")
+
+
+def _cli(cache: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "XDG_CACHE_HOME": str(cache)}
     return subprocess.run(
         [sys.executable, "-m", "hypermachine.sandbox", *argv],
         capture_output=True,
@@ -170,21 +175,37 @@ def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_success(tmp_path: Path) -> None:
+def test_cli_success(tmp_path: Path, cli_cache: Path) -> None:
     script = tmp_path / "hello.rhai"
     script.write_text('print("hi " + args.who);\n#{answer: 42}\n')
-    proc = _cli(str(script), "--args", '{"who": "there"}')
+    proc = _cli(cli_cache, str(script), "--args", '{"who": "there"}')
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == "hi there"
     assert json.loads(lines[-1]) == {"result": {"answer": 42}, "type": "map"}
 
 
-def test_cli_failure(tmp_path: Path) -> None:
+def test_cli_failure(tmp_path: Path, cli_cache: Path) -> None:
     script = tmp_path / "bad.rhai"
     script.write_text('print("before");\nlet x = 1 / 0;\n')
-    proc = _cli(str(script))
+    proc = _cli(cli_cache, str(script))
     assert proc.returncode == 1
     assert proc.stdout.splitlines() == ["before"]
     assert "Division by zero" in proc.stderr
     assert "line 2" in proc.stderr
+
+
+def test_memory_limit_too_small_to_start(runtime: RhaiRuntime) -> None:
+    with pytest.raises(ScriptFailure) as info:
+        runtime.run("1", limits=Limits(memory_bytes=1024 * 1024))
+    assert (info.value.kind, info.value.limit) == ("limit", "memory_bytes")
+
+
+def test_unexpected_host_exception_propagates(runtime: RhaiRuntime) -> None:
+    def broken(request: dict[str, object]) -> object:
+        raise KeyError("bug in host")
+
+    with pytest.raises(KeyError):
+        runtime.run("try { boom() } catch { 0 }", functions=("boom",), host_call=broken)
+    # the runtime is still usable afterwards
+    assert runtime.run("1 + 1").result == 2

@@ -6,9 +6,9 @@ import json
 from typing import TypeVar
 
 from pydantic import BaseModel
-from quart import request
+from quart import current_app, request
 
-from ..errors import BadRequest, UnsupportedMediaType, ValidationFailed
+from ..errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 
 __all__ = ["parse_body", "query_bool", "query_float"]
 
@@ -30,9 +30,15 @@ async def parse_body(model: type[M], *, allow_empty: bool = False) -> M:
     """The JSON body as ``model``; an empty body means ``{}`` when ``allow_empty``.
 
     Raises:
-        UnsupportedMediaType, ValidationFailed (malformed JSON, too deep, wrong fields).
+        PayloadTooLarge, UnsupportedMediaType,
+        ValidationFailed (malformed JSON, too deep, wrong fields).
     """
+    limit = current_app.extensions["hypermachine"].settings.max_body_bytes
+    if (request.content_length or 0) > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
     raw = await request.get_data(as_text=False)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
     if not raw.strip():
         if allow_empty:
             return model.model_validate({})

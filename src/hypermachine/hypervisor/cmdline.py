@@ -9,6 +9,7 @@ Host paths come only from the server's own layout and catalogue.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def _option_path(path: Path) -> str:
     return escape_option(_plain_path(path))
 
 
-def _json(obj: dict[str, object]) -> str:
+def _json(obj: Mapping[str, object]) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
@@ -82,6 +83,22 @@ def _consoles(paths: VmPaths, qmp_fd: int) -> list[str]:
         # so it can connect the moment QEMU starts, with no polling for the path.
         "-chardev", f"socket,id=qmp,fd={int(qmp_fd)},server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",
+    ]  # fmt: skip
+
+
+def _guest_agent(paths: VmPaths) -> list[str]:
+    """A virtio-serial port named ``org.qemu.guest_agent.0`` on a unix socket for qemu-ga."""
+    chardev = f"socket,id=qga0,path={_option_path(paths.qga_socket)},server=on,wait=off"
+    port: dict[str, object] = {
+        "driver": "virtserialport",
+        "bus": "vser0.0",
+        "chardev": "qga0",
+        "name": "org.qemu.guest_agent.0",
+    }
+    return [
+        "-chardev", chardev,
+        "-device", _json({"driver": "virtio-serial-pci", "id": "vser0"}),
+        "-device", _json(port),
     ]  # fmt: skip
 
 
@@ -124,6 +141,7 @@ def build_argv(
         "-nodefaults", "-no-user-config", "-display", "none",
         "-pidfile", _plain_path(paths.pidfile),
         *_consoles(paths, qmp_fd),
+        *_guest_agent(paths),
         *_disk(paths),
         *network.nic_args(vm),
         *cloudinit.seed_args(vm, boot, paths),

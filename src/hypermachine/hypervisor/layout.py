@@ -48,6 +48,11 @@ class VmPaths:
         return self.run_dir / "serial.sock"
 
     @property
+    def qga_socket(self) -> Path:
+        """The host end of the guest agent's virtio-serial channel."""
+        return self.run_dir / "qga.sock"
+
+    @property
     def pidfile(self) -> Path:
         return self.run_dir / "qemu.pid"
 
@@ -55,7 +60,8 @@ class VmPaths:
         """Create both folders (private to the server's user)."""
         for folder in (self.vm_dir, self.run_dir):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        longest = max(len(str(p)) for p in (self.qmp_socket, self.serial_socket))
+        sockets = (self.qmp_socket, self.serial_socket, self.qga_socket)
+        longest = max(len(str(p)) for p in sockets)
         if longest > _SOCKET_PATH_MAX:
             raise ValueError(f"runtime dir {self.run_dir} is too long for unix sockets")
 

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 # After a failed boot, how long QEMU gets to exit by itself (its status and log
 # then say why) before it is killed.
 _EXIT_EXPLAINS_S = 1.0
+# After QEMU exits, how long its last QMP events may take to arrive.
+_EVENT_DRAIN_S = 2.0
 
 # (state, reason) reported to the manager; it stores and announces them.
 StateReport = Callable[[VmState, str | None], Awaitable[None]]
@@ -150,8 +152,13 @@ class Machine:
     session: QmpSession | None = None
     exited: trio.Event = field(default_factory=trio.Event)
     report: ExitReport = field(default_factory=ExitReport)
+    # Tasks that live exactly as long as this supervision (guest agent, log rotation).
+    companions: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_qmp: Callable[[str, float], None] | None = None  # (command, seconds) for metrics
     _nursery: trio.Nursery | None = None
     _process: psutil.Process | None = None
+    _events_done: trio.Event = field(default_factory=trio.Event)
+    _gone: trio.Event = field(default_factory=trio.Event)  # the process has exited
 
     async def connect(self, bridge: QmpBridge, timeout_s: float) -> QmpSession:
         """Open QMP (QEMU may still be starting).
@@ -174,10 +181,14 @@ class Machine:
     async def execute(self, command: str, arguments: dict[str, object] | None = None) -> object:
         if self.session is None:
             raise HypervisorError("QMP is not connected", vm_id=self.vm_id)
+        started = trio.current_time()
         try:
             return await self.session.execute(command, arguments)
         except QmpGone as err:
             raise HypervisorError(f"QEMU went away during {command}", vm_id=self.vm_id) from err
+        finally:
+            if self.on_qmp is not None:
+                self.on_qmp(command, trio.current_time() - started)
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -222,8 +233,15 @@ class Machine:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._session, on_state, boot)
+                for companion in self.companions:
+                    nursery.start_soon(companion)
                 task_status.started()
                 await trio.lowlevel.wait_readable(pidfd)
+                self._gone.set()
+                # QEMU is gone; let the events it sent before exiting (SHUTDOWN,
+                # GUEST_PANICKED) arrive — the channel ends with the connection.
+                with trio.move_on_after(_EVENT_DRAIN_S):
+                    await self._events_done.wait()
                 nursery.cancel_scope.cancel()
             self._reap()
             self.exited.set()
@@ -238,18 +256,21 @@ class Machine:
     async def _session(
         self, on_state: StateReport, boot: Callable[[], Awaitable[None]] | None
     ) -> None:
-        if boot is not None:
-            try:
-                await boot()
-            except HypervisorError as err:
-                await self._abort_boot(err)
-                return
-        await self._follow_events(on_state)
+        try:
+            if boot is not None:
+                try:
+                    await boot()
+                except HypervisorError as err:
+                    await self._abort_boot(err)
+                    return
+            await self._follow_events(on_state)
+        finally:
+            self._events_done.set()
 
     async def _abort_boot(self, err: HypervisorError) -> None:
         """Boot failed: if QEMU is exiting by itself its exit explains why; else kill it."""
         with trio.move_on_after(_EXIT_EXPLAINS_S):
-            await self.exited.wait()
+            await self._gone.wait()
             return
         detail = err.details.get("reason") or ""
         self.report.failure = f"{err.message} {detail}".strip()

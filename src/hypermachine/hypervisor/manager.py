@@ -9,10 +9,12 @@ Every state change is written to the store first and then announced to waiters.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import uuid as uuidlib
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,11 +23,15 @@ import trio
 
 from ..config import Settings
 from ..errors import HMError, HypervisorError, ImageNotFound, InvalidState, VmNotFound, WaitTimeout
+from ..events import EventLog
 from ..models import CreateVmRequest, DiskStats, HostDevices, Vm, VmMetrics, VmSpec, VmState
 from ..states import LIVE_STATES, Action, transition
-from ..store import Store, fingerprint, utcnow
+from ..store import Store, VmQuery, fingerprint, utcnow
+from ..telemetry import Telemetry
 from . import disks
 from .cmdline import BootSource, build_argv
+from .console import ConsoleService, rotate_at_start
+from .guest import GuestService
 from .host import HostFacts, check_supported
 from .layout import VmPaths
 from .machine import Machine, adopt_pid, spawn_qemu
@@ -58,6 +64,8 @@ class CatalogueLike(Protocol):
     def get(self, name: str) -> ImageLike: ...
     def pull(self, name: str) -> ImageLike: ...
 
+
+_ALL = VmQuery(limit=500)
 
 # States the server itself is driving; QEMU's events then don't override them.
 _SERVER_DRIVEN = frozenset({VmState.STARTING, VmState.STOPPING, VmState.DELETING})
@@ -95,6 +103,11 @@ class Manager:
         self._locks: dict[str, trio.Lock] = {}
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self.events = EventLog(store, retain=settings.events_retained)
+        self.guest = GuestService(settings, self.events, store.get_vm)
+        self.console = ConsoleService(settings, store.get_vm, self._paths)
+        self.telemetry = Telemetry()
+        self.events.add_listener(self.telemetry.on_event)
         self._resources = HostResources(settings, store.all_vms)
 
     # -- life of the manager ---------------------------------------------------
@@ -159,9 +172,15 @@ class Manager:
         return self._locks.setdefault(vm_id, trio.Lock())
 
     def _set(self, vm_id: str, state: VmState, reason: str | None, **extra: Any) -> Vm:
+        previous = self._store.get_vm(vm_id).state
         vm = self._store.update_vm(vm_id, state=state, state_reason=reason, **extra)
+        self.events.state_changed(vm, previous)
         self._announce()
-        return vm
+        return self._live(vm)
+
+    def _live(self, vm: Vm) -> Vm:
+        """The stored VM plus what is only known live (its guest agent)."""
+        return vm.model_copy(update={"guest_agent": self.guest.info(vm.id)})
 
     def _announce(self) -> None:
         self._changed.set()
@@ -177,20 +196,23 @@ class Manager:
     # -- queries ---------------------------------------------------------------
 
     def get(self, vm_id: str) -> Vm:
-        return self._store.get_vm(vm_id)
+        return self._live(self._store.get_vm(vm_id))
 
-    def list(
-        self,
-        *,
-        states: list[VmState] | None = None,
-        name: str | None = None,
-        labels: Mapping[str, str] | None = None,
-        limit: int = 100,
-        cursor: str | None = None,
-    ) -> tuple[list[Vm], str | None]:
-        return self._store.list_vms(
-            states=states, name=name, labels=labels, limit=limit, cursor=cursor
-        )
+    def list(self, query: VmQuery = _ALL) -> tuple[list[Vm], str | None]:
+        """A page of VMs and the cursor of the next one."""
+        vms, cursor = self._store.list_vms(query)
+        return [self._live(vm) for vm in vms], cursor
+
+    def list_json(self, query: VmQuery) -> str:
+        """The same page as ``{"vms": [...], "next_cursor": ...}`` JSON, built from the
+        stored documents without re-parsing them (the API's listing path); only VMs
+        with a live QEMU are re-rendered, to carry what is known live."""
+        rows, cursor = self._store.list_vm_docs(query)
+        docs = [
+            self.get(vm_id).model_dump_json() if vm_id in self._machines else doc
+            for vm_id, doc in rows
+        ]
+        return f'{{"vms":[{",".join(docs)}],"next_cursor":{json.dumps(cursor)}}}'
 
     async def wait_for(self, vm_id: str, states: Collection[VmState], timeout_s: float) -> Vm:
         """Return the VM once it is in one of ``states``.
@@ -252,6 +274,7 @@ class Manager:
         )
         vm = self._resources.admit(vm, self._store.all_vms())
         self._store.insert_vm(vm)
+        self.events.vm_created(vm)
         if idempotency_key is not None:
             self._store.put_idempotency(idempotency_key, fingerprint(body), vm.id)
         self._announce()
@@ -365,6 +388,8 @@ class Manager:
         self._paths(vm_id).remove()
         self._store.delete_vm(vm_id)
         self._locks.pop(vm_id, None)
+        self.guest.forget(vm_id)
+        self.events.vm_deleted(vm_id)
         self._announce()
 
     # -- lifecycle -------------------------------------------------------------
@@ -419,6 +444,7 @@ class Manager:
             )
 
         try:
+            rotate_at_start(paths.console_log)
             child = spawn_qemu(argv, paths)
         except (HMError, ValueError) as err:
             await self._release(vm.id)
@@ -451,6 +477,11 @@ class Manager:
                 await self._release(machine.vm_id)
             self._on_machine_state(machine, state, reason)
 
+        machine.on_qmp = self.telemetry.observe_qmp
+        machine.companions = [
+            partial(self.guest.attend, machine.vm_id, machine.paths.qga_socket),
+            partial(self.console.keep_rotated, machine.paths.console_log),
+        ]
         try:
             await machine.supervise(on_state, boot=boot, task_status=task_status)
         finally:
@@ -463,6 +494,13 @@ class Manager:
         except VmNotFound:
             return
         if machine.exited.is_set():
+            report = machine.report
+            self.events.qemu_exited(
+                machine.vm_id,
+                returncode=report.returncode,
+                panicked=report.panic is not None or report.shutdown_reason == "guest-panic",
+                shutdown_reason=report.shutdown_reason,
+            )
             if current is not VmState.DELETING:
                 machine.paths.clear_runtime()
                 self._set(machine.vm_id, state, reason, pid=None)
@@ -545,11 +583,13 @@ class Manager:
         machine = self._machine(vm_id)
         stats = await machine.execute("query-blockstats")
         disks_ = [_disk_stats(entry) for entry in stats] if isinstance(stats, list) else []
-        cpu, rss = 0.0, 0
+        cpu, rss, cpu_s = 0.0, 0, 0.0
         process = machine.process
         if process is not None:
             with contextlib.suppress(psutil.Error):
                 cpu, rss = process.cpu_percent(None), process.memory_info().rss
+                times = process.cpu_times()
+                cpu_s = times.user + times.system
         started = vm.started_at or vm.updated_at
         return VmMetrics(
             vm_id=vm_id,
@@ -563,6 +603,7 @@ class Manager:
             disk_read_ops=sum(d.read_ops for d in disks_),
             disk_write_ops=sum(d.write_ops for d in disks_),
             uptime_seconds=max(0.0, (utcnow() - started).total_seconds()),
+            cpu_seconds_total=cpu_s,
         )
 
     # -- host ------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         limits = Limits().lowered(**overrides)
     except ValueError as e:
         parser.error(str(e))
-    runtime = RhaiRuntime()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hypermachine"
+    runtime = RhaiRuntime(cache_dir=cache / "rhai")
 
     def echo(line: str) -> None:
         print(line, flush=True)

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
+from pydantic import ValidationError
 
 from ..errors import (
     HMError,
@@ -25,7 +26,14 @@ from ..errors import (
     ValidationFailed,
 )
 from ..hypervisor.manager import Manager
-from ..models import ScriptRequest, ScriptResponse, VmState
+from ..models import (
+    ExecRequest,
+    FileReadRequest,
+    FileWriteRequest,
+    ScriptRequest,
+    ScriptResponse,
+    VmState,
+)
 from .runtime import HostCallError, HostObject, Limits, RhaiRuntime, ScriptFailure
 
 __all__ = ["READ_ONLY_QMP", "VM_OBJECT", "ScriptService"]
@@ -33,7 +41,20 @@ __all__ = ["READ_ONLY_QMP", "VM_OBJECT", "ScriptService"]
 VM_OBJECT = HostObject(
     type_name="VM",
     properties=("id", "name", "state"),
-    methods=("info", "start", "stop", "pause", "resume", "reboot", "wait_for", "metrics", "qmp"),
+    methods=(
+        "info",
+        "start",
+        "stop",
+        "pause",
+        "resume",
+        "reboot",
+        "wait_for",
+        "metrics",
+        "qmp",
+        "exec",
+        "read_file",
+        "write_file",
+    ),
 )
 
 # QMP commands a script may send: queries with no side effects that reveal no host
@@ -61,6 +82,9 @@ READ_ONLY_QMP = frozenset(
 
 Handler = Callable[[list[Any]], Awaitable[object]]
 
+# The longest a guest call in a script waits for qemu-ga to come up after a boot.
+_AGENT_WAIT_S = 60.0
+
 
 class _VmBinding:
     """The ``vm`` object of one script run, bound to one VM and one deadline."""
@@ -79,6 +103,9 @@ class _VmBinding:
             "wait_for": self._wait_for,
             "metrics": self._metrics,
             "qmp": self._qmp,
+            "exec": self._exec,
+            "read_file": self._read_file,
+            "write_file": self._write_file,
         }
 
     async def dispatch(self, request: dict[str, Any]) -> object:
@@ -90,7 +117,10 @@ class _VmBinding:
         if method is None:
             raise HostCallError(f"vm has no method {request.get('method')!r}")
         with trio.move_on_at(self._deadline):
-            return await method(list(request.get("args") or []))
+            try:
+                return await method(list(request.get("args") or []))
+            except ValidationError as err:
+                raise HostCallError(f"invalid arguments: {_first_problem(err)}") from err
         raise HostCallError("the script ran out of time during a host call")
 
     def _property(self, name: str) -> object:
@@ -153,6 +183,46 @@ class _VmBinding:
         if arguments is not None and not isinstance(arguments, dict):
             raise HostCallError("qmp arguments must be a map")
         return await self._manager.qmp(self._vm_id, command, arguments or None)
+
+    async def _exec(self, args: list[Any]) -> object:
+        """``vm.exec(["uname", "-a"])`` or ``vm.exec("echo hi | wc -c")`` (run by /bin/sh)."""
+        if len(args) != 1 or not isinstance(args[0], list | str):
+            raise HostCallError("exec(command): an argv array or a shell command string")
+        argv = ["/bin/sh", "-c", args[0]] if isinstance(args[0], str) else args[0]
+        remaining = max(1.0, self._deadline - trio.current_time())
+        request = ExecRequest(command=argv, timeout_s=min(remaining, 3600), wait=True)
+        result = await self._manager.guest.exec(
+            self._vm_id, request, wait_agent_s=self._agent_wait()
+        )
+        return result.model_dump(mode="json", exclude_none=True)
+
+    async def _read_file(self, args: list[Any]) -> object:
+        if len(args) != 1 or not isinstance(args[0], str):
+            raise HostCallError("read_file(path): one absolute guest path")
+        content = await self._manager.guest.read_file(
+            self._vm_id, FileReadRequest(path=args[0]), wait_agent_s=self._agent_wait()
+        )
+        if content.text is None:
+            raise HostCallError(f"{args[0]} is not UTF-8 text; read it through the REST API")
+        return content.text
+
+    async def _write_file(self, args: list[Any]) -> object:
+        if len(args) != 2 or not all(isinstance(a, str) for a in args):
+            raise HostCallError("write_file(path, text)")
+        request = FileWriteRequest(path=args[0], text=args[1])
+        written = await self._manager.guest.write_file(
+            self._vm_id, request, wait_agent_s=self._agent_wait()
+        )
+        return written.model_dump(mode="json")
+
+    def _agent_wait(self) -> float:
+        """A script right after a boot waits for the guest agent, within its own time."""
+        return max(0.0, min(_AGENT_WAIT_S, self._deadline - trio.current_time()))
+
+
+def _first_problem(err: ValidationError) -> str:
+    first = err.errors(include_url=False, include_input=False)[0]
+    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
 
 
 def _arity(name: str, args: list[Any], count: int) -> None:

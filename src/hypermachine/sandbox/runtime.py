@@ -482,8 +482,8 @@ class RhaiRuntime:
         if code in (wasmtime.TrapCode.STACK_OVERFLOW, wasmtime.TrapCode.MEMORY_OUT_OF_BOUNDS):
             return ScriptFailure(
                 "limit",
-                "Stack overflow in the interpreter (limit max_call_depth = "
-                f"{state.limits.max_call_depth}); lower max_call_depth or max_expr_depth",
+                "Stack overflow in the interpreter: calls, blocks or values nested too deeply "
+                f"(limit max_call_depth = {state.limits.max_call_depth})",
                 output=state.output,
                 limit="max_call_depth",
             )

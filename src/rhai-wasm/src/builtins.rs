@@ -243,6 +243,9 @@ pub fn call_builtin(it: &mut Interp, name: &str, args: &mut Vec<Value>, pos: Pos
                     Some(_) => return Ok(None),
                     None => 0,
                 };
+                if len as u64 > it.limits.max_array_size as u64 && len > 0 {
+                    it.check_len("array", usize::MAX, pos)?;
+                }
                 let len = len.max(0) as usize;
                 it.check_len("array", len, pos)?;
                 return Ok(Some(Value::Blob(Rc::new(vec![fill; len]))));
@@ -322,7 +325,7 @@ fn string_mutates(name: &str) -> bool {
     matches!(
         name,
         "trim" | "replace" | "pad" | "truncate" | "crop" | "clear" | "make_upper" | "make_lower" | "remove"
-            | "append" | "push" | "trim_start" | "trim_end"
+            | "append" | "push" | "trim_start" | "trim_end" | "set" | "pop"
     )
 }
 
@@ -359,7 +362,7 @@ fn number_fn(it: &mut Interp, name: &str, args: &mut Vec<Value>, pos: Pos) -> R<
             ("set_bit", [Value::Int(b), Value::Bool(v)]) => {
                 let k = match norm_index(*b, 64) {
                     Some(k) => k,
-                    None => return rt_err(format!("Bit-field index {} out of bounds: only 64 bits in number", b), pos),
+                    None => return bit_bounds(*b, pos),
                 };
                 args[0] = Value::Int(if *v { x | (1 << k) } else { x & !(1 << k) });
                 return Ok(Some(Value::Unit));
@@ -570,7 +573,10 @@ fn string_fn(it: &mut Interp, name: &str, sv: &mut String, rest: &[Value], pos: 
             };
             let cur = nchars() as i64;
             if *len > cur && !pad.is_empty() {
-                it.check_len("string", (*len as usize).saturating_mul(pad.len().max(1)).min(usize::MAX / 2), pos)?;
+                if *len as u64 > it.limits.max_string_size as u64 {
+                    it.check_len("string", usize::MAX, pos)?;
+                }
+                it.check_len("string", sv.len() + (*len - cur) as usize * pad.len().max(1) / pad.chars().count().max(1), pos)?;
                 let mut out = sv.clone();
                 let mut count = cur;
                 'outer: while count < *len {
@@ -614,6 +620,26 @@ fn string_fn(it: &mut Interp, name: &str, sv: &mut String, rest: &[Value], pos: 
             it.check_len("string", sv.len() + t.len(), pos)?;
             sv.push_str(&t);
             Value::Unit
+        }
+        ("set", [Value::Int(i), Value::Char(c)]) => {
+            let mut chars: Vec<char> = sv.chars().collect();
+            if let Some(k) = norm_index(*i, chars.len()) {
+                chars[k] = *c;
+                *sv = chars.into_iter().collect();
+            }
+            Value::Unit
+        }
+        ("pop", []) => match sv.pop() {
+            Some(c) => Value::Char(c),
+            None => Value::Unit,
+        },
+        ("pop", [Value::Int(n)]) => {
+            let total = nchars();
+            let k = if *n <= 0 { 0 } else { (*n as u64).min(total as u64) as usize };
+            let b = char_index_to_byte(sv, total - k);
+            let tail = sv[b..].to_string();
+            sv.truncate(b);
+            s(&tail)
         }
         ("chars", []) => Value::Array(Rc::new(sv.chars().map(Value::Char).collect())),
         ("to_chars", []) => Value::Array(Rc::new(sv.chars().map(Value::Char).collect())),
@@ -713,6 +739,9 @@ fn array_fn(it: &mut Interp, name: &str, a: &mut Rc<Vec<Value>>, mut rest: Vec<V
         ("pad", 2) => match rest[0] {
             Value::Int(l) => {
                 if l > n as i64 {
+                    if l as u64 > it.limits.max_array_size as u64 {
+                        it.check_len("array", usize::MAX, pos)?;
+                    }
                     it.check_len("array", l as usize, pos)?;
                     let v = rest.pop().unwrap();
                     Rc::make_mut(a).resize(l as usize, v);
@@ -1024,8 +1053,8 @@ fn map_fn(it: &mut Interp, name: &str, m: &mut Rc<Map>, mut rest: Vec<Value>, po
             match name {
                 "filter" | "map_values" => Value::Map(Rc::new(keep)),
                 "drain" => {
-                    *m = Rc::new(other);
-                    Value::Map(Rc::new(keep))
+                    *m = Rc::new(keep);
+                    Value::Map(Rc::new(other))
                 }
                 _ => {
                     *m = Rc::new(keep);

@@ -435,7 +435,7 @@ impl Interp {
             },
             Expr::This(pos) => match &self.frame().this {
                 Some(v) => Ok(v.clone()),
-                None => rt_err("Variable not found: this", *pos),
+                None => rt_err("'this' not bound", *pos),
             },
             Expr::Interp(parts, pos) => {
                 let mut s = String::new();
@@ -660,6 +660,7 @@ impl Interp {
                                 None => {
                                     let mut m = Map::new();
                                     m.insert(Rc::from("message"), str_val(&err.msg));
+                                    m.insert(Rc::from("error"), str_val(error_kind(&err.msg)));
                                     if !err.pos.is_none() {
                                         m.insert(Rc::from("line"), Value::Int(err.pos.line as i64));
                                         m.insert(Rc::from("position"), Value::Int(err.pos.col as i64));
@@ -827,7 +828,7 @@ impl Interp {
                     n += 1;
                 }
             }
-            v => return rt_err(format!("Data type incorrect: {} (expecting an iterable)", v.type_name()), f.pos),
+            v => return rt_err(format!("For loop expects iterable type (not {})", v.type_name()), f.pos),
         }
         Ok(Value::Unit)
     }
@@ -1061,16 +1062,31 @@ impl Interp {
                 let n = s.chars().count();
                 match norm_index(*i, n) {
                     Some(k) => Ok(Value::Char(s.chars().nth(k).unwrap())),
-                    None => rt_err(format!("String index {} out of bounds: only {} characters in string", i, n), pos),
+                    None => str_bounds(n, *i, pos),
                 }
+            }
+            (Value::Str(s), Value::Range(a, b)) | (Value::Str(s), Value::RangeIncl(a, b)) => {
+                let end = if matches!(i, Value::RangeIncl(..)) { b.saturating_add(1) } else { *b };
+                let n = s.chars().count() as i64;
+                let start = if *a < 0 { (n + a).max(0) } else { (*a).min(n) };
+                let end = end.min(n).max(start);
+                let sub: String = s.chars().skip(start as usize).take((end - start) as usize).collect();
+                Ok(Value::Str(Rc::from(sub.as_str())))
+            }
+            (Value::Array(arr), Value::Range(a, b)) | (Value::Array(arr), Value::RangeIncl(a, b)) => {
+                let end = if matches!(i, Value::RangeIncl(..)) { b.saturating_add(1) } else { *b };
+                let n = arr.len() as i64;
+                let start = if *a < 0 { (n + a).max(0) } else { (*a).min(n) };
+                let end = end.min(n).max(start);
+                Ok(Value::Array(Rc::new(arr[start as usize..end as usize].to_vec())))
             }
             (Value::Int(x), Value::Int(b)) => match norm_index(*b, 64) {
                 Some(k) => Ok(Value::Bool(x & (1i64 << k) != 0)),
-                None => rt_err(format!("Bit-field index {} out of bounds: only 64 bits in number", b), pos),
+                None => bit_bounds(*b, pos),
             },
             (Value::Int(x), Value::Range(a, b)) | (Value::Int(x), Value::RangeIncl(a, b)) => {
-                let end = if matches!(i, Value::RangeIncl(..)) { b + 1 } else { *b };
-                if *a < 0 || *a > 64 || end > 64 || end < *a {
+                let end = if matches!(i, Value::RangeIncl(..)) { b.saturating_add(1) } else { *b };
+                if *a < 0 || *a >= 64 || end > 64 || end < *a {
                     return rt_err(format!("Bit-field range out of bounds: {}..{}", a, end), pos);
                 }
                 let w = end - a;
@@ -1081,7 +1097,7 @@ impl Interp {
                 let req = format!("{{\"object\":{},\"property\":{}}}", jstr(&h.name), jstr(k));
                 self.host_request(req, pos)
             }
-            _ => rt_err(format!("Indexing not supported for {} [{}]", t.type_name(), i.type_name()), pos),
+            _ => rt_err(format!("Indexer unavailable: {} [{}]", t.type_name(), i.type_name()), pos),
         }
     }
 
@@ -1153,7 +1169,7 @@ impl Interp {
             },
             Expr::This(pos) => match self.frames.last_mut().unwrap().this.take() {
                 Some(v) => Ok(v),
-                None => rt_err("Variable not found: this", *pos),
+                None => rt_err("'this' not bound", *pos),
             },
             Expr::DynVar(n, pos) => {
                 let fi = self.frames.len() - 1;
@@ -1346,12 +1362,7 @@ impl Interp {
                 let chars: Vec<char> = s.chars().collect();
                 let k = match norm_index(*i, chars.len()) {
                     Some(k) => k,
-                    None => {
-                        return rt_err(
-                            format!("String index {} out of bounds: only {} characters in string", i, chars.len()),
-                            *p,
-                        )
-                    }
+                    None => return str_bounds(chars.len(), *i, *p),
                 };
                 let mut v = Value::Char(chars[k]);
                 self.set_path(&mut v, &[], rv, op, pos)?;
@@ -1368,7 +1379,7 @@ impl Interp {
             (Key::Idx(Value::Int(b), p), Value::Int(x)) if last => {
                 let k = match norm_index(*b, 64) {
                     Some(k) => k,
-                    None => return rt_err(format!("Bit-field index {} out of bounds: only 64 bits in number", b), *p),
+                    None => return bit_bounds(*b, *p),
                 };
                 let mut v = Value::Bool(*x & (1i64 << k) != 0);
                 self.set_path(&mut v, &[], rv, op, pos)?;
@@ -1387,7 +1398,7 @@ impl Interp {
             }
             (Key::Prop(n, p), other) => rt_err(format!("Cannot set property {} of {}", n, other.type_name()), *p),
             (Key::Idx(i, p), other) => {
-                rt_err(format!("Indexing not supported for {} [{}]", other.type_name(), i.type_name()), *p)
+                rt_err(format!("Indexer unavailable: {} [{}]", other.type_name(), i.type_name()), *p)
             }
         }
     }
@@ -1625,6 +1636,21 @@ impl Interp {
         for a in &m.args {
             args.push(self.eval(a)?);
         }
+        if let Some(name) = &m.constant {
+            let before = self.eval(&m.target)?;
+            if m.safe && before.is_unit() {
+                return Ok(Value::Unit);
+            }
+            let mut t = before.clone();
+            let r = self.call_method(&m.name, &mut t, args, m.pos)?;
+            if !values_eq(&t, &before) || t.type_name() != before.type_name() {
+                return rt_err(
+                    format!("Non-pure method '{}' cannot be called on constant {}", m.name, name),
+                    m.pos,
+                );
+            }
+            return Ok(r);
+        }
         if Self::is_place(&m.target) {
             let mut keys = Vec::new();
             let root = self.place_chain(&m.target, &mut keys)?;
@@ -1770,6 +1796,35 @@ impl Interp {
     }
 }
 
+/// Name of the error kind (as upstream Rhai's `EvalAltResult` variants) for catch maps.
+pub fn error_kind(msg: &str) -> &'static str {
+    const KINDS: &[(&str, &str)] = &[
+        ("Variable not found", "ErrorVariableNotFound"),
+        ("Function not found", "ErrorFunctionNotFound"),
+        ("Module not found", "ErrorModuleNotFound"),
+        ("Property not found", "ErrorPropertyNotFound"),
+        ("Array index", "ErrorArrayBounds"),
+        ("String index", "ErrorStringBounds"),
+        ("Bit-field", "ErrorBitFieldBounds"),
+        ("Indexer unavailable", "ErrorIndexingType"),
+        ("Data type incorrect", "ErrorMismatchDataType"),
+        ("For loop expects", "ErrorFor"),
+        ("'this' not bound", "ErrorUnboundThis"),
+        ("Non-pure method", "ErrorNonPureMethodCallOnConstant"),
+        ("Cannot modify", "ErrorAssignmentToConstant"),
+        ("Syntax error", "ErrorParsing"),
+    ];
+    for (prefix, kind) in KINDS {
+        if msg.starts_with(prefix) {
+            return kind;
+        }
+    }
+    if msg.contains("overflow") || msg.contains("by zero") || msg.contains("negative power") {
+        return "ErrorArithmetic";
+    }
+    "ErrorRuntime"
+}
+
 pub fn jstr(s: &str) -> String {
     let mut o = String::new();
     json_escape(&mut o, s);
@@ -1794,11 +1849,23 @@ pub fn norm_index(i: i64, len: usize) -> Option<usize> {
 }
 
 fn arr_bounds<T>(len: usize, i: i64, pos: Pos) -> R<T> {
-    if len == 0 {
-        rt_err(format!("Array index {} out of bounds: array is empty", i), pos)
-    } else {
-        rt_err(format!("Array index {} out of bounds: only {} elements in array", i, len), pos)
+    match len {
+        0 => rt_err(format!("Array index {} out of bounds: array is empty", i), pos),
+        1 => rt_err(format!("Array index {} out of bounds: only 1 element in array", i), pos),
+        _ => rt_err(format!("Array index {} out of bounds: only {} elements in array", i, len), pos),
     }
+}
+
+pub fn str_bounds<T>(len: usize, i: i64, pos: Pos) -> R<T> {
+    match len {
+        0 => rt_err(format!("String index {} out of bounds: string is empty", i), pos),
+        1 => rt_err(format!("String index {} out of bounds: only 1 character in string", i), pos),
+        _ => rt_err(format!("String index {} out of bounds: only {} characters in string", i, len), pos),
+    }
+}
+
+pub fn bit_bounds<T>(i: i64, pos: Pos) -> R<T> {
+    rt_err(format!("Bit-field index {} out of bounds: only 64 bits in bit-field", i), pos)
 }
 
 pub fn values_eq(a: &Value, b: &Value) -> bool {

@@ -77,6 +77,7 @@ pub struct Parser {
     in_loop: usize,
     global_consts: Vec<(Rc<str>, u32)>,
     pub max_string: usize,
+    else_links: usize,
 }
 
 fn is_block_like(e: &Expr) -> bool {
@@ -87,6 +88,7 @@ fn is_block_like(e: &Expr) -> bool {
             | Expr::Switch(_)
             | Expr::While(..)
             | Expr::Loop(_)
+            | Expr::Do(..)
             | Expr::For(_)
             | Expr::Try(..)
             | Expr::Nop
@@ -117,6 +119,7 @@ impl Parser {
             in_loop: 0,
             global_consts: Vec::new(),
             max_string: usize::MAX,
+            else_links: 0,
         })
     }
 
@@ -390,7 +393,7 @@ impl Parser {
             Tok::Kw("break") => {
                 self.advance();
                 if self.in_loop == 0 {
-                    return Err(ParseError { msg: "'break' not inside a loop".into(), pos, limit: None });
+                    return Err(ParseError { msg: "'break' must be within a loop".into(), pos, limit: None });
                 }
                 let v = if self.is_op(";") || self.is_op("}") || self.at_eof() {
                     None
@@ -403,7 +406,7 @@ impl Parser {
                 self.advance();
                 if self.in_loop == 0 {
                     return Err(ParseError {
-                        msg: "'continue' not inside a loop".into(),
+                        msg: "'continue' must be within a loop".into(),
                         pos,
                         limit: None,
                     });
@@ -466,6 +469,22 @@ impl Parser {
             }
         }
         Ok(e)
+    }
+
+    fn const_root(&self, e: &Expr) -> Option<Rc<str>> {
+        let mut root = e;
+        while let Expr::Index(t, _, _, _) | Expr::Prop(t, _, _, _) = root {
+            root = t;
+        }
+        if let Expr::Local(slot, _) = root {
+            let c = self.ctxs.last().unwrap();
+            if let Some(v) = c.vars.iter().rev().find(|v| v.slot == *slot) {
+                if v.is_const {
+                    return Some(v.name.clone());
+                }
+            }
+        }
+        None
     }
 
     fn check_assignable(&self, e: &Expr, pos: Pos) -> PResult<()> {
@@ -583,6 +602,26 @@ impl Parser {
         r
     }
 
+    fn depth_error<T>(&self, pos: Pos) -> PResult<T> {
+        Err(ParseError {
+            msg: format!(
+                "Expression exceeds maximum complexity (limit max_expr_depth = {})",
+                self.max_depth
+            ),
+            pos,
+            limit: Some("max_expr_depth"),
+        })
+    }
+
+    /// Long left-leaning chains (`a + b + c …`, `x.a.b.c …`, `else if …`) nest the tree
+    /// too: every 8 links count as one level of expression depth.
+    fn check_links(&self, links: usize, pos: Pos) -> PResult<()> {
+        if self.depth + links / 8 > self.max_depth {
+            return self.depth_error(pos);
+        }
+        Ok(())
+    }
+
     fn bin_prec(&self) -> Option<(u8, &'static str)> {
         let op = match self.peek() {
             Tok::Op(o) => *o,
@@ -608,11 +647,14 @@ impl Parser {
 
     fn binary(&mut self, min: u8) -> PResult<Expr> {
         let mut lhs = self.unary()?;
+        let mut links = 0;
         while let Some((prec, op)) = self.bin_prec() {
             if prec < min {
                 break;
             }
             let pos = self.pos();
+            links += 1;
+            self.check_links(links, pos)?;
             self.advance();
             let next_min = if op == "**" { prec } else { prec + 1 };
             self.depth += 1;
@@ -719,8 +761,13 @@ impl Parser {
     }
 
     fn postfix(&mut self, mut e: Expr) -> PResult<Expr> {
+        let mut links = 0;
         loop {
             let pos = self.pos();
+            if self.is_op(".") || self.is_op("?.") || self.is_op("[") || self.is_op("?[") {
+                links += 1;
+                self.check_links(links, pos)?;
+            }
             if self.is_op(".") || self.is_op("?.") {
                 let safe = self.is_op("?.");
                 self.advance();
@@ -736,7 +783,8 @@ impl Parser {
                 }
                 if self.eat_op("(") {
                     let args = self.args()?;
-                    e = Expr::Method(Box::new(MethodCall { target: e, name, args, safe, pos: npos }));
+                    let constant = self.const_root(&e);
+                    e = Expr::Method(Box::new(MethodCall { constant, target: e, name, args, safe, pos: npos }));
                 } else {
                     e = Expr::Prop(Box::new(e), name, safe, npos);
                 }
@@ -1005,7 +1053,10 @@ impl Parser {
         let then = self.block()?;
         let els = if self.eat_kw("else") {
             if self.is_kw("if") {
-                Some(Box::new(self.if_expr()?))
+                self.else_links += 1;
+                let r = self.check_links(self.else_links, pos).and_then(|_| self.if_expr());
+                self.else_links -= 1;
+                Some(Box::new(r?))
             } else {
                 Some(Box::new(Expr::Block(Box::new(self.block()?))))
             }
@@ -1199,6 +1250,7 @@ pub fn clone_expr(e: &Expr) -> Expr {
             cache: Cell::new(u32::MAX),
         })),
         Expr::Method(m) => Expr::Method(Box::new(MethodCall {
+            constant: m.constant.clone(),
             target: clone_expr(&m.target),
             name: m.name.clone(),
             args: m.args.iter().map(clone_expr).collect(),

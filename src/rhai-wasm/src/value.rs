@@ -71,6 +71,7 @@ impl Value {
             Value::Blob(_) => "blob",
             Value::Range(..) => "range",
             Value::RangeIncl(..) => "range=",
+            Value::FnPtr(p) if p.name.starts_with("range$") => "StepRange",
             Value::FnPtr(_) => "Fn",
             Value::Timestamp(_) => "timestamp",
             Value::Host(h) => &h.type_name,
@@ -95,11 +96,12 @@ pub struct Fmt {
     pub out: String,
     pub limit: usize,
     pub over: bool,
+    pub depth: usize,
 }
 
 impl Fmt {
     pub fn new(limit: usize) -> Self {
-        Fmt { out: String::new(), limit, over: false }
+        Fmt { out: String::new(), limit, over: false, depth: 0 }
     }
     fn push(&mut self, s: &str) -> bool {
         if self.over || self.out.len() + s.len() > self.limit {
@@ -111,23 +113,27 @@ impl Fmt {
     }
 }
 
+/// `print`/`to_string` of a FLOAT: natural notation between 1e-13 and 1e13 (the bounds
+/// are single-precision constants, as in Rhai), scientific outside, `.0` if integral.
 pub fn fmt_float(f: f64) -> String {
     let abs = f.abs();
-    if f.is_nan() {
-        "NaN".into()
-    } else if f.is_infinite() {
-        if f > 0.0 { "inf".into() } else { "-inf".into() }
-    } else if abs == 0.0 {
-        if f.is_sign_negative() { "-0.0".into() } else { "0.0".into() }
-    } else if abs >= 1e15 || abs < 1e-7 {
+    let max = 10_000_000_000_000.0f32 as f64;
+    let min = 0.000_000_000_000_1f32 as f64;
+    if abs == 0.0 {
+        "0.0".into()
+    } else if abs > max || abs < min {
         format!("{:e}", f)
     } else {
         let mut s = format!("{}", f);
-        if !s.contains('.') {
+        if abs.fract() == 0.0 {
             s.push_str(".0");
         }
         s
     }
+}
+
+fn fmt_float_debug(f: f64) -> String {
+    format!("{:?}", f)
 }
 
 fn debug_str(s: &str) -> String {
@@ -143,7 +149,13 @@ pub fn write_value(f: &mut Fmt, v: &Value, debug: bool) -> bool {
         Value::Unit => f.push(if debug { "()" } else { "" }),
         Value::Bool(b) => f.push(if *b { "true" } else { "false" }),
         Value::Int(i) => f.push(&i.to_string()),
-        Value::Float(x) => f.push(&fmt_float(*x)),
+        Value::Float(x) => {
+            if debug {
+                f.push(&fmt_float_debug(*x))
+            } else {
+                f.push(&fmt_float(*x))
+            }
+        }
         Value::Char(c) => {
             if debug {
                 f.push(&format!("{:?}", c))
@@ -160,6 +172,11 @@ pub fn write_value(f: &mut Fmt, v: &Value, debug: bool) -> bool {
             }
         }
         Value::Array(a) => {
+            if f.depth > 1000 {
+                f.over = true;
+                return false;
+            }
+            f.depth += 1;
             f.push("[");
             for (i, x) in a.iter().enumerate() {
                 if i > 0 {
@@ -169,9 +186,15 @@ pub fn write_value(f: &mut Fmt, v: &Value, debug: bool) -> bool {
                     return false;
                 }
             }
+            f.depth -= 1;
             f.push("]")
         }
         Value::Map(m) => {
+            if f.depth > 1000 {
+                f.over = true;
+                return false;
+            }
+            f.depth += 1;
             f.push("#{");
             for (i, (k, x)) in m.iter().enumerate() {
                 if i > 0 {
@@ -183,6 +206,7 @@ pub fn write_value(f: &mut Fmt, v: &Value, debug: bool) -> bool {
                     return false;
                 }
             }
+            f.depth -= 1;
             f.push("}")
         }
         Value::Blob(b) => {

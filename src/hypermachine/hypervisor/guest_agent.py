@@ -1,0 +1,301 @@
+"""qemu-ga over its virtio-serial socket, spoken natively from Trio.
+
+The wire format is newline-delimited JSON with no greeting. Two things make it
+different from QMP (and why ``qemu.qmp`` cannot be used, see qemu-notes §8):
+
+* replies left over from an earlier connection, or written while the agent was
+  restarting, can arrive at any time. So every (re)connect starts with
+  ``guest-sync-delimited``: we send ``0xFF`` (which resets the agent's parser)
+  and the request; the agent answers ``0xFF{"return": N}``. Everything before
+  the ``0xFF`` is discarded and the reply must carry our ``N``.
+* every later command carries an ``id`` that the agent echoes, so a late reply
+  to a command we gave up on is recognised and skipped.
+
+:class:`GuestAgent` is one VM's agent: its :meth:`~GuestAgent.run` task lives in
+the VM's supervisor nursery (it ends when QEMU does), keeps the connection,
+syncs until the agent answers, pings it, and resyncs when it stops answering
+(a guest that restarts its agent). Commands are serialized per VM by a lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..errors import GuestAgentUnavailable
+from ..models import GuestAgentInfo
+
+__all__ = ["AgentRefused", "AgentTiming", "GuestAgent"]
+
+log = logging.getLogger(__name__)
+
+_DELIMITER = 0xFF
+_MAX_LINE = 64 * 1024 * 1024  # the agent's own JSON token limit
+_SYNC_BACKOFF_MAX_S = 10.0
+
+
+class AgentGone(Exception):
+    """The socket closed or broke (QEMU is exiting or the channel was reset)."""
+
+
+class AgentRefused(Exception):
+    """The agent answered with an error."""
+
+    def __init__(self, command: str, error_class: str, desc: str) -> None:
+        super().__init__(f"{command}: {desc}")
+        self.command, self.error_class, self.desc = command, error_class, desc
+
+
+@dataclass(frozen=True)
+class AgentTiming:
+    """The named budgets (from Settings) of every wait on the agent."""
+
+    sync_timeout_s: float
+    command_timeout_s: float
+    ping_interval_s: float
+    retry_s: float
+
+
+class _Channel:
+    """Newline-delimited JSON over one stream; one command in flight at a time."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        self._buffer = bytearray()
+
+    async def _send(self, message: dict[str, Any], *, delimit: bool = False) -> None:
+        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        try:
+            await self._stream.send_all(bytes([_DELIMITER]) + data if delimit else data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
+            raise AgentGone(str(err)) from err
+
+    async def _fill(self) -> None:
+        try:
+            chunk = await self._stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
+            raise AgentGone(str(err)) from err
+        if not chunk:
+            raise AgentGone("the guest agent channel closed")
+        self._buffer += chunk
+        if len(self._buffer) > _MAX_LINE:
+            raise AgentGone("the guest agent sent an over-long line")
+
+    async def _line(self) -> bytes:
+        while (end := self._buffer.find(b"\n")) < 0:
+            await self._fill()
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 1]
+        return line
+
+    async def sync(self, sync_id: int) -> None:
+        """Resynchronise: returns once the agent answered this very ``sync_id``."""
+        request = {"execute": "guest-sync-delimited", "arguments": {"id": sync_id}}
+        await self._send(request, delimit=True)
+        while True:
+            while (start := self._buffer.find(bytes([_DELIMITER]))) < 0:
+                self._buffer.clear()  # nothing before a delimiter is ours
+                await self._fill()
+            del self._buffer[: start + 1]
+            reply = _parse(await self._line())
+            if reply is not None and reply.get("return") == sync_id:
+                return
+
+    async def call(self, msg_id: int, command: str, arguments: dict[str, Any] | None) -> Any:
+        request: dict[str, Any] = {"execute": command, "id": msg_id}
+        if arguments:
+            request["arguments"] = arguments
+        await self._send(request)
+        while True:
+            reply = _parse(await self._line())
+            if reply is None or reply.get("id") != msg_id:
+                continue  # a stale reply to something we gave up on
+            if "error" in reply:
+                error = reply["error"] if isinstance(reply["error"], dict) else {}
+                raise AgentRefused(
+                    command, str(error.get("class", "")), str(error.get("desc", reply["error"]))
+                )
+            return reply.get("return")
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(line.lstrip(bytes([_DELIMITER])))
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class GuestAgent:
+    """One VM's guest agent: connection upkeep, status, and serialized commands."""
+
+    def __init__(
+        self,
+        vm_id: str,
+        socket_path: Path,
+        timing: AgentTiming,
+        on_change: Callable[[GuestAgent, str | None], None],
+    ) -> None:
+        self.vm_id = vm_id
+        self.info = GuestAgentInfo()
+        self._path = socket_path
+        self._timing = timing
+        self._on_change = on_change  # (agent, reason for a disconnect or None)
+        self._channel: _Channel | None = None
+        self._lock = trio.Lock()
+        self._ids = itertools.count(random.randrange(1, 1 << 30))
+        self._changed = trio.Event()
+        self._trouble = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.info.connected
+
+    # -- upkeep (the companion task) ----------------------------------------------
+
+    async def run(self) -> None:
+        """Keep the agent connected until cancelled (the VM's supervisor ends)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self._connect_forever()
+        finally:
+            self._nursery = None
+            self._set_disconnected("the VM stopped")
+
+    async def _connect_forever(self) -> None:
+        while True:
+            try:
+                stream = await trio.open_unix_socket(str(self._path))
+            except OSError:
+                await trio.sleep(self._timing.retry_s)
+                continue
+            async with stream:
+                try:
+                    await self._session(_Channel(stream))
+                except AgentGone as err:
+                    log.debug("%s: guest agent channel lost: %s", self.vm_id, err)
+                finally:
+                    self._set_disconnected("the guest agent channel closed")
+            await trio.sleep(self._timing.retry_s)
+
+    async def _session(self, channel: _Channel) -> None:
+        while True:
+            await self._sync_until_answered(channel)
+            async with self._lock:
+                with trio.move_on_after(self._timing.command_timeout_s):
+                    info = await channel.call(next(self._ids), "guest-info", None)
+                    version = info.get("version") if isinstance(info, dict) else None
+                    self._set_connected(channel, str(version) if version else None)
+            if self.connected:
+                await self._keep_alive(channel)
+                self._set_disconnected("the guest agent stopped answering")
+
+    async def _sync_until_answered(self, channel: _Channel) -> None:
+        wait = self._timing.sync_timeout_s
+        while True:
+            async with self._lock:
+                with trio.move_on_after(wait):
+                    await channel.sync(next(self._ids))
+                    return
+            wait = min(wait * 2, _SYNC_BACKOFF_MAX_S)
+
+    async def _keep_alive(self, channel: _Channel) -> None:
+        """Return when the agent stops answering pings (or a command timed out)."""
+        while True:
+            with trio.move_on_after(self._timing.ping_interval_s):
+                await self._trouble.wait()
+            if self._trouble.is_set():
+                self._trouble = trio.Event()
+                return
+            async with self._lock:
+                with trio.move_on_after(self._timing.command_timeout_s):
+                    await channel.call(next(self._ids), "guest-ping", None)
+                    continue
+            return
+
+    def _set_connected(self, channel: _Channel, version: str | None) -> None:
+        self._channel = channel
+        self._trouble = trio.Event()  # trouble from before this sync is past
+        self.info = GuestAgentInfo(connected=True, version=version)
+        self._announce(None)
+
+    def _set_disconnected(self, reason: str) -> None:
+        self._channel = None
+        if self.info.connected:
+            self.info = GuestAgentInfo(connected=False, version=self.info.version)
+            self._announce(reason)
+
+    def _announce(self, reason: str | None) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+        self._on_change(self, reason)
+
+    # -- use -----------------------------------------------------------------------
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        """True once the agent answers; False if it has not within ``timeout_s``."""
+        with trio.move_on_after(timeout_s):
+            while not self.connected:
+                await self._changed.wait()
+        return self.connected
+
+    async def call(
+        self, command: str, arguments: dict[str, Any] | None = None, *, timeout_s: float = 0
+    ) -> Any:
+        """Run one agent command.
+
+        Raises:
+            GuestAgentUnavailable: not connected, the channel broke, or no reply in time.
+            AgentRefused: the agent answered with an error.
+        """
+        timeout = timeout_s or self._timing.command_timeout_s
+        channel = self._channel
+        if channel is None:
+            raise self.unavailable()
+        async with self._lock:
+            if self._channel is not channel:
+                raise self.unavailable()
+            try:
+                with trio.fail_after(timeout):
+                    return await channel.call(next(self._ids), command, arguments)
+            except trio.TooSlowError as err:
+                self._trouble.set()
+                self._set_disconnected("the guest agent stopped answering")
+                raise GuestAgentUnavailable(
+                    f"the guest agent did not answer {command} within {timeout:g} s",
+                    vm_id=self.vm_id,
+                ) from err
+            except AgentGone as err:
+                self._trouble.set()
+                raise self.unavailable() from err
+
+    def unavailable(self) -> GuestAgentUnavailable:
+        return GuestAgentUnavailable(
+            "no guest agent answers in this VM: install and start qemu-guest-agent in the "
+            "guest (virtio-serial port org.qemu.guest_agent.0), or pass ?wait_agent=SECONDS "
+            "right after a boot",
+            vm_id=self.vm_id,
+        )
+
+    def start_soon(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run ``fn`` as a task owned by this agent (cancelled when the VM stops)."""
+        if self._nursery is None:
+            raise self.unavailable()
+        self._nursery.start_soon(fn)
+
+    async def close_quietly(self, command: str, arguments: dict[str, Any]) -> None:
+        """Best-effort cleanup command (e.g. closing a file handle), even when cancelled."""
+        quiet = contextlib.suppress(GuestAgentUnavailable, AgentRefused)
+        with trio.CancelScope(shield=True), quiet:
+            await self.call(command, arguments, timeout_s=self._timing.sync_timeout_s)
