@@ -92,7 +92,11 @@ async def test_unsupported_names_every_reason(client: Any) -> None:
 async def test_create_defaults_and_get(client: Any) -> None:
     vm = await create(client, "defaults")
     got = await (await client.get(f"/api/v1/vms/{vm['id']}")).get_json()
-    assert got["cpus"] == 1 and got["network"] == {"type": "nat", "ip": None}
+    assert got["cpus"] == 1
+    network = got["network"]
+    assert network.pop("mac").startswith("52:54:00:")  # derived from the VM, stable
+    assert network == {"type": "nat", "ip": None, "bridge": None, "ports": []}
+    assert got["network_info"]["ip"] == "10.0.2.15/24"
     assert got["security"] == {"secure_boot": False, "vtpm": False, "memory_encryption": "none"}
     assert got["labels"] == {}
 

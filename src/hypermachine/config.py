@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
+import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["ConfigError", "Settings", "default_data_dir", "load_settings"]
+__all__ = ["BridgeConfig", "ConfigError", "Settings", "default_data_dir", "load_settings"]
 
 Accelerator = Literal["auto", "kvm", "tcg"]
 
@@ -39,6 +42,18 @@ def _default_run_root() -> Path:
     if runtime:
         return Path(runtime) / "hypermachine"
     return Path("/tmp") / f"hypermachine-{os.geteuid()}"
+
+
+_IFACE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """A host bridge VMs may join (``[bridges.NAME]`` with ``subnet`` and ``gateway``)."""
+
+    name: str
+    subnet: ipaddress.IPv4Network
+    gateway: ipaddress.IPv4Address | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,17 @@ class Settings:
     # Event log
     events_retained: int = 100_000
     sse_keepalive_s: float = 15.0
+    # Networks and devices (docs/networking.md). Bridges VMs may join, by name.
+    bridges: tuple[BridgeConfig, ...] = ()
+    # Host address port forwards of nat VMs listen on, and the host ports allowed.
+    forward_address: str = "127.0.0.1"
+    forward_port_min: int = 1024
+    forward_port_max: int = 65535
+    # Where PCI devices, IOMMU groups and mediated devices are read and bound.
+    sysfs_root: Path = Path("/sys")
+    ip_binary: str = "ip"
+    # Budget for one host command (ip link) and for one sysfs bind/unbind step.
+    host_command_timeout_s: float = 10.0
 
     @property
     def vms_dir(self) -> Path:
@@ -113,13 +139,65 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
-_PATH_FIELDS = {"data_dir", "run_dir", "compile_cache_dir", "catalogue_file", "builtin_images_dir"}
+_PATH_FIELDS = {
+    "data_dir",
+    "run_dir",
+    "compile_cache_dir",
+    "catalogue_file",
+    "builtin_images_dir",
+    "sysfs_root",
+}
+
+
+def _bridge(name: str, raw: Any) -> BridgeConfig:
+    if not _IFACE_NAME.match(name):
+        raise ConfigError(f"bridge name {name!r} is not an interface name (<= 15 of A-Za-z0-9_.-)")
+    if not isinstance(raw, Mapping) or set(raw) - {"subnet", "gateway"} or "subnet" not in raw:
+        raise ConfigError(f"bridges.{name} takes subnet (CIDR) and optionally gateway")
+    try:
+        subnet = ipaddress.IPv4Network(str(raw["subnet"]))
+        gateway = ipaddress.IPv4Address(str(raw["gateway"])) if raw.get("gateway") else None
+    except ValueError as err:
+        raise ConfigError(f"bridges.{name}: {err}") from err
+    hosts = (subnet.network_address, subnet.broadcast_address)
+    if gateway is not None and (gateway not in subnet or gateway in hosts):
+        raise ConfigError(f"bridges.{name}: gateway {gateway} is not a host of {subnet}")
+    return BridgeConfig(name=name, subnet=subnet, gateway=gateway)
+
+
+def _bridges(raw: Any) -> tuple[BridgeConfig, ...]:
+    """``{name: {subnet, gateway}}`` from TOML, or the same as JSON (``HM_BRIDGES``)."""
+    if isinstance(raw, tuple) and all(isinstance(b, BridgeConfig) for b in raw):
+        return raw
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.strip() else {}
+        except ValueError as err:
+            raise ConfigError(f"bridges: not JSON: {err}") from err
+    if not isinstance(raw, Mapping):
+        raise ConfigError("bridges must map bridge names to {subnet, gateway}")
+    return tuple(_bridge(str(name), value) for name, value in raw.items())
+
+
+def _address(raw: Any) -> str:
+    try:
+        return str(ipaddress.IPv4Address(str(raw)))
+    except ValueError as err:
+        raise ConfigError(f"forward_address must be an IPv4 address: {err}") from err
 
 
 def _coerce(name: str, raw: Any) -> Any:
     default = _FIELDS[name].default
     if name in _PATH_FIELDS:
         return Path(str(raw)).expanduser()
+    if name == "bridges":
+        return _bridges(raw)
+    if name == "forward_address":
+        return _address(raw)
+    if name in ("forward_port_min", "forward_port_max"):
+        if not str(raw).isdigit() or not 1 <= int(raw) <= 65535:
+            raise ConfigError(f"{name} must be a port number (1-65535), not {raw!r}")
+        return int(raw)
     if name == "accelerator":
         if raw not in ("auto", "kvm", "tcg"):
             raise ConfigError(f"accelerator must be auto, kvm or tcg, not {raw!r}")
@@ -174,4 +252,7 @@ def load_settings(
     values.update(from_env)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     _check_names("the command line", values)
-    return Settings(**{name: _coerce(name, raw) for name, raw in values.items()})
+    settings = Settings(**{name: _coerce(name, raw) for name, raw in values.items()})
+    if settings.forward_port_min > settings.forward_port_max:
+        raise ConfigError("forward_port_min is above forward_port_max")
+    return settings

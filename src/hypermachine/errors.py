@@ -25,7 +25,11 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     │   ├── IdempotencyConflict (409 IDEMPOTENCY_CONFLICT)
     │   ├── WaitTimeout (409 WAIT_TIMEOUT)
     │   ├── GuestAgentUnavailable (409 GUEST_AGENT_UNAVAILABLE)
-    │   └── ConsoleBusy (409 CONSOLE_BUSY)
+    │   ├── ConsoleBusy (409 CONSOLE_BUSY)
+    │   ├── PortInUse (409 PORT_IN_USE)
+    │   ├── AddressInUse (409 ADDRESS_IN_USE)
+    │   ├── DeviceInUse (409 DEVICE_IN_USE)
+    │   └── DeviceUnavailable (409 DEVICE_UNAVAILABLE)
     ├── Unsupported (409 CAPABILITY_UNAVAILABLE)
     ├── ScriptRuntimeError (422 SCRIPT_RUNTIME_ERROR)
     ├── ScriptLimitExceeded (422 SCRIPT_LIMIT_EXCEEDED)
@@ -39,9 +43,12 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "AddressInUse",
     "BadRequest",
     "Conflict",
     "ConsoleBusy",
+    "DeviceInUse",
+    "DeviceUnavailable",
     "ExecNotFound",
     "GuestAgentUnavailable",
     "GuestFileTooLarge",
@@ -57,6 +64,7 @@ __all__ = [
     "NameTaken",
     "NotFound",
     "PayloadTooLarge",
+    "PortInUse",
     "ScriptLimitExceeded",
     "ScriptRuntimeError",
     "ScriptSyntaxError",
@@ -176,6 +184,30 @@ class ConsoleBusy(Conflict):
     """Someone else holds the VM's interactive serial console."""
 
     code, status = "CONSOLE_BUSY", 409
+
+
+class PortInUse(Conflict):
+    """A forwarded host port is another VM's or already bound on the host."""
+
+    code, status = "PORT_IN_USE", 409
+
+
+class AddressInUse(Conflict):
+    """Another VM has this MAC or static IP."""
+
+    code, status = "ADDRESS_IN_USE", 409
+
+
+class DeviceInUse(Conflict):
+    """A PCI device (or one of its IOMMU group) is held by another running VM."""
+
+    code, status = "DEVICE_IN_USE", 409
+
+
+class DeviceUnavailable(Conflict):
+    """No instance of the wanted mediated-device type is left; details list what exists."""
+
+    code, status = "DEVICE_UNAVAILABLE", 409
 
 
 class Unsupported(HMError):

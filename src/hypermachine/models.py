@@ -6,6 +6,7 @@ validation, the stored rows, OpenAPI and tool schemas all derive from them.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 from datetime import datetime
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 __all__ = [
     "NAME_PATTERN",
+    "CloudInitSpec",
     "CreateVmRequest",
     "Event",
     "EventType",
@@ -27,12 +29,20 @@ __all__ = [
     "FileReadRequest",
     "FileWriteRequest",
     "FileWritten",
+    "ForwardInfo",
+    "GpuAssignment",
     "GpuSpec",
     "GuestAgentInfo",
+    "HostDevices",
     "ImageInfo",
     "InterfaceStats",
     "LifecycleRequest",
+    "MdevType",
+    "NetworkInfo",
     "NetworkSpec",
+    "Passthrough",
+    "PciDevice",
+    "PortForward",
     "ScriptRequest",
     "ScriptResponse",
     "SecuritySpec",
@@ -65,13 +75,38 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_IFACE_NAME = r"^[A-Za-z0-9_.-]{1,15}$"
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_MAX_PORTS = 32
+
+
+class PortForward(_Strict):
+    """A host port of the server's forward address forwarded to a guest port (nat only)."""
+
+    host: int = Field(ge=1, le=65535, description="Host port (the server's allowed range).")
+    guest: int = Field(ge=1, le=65535)
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+
 class NetworkSpec(_Strict):
-    """How the VM is attached: user-mode NAT, a host bridge, or no NIC at all."""
+    """How the VM is attached: user-mode NAT, a host bridge, or no NIC at all.
+
+    On create the server fills in what it chose: ``mac`` (derived from the VM when
+    not given), ``bridge`` (the only configured one when not given) and ``ip`` in
+    CIDR form.
+    """
 
     type: Literal["nat", "bridge", "none"] = "nat"
     ip: str | None = Field(
-        default=None, description="Static address (CIDR or plain) for bridge networks."
+        default=None, description="Static IPv4 address (CIDR or plain) for bridge networks."
     )
+    bridge: str | None = Field(
+        default=None, pattern=_IFACE_NAME, description="A host bridge allowed by the server."
+    )
+    mac: str | None = Field(
+        default=None, description="Unicast MAC; default 52:54:00:xx:xx:xx from the VM id."
+    )
+    ports: list[PortForward] = Field(default_factory=list, max_length=_MAX_PORTS)
 
     @field_validator("ip")
     @classmethod
@@ -79,24 +114,149 @@ class NetworkSpec(_Strict):
         if value is None:
             return None
         try:
-            ipaddress.ip_interface(value)
+            address = ipaddress.ip_interface(value)
         except ValueError as err:
             raise ValueError(f"not an IP address or CIDR: {value!r}") from err
+        if address.version != 4:
+            raise ValueError("static addresses are IPv4")
         return value
 
+    @field_validator("mac")
+    @classmethod
+    def _valid_mac(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        mac = value.lower()
+        if not _MAC.fullmatch(mac):
+            raise ValueError("a MAC address looks like 52:54:00:12:34:56")
+        if int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
+            raise ValueError("the MAC address must be a unicast address")
+        return mac
+
     @model_validator(mode="after")
-    def _ip_needs_bridge(self) -> NetworkSpec:
+    def _fits_type(self) -> NetworkSpec:
         if self.ip is not None and self.type != "bridge":
             raise ValueError(
                 "a static ip needs network type 'bridge' (nat guests get their address "
                 "from QEMU's user-mode network)"
             )
+        if self.bridge is not None and self.type != "bridge":
+            raise ValueError("'bridge' goes with network type 'bridge'")
+        if self.ports and self.type != "nat":
+            raise ValueError("port forwards go with network type 'nat'")
+        if self.mac is not None and self.type == "none":
+            raise ValueError("network type 'none' has no NIC to give a MAC")
+        seen = {(p.protocol, p.host) for p in self.ports}
+        if len(seen) != len(self.ports):
+            raise ValueError("a host port is forwarded twice")
         return self
 
 
 class GpuSpec(_Strict):
+    """A GPU for the VM: a whole PCI device (passthrough) or a mediated device (vgpu)."""
+
     enabled: bool = False
     type: Literal["passthrough", "vgpu"] = "passthrough"
+    device: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$",
+        description="PCI address (passthrough) or vGPU parent; default: any free one.",
+    )
+    profile: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$",
+        description="vGPU: mdev type id (nvidia-63) or its name (GRID P4-1Q).",
+    )
+
+    @model_validator(mode="after")
+    def _fits_type(self) -> GpuSpec:
+        if not self.enabled and (self.device or self.profile):
+            raise ValueError("device and profile need enabled: true")
+        if self.profile is not None and self.type != "vgpu":
+            raise ValueError("a profile goes with type 'vgpu'")
+        return self
+
+
+_HOSTNAME_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_SSH_KEY_TYPES = frozenset(
+    {
+        "ssh-ed25519",
+        "ssh-rsa",
+        "ssh-dss",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "sk-ssh-ed25519@openssh.com",
+        "sk-ecdsa-sha2-nistp256@openssh.com",
+    }
+)
+_USER_DATA_HEADERS = (
+    "#cloud-config",
+    "#!",
+    "#include",
+    "#cloud-boothook",
+    "## template: jinja",
+    "Content-Type: multipart/",
+)
+_MAX_USER_DATA = 256 * 1024
+_MAX_KEY = 16 * 1024
+
+
+def _check_ssh_key(key: str) -> str:
+    """``TYPE BASE64 [comment]`` whose blob names the same key type."""
+    parts = key.strip().split(" ", 2)
+    if len(parts) < 2 or parts[0] not in _SSH_KEY_TYPES:
+        raise ValueError(f"not an SSH public key (types: {', '.join(sorted(_SSH_KEY_TYPES))})")
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except ValueError as err:
+        raise ValueError("the SSH key's base64 part does not decode") from err
+    length = int.from_bytes(blob[:4], "big")
+    if blob[4 : 4 + length].decode(errors="replace") != parts[0]:
+        raise ValueError("the SSH key's blob does not match its type")
+    if len(parts) == 3 and any(ord(c) < 32 or ord(c) == 127 for c in parts[2]):
+        raise ValueError("the SSH key's comment has control characters")
+    return key.strip()
+
+
+class CloudInitSpec(_Strict):
+    """A NoCloud seed for cloud images: the user's data or generated keys and hostname."""
+
+    user_data: str | None = Field(
+        default=None,
+        max_length=_MAX_USER_DATA,
+        description="Verbatim user-data (#cloud-config, #!script, multipart, ...).",
+    )
+    ssh_authorized_keys: list[Annotated[str, Field(max_length=_MAX_KEY)]] = Field(
+        default_factory=list, max_length=32
+    )
+    hostname: str | None = Field(default=None, max_length=253)
+
+    @field_validator("user_data")
+    @classmethod
+    def _valid_user_data(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if "\x00" in value:
+            raise ValueError("user_data has a NUL character")
+        if not value.lstrip("\ufeff").startswith(_USER_DATA_HEADERS):
+            raise ValueError(
+                "cloud-init ignores user_data that does not start with one of: "
+                + ", ".join(_USER_DATA_HEADERS)
+            )
+        return value
+
+    @field_validator("ssh_authorized_keys")
+    @classmethod
+    def _valid_keys(cls, keys: list[str]) -> list[str]:
+        return [_check_ssh_key(key) for key in keys]
+
+    @field_validator("hostname")
+    @classmethod
+    def _valid_hostname(cls, value: str | None) -> str | None:
+        if value is not None and not all(_HOSTNAME_LABEL.fullmatch(p) for p in value.split(".")):
+            raise ValueError("a hostname is dot-separated labels of letters, digits and '-'")
+        return value
 
 
 class SecuritySpec(_Strict):
@@ -120,6 +280,7 @@ class VmSpec(_Strict):
     gpu: GpuSpec = Field(default_factory=GpuSpec)
     security: SecuritySpec = Field(default_factory=SecuritySpec)
     labels: Labels = Field(default_factory=dict)
+    cloud_init: CloudInitSpec | None = None
 
     @field_validator("labels")
     @classmethod
@@ -146,6 +307,72 @@ class StopRequest(LifecycleRequest):
     force: bool = Field(default=False, description="Quit QEMU at once instead of ACPI powerdown.")
 
 
+class ForwardInfo(_Strict):
+    protocol: Literal["tcp", "udp"]
+    host_address: str
+    host_port: int
+    guest_port: int
+
+
+class NetworkInfo(_Strict):
+    """Where the VM is on the network, as the server set it up."""
+
+    type: Literal["nat", "bridge", "none"]
+    mac: str | None = None
+    ip: str | None = Field(default=None, description="The guest's address (CIDR), if known.")
+    gateway: str | None = None
+    dns: list[str] = Field(default_factory=list)
+    bridge: str | None = None
+    tap: str | None = None
+    forwards: list[ForwardInfo] = Field(default_factory=list)
+
+
+class GpuAssignment(_Strict):
+    """Host devices a running VM holds (released when its QEMU exits)."""
+
+    type: Literal["passthrough", "vgpu"]
+    devices: list[str] = Field(default_factory=list, description="PCI functions bound to vfio.")
+    host_drivers: dict[str, str | None] = Field(default_factory=dict)
+    mdev_uuid: str | None = None
+    mdev_type: str | None = None
+    sysfsdev: str | None = None
+
+
+class Passthrough(_Strict):
+    possible: bool
+    reason: str | None = None
+
+
+class PciDevice(_Strict):
+    address: str
+    vendor_id: str
+    device_id: str
+    class_id: str
+    class_name: str
+    kind: str = Field(description="gpu, nic, storage, audio, usb, bridge, accelerator, other.")
+    driver: str | None
+    iommu_group: str | None
+    iommu_group_members: list[str]
+    passthrough: Passthrough
+    in_use_by: str | None = None
+
+
+class MdevType(_Strict):
+    parent: str
+    type: str
+    name: str | None
+    description: str | None
+    device_api: str | None
+    available_instances: int
+
+
+class HostDevices(_Strict):
+    iommu_enabled: bool
+    vfio_pci_loaded: bool
+    devices: list[PciDevice]
+    mdev_types: list[MdevType]
+
+
 class GuestAgentInfo(_Strict):
     """Whether qemu-ga answers in the guest (live, never stored)."""
 
@@ -165,6 +392,8 @@ class Vm(VmSpec):
     started_at: datetime | None = None
     accelerator: str | None = None
     pid: int | None = None
+    network_info: NetworkInfo | None = None
+    gpu_assignment: GpuAssignment | None = None
     guest_agent: GuestAgentInfo = Field(default_factory=GuestAgentInfo)
 
 

@@ -12,7 +12,8 @@ from hypermachine.sandbox import RhaiRuntime
 
 @pytest.fixture(scope="session")
 def runtime(request: pytest.FixtureRequest) -> Iterator[RhaiRuntime]:
-    cache_dir = Path(request.config.cache.mkdir("rhai-wasm")) if request.config.cache else None
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    cache_dir = Path(cache.mkdir("rhai-wasm")) if cache is not None else None
     rt = RhaiRuntime(cache_dir=cache_dir)
     yield rt
     rt.close()

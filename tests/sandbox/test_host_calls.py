@@ -203,3 +203,10 @@ def test_host_calls_count_as_operations(runtime: RhaiRuntime) -> None:
         )
     assert info.value.limit == "max_operations"
     assert 0 < len(host.calls) < 300
+
+
+def test_host_function_in_method_style(runtime: RhaiRuntime) -> None:
+    host = FakeHost()
+    res = run(runtime, '"hello".notify(1)', host)
+    assert res.result == 2
+    assert host.calls == [{"function": "notify", "args": ["hello", 1]}]

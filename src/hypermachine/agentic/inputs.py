@@ -27,6 +27,7 @@ __all__ = [
     "ExecInVmInput",
     "ListImagesInput",
     "ListVmsInput",
+    "NoInput",
     "ReadVmFileInput",
     "RunVmScriptInput",
     "StartVmInput",
@@ -97,7 +98,11 @@ class WaitForVmInput(VmIdInput):
     )
 
 
-class ListImagesInput(_Input):
+class NoInput(_Input):
+    """No arguments."""
+
+
+class ListImagesInput(NoInput):
     """No arguments."""
 
 

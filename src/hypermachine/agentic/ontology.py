@@ -23,6 +23,7 @@ from ..models import (
     ExecResult,
     FileContent,
     GpuSpec,
+    HostDevices,
     ImageInfo,
     NetworkSpec,
     ScriptRequest,
@@ -52,6 +53,7 @@ CLASS_NAMES: dict[type[BaseModel], tuple[str, str]] = {
     ScriptResponse: ("ScriptResult", "schema:Dataset"),
     ExecResult: ("CommandExecution", "schema:Action"),
     FileContent: ("GuestFile", "schema:MediaObject"),
+    HostDevices: ("HostDevices", "schema:Dataset"),
 }
 """Public models → (class name, the schema.org or Hydra class it refines)."""
 

@@ -34,6 +34,7 @@ from ..models import (
     FileReadRequest,
     FileWriteRequest,
     FileWritten,
+    HostDevices,
     LifecycleRequest,
     ScriptRequest,
     ScriptResponse,
@@ -50,6 +51,7 @@ from .inputs import (
     ExecInVmInput,
     ListImagesInput,
     ListVmsInput,
+    NoInput,
     ReadVmFileInput,
     RunVmScriptInput,
     StartVmInput,
@@ -147,6 +149,11 @@ async def _vm_metrics(svc: Any, args: VmIdInput) -> VmMetrics:
 
 async def _list_images(svc: Any, _args: ListImagesInput) -> dict[str, Any]:
     return {"images": [image.to_dict() for image in svc.catalogue.list()]}
+
+
+async def _list_host_devices(svc: Any, _args: NoInput) -> HostDevices:
+    devices: HostDevices = await svc.manager.host_devices()
+    return devices
 
 
 async def _run_vm_script(svc: Any, args: RunVmScriptInput) -> ScriptResponse:
@@ -438,6 +445,23 @@ def build_registry() -> Registry:
                 idempotent=True,
                 resource="Image",
                 http=HttpRoute("GET", "/api/v1/images"),
+            ),
+            Operation(
+                name="list_host_devices",
+                title="List host PCI devices",
+                summary=(
+                    "List the host's PCI devices (GPUs, NICs, ...) with their IOMMU groups, "
+                    "whether each can be passed through to a VM and why not, and the vGPU "
+                    "types with free instances. Use it before create_vm with a gpu."
+                ),
+                returns="{devices: [...], iommu_groups, vgpu_types: [...]}.",
+                input=NoInput,
+                handler=_list_host_devices,
+                result=HostDevices,
+                read_only=True,
+                idempotent=True,
+                resource="HostDevices",
+                http=HttpRoute("GET", "/api/v1/host/devices"),
             ),
             Operation(
                 name="run_vm_script",

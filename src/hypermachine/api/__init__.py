@@ -10,6 +10,7 @@ from quart_trio import QuartTrio
 
 from ..agentic.http import register_agentic
 from .console import blueprint as console_blueprint
+from .devices import blueprint as devices_blueprint
 from .errors import register_error_handlers
 from .events import blueprint as events_blueprint
 from .guest import blueprint as guest_blueprint
@@ -41,4 +42,5 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(console_blueprint, url_prefix="/api/v1/vms")
     app.register_blueprint(events_blueprint, url_prefix="/api/v1/events")
     register_agentic(app)  # tools, execute, ontology, OpenAPI, docs, MCP (hypermachine.agentic)
+    app.register_blueprint(devices_blueprint, url_prefix="/api/v1/host/devices")
     return app

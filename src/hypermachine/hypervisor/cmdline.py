@@ -8,14 +8,15 @@ Host paths come only from the server's own layout and catalogue.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..models import Vm
+from . import cloudinit, network, vfio
 from .layout import VmPaths
+from .network import mac_address
 
 __all__ = ["BootSource", "build_argv", "escape_option", "mac_address"]
 
@@ -54,12 +55,6 @@ def _json(obj: Mapping[str, object]) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-def mac_address(vm_uuid: str, nic: int = 0) -> str:
-    """A stable locally administered MAC (52:54:00 prefix) derived from the VM."""
-    digest = hashlib.sha256(f"{vm_uuid}/{nic}".encode()).digest()
-    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
-
-
 def _machine(accelerator: str) -> list[str]:
     argv = ["-machine", "q35", "-accel", accelerator]
     # -cpu host is KVM-only; TCG keeps QEMU's default model (max aborts on some hosts).
@@ -74,16 +69,6 @@ def _disk(paths: VmPaths) -> list[str]:
     device = {"driver": "virtio-blk-pci", "drive": "disk0", "id": "vd0", "bootindex": 1}
     _plain_path(paths.disk)
     return ["-blockdev", _json(file_node), "-blockdev", _json(fmt_node), "-device", _json(device)]
-
-
-def _network(vm: Vm) -> list[str]:
-    if vm.network.type == "none":
-        return []
-    if vm.network.type != "nat":
-        raise ValueError(f"network type {vm.network.type!r} is not supported by this builder")
-    netdev = {"type": "user", "id": "net0"}
-    nic = {"driver": "virtio-net-pci", "netdev": "net0", "id": "nic0", "mac": mac_address(vm.uuid)}
-    return ["-netdev", _json(netdev), "-device", _json(nic)]
 
 
 def _consoles(paths: VmPaths, qmp_fd: int) -> list[str]:
@@ -117,16 +102,18 @@ def _guest_agent(paths: VmPaths) -> list[str]:
     ]  # fmt: skip
 
 
-def _kernel(boot: BootSource) -> list[str]:
+def _kernel(boot: BootSource, vm: Vm) -> list[str]:
     if boot.kernel is None:
         return []
-    if "\n" in boot.append or len(boot.append) > 2048:
+    # The guest's address reaches a directly booted kernel as ip= (docs/networking.md).
+    append = " ".join(filter(None, (boot.append, network.kernel_ip_param(vm))))
+    if "\n" in append or len(append) > 2048:
         raise ValueError("kernel command line has a newline or is too long")
     argv = ["-kernel", _plain_path(boot.kernel)]
     if boot.initrd is not None:
         argv += ["-initrd", _plain_path(boot.initrd)]
-    if boot.append:
-        argv += ["-append", boot.append]
+    if append:
+        argv += ["-append", append]
     return argv
 
 
@@ -156,10 +143,12 @@ def build_argv(
         *_consoles(paths, qmp_fd),
         *_guest_agent(paths),
         *_disk(paths),
-        *_network(vm),
+        *network.nic_args(vm),
+        *cloudinit.seed_args(vm, boot, paths),
+        *vfio.device_args(vm),
         "-device", _json({"driver": "pvpanic", "id": "panic0"}),
         "-action", "panic=shutdown",
-        *_kernel(boot),
+        *_kernel(boot, vm),
         "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         "-S",
     ]  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,23 +99,16 @@ def _count_iommu_groups(sysfs_root: Path) -> int:
         return 0
 
 
-def check_supported(spec: VmSpec, host: HostFacts) -> None:
+def check_supported(spec: VmSpec, host: HostFacts, also: Mapping[str, str] | None = None) -> None:
     """Refuse a spec this server cannot honour on this host, naming every reason.
 
     A VM must never start silently lacking something its client asked for.
+    ``also`` adds the network and device reasons (``HostResources.unsupported``).
 
     Raises:
         Unsupported: with ``details.unsupported`` mapping each field to its reason.
     """
-    reasons: dict[str, str] = {}
-    if spec.network.type == "bridge":
-        reasons["network.type"] = "bridge networking needs a configured host bridge; none is"
-    if spec.gpu.enabled:
-        reasons["gpu"] = (
-            "this host has no IOMMU groups, so no device can be passed through"
-            if host.iommu_groups == 0
-            else "GPU passthrough is not available in this server version"
-        )
+    reasons: dict[str, str] = dict(also or {})
     if spec.security.secure_boot:
         reasons["security.secure_boot"] = "UEFI secure boot is not available in this version"
     if spec.security.vtpm:

@@ -35,6 +35,11 @@ class VmPaths:
         return self.vm_dir / "qemu.log"
 
     @property
+    def seed_iso(self) -> Path:
+        """The NoCloud seed (cloud-init), rewritten at each start when the VM has one."""
+        return self.vm_dir / "seed.iso"
+
+    @property
     def qmp_socket(self) -> Path:
         return self.run_dir / "qmp.sock"
 

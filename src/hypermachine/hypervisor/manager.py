@@ -24,7 +24,7 @@ import trio
 from ..config import Settings
 from ..errors import HMError, HypervisorError, ImageNotFound, InvalidState, VmNotFound, WaitTimeout
 from ..events import EventLog
-from ..models import CreateVmRequest, DiskStats, Vm, VmMetrics, VmSpec, VmState
+from ..models import CreateVmRequest, DiskStats, HostDevices, Vm, VmMetrics, VmSpec, VmState
 from ..states import LIVE_STATES, Action, transition
 from ..store import Store, VmQuery, fingerprint, utcnow
 from ..telemetry import Telemetry
@@ -36,6 +36,7 @@ from .host import HostFacts, check_supported
 from .layout import VmPaths
 from .machine import Machine, adopt_pid, spawn_qemu
 from .qmp import QmpBridge
+from .resources import HostResources
 
 __all__ = ["CatalogueLike", "ImageLike", "Manager"]
 
@@ -107,6 +108,7 @@ class Manager:
         self.console = ConsoleService(settings, store.get_vm, self._paths)
         self.telemetry = Telemetry()
         self.events.add_listener(self.telemetry.on_event)
+        self._resources = HostResources(settings, store.all_vms)
 
     # -- life of the manager ---------------------------------------------------
 
@@ -129,6 +131,7 @@ class Manager:
         if vm.state in LIVE_STATES:
             pid = adopt_pid(paths, vm.uuid)
             if pid is None:
+                await self._release(vm.id)
                 paths.clear_runtime()
                 self._set(vm.id, VmState.STOPPED, "QEMU was not running when the server started")
                 return
@@ -136,6 +139,7 @@ class Manager:
         elif vm.state is VmState.CREATING:
             self._set(vm.id, VmState.ERROR, "creation was interrupted by a server restart")
         elif vm.state is VmState.DELETING:
+            await self._release(vm.id)
             self._finish_delete(vm.id)
 
     async def _adopt(self, vm: Vm, pid: int, paths: VmPaths) -> None:
@@ -256,7 +260,7 @@ class Manager:
             if replay is not None:
                 return _Created(replay, replayed=True)
         image = self._catalogue.get(request.image)
-        check_supported(request, self.host)
+        check_supported(request, self.host, also=self._resources.unsupported(request))
         now = utcnow()
         vm_uuid = str(uuidlib.uuid4())
         spec = VmSpec.model_validate(request.model_dump(exclude={"start", "wait"}))
@@ -268,6 +272,7 @@ class Manager:
             created_at=now,
             updated_at=now,
         )
+        vm = self._resources.admit(vm, self._store.all_vms())
         self._store.insert_vm(vm)
         self.events.vm_created(vm)
         if idempotency_key is not None:
@@ -366,7 +371,18 @@ class Manager:
             if machine is not None:
                 machine.report.stop_requested = "deleted"
                 await machine.terminate(0)
+            await self._release(vm_id)
         self._finish_delete(vm_id)
+
+    async def _release(self, vm_id: str) -> None:
+        """Give back what the VM held on the host (tap, devices); idempotent."""
+        try:
+            vm = self._store.get_vm(vm_id)
+        except VmNotFound:
+            return
+        await self._resources.release(vm)
+        if vm.gpu_assignment is not None:
+            self._store.update_vm(vm_id, gpu_assignment=None)
 
     def _finish_delete(self, vm_id: str) -> None:
         self._paths(vm_id).remove()
@@ -396,7 +412,14 @@ class Manager:
         image = self._catalogue.get(vm.image)
         if not image.available:
             raise ImageNotFound(f"image {vm.image!r} is not on disk", image=vm.image)
-        vm = self._set(vm_id, VmState.STARTING, None)
+        # "starting" at once, with no checkpoint before it (see _provision).
+        self._set(vm_id, VmState.STARTING, None)
+        try:
+            held = await self._resources.acquire(vm, image.kernel is not None, self._paths(vm_id))
+        except HMError as err:
+            self._set(vm_id, vm.state, f"start refused: {err.message}")
+            raise
+        vm = self._store.update_vm(vm_id, **held)
         await self._nursery_start(self._launch, vm, _boot_source(image))
         return vm
 
@@ -424,6 +447,7 @@ class Manager:
             rotate_at_start(paths.console_log)
             child = spawn_qemu(argv, paths)
         except (HMError, ValueError) as err:
+            await self._release(vm.id)
             self._set(vm.id, VmState.ERROR, f"QEMU could not be started: {err}")
             task_status.started()
             return
@@ -449,6 +473,8 @@ class Manager:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async def on_state(state: VmState, reason: str | None) -> None:
+            if machine.exited.is_set():
+                await self._release(machine.vm_id)
             self._on_machine_state(machine, state, reason)
 
         machine.on_qmp = self.telemetry.observe_qmp
@@ -579,6 +605,12 @@ class Manager:
             uptime_seconds=max(0.0, (utcnow() - started).total_seconds()),
             cpu_seconds_total=cpu_s,
         )
+
+    # -- host ------------------------------------------------------------------
+
+    async def host_devices(self) -> HostDevices:
+        """PCI devices, IOMMU groups and vGPU types, with who holds what."""
+        return await self._resources.host_devices()
 
     # -- shutdown --------------------------------------------------------------
 

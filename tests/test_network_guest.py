@@ -1,0 +1,170 @@
+"""Networks for real: tiny guests under QEMU reached through a port forward and a bridge.
+
+* nat: a forwarded host port on 127.0.0.1 reaches busybox httpd in the guest;
+* bridge: two guests with static IPs on a scratch bridge answer pings from a peer
+  in the test's own network namespace and reach each other; their taps exist while
+  they run and are gone once QEMU has exited, after delete, and after a restarted
+  server finds the QEMU gone.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import trio
+
+from guestconsole import console, console_text, wait_console
+from hypermachine.api import Services
+from hypermachine.config import Settings
+from hypermachine.hypervisor.hostnet import interface_exists, port_free
+from hypermachine.models import CreateVmRequest, VmState
+from hypermachine.server import open_services
+from support import make_settings, process_gone, remove_all_vms, wait_until
+from testnet import ScratchBridge, scratch_bridge
+
+pytestmark = pytest.mark.qemu
+
+BOOT_S = 120.0  # TCG on a shared 2-core host
+
+
+@pytest.fixture
+def bridge() -> Iterator[ScratchBridge]:
+    with scratch_bridge(peer=True) as made:
+        yield made
+
+
+@pytest.fixture
+def settings(data_dir: Path, compile_cache: Path, bridge: ScratchBridge) -> Settings:
+    return make_settings(data_dir, compile_cache, bridges={bridge.name: bridge.config()})
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def boot(client: Any, services: Services, name: str, network: dict[str, Any]) -> Any:
+    body = {"name": name, "image": "tiny", "memory_mb": 512, "disk_gb": 1, "network": network}
+    response = await client.post("/api/v1/vms", json={**body, "start": True, "wait": True})
+    vm = await response.get_json()
+    assert response.status_code == 201 and vm["state"] == "running", vm
+    await wait_console(services, vm["id"], "HM-READY tiny", timeout=BOOT_S)
+    return vm
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=3) as answer:
+        return bytes(answer.read())
+
+
+async def fetch_when_served(url: str, timeout: float) -> bytes:
+    """GET ``url`` until the guest's server answers (slirp accepts before it listens)."""
+    last: Exception | None = None
+    with trio.move_on_after(timeout):
+        while True:
+            try:
+                return await trio.to_thread.run_sync(_get, url)
+            except OSError as err:
+                last = err
+                await trio.sleep(0.25)
+    raise AssertionError(f"{url} never answered: {last!r}")
+
+
+async def test_forwarded_port_reaches_a_guest_service(client: Any, services: Services) -> None:
+    port = free_port()
+    vm = await boot(client, services, "web", {"ports": [{"host": port, "guest": 8080}]})
+    assert vm["network_info"]["forwards"] == [
+        {"protocol": "tcp", "host_address": "127.0.0.1", "host_port": port, "guest_port": 8080}
+    ]
+    assert "HM-NET eth0 10.0.2.15" in console_text(services, vm["id"])
+    async with console(services, vm["id"]) as con:
+        await con.type(
+            "mkdir -p /www && echo hm-forward-ok > /www/index.html && "
+            "httpd -p 8080 -h /www && echo HTTPD''-UP"
+        )
+        await wait_console(services, vm["id"], "HTTPD-UP", timeout=60)
+    body = await fetch_when_served(f"http://127.0.0.1:{port}/index.html", timeout=60)
+    assert body == b"hm-forward-ok\n"
+
+    stopped = await client.post(f"/api/v1/vms/{vm['id']}/stop", json={"force": True, "wait": True})
+    assert (await stopped.get_json())["state"] == "stopped"
+    assert port_free("127.0.0.1", port, "tcp"), "QEMU's forward outlived it"
+
+
+def tap_master(tap: str) -> str | None:
+    try:
+        return os.path.basename(os.readlink(f"/sys/class/net/{tap}/master"))
+    except OSError:
+        return None
+
+
+async def test_bridge_guests_answer_on_their_static_ips(
+    client: Any, services: Services, bridge: ScratchBridge
+) -> None:
+    a_ip, b_ip = bridge.host(10), bridge.host(11)
+    a = await boot(client, services, "a", {"type": "bridge", "ip": a_ip})
+    b = await boot(client, services, "b", {"type": "bridge", "ip": b_ip})
+    taps = [a["network_info"]["tap"], b["network_info"]["tap"]]
+    assert [tap_master(t) for t in taps] == [bridge.name, bridge.name]
+    for vm, address in ((a, a_ip), (b, b_ip)):
+        await wait_console(services, vm["id"], f"HM-NET eth0 {address}")
+        await wait_until(
+            lambda address=address: bridge.ping(address),
+            timeout=60,
+            what=f"{address} to answer ping from the peer namespace",
+        )
+    neighbours = bridge.in_netns("ip", "neigh", "show", a_ip).stdout
+    assert a["network"]["mac"] in neighbours  # the MAC the server chose is the guest's
+
+    async with console(services, a["id"]) as con:
+        await con.type(f"ping -c 2 -W 2 {b_ip} && echo PING''-OK")
+        await wait_console(services, a["id"], "PING-OK", timeout=60)
+
+    for vm in (a, b):
+        stop = await client.post(f"/api/v1/vms/{vm['id']}/stop", json={"force": True, "wait": True})
+        assert (await stop.get_json())["state"] == "stopped"
+    assert not any(interface_exists(t) for t in taps), "a tap outlived its QEMU"
+
+    # Started again, the VM gets a fresh tap; deleting it removes that too.
+    again = await client.post(f"/api/v1/vms/{a['id']}/start", json={"wait": True})
+    assert (await again.get_json())["state"] == "running"
+    assert tap_master(taps[0]) == bridge.name
+    assert (await client.delete(f"/api/v1/vms/{a['id']}?force=true")).status_code == 204
+    assert not interface_exists(taps[0])
+
+
+async def test_tap_of_a_vm_that_died_while_the_server_was_away_is_removed(
+    settings: Settings, tiny: Path, bridge: ScratchBridge
+) -> None:
+    request = CreateVmRequest(
+        name="lost",
+        image="tiny",
+        memory_mb=512,
+        disk_gb=1,
+        network={"type": "bridge", "ip": bridge.host(20)},
+        start=True,
+    )
+    async with open_services(settings) as svc:
+        created = await svc.manager.create(request)
+        vm = await svc.manager.wait_for(created.vm.id, {VmState.RUNNING}, BOOT_S)
+    assert vm.network_info is not None and vm.network_info.tap is not None and vm.pid
+    tap = vm.network_info.tap
+    assert interface_exists(tap), "QEMU and its tap outlive the server"
+    psutil.Process(vm.pid).kill()
+    await wait_until(lambda: process_gone(vm.pid), what="QEMU to die")
+
+    async with open_services(settings) as svc:
+        try:
+            assert svc.manager.get(vm.id).state is VmState.STOPPED
+            assert not interface_exists(tap)
+        finally:
+            with trio.CancelScope(shield=True):
+                await remove_all_vms(svc)
