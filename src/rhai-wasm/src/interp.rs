@@ -1780,6 +1780,12 @@ impl Interp {
             all.extend(args);
             return self.call_script_fn(&def, all, None, Vec::new(), pos).map(|(v, _)| v);
         }
+        if self.host_fns.iter().any(|f| f == name) {
+            let mut all = vec![this.clone()];
+            all.extend(args);
+            let req = format!("{{\"function\":{},\"args\":{}}}", jstr(name), self.host_args_json(&all));
+            return self.host_request(req, pos);
+        }
         let mut all = Vec::with_capacity(args.len() + 1);
         all.push(std::mem::take(this));
         all.extend(args);
