@@ -83,17 +83,24 @@ async def test_unsupported_names_every_reason(client: Any) -> None:
     response = await client.post(
         "/api/v1/vms",
         json={"name": "a", "image": "tiny", "gpu": {"enabled": True},
-              "security": {"memory_encryption": "sev", "vtpm": True}},
+              "network": {"type": "bridge"}, "security": {"memory_encryption": "sev"}},
     )  # fmt: skip
     details = (await response.get_json())["error"]["details"]["unsupported"]
-    assert set(details) == {"gpu", "security.memory_encryption", "security.vtpm"}
+    assert set(details) == {"gpu", "security.memory_encryption", "network.type"}
 
 
 async def test_create_defaults_and_get(client: Any) -> None:
     vm = await create(client, "defaults")
     got = await (await client.get(f"/api/v1/vms/{vm['id']}")).get_json()
     assert got["cpus"] == 1 and got["network"] == {"type": "nat", "ip": None}
-    assert got["security"] == {"secure_boot": False, "vtpm": False, "memory_encryption": "none"}
+    assert got["security"] == {
+        "secure_boot": False,
+        "vtpm": False,
+        "memory_encryption": "none",
+        "policy": None,
+    }
+    assert got["firmware"] == "bios"  # the image's default
+    assert got["security_notes"] == []
     assert got["labels"] == {}
 
 

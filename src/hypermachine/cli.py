@@ -1,4 +1,4 @@
-"""``hypermachine serve | image … | script …``."""
+"""``hypermachine serve | image … | host | script …``."""
 
 from __future__ import annotations
 
@@ -73,6 +73,13 @@ def _cmd_image_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_host(args: argparse.Namespace) -> int:
+    from .hostcli import host_report
+
+    print(host_report(_settings(args, accelerator=args.accelerator), as_json=args.json))
+    return 0
+
+
 def _cmd_script_run(args: argparse.Namespace) -> int:
     from .scriptcli import run_script_file
 
@@ -106,6 +113,11 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--initrd")
     imp.add_argument("--append", help="kernel command line (with --kernel)")
     imp.set_defaults(run=_cmd_image_import)
+
+    host = commands.add_parser("host", help="what this host can run (firmware, vTPM, SEV, ...)")
+    host.add_argument("--accelerator", choices=["auto", "kvm", "tcg"], default=None)
+    host.add_argument("--json", action="store_true", help="the same document as GET /api/v1/host")
+    host.set_defaults(run=_cmd_host)
 
     script = commands.add_parser("script", help="Rhai scripts").add_subparsers(
         dest="script_command", required=True

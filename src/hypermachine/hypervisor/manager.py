@@ -21,10 +21,10 @@ import trio
 
 from ..config import Settings
 from ..errors import HMError, HypervisorError, ImageNotFound, InvalidState, VmNotFound, WaitTimeout
-from ..models import CreateVmRequest, DiskStats, Vm, VmMetrics, VmSpec, VmState
+from ..models import CreateVmRequest, DiskStats, HostCapabilities, Vm, VmMetrics, VmSpec, VmState
 from ..states import LIVE_STATES, Action, transition
 from ..store import Store, fingerprint, utcnow
-from . import disks
+from . import capabilities, disks, security
 from .cmdline import BootSource, build_argv
 from .host import HostFacts, check_supported
 from .layout import VmPaths
@@ -51,6 +51,8 @@ class ImageLike(Protocol):
     def append(self) -> str: ...
     @property
     def available(self) -> bool: ...
+    @property
+    def firmware(self) -> str: ...
 
 
 class CatalogueLike(Protocol):
@@ -97,6 +99,7 @@ class Manager:
         """Re-adopt running VMs, report ready, then own their supervisors until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self.host = await capabilities.refresh(self.host, self._settings)
             for vm in list(self._store.all_vms()):
                 await self._recover(vm)
             task_status.started()
@@ -112,9 +115,11 @@ class Manager:
         if vm.state in LIVE_STATES:
             pid = adopt_pid(paths, vm.uuid)
             if pid is None:
+                security.after_exit(paths)
                 paths.clear_runtime()
                 self._set(vm.id, VmState.STOPPED, "QEMU was not running when the server started")
                 return
+            security.adopt(vm, paths)
             await self._adopt(vm, pid, paths)
         elif vm.state is VmState.CREATING:
             self._set(vm.id, VmState.ERROR, "creation was interrupted by a server restart")
@@ -146,6 +151,12 @@ class Manager:
 
     def _paths(self, vm_id: str) -> VmPaths:
         return VmPaths.for_vm(self._settings.vms_dir, self._settings.runtime_dir, vm_id)
+
+    async def refresh_host(self) -> HostCapabilities:
+        """Probe the host's capabilities again (new firmware, modules, swtpm...)."""
+        self.host = await capabilities.refresh(self.host, self._settings)
+        assert self.host.capabilities is not None
+        return self.host.capabilities
 
     def _lock(self, vm_id: str) -> trio.Lock:
         return self._locks.setdefault(vm_id, trio.Lock())
@@ -230,6 +241,7 @@ class Manager:
             if replay is not None:
                 return _Created(replay, replayed=True)
         image = self._catalogue.get(request.image)
+        request = security.resolve_firmware(request, image.firmware)
         check_supported(request, self.host)
         now = utcnow()
         vm_uuid = str(uuidlib.uuid4())
@@ -239,6 +251,7 @@ class Manager:
             id=f"vm-{vm_uuid.replace('-', '')[:12]}",
             uuid=vm_uuid,
             state=VmState.CREATING,
+            security_notes=security.security_notes(spec, direct_kernel=image.kernel is not None),
             created_at=now,
             updated_at=now,
         )
@@ -300,6 +313,11 @@ class Manager:
             except HMError as err:
                 self._set(vm_id, VmState.ERROR, f"disk creation failed: {err.message}")
                 return
+            try:
+                await security.prepare(vm, paths, self.host, self._settings)
+            except HMError as err:
+                self._set(vm_id, VmState.ERROR, f"firmware/TPM setup failed: {err.message}")
+                return
             self._set(vm_id, VmState.STOPPED, None)
         if start:
             with contextlib.suppress(HMError):
@@ -336,6 +354,7 @@ class Manager:
         self._finish_delete(vm_id)
 
     def _finish_delete(self, vm_id: str) -> None:
+        security.after_exit(self._paths(vm_id))
         self._paths(vm_id).remove()
         self._store.delete_vm(vm_id)
         self._locks.pop(vm_id, None)
@@ -355,6 +374,7 @@ class Manager:
         async with self._lock(vm_id):
             vm = self._store.get_vm(vm_id)
             transition(vm.state, Action.START)
+            check_supported(vm, self.host)
             image = self._catalogue.get(vm.image)
             if not image.available:
                 raise ImageNotFound(f"image {vm.image!r} is not on disk", image=vm.image)
@@ -371,6 +391,12 @@ class Manager:
     ) -> None:
         paths = self._paths(vm.id)
         settings = self._settings
+        try:
+            platform = await security.launch_platform(vm, boot, paths, self.host, settings)
+        except HMError as err:
+            self._set(vm.id, VmState.ERROR, f"firmware/TPM could not be prepared: {err.message}")
+            task_status.started()
+            return
 
         def argv(qmp_fd: int) -> list[str]:
             return build_argv(
@@ -380,11 +406,13 @@ class Manager:
                 qemu_binary=settings.qemu_binary,
                 accelerator=self.host.accelerator,
                 qmp_fd=qmp_fd,
+                platform=platform,
             )
 
         try:
             child = spawn_qemu(argv, paths)
         except (HMError, ValueError) as err:
+            security.after_exit(paths)
             self._set(vm.id, VmState.ERROR, f"QEMU could not be started: {err}")
             task_status.started()
             return
@@ -434,6 +462,7 @@ class Manager:
         except VmNotFound:
             return
         if machine.exited.is_set():
+            security.after_exit(machine.paths)
             if current is not VmState.DELETING:
                 machine.paths.clear_runtime()
                 self._set(machine.vm_id, state, reason, pid=None)
