@@ -83,6 +83,8 @@ HOSTILE_BODIES: list[tuple[str, Any, int, str]] = [
         400,
         "VALIDATION_ERROR",
     ),
+    ("secure-boot-with-sev", body(security={"secure_boot": True, "memory_encryption": "sev"}),
+     400, "VALIDATION_ERROR"),
     ("unknown-firmware", body(firmware="/usr/share/OVMF/evil.fd"), 400, "VALIDATION_ERROR"),
     (
         "unknown-security-field",

@@ -157,6 +157,11 @@ class VmSpec(_Strict):
             raise ValueError("secure_boot needs firmware 'uefi' (SeaBIOS has no secure boot)")
         if self.firmware == "bios" and self.security.memory_encryption != "none":
             raise ValueError("memory encryption needs firmware 'uefi' (OVMF)")
+        if self.security.secure_boot and self.security.memory_encryption != "none":
+            raise ValueError(
+                "secure_boot needs SMM, which encrypted guests cannot have: "
+                "ask for one of secure_boot and memory_encryption"
+            )
         return self
 
     @field_validator("labels")
