@@ -171,7 +171,7 @@ def _firmware(platform: Platform) -> list[str]:
         "filename": _plain_path(platform.firmware_code),
         "read-only": True,
     }
-    vars_ = {
+    vars_: dict[str, object] = {
         "driver": "file",
         "node-name": "fw-vars",
         "filename": _plain_path(platform.firmware_vars),

@@ -216,4 +216,5 @@ def firmware_for_confidential(sets: Iterable[FirmwareSet], variant: str) -> Firm
     stateless = [s for s in fitting if s.device == "memory"]
     if variant in ("sev_snp", "tdx"):
         return stateless[0] if stateless else None
-    return (stateless or fitting or [None])[0]
+    preferred = stateless or fitting
+    return preferred[0] if preferred else None
