@@ -10,11 +10,11 @@ setup:
 	tools/setup
 
 run: setup
-	tools/standin-images
+	$(PY) tools/standin-images
 	$(VENV)/bin/hypermachine serve --host $(HOST) --port $(PORT)
 
 test: setup lint
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q
 
 lint:
 	$(VENV)/bin/ruff check src tests bench tools

@@ -15,12 +15,9 @@ import pytest
 import trio
 
 from hypermachine.api import Services, create_app
-from hypermachine.config import Settings, load_settings
+from hypermachine.config import Settings
 from hypermachine.server import open_services
-from support import qemu_pids_for
-
-REPO = Path(__file__).resolve().parents[1]
-TINY_DIR = REPO / "images" / "tiny"
+from support import TINY_DIR, make_settings, qemu_pids_for, remove_all_vms
 
 
 def require_tiny() -> None:
@@ -45,20 +42,15 @@ def data_dir(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One Wasmtime compile cache for the session, so each server start deserializes."""
+    return tmp_path_factory.mktemp("compile-cache")
+
+
 @pytest.fixture
-def settings(data_dir: Path) -> Settings:
-    return load_settings(
-        environ={},
-        overrides={"data_dir": data_dir, "stop_timeout_s": 20.0, "qmp_connect_timeout_s": 20.0},
-    )
-
-
-async def remove_all_vms(svc: Services) -> set[str]:
-    uuids = set()
-    for vm in svc.manager.list(limit=500)[0]:
-        uuids.add(vm.uuid)
-        await svc.manager.delete(vm.id, force=True)
-    return uuids
+def settings(data_dir: Path, compile_cache: Path) -> Settings:
+    return make_settings(data_dir, compile_cache)
 
 
 @pytest.fixture

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 import trio
+
+from hypermachine.api import Services
+from hypermachine.config import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_DIR = REPO / "images" / "tiny"
 
 
 def qemu_pids_for(uuids: set[str]) -> list[int]:
@@ -37,3 +45,35 @@ def process_gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def make_settings(data_dir: Path, compile_cache: Path, **overrides: object) -> Settings:
+    return load_settings(
+        environ={},
+        overrides={
+            "data_dir": data_dir,
+            "compile_cache_dir": compile_cache,
+            "stop_timeout_s": 20.0,
+            "qmp_connect_timeout_s": 20.0,
+            **overrides,
+        },
+    )
+
+
+def wait_for_file_text(path: Path, needle: bytes, *, timeout: float) -> None:
+    """Block until ``needle`` appears in ``path`` (a log has no event: poll it)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.exists() and needle in path.read_bytes():
+            return
+        time.sleep(0.1)
+    tail = path.read_bytes()[-1500:] if path.exists() else b"(no file)"
+    raise AssertionError(f"{needle!r} not in {path} after {timeout} s; tail: {tail!r}")
+
+
+async def remove_all_vms(svc: Services) -> set[str]:
+    uuids = set()
+    for vm in svc.manager.list()[0]:
+        uuids.add(vm.uuid)
+        await svc.manager.delete(vm.id, force=True)
+    return uuids

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO
-from hypermachine.config import Settings, load_settings
+from hypermachine.config import Settings
+from support import REPO, make_settings
 
 
 @pytest.fixture
@@ -36,7 +36,9 @@ def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
 
 @pytest.fixture
-def settings(data_dir: Path, http_root: tuple[Path, str], tiny: Path) -> Settings:
+def settings(
+    data_dir: Path, compile_cache: Path, http_root: tuple[Path, str], tiny: Path
+) -> Settings:
     root, url = http_root
     disk = (tiny / "bootdisk.qcow2").read_bytes()
     (root / "cloud.qcow2").write_bytes(disk)
@@ -66,11 +68,12 @@ url = "http://127.0.0.1:9/nothing.qcow2"
 sha256 = "{good}"
 """
     )
-    return load_settings(
-        environ={},
-        overrides={"data_dir": data_dir, "catalogue_file": catalogue,
-                   "builtin_images_dir": REPO / "images"},
-    )  # fmt: skip
+    return make_settings(
+        data_dir,
+        compile_cache,
+        catalogue_file=catalogue,
+        builtin_images_dir=REPO / "images",
+    )
 
 
 async def create_and_settle(client: Any, image: str, state: str) -> dict[str, Any]:

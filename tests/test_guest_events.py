@@ -7,10 +7,9 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO
 from hypermachine.api import Services
-from hypermachine.config import Settings, load_settings
-from support import wait_until
+from hypermachine.config import Settings
+from support import REPO, make_settings, wait_until
 
 pytestmark = pytest.mark.qemu
 
@@ -42,16 +41,14 @@ disk = "bootdisk.qcow2"
 
 
 @pytest.fixture
-def settings(data_dir: Path) -> Settings:
+def settings(data_dir: Path, compile_cache: Path) -> Settings:
     catalogue = data_dir.parent / "catalogue.toml"
     catalogue.write_text(CATALOGUE)
-    return load_settings(
-        environ={},
-        overrides={
-            "data_dir": data_dir,
-            "catalogue_file": catalogue,
-            "builtin_images_dir": REPO / "images",
-        },
+    return make_settings(
+        data_dir,
+        compile_cache,
+        catalogue_file=catalogue,
+        builtin_images_dir=REPO / "images",
     )
 
 

@@ -55,9 +55,9 @@ async def test_refusal_names_what_the_host_reports(client: Any, services: Servic
         "/api/v1/vms",
         json={"name": "es", "image": "tiny", "security": {"memory_encryption": "sev_es"}},
     )
-    assert response.status_code == 422
+    assert response.status_code == 409
     error = (await response.get_json())["error"]
-    assert error["code"] == "UNSUPPORTED_ON_HOST"
+    assert error["code"] == "CAPABILITY_UNAVAILABLE"
     reason = error["details"]["unsupported"]["security.memory_encryption"]
     assert reason == f"sev_es is not available: {caps.capabilities.sev_es.reason}"
     assert services.manager.list()[0] == []

@@ -96,7 +96,9 @@ async def test_graceful_stop_reaches_the_guest(client: Any, services: Services) 
     await wait_until(
         lambda: log.exists() and b"HM-READY" in log.read_bytes(), timeout=60, what="ready marker"
     )
-    status, body = await post(client, f"/api/v1/vms/{vm['id']}/stop", {"wait": True})
+    # A guest on a loaded host can be slow to act on the button: give it room.
+    stop = {"wait": True, "timeout_s": 90}
+    status, body = await post(client, f"/api/v1/vms/{vm['id']}/stop", stop)
     assert status == 200, body
     assert body["state"] == "stopped"
     assert body["state_reason"] == "the guest powered off (ACPI)"
@@ -132,3 +134,23 @@ async def test_delete_running_needs_force(client: Any, services: Services) -> No
     forced = await client.delete(f"/api/v1/vms/{vm['id']}?force=true")
     assert forced.status_code == 204
     await wait_until(lambda: process_gone(pid), what="QEMU to be gone")
+
+
+async def test_qemu_refusing_to_start_explains_why(client: Any) -> None:
+    vm = await create(client, memory_mb=1_048_576, wait=True)  # 1 TiB: this host can't
+    status, body = await post(client, f"/api/v1/vms/{vm['id']}/start", {"wait": True})
+    assert status == 409, body
+    assert body["error"]["code"] == "INVALID_STATE"
+    failed = await (await client.get(f"/api/v1/vms/{vm['id']}")).get_json()
+    assert failed["state"] == "error"
+    assert "QEMU exited unexpectedly (exit status 1)" in failed["state_reason"]
+    assert "memory" in failed["state_reason"].lower()
+
+
+async def test_delete_while_starting(client: Any, services: Services) -> None:
+    vm = await create(client, wait=True)
+    status, body = await post(client, f"/api/v1/vms/{vm['id']}/start")
+    assert (status, body["state"]) == (202, "starting")
+    deleted = await client.delete(f"/api/v1/vms/{vm['id']}?force=true")
+    assert deleted.status_code == 204
+    assert (await client.get(f"/api/v1/vms/{vm['id']}")).status_code == 404

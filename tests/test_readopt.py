@@ -11,12 +11,11 @@ import psutil
 import pytest
 import trio
 
-from conftest import remove_all_vms
 from hypermachine.config import Settings
 from hypermachine.models import CreateVmRequest, VmState
 from hypermachine.server import open_services
 from realserver import Server, free_port
-from support import process_gone, qemu_pids_for, wait_until
+from support import process_gone, qemu_pids_for, remove_all_vms, wait_until
 
 pytestmark = pytest.mark.qemu
 

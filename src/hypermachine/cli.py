@@ -60,8 +60,16 @@ def _cmd_image_pull(args: argparse.Namespace) -> int:
 
 
 def _cmd_image_import(args: argparse.Namespace) -> int:
+    catalogue = _catalogue(args)
+    if any(i.name == args.name and i.source == "remote" for i in catalogue.list()):
+        image = catalogue.sideload(args.name, Path(args.path), verify=not args.no_verify)
+        print(
+            f"provided {image.name} from {args.path}"
+            + (f" ({image.stand_in})" if image.stand_in else "")
+        )
+        return 0
     kernel_boot = args.kernel is not None
-    image = _catalogue(args).import_file(
+    image = catalogue.import_file(
         args.name,
         Path(args.path),
         boot="kernel" if kernel_boot else "disk",
@@ -112,6 +120,12 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--kernel", help="boot this kernel directly instead of the disk")
     imp.add_argument("--initrd")
     imp.add_argument("--append", help="kernel command line (with --kernel)")
+    imp.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="for a remote catalogue name: accept a file that does not match its checksum "
+        "(it is then listed as a stand-in)",
+    )
     imp.set_defaults(run=_cmd_image_import)
 
     host = commands.add_parser("host", help="what this host can run (firmware, vTPM, SEV, ...)")

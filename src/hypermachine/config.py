@@ -51,6 +51,8 @@ class Settings:
     # Short-path directory for sockets and pidfiles (unix socket paths are limited
     # to 108 bytes); empty means derived from data_dir.
     run_dir: Path | None = None
+    # Compiled-module cache (Wasmtime); empty means <data_dir>/cache.
+    compile_cache_dir: Path | None = None
     accelerator: Accelerator = "auto"
     qemu_binary: str = "qemu-system-x86_64"
     qemu_img_binary: str = "qemu-img"
@@ -68,7 +70,10 @@ class Settings:
     # starting up to its control socket.
     swtpm_setup_timeout_s: float = 60.0
     swtpm_start_timeout_s: float = 10.0
-    max_body_bytes: int = 1024 * 1024
+    max_body_bytes: int = 2 * 1024 * 1024
+    max_concurrent_scripts: int = 4
+    # Scripts that drive VMs wait for boots; requests may lower this, never raise it.
+    script_timeout_s: float = 300.0
     idempotency_ttl_s: float = 24 * 3600.0
     log_level: str = "INFO"
 
@@ -79,6 +84,10 @@ class Settings:
     @property
     def database_file(self) -> Path:
         return self.data_dir / "hypermachine.sqlite3"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.compile_cache_dir or self.data_dir / "cache"
 
     @property
     def images_store_dir(self) -> Path:
@@ -94,7 +103,7 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
-_PATH_FIELDS = {"data_dir", "run_dir", "catalogue_file", "builtin_images_dir"}
+_PATH_FIELDS = {"data_dir", "run_dir", "compile_cache_dir", "catalogue_file", "builtin_images_dir"}
 
 
 def _coerce(name: str, raw: Any) -> Any:

@@ -20,7 +20,7 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     │   ├── InvalidState (409 INVALID_STATE)
     │   ├── IdempotencyConflict (409 IDEMPOTENCY_CONFLICT)
     │   └── WaitTimeout (409 WAIT_TIMEOUT)
-    ├── Unsupported (422 UNSUPPORTED_ON_HOST)
+    ├── Unsupported (409 CAPABILITY_UNAVAILABLE)
     ├── ScriptRuntimeError (422 SCRIPT_RUNTIME_ERROR)
     ├── ScriptLimitExceeded (422 SCRIPT_LIMIT_EXCEEDED)
     ├── ImagePullFailed (502 IMAGE_PULL_FAILED)
@@ -63,7 +63,7 @@ class HMError(Exception):
     code: ClassVar[str] = "INTERNAL_ERROR"
     status: ClassVar[int] = 500
 
-    def __init__(self, message: str, **details: object) -> None:
+    def __init__(self, message: str, /, **details: object) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
@@ -135,7 +135,7 @@ class WaitTimeout(Conflict):
 class Unsupported(HMError):
     """The request is well formed but this host cannot honour it."""
 
-    code, status = "UNSUPPORTED_ON_HOST", 422
+    code, status = "CAPABILITY_UNAVAILABLE", 409
 
 
 class ScriptRuntimeError(HMError):

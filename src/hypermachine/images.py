@@ -114,6 +114,7 @@ class Image:
     build: str | None = None
     sha512: str | None = None
     firmware: Firmware = "bios"
+    stand_in: str | None = None  # set when an unverified local file stands in for a remote image
 
     @property
     def files(self) -> list[Path]:
@@ -148,6 +149,7 @@ class Image:
             "sha256": self.sha256,
             "firmware": self.firmware,
             "ready_marker": self.ready_marker,
+            "stand_in": self.stand_in,
         }
 
 
@@ -281,12 +283,14 @@ class Catalogue:
         fmt: Format = _literal(entry.get("format", "qcow2"), Format, "format", where)
         url = _opt_str(entry, "url", where)
         source: Source = "remote" if url else "builtin"
+        stand_in: str | None = None
         if source == "builtin":
             base = self.builtin_dir / validate_name(_str(entry, "dir", where, name))
             disk = _rel_file(base, _opt_str(entry, "disk", where), where)
         else:
             base = self.store_dir / name
             disk = base / f"disk.{fmt}"
+            stand_in = _stand_in_note(base)
         kernel = _rel_file(base, _opt_str(entry, "kernel", where), where)
         initrd = _rel_file(base, _opt_str(entry, "initrd", where), where)
         if boot == "kernel" and kernel is None:
@@ -318,6 +322,7 @@ class Catalogue:
             ready_marker=_opt_str(entry, "ready_marker", where),
             build=_opt_str(entry, "build", where),
             firmware=_literal(entry.get("firmware", "bios"), Firmware, "firmware", where),
+            stand_in=stand_in,
         )
 
     def _from_store(self, directory: Path) -> Image | None:
@@ -510,6 +515,55 @@ class Catalogue:
             ) from exc
         return {a: h.hexdigest() for a, h in hashes.items()}
 
+    # -- sideload --------------------------------------------------------------------
+
+    def sideload(self, name: str, path: Path, *, verify: bool = True) -> Image:
+        """Provide a remote catalogue image from a local file instead of downloading it.
+
+        With ``verify`` the file must match the catalogue's checksum (an offline copy
+        of the real image). Without it the file is recorded as a *stand-in* — shown as
+        such in the catalogue — for hosts that cannot download (CLI only).
+        """
+        img = self.get(validate_name(name))
+        if img.source != "remote" or img.disk is None:
+            raise errors.ValidationFailed(f"image {name!r} is {img.source}, not a remote image")
+        path = Path(path)
+        _check_disk(path, img.format)
+        digests: dict[str, str] = {}
+        if verify:
+            expected = {a: v for a, v in (("sha256", img.sha256), ("sha512", img.sha512)) if v}
+            with path.open("rb") as fh:
+                digests = {a: hashlib.file_digest(fh, a).hexdigest() for a in expected}
+                for algo, want in expected.items():
+                    if digests[algo] != want:
+                        raise errors.ValidationFailed(
+                            f"{path.name} does not match the catalogue's {algo} for {name!r}",
+                            expected=want,
+                            actual=digests[algo],
+                        )
+        with self._lock(name):
+            if img.available:
+                raise errors.NameTaken(f"image {name!r} is already on disk", image=name)
+            img.disk.parent.mkdir(parents=True, exist_ok=True)
+            staging = img.disk.with_name(f".sideload-{img.disk.name}")
+            try:
+                _copy_sparse(path, staging)
+                os.replace(staging, img.disk)
+            finally:
+                staging.unlink(missing_ok=True)
+            meta = {
+                "name": name,
+                "source": "remote",
+                "sideloaded_from": path.name,
+                "verified": verify,
+                **digests,
+                "format": img.format,
+                "disk": img.disk.name,
+                "sideloaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            (img.disk.parent / _META).write_text(json.dumps(meta, indent=2) + "\n")
+        return self.get(name)
+
     # -- import ----------------------------------------------------------------------
 
     def import_file(
@@ -584,6 +638,17 @@ class Catalogue:
             raise errors.ValidationFailed(f"image {name!r} is built-in; it cannot be removed")
         with self._lock(name):
             shutil.rmtree(self.store_dir / name, ignore_errors=True)
+
+
+def _stand_in_note(directory: Path) -> str | None:
+    """The stand-in note of a remote image provided by an unverified local file."""
+    try:
+        meta = json.loads((directory / _META).read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(meta, dict) and meta.get("verified") is False:
+        return f"stand-in: unverified local file {meta.get('sideloaded_from')!s}"
+    return None
 
 
 def _copy_sparse(src: Path, dst: Path) -> None:

@@ -10,7 +10,7 @@ import ipaddress
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -25,6 +25,8 @@ __all__ = [
     "ImageInfo",
     "LifecycleRequest",
     "NetworkSpec",
+    "ScriptRequest",
+    "ScriptResponse",
     "SecuritySpec",
     "SevCapabilities",
     "StopRequest",
@@ -232,6 +234,30 @@ class VmMetrics(_Strict):
     disk_read_ops: int
     disk_write_ops: int
     uptime_seconds: float
+
+
+class ScriptRequest(_Strict):
+    """A script to run in the sandbox, with ``vm`` bound to the VM of the URL."""
+
+    language: str = Field(description='Only "rhai".')
+    code: str = Field(max_length=1024 * 1024, description="The Rhai source.")
+    args: dict[str, Any] | None = Field(
+        default=None, description="A JSON object the script sees as the constant `args`."
+    )
+    limits: dict[str, int] | None = Field(
+        default=None,
+        description="Lower any limit: max_operations, max_call_depth, max_expr_depth, "
+        "max_string_size, max_array_size, max_map_size, max_output_bytes, memory_bytes, "
+        "timeout_ms.",
+    )
+
+
+class ScriptResponse(_Strict):
+    result: Any = Field(description="JSON of the script's last value (() is null).")
+    result_type: str = Field(description="Rhai's type_of name of the result.")
+    output: list[str] = Field(description="Lines printed by print() and debug().")
+    duration_ms: float
+    operations: int
 
 
 class ImageInfo(_Strict):

@@ -23,6 +23,8 @@ from .hypervisor.host import probe_host
 from .hypervisor.manager import Manager
 from .hypervisor.qmp import QmpBridge
 from .images import Catalogue
+from .sandbox import Limits, RhaiRuntime
+from .sandbox.hostapi import ScriptService
 from .store import Store
 
 __all__ = ["open_services", "serve"]
@@ -39,15 +41,23 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     catalogue = Catalogue(
         settings.catalogue_file, settings.builtin_images_dir, settings.images_store_dir
     )
+    runtime = await trio.to_thread.run_sync(RhaiRuntime, settings.cache_dir)
     bridge = QmpBridge()
     try:
         async with trio.open_nursery() as nursery:
             manager = Manager(settings, store, catalogue, host, bridge)
             await nursery.start(manager.run)
-            yield Services(settings=settings, manager=manager, catalogue=catalogue)
+            scripts = ScriptService(
+                manager,
+                runtime,
+                max_concurrent=settings.max_concurrent_scripts,
+                ceiling=Limits(timeout_ms=int(settings.script_timeout_s * 1000)),
+            )
+            yield Services(settings=settings, manager=manager, catalogue=catalogue, scripts=scripts)
             nursery.cancel_scope.cancel()
     finally:
         bridge.close()
+        runtime.close()
         store.close()
 
 

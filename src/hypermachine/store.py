@@ -9,10 +9,11 @@ in microseconds), made from the Trio thread only.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from .errors import BadRequest, NameTaken, VmNotFound
 from .models import Vm, VmState
 
-__all__ = ["IdempotencyRecord", "Store", "utcnow"]
+__all__ = ["IdempotencyRecord", "Store", "VmQuery", "fingerprint", "utcnow"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vms (
@@ -42,6 +43,17 @@ CREATE TABLE IF NOT EXISTS idempotency (
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class VmQuery:
+    """Which VMs to list: every filter is optional; pages follow creation order."""
+
+    states: tuple[VmState, ...] = ()
+    name: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    limit: int = 100
+    cursor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,38 +128,37 @@ class Store:
     def count_vms(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM vms").fetchone()[0])
 
-    def list_vms(
-        self,
-        *,
-        states: list[VmState] | None = None,
-        name: str | None = None,
-        labels: Mapping[str, str] | None = None,
-        limit: int = 100,
-        cursor: str | None = None,
-    ) -> tuple[list[Vm], str | None]:
+    def list_vms(self, query: VmQuery) -> tuple[list[Vm], str | None]:
         """One page of VMs in creation order, and the cursor of the next page."""
-        where, params = ["1=1"], []
-        if cursor:
+        docs, cursor = self.list_vm_docs(query)
+        return [Vm.model_validate_json(doc) for doc in docs], cursor
+
+    def list_vm_docs(self, query: VmQuery) -> tuple[list[str], str | None]:
+        """Like :meth:`list_vms` but the stored JSON documents as they are (no parsing),
+        for the API's hot listing path."""
+        where: list[str] = ["1=1"]
+        params: list[object] = []
+        if query.cursor:
             where.append("seq > ?")
-            params.append(_decode_cursor(cursor))
-        if states:
-            where.append(f"state IN ({','.join('?' * len(states))})")
-            params.extend(s.value for s in states)
-        if name:
+            params.append(_decode_cursor(query.cursor))
+        if query.states:
+            where.append(f"state IN ({','.join('?' * len(query.states))})")
+            params.extend(s.value for s in query.states)
+        if query.name:
             where.append("name = ?")
-            params.append(name)
-        for key, value in (labels or {}).items():
+            params.append(query.name)
+        for key, value in query.labels.items():
             where.append(
                 "EXISTS (SELECT 1 FROM json_each(vms.doc, '$.labels') WHERE key = ? AND value = ?)"
             )
             params.extend((key, value))
         rows = self._db.execute(
             f"SELECT seq, doc FROM vms WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
-            (*params, limit + 1),
+            (*params, query.limit + 1),
         ).fetchall()
-        page = [Vm.model_validate_json(doc) for _, doc in rows[:limit]]
+        limit = query.limit
         next_cursor = _encode_cursor(rows[limit - 1][0]) if len(rows) > limit else None
-        return page, next_cursor
+        return [doc for _, doc in rows[:limit]], next_cursor
 
     # -- idempotency ---------------------------------------------------------
 
@@ -168,6 +179,4 @@ class Store:
 
 def fingerprint(body: Mapping[str, Any]) -> str:
     """A stable digest of a request body, to tell a retry from a different request."""
-    import hashlib
-
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()

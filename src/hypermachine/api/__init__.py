@@ -12,6 +12,7 @@ from .errors import register_error_handlers
 from .health import blueprint as health_blueprint
 from .host import blueprint as host_blueprint
 from .images import blueprint as images_blueprint
+from .scripts import blueprint as scripts_blueprint
 from .services import Services
 from .vms import blueprint as vms_blueprint
 
@@ -29,4 +30,5 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(vms_blueprint, url_prefix="/api/v1/vms")
     app.register_blueprint(images_blueprint, url_prefix="/api/v1/images")
     app.register_blueprint(host_blueprint, url_prefix="/api/v1/host")
+    app.register_blueprint(scripts_blueprint)
     return app

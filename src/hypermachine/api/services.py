@@ -10,6 +10,7 @@ from quart import current_app
 
 from ..config import Settings
 from ..hypervisor.manager import Manager
+from ..sandbox.hostapi import ScriptService
 
 __all__ = ["Services", "services"]
 
@@ -19,6 +20,7 @@ class Services:
     settings: Settings
     manager: Manager
     catalogue: Any  # hypermachine.images.Catalogue
+    scripts: ScriptService
     started_at: float = field(default_factory=trio.current_time)
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 
-from quart import Blueprint, Response, jsonify, request
+from pydantic import BaseModel
+from quart import Blueprint, Response, current_app, request
 
 from ..errors import ValidationFailed
 from ..models import CreateVmRequest, LifecycleRequest, StopRequest, Vm, VmState
+from ..store import VmQuery
 from .requests import parse_body, query_bool, query_float
 from .services import services
 
@@ -20,10 +22,15 @@ _MAX_PAGE = 500
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
+def _json(model: BaseModel, status: int = 200) -> Response:
+    """Serialize in pydantic's core (much faster than re-encoding a dict)."""
+    return current_app.response_class(
+        model.model_dump_json(), status=status, mimetype="application/json"
+    )
+
+
 def _vm_response(vm: Vm, status: int = 200) -> Response:
-    response = jsonify(vm.model_dump(mode="json"))
-    response.status_code = status
-    return response
+    return _json(vm, status)
 
 
 def _states(raw: list[str]) -> list[VmState]:
@@ -47,21 +54,22 @@ def _labels(raw: list[str]) -> dict[str, str]:
 
 
 @blueprint.get("")
-async def list_vms() -> dict[str, object]:
+async def list_vms() -> Response:
     try:
         limit = int(request.args.get("limit", "100"))
     except ValueError as err:
         raise ValidationFailed("limit must be an integer") from err
     if not 1 <= limit <= _MAX_PAGE:
         raise ValidationFailed(f"limit must be between 1 and {_MAX_PAGE}", value=limit)
-    vms, cursor = services().manager.list(
-        states=_states(request.args.getlist("state")) or None,
+    query = VmQuery(
+        states=tuple(_states(request.args.getlist("state"))),
         name=request.args.get("name") or None,
         labels=_labels(request.args.getlist("label")),
         limit=limit,
         cursor=request.args.get("cursor") or None,
     )
-    return {"vms": [vm.model_dump(mode="json") for vm in vms], "next_cursor": cursor}
+    page = services().manager.list_json(query)
+    return current_app.response_class(page, mimetype="application/json")
 
 
 @blueprint.post("")

@@ -28,8 +28,28 @@ async def _qemu_img(binary: str, *args: str) -> str:
     return done.stdout.decode()
 
 
-async def virtual_size(binary: str, image: Path) -> int:
-    """The guest-visible size of ``image`` in bytes (``-U``: the image may be in use)."""
+_QCOW2_MAGIC = b"QFI\xfb"
+
+
+def _qcow2_virtual_size(image: Path) -> int | None:
+    """The size field of a qcow2 header (big-endian u64 at offset 24), or None."""
+    with open(image, "rb") as f:
+        header = f.read(32)
+    if len(header) < 32 or header[:4] != _QCOW2_MAGIC:
+        return None
+    return int.from_bytes(header[24:32], "big")
+
+
+async def virtual_size(binary: str, image: Path, image_format: str) -> int:
+    """The guest-visible size of ``image`` in bytes.
+
+    Read straight from the header for qcow2 and from the file size for raw (no
+    process to spawn on the create path); anything else asks ``qemu-img info``.
+    """
+    if image_format == "raw":
+        return image.stat().st_size
+    if image_format == "qcow2" and (size := _qcow2_virtual_size(image)) is not None:
+        return size
     info = json.loads(await _qemu_img(binary, "info", "-U", "--output=json", str(image)))
     return int(info["virtual-size"])
 
@@ -43,7 +63,7 @@ async def create_overlay(
         ValidationFailed: the base image is larger than ``size_gb``.
         HypervisorError: qemu-img failed.
     """
-    base_size = await virtual_size(binary, base)
+    base_size = await virtual_size(binary, base, base_format)
     if base_size > size_gb * GIB:
         raise ValidationFailed(
             f"disk_gb {size_gb} is smaller than the image ({base_size / GIB:.1f} GiB)",

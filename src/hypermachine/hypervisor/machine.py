@@ -30,6 +30,12 @@ __all__ = ["ExitReport", "Machine", "adopt_pid", "spawn_qemu"]
 
 log = logging.getLogger(__name__)
 
+# After a failed boot, how long QEMU gets to exit by itself (its status and log
+# then say why) before it is killed.
+_EXIT_EXPLAINS_S = 1.0
+# After QEMU exits, how long its last QMP events may take to arrive.
+_EVENT_DRAIN_S = 2.0
+
 # (state, reason) reported to the manager; it stores and announces them.
 StateReport = Callable[[VmState, str | None], Awaitable[None]]
 
@@ -50,8 +56,11 @@ class ExitReport:
     returncode: int | None = None
     log_tail: str = ""
     stop_requested: str | None = None  # set when the server itself is stopping the VM
+    failure: str | None = None  # set when the server gave up on a QEMU and killed it
 
     def outcome(self) -> tuple[VmState, str]:
+        if self.failure is not None:
+            return VmState.ERROR, self.failure
         if self.panic is not None or self.shutdown_reason == "guest-panic":
             return VmState.ERROR, "the guest kernel panicked"
         if self.stop_requested is not None:
@@ -145,6 +154,8 @@ class Machine:
     report: ExitReport = field(default_factory=ExitReport)
     _nursery: trio.Nursery | None = None
     _process: psutil.Process | None = None
+    _events_done: trio.Event = field(default_factory=trio.Event)
+    _gone: trio.Event = field(default_factory=trio.Event)  # the process has exited
 
     async def connect(self, bridge: QmpBridge, timeout_s: float) -> QmpSession:
         """Open QMP (QEMU may still be starting).
@@ -200,19 +211,28 @@ class Machine:
         self,
         on_state: StateReport,
         *,
+        boot: Callable[[], Awaitable[None]] | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Follow QMP events and the process until QEMU exits, then report the outcome.
+        """Follow QEMU until it exits, then report the outcome.
 
-        Cancellation detaches: QMP closes and QEMU keeps running.
+        ``boot`` (for a freshly launched QEMU) runs first inside supervision —
+        connect QMP and let the guest run — so a QEMU that dies or hangs while
+        booting is reaped and explained like any other exit. Cancellation
+        detaches: QMP closes and QEMU keeps running.
         """
         pidfd = os.pidfd_open(self.pid)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._follow_events, on_state)
+                nursery.start_soon(self._session, on_state, boot)
                 task_status.started()
                 await trio.lowlevel.wait_readable(pidfd)
+                self._gone.set()
+                # QEMU is gone; let the events it sent before exiting (SHUTDOWN,
+                # GUEST_PANICKED) arrive — the channel ends with the connection.
+                with trio.move_on_after(_EVENT_DRAIN_S):
+                    await self._events_done.wait()
                 nursery.cancel_scope.cancel()
             self._reap()
             self.exited.set()
@@ -223,6 +243,29 @@ class Machine:
             os.close(pidfd)
             if self.session is not None:
                 await self.session.close()
+
+    async def _session(
+        self, on_state: StateReport, boot: Callable[[], Awaitable[None]] | None
+    ) -> None:
+        try:
+            if boot is not None:
+                try:
+                    await boot()
+                except HypervisorError as err:
+                    await self._abort_boot(err)
+                    return
+            await self._follow_events(on_state)
+        finally:
+            self._events_done.set()
+
+    async def _abort_boot(self, err: HypervisorError) -> None:
+        """Boot failed: if QEMU is exiting by itself its exit explains why; else kill it."""
+        with trio.move_on_after(_EXIT_EXPLAINS_S):
+            await self._gone.wait()
+            return
+        detail = err.details.get("reason") or ""
+        self.report.failure = f"{err.message} {detail}".strip()
+        self.kill()
 
     def _reap(self) -> None:
         if self.child is not None:

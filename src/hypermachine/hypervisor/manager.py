@@ -9,9 +9,10 @@ Every state change is written to the store first and then announced to waiters.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import uuid as uuidlib
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,7 +24,7 @@ from ..config import Settings
 from ..errors import HMError, HypervisorError, ImageNotFound, InvalidState, VmNotFound, WaitTimeout
 from ..models import CreateVmRequest, DiskStats, HostCapabilities, Vm, VmMetrics, VmSpec, VmState
 from ..states import LIVE_STATES, Action, transition
-from ..store import Store, fingerprint, utcnow
+from ..store import Store, VmQuery, fingerprint, utcnow
 from . import capabilities, disks, security
 from .cmdline import BootSource, build_argv
 from .host import HostFacts, check_supported
@@ -58,6 +59,12 @@ class ImageLike(Protocol):
 class CatalogueLike(Protocol):
     def get(self, name: str) -> ImageLike: ...
     def pull(self, name: str) -> ImageLike: ...
+
+
+_ALL = VmQuery(limit=500)
+
+# States the server itself is driving; QEMU's events then don't override them.
+_SERVER_DRIVEN = frozenset({VmState.STARTING, VmState.STOPPING, VmState.DELETING})
 
 
 @dataclass(frozen=True)
@@ -182,18 +189,15 @@ class Manager:
     def get(self, vm_id: str) -> Vm:
         return self._store.get_vm(vm_id)
 
-    def list(
-        self,
-        *,
-        states: list[VmState] | None = None,
-        name: str | None = None,
-        labels: Mapping[str, str] | None = None,
-        limit: int = 100,
-        cursor: str | None = None,
-    ) -> tuple[list[Vm], str | None]:
-        return self._store.list_vms(
-            states=states, name=name, labels=labels, limit=limit, cursor=cursor
-        )
+    def list(self, query: VmQuery = _ALL) -> tuple[list[Vm], str | None]:
+        """A page of VMs and the cursor of the next one."""
+        return self._store.list_vms(query)
+
+    def list_json(self, query: VmQuery) -> str:
+        """The same page as ``{"vms": [...], "next_cursor": ...}`` JSON, built from the
+        stored documents without re-parsing them (the API's listing path)."""
+        docs, cursor = self._store.list_vm_docs(query)
+        return f'{{"vms":[{",".join(docs)}],"next_cursor":{json.dumps(cursor)}}}'
 
     async def wait_for(self, vm_id: str, states: Collection[VmState], timeout_s: float) -> Vm:
         """Return the VM once it is in one of ``states``.
@@ -290,7 +294,8 @@ class Manager:
         try:
             image = await trio.to_thread.run_sync(self._catalogue.pull, vm.image)
         except HMError as err:
-            self._set(vm_id, VmState.ERROR, f"image {vm.image!r} could not be pulled: {err}")
+            with contextlib.suppress(VmNotFound):  # deleted while pulling
+                self._set(vm_id, VmState.ERROR, f"image {vm.image!r} could not be pulled: {err}")
             return
         await self._provision(vm_id, image, start)
 
@@ -304,9 +309,12 @@ class Manager:
     ) -> None:
         async with self._lock(vm_id):
             task_status.started()  # the lock is held: lifecycle calls now queue behind us
-            vm = self._store.get_vm(vm_id)
+            try:
+                vm = self._store.get_vm(vm_id)
+            except VmNotFound:
+                return  # deleted while its image was being pulled
             if vm.state is not VmState.CREATING:
-                return  # deleted meanwhile
+                return
             paths = self._paths(vm_id)
             try:
                 await self._make_disk(vm, image, paths)
@@ -318,10 +326,12 @@ class Manager:
             except HMError as err:
                 self._set(vm_id, VmState.ERROR, f"firmware/TPM setup failed: {err.message}")
                 return
+            # Straight on to starting, with no checkpoint in between: nobody sees a
+            # VM created with start=true sitting in "stopped".
             self._set(vm_id, VmState.STOPPED, None)
-        if start:
-            with contextlib.suppress(HMError):
-                await self.start(vm_id)
+            if start:
+                with contextlib.suppress(HMError):
+                    await self._start_locked(vm_id)
 
     async def _make_disk(self, vm: Vm, image: ImageLike, paths: VmPaths) -> None:
         paths.vm_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -372,14 +382,17 @@ class Manager:
             VmNotFound, InvalidState, ImageNotFound.
         """
         async with self._lock(vm_id):
-            vm = self._store.get_vm(vm_id)
-            transition(vm.state, Action.START)
-            check_supported(vm, self.host)
-            image = self._catalogue.get(vm.image)
-            if not image.available:
-                raise ImageNotFound(f"image {vm.image!r} is not on disk", image=vm.image)
-            vm = self._set(vm_id, VmState.STARTING, None)
-            await self._nursery_start(self._launch, vm, _boot_source(image))
+            return await self._start_locked(vm_id)
+
+    async def _start_locked(self, vm_id: str) -> Vm:
+        vm = self._store.get_vm(vm_id)
+        transition(vm.state, Action.START)
+        check_supported(vm, self.host)
+        image = self._catalogue.get(vm.image)
+        if not image.available:
+            raise ImageNotFound(f"image {vm.image!r} is not on disk", image=vm.image)
+        vm = self._set(vm_id, VmState.STARTING, None)
+        await self._nursery_start(self._launch, vm, _boot_source(image))
         return vm
 
     async def _launch(
@@ -418,40 +431,30 @@ class Manager:
             return
         machine = Machine(vm_id=vm.id, pid=child.pid, paths=paths, child=child)
         self._machines[vm.id] = machine
-        task_status.started()
-        try:
+
+        async def bring_up() -> None:
             await machine.connect(self._bridge, settings.qmp_connect_timeout_s)
             await machine.execute("cont")
-        except HMError as err:
-            with trio.CancelScope(shield=True):
-                machine.kill()
-                await trio.to_thread.run_sync(child.wait)
-            self._machines.pop(vm.id, None)
-            details = err.details.get("log") or err.details.get("reason") or ""
-            self._set(vm.id, VmState.ERROR, f"{err.message}: {details}".rstrip(": "))
-            return
-        self._set(
-            vm.id,
-            VmState.RUNNING,
-            None,
-            pid=child.pid,
-            started_at=utcnow(),
-            accelerator=self.host.accelerator,
-        )
-        await self._supervise_here(machine)
+            self._on_machine_state(machine, VmState.RUNNING, None)
+
+        await self._supervise_here(machine, boot=bring_up, task_status=task_status)
 
     async def _supervise(self, machine: Machine) -> None:
         self._machines[machine.vm_id] = machine
         await self._nursery_start(self._supervise_here, machine)
 
     async def _supervise_here(
-        self, machine: Machine, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        machine: Machine,
+        *,
+        boot: Callable[[], Awaitable[None]] | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async def on_state(state: VmState, reason: str | None) -> None:
             self._on_machine_state(machine, state, reason)
 
         try:
-            await machine.supervise(on_state, task_status=task_status)
+            await machine.supervise(on_state, boot=boot, task_status=task_status)
         finally:
             if machine.exited.is_set():
                 self._machines.pop(machine.vm_id, None)
@@ -466,11 +469,17 @@ class Manager:
             if current is not VmState.DELETING:
                 machine.paths.clear_runtime()
                 self._set(machine.vm_id, state, reason, pid=None)
-            return
-        # While the server stops or deletes a VM, QEMU's pause/resume chatter is noise.
-        if current in (VmState.STOPPING, VmState.DELETING, VmState.STARTING):
-            return
-        if state is not current:
+        elif current is VmState.STARTING and state is VmState.RUNNING:
+            self._set(
+                machine.vm_id,
+                state,
+                None,
+                pid=machine.pid,
+                started_at=utcnow(),
+                accelerator=self.host.accelerator,
+            )
+        # While the server starts, stops or deletes a VM, QEMU's own chatter is noise.
+        elif current not in _SERVER_DRIVEN and state is not current:
             self._set(machine.vm_id, state, reason)
 
     async def stop(self, vm_id: str, *, force: bool = False, timeout_s: float | None = None) -> Vm:
@@ -520,6 +529,10 @@ class Manager:
             transition(vm.state, action)
             await self._machine(vm_id).execute(command)
             return self._set(vm_id, target, None)
+
+    async def qmp(self, vm_id: str, command: str, arguments: dict[str, Any] | None) -> object:
+        """One QMP command on a live VM; callers decide which commands are allowed."""
+        return await self._machine(vm_id).execute(command, arguments)
 
     # -- metrics ---------------------------------------------------------------
 

@@ -6,7 +6,8 @@
     bridge = QmpBridge()                       # starts the loop thread
     session = await bridge.connect(path, name="vm-1")
     await session.execute("cont")              # awaits an asyncio future from Trio
-    async for event in session.events: ...     # events arrive on a Trio channel
+    async for event in session.events: ...     # events arrive on a Trio channel,
+                                               # which ends when the connection does
     await session.close()
     bridge.close()                             # stops the loop thread
 
@@ -27,7 +28,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
-from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPClient, StateError
+from qemu.qmp import (
+    ConnectError,
+    ExecInterruptedError,
+    ExecuteError,
+    Message,
+    QMPClient,
+    Runstate,
+    StateError,
+)
 from qemu.qmp.error import QMPError
 
 from ..errors import HypervisorError
@@ -36,6 +45,9 @@ __all__ = ["QmpBridge", "QmpGone", "QmpSession"]
 
 T = TypeVar("T")
 QmpEvent = dict[str, Any]
+
+# Marker the bridge puts after the last event of a connection; never sent on.
+_CLOSED = "HM-QMP-CLOSED"
 
 
 class QmpGone(Exception):
@@ -86,10 +98,13 @@ class QmpBridge:
         token = trio.lowlevel.current_trio_token()
 
         def forward(event: QmpEvent) -> None:
+            if event.get("event") == _CLOSED:
+                send.close()  # every event QEMU sent before closing has been delivered
+                return
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 send.send_nowait(event)
 
-        async def open_client() -> tuple[QMPClient, asyncio.Task[None]]:
+        async def open_client() -> tuple[QMPClient, tuple[asyncio.Task[None], ...]]:
             client = QMPClient(name)
             await client.connect(str(socket_path))
 
@@ -99,14 +114,24 @@ class QmpBridge:
                         token.run_sync_soon(forward, dict(message))
                     except trio.RunFinishedError:
                         return
+                    if message.get("event") == _CLOSED:
+                        return
 
-            return client, asyncio.get_running_loop().create_task(pump())
+            async def mark_close() -> None:
+                # The reader queues events before it notices EOF, so a marker queued
+                # after the disconnect comes after every event QEMU sent.
+                while client.runstate == Runstate.RUNNING:
+                    await client.runstate_changed()
+                await client.events.put(Message({"event": _CLOSED}))
+
+            loop = asyncio.get_running_loop()
+            return client, (loop.create_task(pump()), loop.create_task(mark_close()))
 
         try:
-            client, pump = await self.run(open_client())
+            client, tasks = await self.run(open_client())
         except (ConnectError, QMPError, OSError, EOFError) as err:
             raise QmpGone(f"cannot connect QMP at {socket_path}: {err}") from err
-        return QmpSession(self, client, pump, receive)
+        return QmpSession(self, client, tasks, receive)
 
 
 class QmpSession:
@@ -116,12 +141,12 @@ class QmpSession:
         self,
         bridge: QmpBridge,
         client: QMPClient,
-        pump: asyncio.Task[None],
+        tasks: tuple[asyncio.Task[None], ...],
         events: trio.MemoryReceiveChannel[QmpEvent],
     ) -> None:
         self._bridge = bridge
         self._client = client
-        self._pump = pump
+        self._tasks = tasks  # the event pump and the close marker, on the loop thread
         self.events = events
 
     async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
@@ -146,7 +171,8 @@ class QmpSession:
         """Disconnect; QEMU keeps running. Safe to call twice."""
 
         async def shut() -> None:
-            self._pump.cancel()
+            for task in self._tasks:
+                task.cancel()
             # The peer may already be gone, which is what we wanted anyway.
             with contextlib.suppress(EOFError, OSError, QMPError):
                 await self._client.disconnect()

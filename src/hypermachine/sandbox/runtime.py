@@ -53,7 +53,7 @@ HARD_LIMITS: dict[str, int] = {
 
 _ENOSYS = 52
 _TICK_MS = 5
-_MAX_WASM_STACK = 1024 * 1024
+_MAX_WASM_STACK = 2 * 1024 * 1024
 _CONFIG_TAG = f"epoch;stack={_MAX_WASM_STACK};opt=speed"
 
 
@@ -230,7 +230,7 @@ class RhaiRuntime:
         config.cranelift_opt_level = "speed"
         self._engine = wasmtime.Engine(config)
         self._module = self._load_module(wasm, Path(cache_dir) if cache_dir else None)
-        self._imports = [(i.module, i.name, i.type) for i in self._module.imports]
+        self._imports = [(i.module, i.name or "", i.type) for i in self._module.imports]
         self._ticker = _Ticker(self._engine)
         self._cancel = threading.Event()
         weakref.finalize(self, self._ticker.stop)
@@ -342,9 +342,7 @@ class RhaiRuntime:
         linker.define_func("hm", "emit", ft([i32, i32, i32], []), emit, access_caller=True)
         linker.define_func("hm", "clock_ms", ft([], [f64]), clock_ms)
         linker.define_func("hm", "host_call", ft([i32, i32], [i32]), host_call, access_caller=True)
-        linker.define_func(
-            "hm", "host_response", ft([i32], []), host_response, access_caller=True
-        )
+        linker.define_func("hm", "host_response", ft([i32], []), host_response, access_caller=True)
         linker.define_func("hm", "oom", ft([i32], []), oom)
         return linker
 
@@ -384,7 +382,7 @@ class RhaiRuntime:
         code: str,
         *,
         args: dict[str, Any] | None = None,
-        limits: Limits = Limits(),  # noqa: B008 - frozen dataclass, safe default
+        limits: Limits = Limits(),
         objects: Mapping[str, HostObject] | None = None,
         functions: Collection[str] = (),
         host_call: HostCall | None = None,
@@ -484,8 +482,8 @@ class RhaiRuntime:
         if code in (wasmtime.TrapCode.STACK_OVERFLOW, wasmtime.TrapCode.MEMORY_OUT_OF_BOUNDS):
             return ScriptFailure(
                 "limit",
-                "Stack overflow in the interpreter (limit max_call_depth = "
-                f"{state.limits.max_call_depth}); lower max_call_depth or max_expr_depth",
+                "Stack overflow in the interpreter: calls, blocks or values nested too deeply "
+                f"(limit max_call_depth = {state.limits.max_call_depth})",
                 output=state.output,
                 limit="max_call_depth",
             )

@@ -105,6 +105,8 @@ pub struct Call {
 
 #[derive(Debug)]
 pub struct MethodCall {
+    /// Set when the target's root is a constant: the call must not change it.
+    pub constant: Option<Rc<str>>,
     pub target: Expr,
     pub name: Rc<str>,
     pub args: Vec<Expr>,

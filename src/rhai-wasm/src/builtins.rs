@@ -243,6 +243,9 @@ pub fn call_builtin(it: &mut Interp, name: &str, args: &mut Vec<Value>, pos: Pos
                     Some(_) => return Ok(None),
                     None => 0,
                 };
+                if len as u64 > it.limits.max_array_size as u64 && len > 0 {
+                    it.check_len("array", usize::MAX, pos)?;
+                }
                 let len = len.max(0) as usize;
                 it.check_len("array", len, pos)?;
                 return Ok(Some(Value::Blob(Rc::new(vec![fill; len]))));
@@ -570,7 +573,10 @@ fn string_fn(it: &mut Interp, name: &str, sv: &mut String, rest: &[Value], pos: 
             };
             let cur = nchars() as i64;
             if *len > cur && !pad.is_empty() {
-                it.check_len("string", (*len as usize).saturating_mul(pad.len().max(1)).min(usize::MAX / 2), pos)?;
+                if *len as u64 > it.limits.max_string_size as u64 {
+                    it.check_len("string", usize::MAX, pos)?;
+                }
+                it.check_len("string", sv.len() + (*len - cur) as usize * pad.len().max(1) / pad.chars().count().max(1), pos)?;
                 let mut out = sv.clone();
                 let mut count = cur;
                 'outer: while count < *len {
@@ -713,6 +719,9 @@ fn array_fn(it: &mut Interp, name: &str, a: &mut Rc<Vec<Value>>, mut rest: Vec<V
         ("pad", 2) => match rest[0] {
             Value::Int(l) => {
                 if l > n as i64 {
+                    if l as u64 > it.limits.max_array_size as u64 {
+                        it.check_len("array", usize::MAX, pos)?;
+                    }
                     it.check_len("array", l as usize, pos)?;
                     let v = rest.pop().unwrap();
                     Rc::make_mut(a).resize(l as usize, v);
@@ -1024,8 +1033,8 @@ fn map_fn(it: &mut Interp, name: &str, m: &mut Rc<Map>, mut rest: Vec<Value>, po
             match name {
                 "filter" | "map_values" => Value::Map(Rc::new(keep)),
                 "drain" => {
-                    *m = Rc::new(other);
-                    Value::Map(Rc::new(keep))
+                    *m = Rc::new(keep);
+                    Value::Map(Rc::new(other))
                 }
                 _ => {
                     *m = Rc::new(keep);

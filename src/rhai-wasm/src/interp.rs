@@ -117,7 +117,15 @@ pub struct Interp {
     pub host_objects: Rc<Vec<Rc<str>>>,
     pub host_fns: Vec<Rc<str>>,
     pub anon: Rc<Cell<u32>>,
+    /// Values being handled by enclosing `catch` blocks (for `throw;` re-throw).
+    pub caught: Vec<Value>,
+    /// Nesting of blocks being executed (guards the native wasm stack).
+    pub nest: u32,
 }
+
+/// Blocks nested deeper than this (across calls) stop the script before the
+/// native wasm stack can overflow.
+pub const MAX_NEST: u32 = 1024;
 
 const NOT_SCRIPT: u32 = u32::MAX - 1;
 const UNRESOLVED: u32 = u32::MAX;
@@ -140,12 +148,15 @@ impl Interp {
             host_objects: Rc::new(Vec::new()),
             host_fns: Vec::new(),
             anon: Rc::new(Cell::new(0)),
+            caught: Vec::new(),
+            nest: 0,
         }
     }
 
     pub fn parse(&self, code: &str, predefined: &[(Rc<str>, u32, bool)], first: u32, fns: bool) -> Result<Program, crate::parser::ParseError> {
-        Parser::new(code, self.host_objects.clone(), self.limits.max_expr_depth, self.anon.clone())?
-            .parse_program(predefined, first, fns)
+        let mut p = Parser::new(code, self.host_objects.clone(), self.limits.max_expr_depth, self.anon.clone())?;
+        p.max_string = self.limits.max_string_size;
+        p.parse_program(predefined, first, fns)
     }
 
     /// Run a whole program whose slot 0.. are pre-filled by `initial`.
@@ -294,25 +305,122 @@ impl Interp {
 
     // ------------------------------------------------------------ blocks
     pub fn exec_block(&mut self, b: &Block) -> R<Value> {
+        self.nest += 1;
+        if self.nest > MAX_NEST {
+            self.nest -= 1;
+            return limit_err(
+                "max_call_depth",
+                format!(
+                    "Stack overflow: blocks and calls nested too deeply (more than {} levels; limit max_call_depth = {})",
+                    MAX_NEST, self.limits.max_call_depth
+                ),
+                b.stmts.first().map(stmt_pos).unwrap_or(Pos::NONE),
+            );
+        }
         let mut last = Value::Unit;
         for s in &b.stmts {
             self.ops += 1;
             if self.ops > self.limits.max_operations {
-                self.tick(stmt_pos(s))?;
+                if let Err(e) = self.tick(stmt_pos(s)) {
+                    self.nest -= 1;
+                    return Err(e);
+                }
             }
-            last = self.eval(s)?;
+            match self.eval(s) {
+                Ok(v) => last = v,
+                Err(e) => {
+                    self.nest -= 1;
+                    return Err(e);
+                }
+            }
         }
+        self.nest -= 1;
         Ok(last)
     }
 
+    #[inline]
     fn cond(&mut self, e: &Expr, pos: Pos) -> R<bool> {
+        if let Expr::Bin(op, a, b, _) = e {
+            if let (Some(x), Some(y)) = (self.int_operand(a), self.int_operand(b)) {
+                match op {
+                    BinOp::Lt => return Ok(x < y),
+                    BinOp::Le => return Ok(x <= y),
+                    BinOp::Gt => return Ok(x > y),
+                    BinOp::Ge => return Ok(x >= y),
+                    BinOp::Eq => return Ok(x == y),
+                    BinOp::Ne => return Ok(x != y),
+                    _ => {}
+                }
+            }
+        }
         match self.eval(e)? {
             Value::Bool(b) => Ok(b),
             v => rt_err(format!("Data type incorrect: {} (expecting bool)", v.type_name()), pos),
         }
     }
 
+    #[inline]
+    fn int_operand(&self, e: &Expr) -> Option<i64> {
+        match e {
+            Expr::Const(Value::Int(i)) => Some(*i),
+            Expr::Local(s, _) => match &self.stack[self.base + *s as usize] {
+                Value::Int(i) => Some(*i),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Hot path: small frame, common nodes only.
     pub fn eval(&mut self, e: &Expr) -> R<Value> {
+        match e {
+            Expr::Const(v) => Ok(v.clone()),
+            Expr::Local(s, _) => Ok(self.local(*s)),
+            Expr::Bin(op, a, b, pos) => {
+                if let (Some(x), Some(y)) = (self.int_operand(a), self.int_operand(b)) {
+                    let r = match op {
+                        BinOp::Add => x.checked_add(y).map(Value::Int),
+                        BinOp::Sub => x.checked_sub(y).map(Value::Int),
+                        BinOp::Mul => x.checked_mul(y).map(Value::Int),
+                        BinOp::Lt => Some(Value::Bool(x < y)),
+                        BinOp::Le => Some(Value::Bool(x <= y)),
+                        BinOp::Gt => Some(Value::Bool(x > y)),
+                        BinOp::Ge => Some(Value::Bool(x >= y)),
+                        BinOp::Eq => Some(Value::Bool(x == y)),
+                        BinOp::Ne => Some(Value::Bool(x != y)),
+                        _ => None,
+                    };
+                    if let Some(r) = r {
+                        return Ok(r);
+                    }
+                }
+                let x = self.eval(a)?;
+                let y = self.eval(b)?;
+                self.binop(*op, x, y, *pos)
+            }
+            Expr::Assign(lhs, rhs, Some(op), _) => {
+                if let (Expr::Local(s, _), Some(y)) = (&**lhs, self.int_operand(rhs)) {
+                    if let Value::Int(a) = &mut self.stack[self.base + *s as usize] {
+                        let r = match op {
+                            BinOp::Add => a.checked_add(y),
+                            BinOp::Sub => a.checked_sub(y),
+                            _ => None,
+                        };
+                        if let Some(r) = r {
+                            *a = r;
+                            return Ok(Value::Unit);
+                        }
+                    }
+                }
+                self.eval_slow(e)
+            }
+            Expr::Call(c) => self.call(c),
+            _ => self.eval_slow(e),
+        }
+    }
+
+    #[inline(never)]
+    fn eval_slow(&mut self, e: &Expr) -> R<Value> {
         match e {
             Expr::Const(v) => Ok(v.clone()),
             Expr::Local(s, _) => Ok(self.local(*s)),
@@ -456,7 +564,7 @@ impl Interp {
                 }
             }
             Expr::Loop(body) => loop {
-                self.tick(Pos::NONE)?;
+                self.tick(body.stmts.first().map(stmt_pos).unwrap_or(Pos::NONE))?;
                 match self.exec_block(body) {
                     Ok(_) | Err(Flow::Continue) => {}
                     Err(Flow::Break(v)) => return Ok(v),
@@ -518,7 +626,7 @@ impl Interp {
             Expr::Throw(v, pos) => {
                 let v = match v {
                     Some(x) => self.eval(x)?,
-                    None => Value::Unit,
+                    None => self.caught.last().cloned().unwrap_or(Value::Unit),
                 };
                 let msg = if v.is_unit() {
                     "Runtime error".to_string()
@@ -538,12 +646,14 @@ impl Interp {
                 let frames = self.frames.len();
                 let stack_len = self.stack.len();
                 let base = self.base;
+                let nest = self.nest;
                 match self.exec_block(body) {
                     Err(Flow::Err(err)) if err.kind != ErrKind::Limit => {
                         self.depth = depth;
                         self.frames.truncate(frames);
                         self.stack.truncate(stack_len);
                         self.base = base;
+                        self.nest = nest;
                         if let Some(slot) = var {
                             let v = match err.thrown {
                                 Some(v) => v,
@@ -557,9 +667,14 @@ impl Interp {
                                     Value::Map(Rc::new(m))
                                 }
                             };
-                            self.stack[self.base + *slot as usize] = v;
+                            self.stack[self.base + *slot as usize] = v.clone();
+                            self.caught.push(v);
+                        } else {
+                            self.caught.push(err.thrown.unwrap_or(Value::Unit));
                         }
-                        self.exec_block(catch)
+                        let r = self.exec_block(catch);
+                        self.caught.pop();
+                        r
                     }
                     other => other,
                 }
@@ -718,6 +833,7 @@ impl Interp {
     }
 
     // ------------------------------------------------------------ operators
+    #[inline(never)]
     pub fn binop(&mut self, op: BinOp, x: Value, y: Value, pos: Pos) -> R<Value> {
         use BinOp::*;
         use Value::*;
@@ -948,13 +1064,28 @@ impl Interp {
                     None => rt_err(format!("String index {} out of bounds: only {} characters in string", i, n), pos),
                 }
             }
+            (Value::Str(s), Value::Range(a, b)) | (Value::Str(s), Value::RangeIncl(a, b)) => {
+                let end = if matches!(i, Value::RangeIncl(..)) { b.saturating_add(1) } else { *b };
+                let n = s.chars().count() as i64;
+                let start = if *a < 0 { (n + a).max(0) } else { (*a).min(n) };
+                let end = end.min(n).max(start);
+                let sub: String = s.chars().skip(start as usize).take((end - start) as usize).collect();
+                Ok(Value::Str(Rc::from(sub.as_str())))
+            }
+            (Value::Array(arr), Value::Range(a, b)) | (Value::Array(arr), Value::RangeIncl(a, b)) => {
+                let end = if matches!(i, Value::RangeIncl(..)) { b.saturating_add(1) } else { *b };
+                let n = arr.len() as i64;
+                let start = if *a < 0 { (n + a).max(0) } else { (*a).min(n) };
+                let end = end.min(n).max(start);
+                Ok(Value::Array(Rc::new(arr[start as usize..end as usize].to_vec())))
+            }
             (Value::Int(x), Value::Int(b)) => match norm_index(*b, 64) {
                 Some(k) => Ok(Value::Bool(x & (1i64 << k) != 0)),
                 None => rt_err(format!("Bit-field index {} out of bounds: only 64 bits in number", b), pos),
             },
             (Value::Int(x), Value::Range(a, b)) | (Value::Int(x), Value::RangeIncl(a, b)) => {
-                let end = if matches!(i, Value::RangeIncl(..)) { b + 1 } else { *b };
-                if *a < 0 || *a > 64 || end > 64 || end < *a {
+                let end = if matches!(i, Value::RangeIncl(..)) { b.saturating_add(1) } else { *b };
+                if *a < 0 || *a >= 64 || end > 64 || end < *a {
                     return rt_err(format!("Bit-field range out of bounds: {}..{}", a, end), pos);
                 }
                 let w = end - a;
@@ -973,6 +1104,9 @@ impl Interp {
         match &t {
             Value::Map(m) => Ok(m.get(name).cloned().unwrap_or(Value::Unit)),
             Value::Host(h) => {
+                if !h.properties.iter().any(|p| p == name) {
+                    return rt_err(format!("Property not found: {} (for {})", name, h.type_name), pos);
+                }
                 let req = format!("{{\"object\":{},\"property\":{}}}", jstr(&h.name), jstr(name));
                 self.host_request(req, pos)
             }
@@ -1009,7 +1143,9 @@ impl Interp {
 
     fn is_place(e: &Expr) -> bool {
         match e {
-            Expr::Index(t, _, false, _) | Expr::Prop(t, _, false, _) => Self::is_place(t),
+            Expr::Index(t, _, false, _) | Expr::Prop(t, _, false, _) => {
+                matches!(**t, Expr::GlobalConst(..)) || Self::is_place(t)
+            }
             Expr::Local(..) | Expr::Captured(..) | Expr::This(_) | Expr::DynVar(..) => true,
             _ => false,
         }
@@ -1026,6 +1162,10 @@ impl Interp {
                 })
             }
             Expr::Captured(i, _) => Ok(std::mem::take(&mut *self.frame().captures[*i as usize].borrow_mut())),
+            Expr::GlobalConst(n, pos) => match self.global_lookup(n) {
+                Some(v) => Ok(v),
+                None => rt_err(format!("Variable not found: global::{}", n), *pos),
+            },
             Expr::This(pos) => match self.frames.last_mut().unwrap().this.take() {
                 Some(v) => Ok(v),
                 None => rt_err("Variable not found: this", *pos),
@@ -1254,7 +1394,7 @@ impl Interp {
                 }
                 Ok(())
             }
-            (Key::Prop(n, p), Value::Host(h)) if last && op.is_none() => {
+            (Key::Prop(n, p), Value::Host(h)) if last && op.is_none() && h.properties.iter().any(|x| x == n) => {
                 let mut req = format!("{{\"object\":{},\"property\":{},\"value\":", jstr(&h.name), jstr(n));
                 value_to_json(&mut req, &rv, self.limits.max_string_size, 0);
                 req.push('}');
@@ -1323,6 +1463,7 @@ impl Interp {
         self.fn_index.get(&key).map(|i| self.fns[*i as usize].clone())
     }
 
+    #[inline(never)]
     fn call(&mut self, c: &Call) -> R<Value> {
         if let Some(ns) = &c.namespace {
             return rt_err(format!("Module not found: {}", ns), c.pos);
@@ -1499,6 +1640,18 @@ impl Interp {
         for a in &m.args {
             args.push(self.eval(a)?);
         }
+        if let Some(name) = &m.constant {
+            let before = self.eval(&m.target)?;
+            if m.safe && before.is_unit() {
+                return Ok(Value::Unit);
+            }
+            let mut t = before.clone();
+            let r = self.call_method(&m.name, &mut t, args, m.pos)?;
+            if !values_eq(&t, &before) || t.type_name() != before.type_name() {
+                return rt_err(format!("Cannot modify constant {}", name), m.pos);
+            }
+            return Ok(r);
+        }
         if Self::is_place(&m.target) {
             let mut keys = Vec::new();
             let root = self.place_chain(&m.target, &mut keys)?;
@@ -1561,6 +1714,14 @@ impl Interp {
 
     pub fn call_method(&mut self, name: &Rc<str>, this: &mut Value, args: Vec<Value>, pos: Pos) -> R<Value> {
         match this {
+            Value::Host(h) if !h.methods.iter().any(|m| m == name) => {
+                if &**name == "type_of" && args.is_empty() {
+                    return Ok(str_val(&h.type_name));
+                }
+                let mut all = vec![this.clone()];
+                all.extend(args);
+                return self.fn_not_found(name, &all, pos);
+            }
             Value::Host(h) => {
                 let req = format!(
                     "{{\"object\":{},\"method\":{},\"args\":{}}}",

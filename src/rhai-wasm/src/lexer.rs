@@ -379,25 +379,36 @@ impl<'a> Lexer<'a> {
                         s.push(c)
                     }
                 }
+                Some('"') if close == '"' && self.peek() == Some('"') => {
+                    self.bump();
+                    s.push('"');
+                }
                 Some(c) if c == close => return Ok(s),
                 Some(c) => s.push(c),
             }
         }
     }
 
+    /// Back-tick strings are verbatim (no escapes); `` is a back-tick; a back-tick at
+    /// the end of a line starts the text on the next line; `${...}` interpolates.
     fn backtick(&mut self, p: Pos) -> Result<Tok, LexError> {
         let mut parts = Vec::new();
         let mut s = String::new();
         let mut has_code = false;
+        if self.peek() == Some('\n') {
+            self.bump();
+        } else if self.peek() == Some('\r') && self.peek_at(1) == Some('\n') {
+            self.bump();
+            self.bump();
+        }
         loop {
             match self.bump() {
                 None => return self.err("Unterminated string literal".into(), p),
-                Some('`') => break,
-                Some('\\') => {
-                    if let Some(c) = self.escape(p)? {
-                        s.push(c)
-                    }
+                Some('`') if self.peek() == Some('`') => {
+                    self.bump();
+                    s.push('`');
                 }
+                Some('`') => break,
                 Some('$') if self.peek() == Some('{') => {
                     self.bump();
                     has_code = true;

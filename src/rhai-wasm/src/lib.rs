@@ -146,16 +146,27 @@ pub fn run_json(input: &str, host: Box<dyn Host>) -> String {
             limits.max_output_bytes = v as usize;
         }
     }
-    let mut it = Interp::new(host, limits);
+    // The instance is thrown away after this call: never drop the interpreter, so
+    // deeply nested values cannot recurse while being freed.
+    let mut it = std::mem::ManuallyDrop::new(Interp::new(host, limits));
     let mut objs: Vec<Rc<str>> = Vec::new();
     if let Some(Json::Obj(o)) = req.get("objects") {
         for (name, spec) in o {
             let tn = spec.get("type").and_then(|t| t.as_str()).unwrap_or(name).to_string();
             let n: Rc<str> = Rc::from(name.as_str());
-            it.globals.insert(
-                n.clone(),
-                Value::Host(Rc::new(HostObj { name: n.clone(), type_name: Rc::from(tn.as_str()) })),
-            );
+            let names = |key: &str| -> Vec<Rc<str>> {
+                match spec.get(key) {
+                    Some(Json::Arr(v)) => v.iter().filter_map(|x| x.as_str()).map(Rc::from).collect(),
+                    _ => Vec::new(),
+                }
+            };
+            let obj = HostObj {
+                name: n.clone(),
+                type_name: Rc::from(tn.as_str()),
+                properties: names("properties"),
+                methods: names("methods"),
+            };
+            it.globals.insert(n.clone(), Value::Host(Rc::new(obj)));
             objs.push(n);
         }
     }
@@ -179,6 +190,7 @@ pub fn run_json(input: &str, host: Box<dyn Host>) -> String {
             return failure(kind, &e.msg, e.pos, e.limit, 0);
         }
     };
+    let prog = std::mem::ManuallyDrop::new(prog);
     let r = it.run_program(&prog, vec![args]);
     let ops = it.ops;
     let v = match r {
@@ -207,5 +219,8 @@ pub fn run_json(input: &str, host: Box<dyn Host>) -> String {
     out.push_str(",\"type\":");
     json_escape(&mut out, v.type_name());
     out.push_str(&format!(",\"operations\":{}}}", ops));
+    // The instance is thrown away after this call: skip dropping the interpreter
+    // (deeply nested values would otherwise recurse while being freed).
+    std::mem::forget(v);
     out
 }

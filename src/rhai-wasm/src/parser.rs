@@ -76,6 +76,7 @@ pub struct Parser {
     anon: Rc<Cell<u32>>,
     in_loop: usize,
     global_consts: Vec<(Rc<str>, u32)>,
+    pub max_string: usize,
 }
 
 fn is_block_like(e: &Expr) -> bool {
@@ -86,6 +87,7 @@ fn is_block_like(e: &Expr) -> bool {
             | Expr::Switch(_)
             | Expr::While(..)
             | Expr::Loop(_)
+            | Expr::Do(..)
             | Expr::For(_)
             | Expr::Try(..)
             | Expr::Nop
@@ -115,6 +117,7 @@ impl Parser {
             anon,
             in_loop: 0,
             global_consts: Vec::new(),
+            max_string: usize::MAX,
         })
     }
 
@@ -427,38 +430,59 @@ impl Parser {
                 Expr::Try(Box::new(body), var, Box::new(catch), pos)
             }
             _ => {
-                let e = self.expr()?;
-                if let Tok::Op(op) = self.peek().clone() {
-                    let bop = match op {
-                        "=" => Some(None),
-                        "+=" => Some(Some(BinOp::Add)),
-                        "-=" => Some(Some(BinOp::Sub)),
-                        "*=" => Some(Some(BinOp::Mul)),
-                        "/=" => Some(Some(BinOp::Div)),
-                        "%=" => Some(Some(BinOp::Rem)),
-                        "**=" => Some(Some(BinOp::Pow)),
-                        "<<=" => Some(Some(BinOp::Shl)),
-                        ">>=" => Some(Some(BinOp::Shr)),
-                        "&=" => Some(Some(BinOp::BitAnd)),
-                        "|=" => Some(Some(BinOp::BitOr)),
-                        "^=" => Some(Some(BinOp::BitXor)),
-                        _ => None,
-                    };
-                    if let Some(bop) = bop {
-                        let apos = self.pos();
-                        self.check_assignable(&e, apos)?;
-                        self.advance();
-                        let rhs = self.expr()?;
-                        let a = Expr::Assign(Box::new(e), Box::new(rhs), bop, apos);
-                        self.end_statement(&a)?;
-                        return Ok(Some(a));
-                    }
-                }
-                e
+                let e = self.expr_or_assign()?;
+                self.end_statement(&e)?;
+                return Ok(Some(e));
             }
         };
         self.end_statement(&e)?;
         Ok(Some(e))
+    }
+
+    /// An expression, or an assignment `lhs op= rhs` (statement level / closure bodies).
+    fn expr_or_assign(&mut self) -> PResult<Expr> {
+        let e = self.expr()?;
+        if let Tok::Op(op) = self.peek().clone() {
+            let bop = match op {
+                "=" => Some(None),
+                "+=" => Some(Some(BinOp::Add)),
+                "-=" => Some(Some(BinOp::Sub)),
+                "*=" => Some(Some(BinOp::Mul)),
+                "/=" => Some(Some(BinOp::Div)),
+                "%=" => Some(Some(BinOp::Rem)),
+                "**=" => Some(Some(BinOp::Pow)),
+                "<<=" => Some(Some(BinOp::Shl)),
+                ">>=" => Some(Some(BinOp::Shr)),
+                "&=" => Some(Some(BinOp::BitAnd)),
+                "|=" => Some(Some(BinOp::BitOr)),
+                "^=" => Some(Some(BinOp::BitXor)),
+                _ => None,
+            };
+            if let Some(bop) = bop {
+                let apos = self.pos();
+                self.check_assignable(&e, apos)?;
+                self.advance();
+                let rhs = self.expr()?;
+                return Ok(Expr::Assign(Box::new(e), Box::new(rhs), bop, apos));
+            }
+        }
+        Ok(e)
+    }
+
+    fn const_root(&self, e: &Expr) -> Option<Rc<str>> {
+        let mut root = e;
+        while let Expr::Index(t, _, _, _) | Expr::Prop(t, _, _, _) = root {
+            root = t;
+        }
+        if let Expr::Local(slot, _) = root {
+            let c = self.ctxs.last().unwrap();
+            if let Some(v) = c.vars.iter().rev().find(|v| v.slot == *slot) {
+                if v.is_const {
+                    return Some(v.name.clone());
+                }
+            }
+        }
+        None
     }
 
     fn check_assignable(&self, e: &Expr, pos: Pos) -> PResult<()> {
@@ -729,7 +753,8 @@ impl Parser {
                 }
                 if self.eat_op("(") {
                     let args = self.args()?;
-                    e = Expr::Method(Box::new(MethodCall { target: e, name, args, safe, pos: npos }));
+                    let constant = self.const_root(&e);
+                    e = Expr::Method(Box::new(MethodCall { constant, target: e, name, args, safe, pos: npos }));
                 } else {
                     e = Expr::Prop(Box::new(e), name, safe, npos);
                 }
@@ -757,6 +782,16 @@ impl Parser {
                 Ok(Expr::Const(Value::Float(f)))
             }
             Tok::Str(s) => {
+                if s.len() > self.max_string {
+                    return Err(ParseError {
+                        msg: format!(
+                            "Literal string too large (limit max_string_size = {})",
+                            self.max_string
+                        ),
+                        pos,
+                        limit: Some("max_string_size"),
+                    });
+                }
                 self.advance();
                 Ok(Expr::Const(str_val(&s)))
             }
@@ -853,6 +888,9 @@ impl Parser {
             Tok::Kw("for") => self.for_expr(),
             Tok::Op("(") => {
                 self.advance();
+                if self.eat_op(")") {
+                    return Ok(Expr::Const(Value::Unit));
+                }
                 let e = self.expr()?;
                 self.expect_op(")", "to close the parenthesized expression")?;
                 Ok(e)
@@ -1104,13 +1142,13 @@ impl Parser {
             self.advance();
             self.params("|")?
         };
-        self.ctxs.push(FnCtx::new(true, false, 0));
+        self.ctxs.push(FnCtx::new(true, true, 0));
         for p in &params {
             self.declare(p.clone(), false);
         }
         let saved = self.in_loop;
         self.in_loop = 0;
-        let body = self.expr();
+        let body = self.expr_or_assign();
         self.in_loop = saved;
         let body = body?;
         let c = self.ctxs.pop().unwrap();
@@ -1179,6 +1217,7 @@ pub fn clone_expr(e: &Expr) -> Expr {
             cache: Cell::new(u32::MAX),
         })),
         Expr::Method(m) => Expr::Method(Box::new(MethodCall {
+            constant: m.constant.clone(),
             target: clone_expr(&m.target),
             name: m.name.clone(),
             args: m.args.iter().map(clone_expr).collect(),

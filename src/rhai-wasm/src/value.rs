@@ -23,6 +23,8 @@ pub struct FnPtr {
 pub struct HostObj {
     pub name: Rc<str>,
     pub type_name: Rc<str>,
+    pub properties: Vec<Rc<str>>,
+    pub methods: Vec<Rc<str>>,
 }
 
 #[derive(Clone, Debug)]
@@ -69,6 +71,7 @@ impl Value {
             Value::Blob(_) => "blob",
             Value::Range(..) => "range",
             Value::RangeIncl(..) => "range=",
+            Value::FnPtr(p) if p.name.starts_with("range$") => "StepRange",
             Value::FnPtr(_) => "Fn",
             Value::Timestamp(_) => "timestamp",
             Value::Host(h) => &h.type_name,
@@ -93,11 +96,12 @@ pub struct Fmt {
     pub out: String,
     pub limit: usize,
     pub over: bool,
+    pub depth: usize,
 }
 
 impl Fmt {
     pub fn new(limit: usize) -> Self {
-        Fmt { out: String::new(), limit, over: false }
+        Fmt { out: String::new(), limit, over: false, depth: 0 }
     }
     fn push(&mut self, s: &str) -> bool {
         if self.over || self.out.len() + s.len() > self.limit {
@@ -158,6 +162,11 @@ pub fn write_value(f: &mut Fmt, v: &Value, debug: bool) -> bool {
             }
         }
         Value::Array(a) => {
+            if f.depth > 1000 {
+                f.over = true;
+                return false;
+            }
+            f.depth += 1;
             f.push("[");
             for (i, x) in a.iter().enumerate() {
                 if i > 0 {
@@ -167,9 +176,15 @@ pub fn write_value(f: &mut Fmt, v: &Value, debug: bool) -> bool {
                     return false;
                 }
             }
+            f.depth -= 1;
             f.push("]")
         }
         Value::Map(m) => {
+            if f.depth > 1000 {
+                f.over = true;
+                return false;
+            }
+            f.depth += 1;
             f.push("#{");
             for (i, (k, x)) in m.iter().enumerate() {
                 if i > 0 {
@@ -181,6 +196,7 @@ pub fn write_value(f: &mut Fmt, v: &Value, debug: bool) -> bool {
                     return false;
                 }
             }
+            f.depth -= 1;
             f.push("}")
         }
         Value::Blob(b) => {
