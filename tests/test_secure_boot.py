@@ -17,15 +17,14 @@ import psutil
 import pytest
 import trio
 
-from conftest import REPO, remove_all_vms
 from hypermachine.api import Services
-from hypermachine.config import Settings, load_settings
+from hypermachine.config import Settings
 from hypermachine.hypervisor import tpm
 from hypermachine.hypervisor.layout import VmPaths
 from hypermachine.hypervisor.security import vars_file
 from hypermachine.models import CreateVmRequest, SecuritySpec, VmState
 from hypermachine.server import open_services
-from support import process_gone, qemu_pids_for, wait_until
+from support import REPO, make_settings, process_gone, qemu_pids_for, remove_all_vms, wait_until
 
 pytestmark = pytest.mark.qemu
 
@@ -46,7 +45,7 @@ def efi_image(tiny: Path) -> Path:
 
 
 @pytest.fixture
-def settings(data_dir: Path, tmp_path: Path) -> Settings:
+def settings(data_dir: Path, compile_cache: Path, tmp_path: Path) -> Settings:
     """The repository's catalogue plus ``tiny-efi-unsigned`` (the stripped shim)."""
     catalogue = tmp_path / "catalogue.toml"
     catalogue.write_text(
@@ -55,15 +54,13 @@ def settings(data_dir: Path, tmp_path: Path) -> Settings:
         'os = "linux"\nboot = "disk"\nformat = "qcow2"\nfirmware = "uefi"\n'
         'dir = "tiny-efi"\ndisk = "esp-unsigned.qcow2"\n'
     )
-    return load_settings(
-        environ={},
-        overrides={
-            "data_dir": data_dir,
-            "stop_timeout_s": 30.0,
-            "qmp_connect_timeout_s": 30.0,
-            "catalogue_file": catalogue,
-            "builtin_images_dir": REPO / "images",
-        },
+    return make_settings(
+        data_dir,
+        compile_cache,
+        stop_timeout_s=30.0,
+        qmp_connect_timeout_s=30.0,
+        catalogue_file=catalogue,
+        builtin_images_dir=REPO / "images",
     )
 
 
