@@ -83,10 +83,10 @@ async def test_unsupported_names_every_reason(client: Any) -> None:
     response = await client.post(
         "/api/v1/vms",
         json={"name": "a", "image": "tiny", "gpu": {"enabled": True},
-              "security": {"memory_encryption": "sev", "vtpm": True}},
+              "network": {"type": "bridge"}, "security": {"memory_encryption": "sev"}},
     )  # fmt: skip
     details = (await response.get_json())["error"]["details"]["unsupported"]
-    assert set(details) == {"gpu", "security.memory_encryption", "security.vtpm"}
+    assert set(details) == {"gpu", "security.memory_encryption", "network.type"}
 
 
 async def test_create_defaults_and_get(client: Any) -> None:
@@ -97,7 +97,14 @@ async def test_create_defaults_and_get(client: Any) -> None:
     assert network.pop("mac").startswith("52:54:00:")  # derived from the VM, stable
     assert network == {"type": "nat", "ip": None, "bridge": None, "ports": []}
     assert got["network_info"]["ip"] == "10.0.2.15/24"
-    assert got["security"] == {"secure_boot": False, "vtpm": False, "memory_encryption": "none"}
+    assert got["security"] == {
+        "secure_boot": False,
+        "vtpm": False,
+        "memory_encryption": "none",
+        "policy": None,
+    }
+    assert got["firmware"] == "bios"  # the image's default
+    assert got["security_notes"] == []
     assert got["labels"] == {}
 
 

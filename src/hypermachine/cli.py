@@ -1,4 +1,4 @@
-"""``hypermachine serve | image … | script … | mcp``."""
+"""``hypermachine serve | image … | host | script … | mcp``."""
 
 from __future__ import annotations
 
@@ -81,6 +81,13 @@ def _cmd_image_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_host(args: argparse.Namespace) -> int:
+    from .hostcli import host_report
+
+    print(host_report(_settings(args, accelerator=args.accelerator), as_json=args.json))
+    return 0
+
+
 def _cmd_script_run(args: argparse.Namespace) -> int:
     from .scriptcli import run_script_file
 
@@ -133,6 +140,11 @@ def _parser() -> argparse.ArgumentParser:
         "(it is then listed as a stand-in)",
     )
     imp.set_defaults(run=_cmd_image_import)
+
+    host = commands.add_parser("host", help="what this host can run (firmware, vTPM, SEV, ...)")
+    host.add_argument("--accelerator", choices=["auto", "kvm", "tcg"], default=None)
+    host.add_argument("--json", action="store_true", help="the same document as GET /api/v1/host")
+    host.set_defaults(run=_cmd_host)
 
     script = commands.add_parser("script", help="Rhai scripts").add_subparsers(
         dest="script_command", required=True

@@ -71,12 +71,20 @@ class Settings:
     accelerator: Accelerator = "auto"
     qemu_binary: str = "qemu-system-x86_64"
     qemu_img_binary: str = "qemu-img"
+    swtpm_binary: str = "swtpm"
+    swtpm_setup_binary: str = "swtpm_setup"
     catalogue_file: Path = _REPO_IMAGES / "catalogue.toml"
     builtin_images_dir: Path = _REPO_IMAGES
     qmp_connect_timeout_s: float = 10.0
     stop_timeout_s: float = 30.0
     kill_grace_s: float = 5.0
     wait_timeout_max_s: float = 600.0
+    # The host capability probe (a short-lived QEMU answering qom-list-types etc.).
+    host_probe_timeout_s: float = 30.0
+    # swtpm_setup creating a VM's TPM state (EK + platform certificates), and swtpm
+    # starting up to its control socket.
+    swtpm_setup_timeout_s: float = 60.0
+    swtpm_start_timeout_s: float = 10.0
     max_body_bytes: int = 2 * 1024 * 1024
     max_concurrent_scripts: int = 4
     # Scripts that drive VMs wait for boots; requests may lower this, never raise it.

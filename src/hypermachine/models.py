@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 __all__ = [
     "NAME_PATTERN",
+    "Capability",
+    "CapabilityMap",
     "CloudInitSpec",
     "CreateVmRequest",
     "Event",
@@ -29,10 +31,12 @@ __all__ = [
     "FileReadRequest",
     "FileWriteRequest",
     "FileWritten",
+    "FirmwareSet",
     "ForwardInfo",
     "GpuAssignment",
     "GpuSpec",
     "GuestAgentInfo",
+    "HostCapabilities",
     "HostDevices",
     "ImageInfo",
     "InterfaceStats",
@@ -46,6 +50,7 @@ __all__ = [
     "ScriptRequest",
     "ScriptResponse",
     "SecuritySpec",
+    "SevCapabilities",
     "StopRequest",
     "Vm",
     "VmList",
@@ -259,10 +264,45 @@ class CloudInitSpec(_Strict):
         return value
 
 
+MemoryEncryption = Literal["none", "sev", "sev_es", "sev_snp", "tdx"]
+_SEV_ES_BIT = 0x4  # SEV guest policy bit 2: SEV-ES
+_SNP_RESERVED_BIT = 0x20000  # SNP guest policy bit 17: must be one
+
+
 class SecuritySpec(_Strict):
-    secure_boot: bool = False
-    vtpm: bool = False
-    memory_encryption: Literal["none", "sev", "tdx"] = "none"
+    """Protections the VM must have; a host that cannot give one refuses the VM."""
+
+    secure_boot: bool = Field(
+        default=False,
+        description="UEFI secure boot with Microsoft keys enrolled (needs firmware 'uefi').",
+    )
+    vtpm: bool = Field(default=False, description="A TPM 2.0 (swtpm) of the VM's own.")
+    memory_encryption: MemoryEncryption = Field(
+        default="none", description="Confidential computing: AMD SEV / SEV-ES / SEV-SNP or TDX."
+    )
+    policy: int | None = Field(
+        default=None,
+        ge=0,
+        le=0xFFFFFFFFFFFFFFFF,
+        description="SEV/SNP guest policy; default 0x1 (sev), 0x5 (sev_es), 0x30000 (sev_snp).",
+    )
+
+    @model_validator(mode="after")
+    def _policy_fits_variant(self) -> SecuritySpec:
+        kind, policy = self.memory_encryption, self.policy
+        if policy is None:
+            return self
+        if kind in ("none", "tdx"):
+            raise ValueError(f"policy applies to sev, sev_es and sev_snp, not {kind!r}")
+        if kind == "sev" and policy & _SEV_ES_BIT:
+            raise ValueError("policy bit 2 (SEV-ES) is set: ask for memory_encryption 'sev_es'")
+        if kind == "sev_es" and not policy & _SEV_ES_BIT:
+            raise ValueError("an sev_es policy must have bit 2 (SEV-ES) set")
+        if kind == "sev_snp" and not policy & _SNP_RESERVED_BIT:
+            raise ValueError("an SNP policy must have bit 17 set (reserved, must be one)")
+        if kind != "sev_snp" and policy > 0xFFFFFFFF:
+            raise ValueError("an SEV policy is 32 bits")
+        return self
 
 
 Labels = Annotated[dict[str, str], Field(max_length=_MAX_LABELS)]
@@ -279,8 +319,25 @@ class VmSpec(_Strict):
     network: NetworkSpec = Field(default_factory=NetworkSpec)
     gpu: GpuSpec = Field(default_factory=GpuSpec)
     security: SecuritySpec = Field(default_factory=SecuritySpec)
+    firmware: Literal["bios", "uefi"] | None = Field(
+        default=None,
+        description="Boot firmware; default: the image's, and 'uefi' when security asks for it.",
+    )
     labels: Labels = Field(default_factory=dict)
     cloud_init: CloudInitSpec | None = None
+
+    @model_validator(mode="after")
+    def _firmware_fits_security(self) -> VmSpec:
+        if self.firmware == "bios" and self.security.secure_boot:
+            raise ValueError("secure_boot needs firmware 'uefi' (SeaBIOS has no secure boot)")
+        if self.firmware == "bios" and self.security.memory_encryption != "none":
+            raise ValueError("memory encryption needs firmware 'uefi' (OVMF)")
+        if self.security.secure_boot and self.security.memory_encryption != "none":
+            raise ValueError(
+                "secure_boot needs SMM, which encrypted guests cannot have: "
+                "ask for one of secure_boot and memory_encryption"
+            )
+        return self
 
     @field_validator("labels")
     @classmethod
@@ -395,6 +452,10 @@ class Vm(VmSpec):
     network_info: NetworkInfo | None = None
     gpu_assignment: GpuAssignment | None = None
     guest_agent: GuestAgentInfo = Field(default_factory=GuestAgentInfo)
+    security_notes: list[str] = Field(
+        default_factory=list,
+        description="What the VM's protections do not cover (e.g. a kernel booted directly).",
+    )
 
 
 class VmList(_Strict):
@@ -649,3 +710,63 @@ class InterfaceStats(_Strict):
     tx_bytes: int = 0
     rx_packets: int = 0
     tx_packets: int = 0
+
+
+class Capability(_Strict):
+    """One thing the host can or cannot do, and why."""
+
+    available: bool
+    reason: str = Field(description="Why not when unavailable; what provides it when available.")
+
+
+class CapabilityMap(_Strict):
+    uefi: Capability
+    secure_boot: Capability
+    vtpm: Capability
+    sev: Capability
+    sev_es: Capability
+    sev_snp: Capability
+    tdx: Capability
+    iommu: Capability
+    vfio: Capability
+
+
+class FirmwareSet(_Strict):
+    """A boot firmware this host has, found from QEMU's firmware descriptors."""
+
+    kind: Literal["bios", "uefi", "uefi-secure-boot", "confidential"]
+    description: str
+    device: Literal["builtin", "flash", "memory"] = Field(
+        description="builtin: QEMU's SeaBIOS; flash: pflash CODE + per-VM VARS; memory: -bios."
+    )
+    code: str | None = None
+    vars_template: str | None = None
+    features: list[str] = Field(default_factory=list)
+    descriptor: str | None = Field(default=None, description="The descriptor JSON it came from.")
+
+
+class SevCapabilities(_Strict):
+    """From QMP ``query-sev-capabilities``."""
+
+    cbitpos: int
+    reduced_phys_bits: int
+
+
+class HostCapabilities(_Strict):
+    """What an agent may ask for on this host, probed at start-up (and on demand)."""
+
+    qemu_version: str
+    accelerator: str
+    accelerator_reason: str
+    cpu_model: str
+    cpu_count: int
+    cpu_cores: int | None
+    memory_bytes: int
+    swtpm_version: str | None
+    qemu_types: list[str] = Field(
+        description="Confidential-computing and TPM object types this QEMU build has."
+    )
+    sev: SevCapabilities | None
+    firmware: list[FirmwareSet]
+    capabilities: CapabilityMap
+    probed_at: datetime

@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_WAIT_S",
     "DeleteVmInput",
     "ExecInVmInput",
+    "HostCapabilitiesInput",
     "ListImagesInput",
     "ListVmsInput",
     "NoInput",
@@ -100,6 +101,10 @@ class WaitForVmInput(VmIdInput):
 
 class NoInput(_Input):
     """No arguments."""
+
+
+class HostCapabilitiesInput(_Input):
+    refresh: bool = Field(default=False, description="Probe the host again (slower).")
 
 
 class ListImagesInput(NoInput):

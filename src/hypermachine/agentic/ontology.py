@@ -23,6 +23,7 @@ from ..models import (
     ExecResult,
     FileContent,
     GpuSpec,
+    HostCapabilities,
     HostDevices,
     ImageInfo,
     NetworkSpec,
@@ -54,6 +55,7 @@ CLASS_NAMES: dict[type[BaseModel], tuple[str, str]] = {
     ExecResult: ("CommandExecution", "schema:Action"),
     FileContent: ("GuestFile", "schema:MediaObject"),
     HostDevices: ("HostDevices", "schema:Dataset"),
+    HostCapabilities: ("HostCapabilities", "schema:Dataset"),
 }
 """Public models → (class name, the schema.org or Hydra class it refines)."""
 

@@ -34,6 +34,7 @@ from ..models import (
     FileReadRequest,
     FileWriteRequest,
     FileWritten,
+    HostCapabilities,
     HostDevices,
     LifecycleRequest,
     ScriptRequest,
@@ -49,6 +50,7 @@ from .inputs import (
     DEFAULT_WAIT_S,
     DeleteVmInput,
     ExecInVmInput,
+    HostCapabilitiesInput,
     ListImagesInput,
     ListVmsInput,
     NoInput,
@@ -149,6 +151,15 @@ async def _vm_metrics(svc: Any, args: VmIdInput) -> VmMetrics:
 
 async def _list_images(svc: Any, _args: ListImagesInput) -> dict[str, Any]:
     return {"images": [image.to_dict() for image in svc.catalogue.list()]}
+
+
+async def _get_host_capabilities(svc: Any, args: HostCapabilitiesInput) -> HostCapabilities:
+    manager = svc.manager
+    caps = await manager.refresh_host() if args.refresh else manager.host.capabilities
+    if caps is None:
+        raise HypervisorError("the host's capabilities have not been probed yet")
+    result: HostCapabilities = caps
+    return result
 
 
 async def _list_host_devices(svc: Any, _args: NoInput) -> HostDevices:
@@ -445,6 +456,30 @@ def build_registry() -> Registry:
                 idempotent=True,
                 resource="Image",
                 http=HttpRoute("GET", "/api/v1/images"),
+            ),
+            Operation(
+                name="get_host_capabilities",
+                title="Host capabilities",
+                summary=(
+                    "What this host can do before you ask for it: accelerator (KVM or TCG), "
+                    "CPUs, memory, QEMU version, and for uefi, secure_boot, vtpm, sev, sev_es, "
+                    "sev_snp, tdx, iommu and vfio whether each is available and why not. Call "
+                    "it before create_vm with security or gpu settings."
+                ),
+                returns="{qemu_version, accelerator, cpu_model, ..., capabilities: {name: "
+                "{available, reason}}}.",
+                input=HostCapabilitiesInput,
+                handler=_get_host_capabilities,
+                result=HostCapabilities,
+                errors=(HypervisorError,),
+                read_only=True,
+                idempotent=True,
+                resource="HostCapabilities",
+                http=HttpRoute(
+                    "GET",
+                    "/api/v1/host",
+                    query=(QueryParam("refresh", _BOOL, "Probe the host again first."),),
+                ),
             ),
             Operation(
                 name="list_host_devices",

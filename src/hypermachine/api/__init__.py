@@ -15,6 +15,7 @@ from .errors import register_error_handlers
 from .events import blueprint as events_blueprint
 from .guest import blueprint as guest_blueprint
 from .health import blueprint as health_blueprint
+from .host import blueprint as host_blueprint
 from .images import blueprint as images_blueprint
 from .metrics import blueprint as metrics_blueprint
 from .scripts import blueprint as scripts_blueprint
@@ -37,6 +38,7 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(metrics_blueprint)
     app.register_blueprint(vms_blueprint, url_prefix="/api/v1/vms")
     app.register_blueprint(images_blueprint, url_prefix="/api/v1/images")
+    app.register_blueprint(host_blueprint, url_prefix="/api/v1/host")
     app.register_blueprint(scripts_blueprint)
     app.register_blueprint(guest_blueprint, url_prefix="/api/v1/vms")
     app.register_blueprint(console_blueprint, url_prefix="/api/v1/vms")

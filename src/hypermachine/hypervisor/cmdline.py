@@ -18,7 +18,7 @@ from . import cloudinit, network, vfio
 from .layout import VmPaths
 from .network import mac_address
 
-__all__ = ["BootSource", "build_argv", "escape_option", "mac_address"]
+__all__ = ["BootSource", "Confidential", "Platform", "build_argv", "escape_option", "mac_address"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,33 @@ class BootSource:
     kernel: Path | None = None
     initrd: Path | None = None
     append: str = ""
+
+
+@dataclass(frozen=True)
+class Confidential:
+    """A memory-encrypted guest; the numbers come from the host's SEV capabilities."""
+
+    variant: str  # "sev", "sev_es", "sev_snp" or "tdx"
+    cbitpos: int = 0
+    reduced_phys_bits: int = 0
+    policy: int = 0
+    kernel_hashes: bool = False  # measure a directly booted kernel (SEV/SNP)
+
+
+@dataclass(frozen=True)
+class Platform:
+    """Firmware, TPM and confidential-computing parts, resolved to host paths.
+
+    ``firmware_code`` + ``firmware_vars``: OVMF in pflash (CODE read-only, the VM's
+    own VARS); ``firmware_bios``: a stateless image for ``-bios`` (SNP, TDX).
+    """
+
+    firmware_code: Path | None = None
+    firmware_vars: Path | None = None
+    firmware_bios: Path | None = None
+    secure_boot: bool = False
+    tpm_socket: Path | None = None
+    confidential: Confidential | None = None
 
 
 def escape_option(value: str) -> str:
@@ -55,8 +82,8 @@ def _json(obj: Mapping[str, object]) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-def _machine(accelerator: str) -> list[str]:
-    argv = ["-machine", "q35", "-accel", accelerator]
+def _machine(accelerator: str, properties: str = "") -> list[str]:
+    argv = ["-machine", f"q35{properties}", "-accel", accelerator]
     # -cpu host is KVM-only; TCG keeps QEMU's default model (max aborts on some hosts).
     if accelerator == "kvm":
         argv += ["-cpu", "host"]
@@ -117,6 +144,95 @@ def _kernel(boot: BootSource, vm: Vm) -> list[str]:
     return argv
 
 
+def _machine_properties(platform: Platform) -> str:
+    """``,key=value`` additions to ``-machine q35`` for firmware and confidential guests."""
+    props = []
+    if platform.secure_boot:
+        props.append("smm=on")
+    elif platform.confidential is not None:
+        props.append("smm=off")  # SEV-ES, SNP and TDX guests cannot have SMM
+    if platform.firmware_code is not None:
+        props += ["pflash0=fw-code", "pflash1=fw-vars"]
+    if platform.confidential is not None:
+        props.append("confidential-guest-support=cgs0")
+        if platform.confidential.variant == "sev_snp":
+            props.append("memory-backend=ram0")
+        if platform.confidential.variant == "tdx":
+            props.append("kernel-irqchip=split")
+    return "".join(f",{p}" for p in props)
+
+
+def _firmware(platform: Platform) -> list[str]:
+    if platform.firmware_bios is not None:
+        return ["-bios", _plain_path(platform.firmware_bios)]
+    if platform.firmware_code is None:
+        return []
+    if platform.firmware_vars is None:
+        raise ValueError("pflash firmware needs the VM's VARS file")
+    code = {
+        "driver": "file",
+        "node-name": "fw-code",
+        "filename": _plain_path(platform.firmware_code),
+        "read-only": True,
+    }
+    vars_: dict[str, object] = {
+        "driver": "file",
+        "node-name": "fw-vars",
+        "filename": _plain_path(platform.firmware_vars),
+    }
+    argv = ["-blockdev", _json(code), "-blockdev", _json(vars_)]
+    if platform.secure_boot:  # only SMM code may write the (secure) variable store
+        argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+    return argv
+
+
+def _tpm(platform: Platform) -> list[str]:
+    if platform.tpm_socket is None:
+        return []
+    return [
+        "-chardev", f"socket,id=tpmchr0,path={_option_path(platform.tpm_socket)}",
+        "-tpmdev", "emulator,id=tpm0,chardev=tpmchr0",
+        "-device", _json({"driver": "tpm-crb", "tpmdev": "tpm0", "id": "tpm0-crb"}),
+    ]  # fmt: skip
+
+
+def _confidential(platform: Platform, memory_mb: int, accelerator: str) -> list[str]:
+    cc = platform.confidential
+    if cc is None:
+        return []
+    if accelerator != "kvm":  # QEMU 7.2 aborts on sev-guest under TCG
+        raise ValueError(f"{cc.variant} needs KVM, not {accelerator}")
+    if cc.variant == "tdx":
+        return ["-object", _json({"qom-type": "tdx-guest", "id": "cgs0"})]
+    guest: dict[str, object] = {
+        "qom-type": "sev-snp-guest" if cc.variant == "sev_snp" else "sev-guest",
+        "id": "cgs0",
+        "cbitpos": int(cc.cbitpos),
+        "reduced-phys-bits": int(cc.reduced_phys_bits),
+        "policy": int(cc.policy),
+    }
+    if cc.kernel_hashes:
+        guest["kernel-hashes"] = True
+    argv = ["-object", _json(guest)]
+    if cc.variant == "sev_snp":
+        ram = {
+            "qom-type": "memory-backend-memfd",
+            "id": "ram0",
+            "size": int(memory_mb) * 1024 * 1024,
+            "share": True,
+        }
+        argv += ["-object", _json(ram)]
+    return argv
+
+
+def _platform(platform: Platform, vm: Vm, accelerator: str) -> list[str]:
+    return [
+        *_firmware(platform),
+        *_tpm(platform),
+        *_confidential(platform, vm.memory_mb, accelerator),
+    ]
+
+
 def build_argv(
     vm: Vm,
     boot: BootSource,
@@ -125,6 +241,7 @@ def build_argv(
     qemu_binary: str,
     accelerator: str,
     qmp_fd: int,
+    platform: Platform = Platform(),  # frozen: a shared default is safe
 ) -> list[str]:
     """The complete QEMU command line for ``vm``; QEMU starts paused (``-S``).
 
@@ -135,7 +252,7 @@ def build_argv(
         qemu_binary,
         "-name", f"guest={escape_option(vm.name)},process=hm-{vm.id},debug-threads=on",
         "-uuid", vm.uuid,
-        *_machine(accelerator),
+        *_machine(accelerator, _machine_properties(platform)),
         "-smp", str(int(vm.cpus)),
         "-m", f"{int(vm.memory_mb)}M",
         "-nodefaults", "-no-user-config", "-display", "none",
@@ -149,6 +266,7 @@ def build_argv(
         "-device", _json({"driver": "pvpanic", "id": "panic0"}),
         "-action", "panic=shutdown",
         *_kernel(boot, vm),
+        *_platform(platform, vm, accelerator),
         "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         "-S",
     ]  # fmt: skip

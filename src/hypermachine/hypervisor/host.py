@@ -1,6 +1,8 @@
 """What this host can do: the accelerator, QEMU's version, CPUs and memory.
 
-Probed once at start-up. ``auto`` picks KVM only when it can run a stock guest:
+Probed once at start-up; the capability map (firmware, vTPM, SEV/TDX, IOMMU) is
+added by :mod:`.capabilities` when the manager starts, and refreshed on demand.
+``auto`` picks KVM only when it can run a stock guest:
 ``/dev/kvm`` must open read-write and must not be PVM's (``kvm_pvm``), whose
 ``/dev/kvm`` hangs a stock kernel in early boot.
 """
@@ -18,7 +20,7 @@ import psutil
 
 from ..config import Accelerator
 from ..errors import Unsupported
-from ..models import VmSpec
+from ..models import HostCapabilities, VmSpec
 
 __all__ = ["HostFacts", "check_supported", "choose_accelerator", "probe_host"]
 
@@ -31,6 +33,7 @@ class HostFacts:
     cpu_count: int
     memory_bytes: int
     iommu_groups: int = 0
+    capabilities: HostCapabilities | None = None
 
 
 def _kvm_blocker(sysfs_root: Path, dev_kvm: Path) -> str | None:
@@ -109,18 +112,36 @@ def check_supported(spec: VmSpec, host: HostFacts, also: Mapping[str, str] | Non
         Unsupported: with ``details.unsupported`` mapping each field to its reason.
     """
     reasons: dict[str, str] = dict(also or {})
-    if spec.security.secure_boot:
-        reasons["security.secure_boot"] = "UEFI secure boot is not available in this version"
-    if spec.security.vtpm:
-        reasons["security.vtpm"] = "vTPM is not available in this server version"
-    if spec.security.memory_encryption != "none":
-        reasons["security.memory_encryption"] = (
-            f"{spec.security.memory_encryption.upper()} needs KVM with "
-            f"{spec.security.memory_encryption.upper()} support; "
-            f"this host runs {host.accelerator.upper()} ({host.accelerator_reason})"
-        )
+    reasons.update(_capability_reasons(spec, host.capabilities))
     if reasons:
         raise Unsupported(
             "this host cannot honour: " + "; ".join(f"{k}: {v}" for k, v in reasons.items()),
             unsupported=reasons,
         )
+
+
+def _wanted_capabilities(spec: VmSpec) -> dict[str, str]:
+    """The spec field asking for each capability it needs."""
+    wanted: dict[str, str] = {}
+    security = spec.security
+    if security.secure_boot:
+        wanted["security.secure_boot"] = "secure_boot"
+    elif spec.firmware == "uefi":
+        wanted["firmware"] = "uefi"
+    if security.vtpm:
+        wanted["security.vtpm"] = "vtpm"
+    if security.memory_encryption != "none":
+        wanted["security.memory_encryption"] = security.memory_encryption
+    return wanted
+
+
+def _capability_reasons(spec: VmSpec, caps: HostCapabilities | None) -> dict[str, str]:
+    reasons: dict[str, str] = {}
+    for field_name, capability in _wanted_capabilities(spec).items():
+        if caps is None:
+            reasons[field_name] = "the host's capabilities have not been probed"
+            continue
+        cap = getattr(caps.capabilities, capability)
+        if not cap.available:
+            reasons[field_name] = f"{capability} is not available: {cap.reason}"
+    return reasons

@@ -24,11 +24,20 @@ import trio
 from ..config import Settings
 from ..errors import HMError, HypervisorError, ImageNotFound, InvalidState, VmNotFound, WaitTimeout
 from ..events import EventLog
-from ..models import CreateVmRequest, DiskStats, HostDevices, Vm, VmMetrics, VmSpec, VmState
+from ..models import (
+    CreateVmRequest,
+    DiskStats,
+    HostCapabilities,
+    HostDevices,
+    Vm,
+    VmMetrics,
+    VmSpec,
+    VmState,
+)
 from ..states import LIVE_STATES, Action, transition
 from ..store import Store, VmQuery, fingerprint, utcnow
 from ..telemetry import Telemetry
-from . import disks
+from . import capabilities, disks, security
 from .cmdline import BootSource, build_argv
 from .console import ConsoleService, rotate_at_start
 from .guest import GuestService
@@ -58,6 +67,8 @@ class ImageLike(Protocol):
     def append(self) -> str: ...
     @property
     def available(self) -> bool: ...
+    @property
+    def firmware(self) -> str: ...
 
 
 class CatalogueLike(Protocol):
@@ -116,6 +127,7 @@ class Manager:
         """Re-adopt running VMs, report ready, then own their supervisors until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self.host = await capabilities.refresh(self.host, self._settings)
             for vm in list(self._store.all_vms()):
                 await self._recover(vm)
             task_status.started()
@@ -132,9 +144,11 @@ class Manager:
             pid = adopt_pid(paths, vm.uuid)
             if pid is None:
                 await self._release(vm.id)
+                security.after_exit(paths)
                 paths.clear_runtime()
                 self._set(vm.id, VmState.STOPPED, "QEMU was not running when the server started")
                 return
+            security.adopt(vm, paths)
             await self._adopt(vm, pid, paths)
         elif vm.state is VmState.CREATING:
             self._set(vm.id, VmState.ERROR, "creation was interrupted by a server restart")
@@ -167,6 +181,12 @@ class Manager:
 
     def _paths(self, vm_id: str) -> VmPaths:
         return VmPaths.for_vm(self._settings.vms_dir, self._settings.runtime_dir, vm_id)
+
+    async def refresh_host(self) -> HostCapabilities:
+        """Probe the host's capabilities again (new firmware, modules, swtpm...)."""
+        self.host = await capabilities.refresh(self.host, self._settings)
+        assert self.host.capabilities is not None
+        return self.host.capabilities
 
     def _lock(self, vm_id: str) -> trio.Lock:
         return self._locks.setdefault(vm_id, trio.Lock())
@@ -260,6 +280,7 @@ class Manager:
             if replay is not None:
                 return _Created(replay, replayed=True)
         image = self._catalogue.get(request.image)
+        request = security.resolve_firmware(request, image.firmware)
         check_supported(request, self.host, also=self._resources.unsupported(request))
         now = utcnow()
         vm_uuid = str(uuidlib.uuid4())
@@ -269,6 +290,7 @@ class Manager:
             id=f"vm-{vm_uuid.replace('-', '')[:12]}",
             uuid=vm_uuid,
             state=VmState.CREATING,
+            security_notes=security.security_notes(spec, direct_kernel=image.kernel is not None),
             created_at=now,
             updated_at=now,
         )
@@ -336,6 +358,11 @@ class Manager:
             except HMError as err:
                 self._set(vm_id, VmState.ERROR, f"disk creation failed: {err.message}")
                 return
+            try:
+                await security.prepare(vm, paths, self.host, self._settings)
+            except HMError as err:
+                self._set(vm_id, VmState.ERROR, f"firmware/TPM setup failed: {err.message}")
+                return
             # Straight on to starting, with no checkpoint in between: nobody sees a
             # VM created with start=true sitting in "stopped".
             self._set(vm_id, VmState.STOPPED, None)
@@ -385,6 +412,7 @@ class Manager:
             self._store.update_vm(vm_id, gpu_assignment=None)
 
     def _finish_delete(self, vm_id: str) -> None:
+        security.after_exit(self._paths(vm_id))
         self._paths(vm_id).remove()
         self._store.delete_vm(vm_id)
         self._locks.pop(vm_id, None)
@@ -409,6 +437,7 @@ class Manager:
     async def _start_locked(self, vm_id: str) -> Vm:
         vm = self._store.get_vm(vm_id)
         transition(vm.state, Action.START)
+        check_supported(vm, self.host)
         image = self._catalogue.get(vm.image)
         if not image.available:
             raise ImageNotFound(f"image {vm.image!r} is not on disk", image=vm.image)
@@ -432,6 +461,12 @@ class Manager:
     ) -> None:
         paths = self._paths(vm.id)
         settings = self._settings
+        try:
+            platform = await security.launch_platform(vm, boot, paths, self.host, settings)
+        except HMError as err:
+            self._set(vm.id, VmState.ERROR, f"firmware/TPM could not be prepared: {err.message}")
+            task_status.started()
+            return
 
         def argv(qmp_fd: int) -> list[str]:
             return build_argv(
@@ -441,6 +476,7 @@ class Manager:
                 qemu_binary=settings.qemu_binary,
                 accelerator=self.host.accelerator,
                 qmp_fd=qmp_fd,
+                platform=platform,
             )
 
         try:
@@ -448,6 +484,7 @@ class Manager:
             child = spawn_qemu(argv, paths)
         except (HMError, ValueError) as err:
             await self._release(vm.id)
+            security.after_exit(paths)
             self._set(vm.id, VmState.ERROR, f"QEMU could not be started: {err}")
             task_status.started()
             return
@@ -501,6 +538,7 @@ class Manager:
                 panicked=report.panic is not None or report.shutdown_reason == "guest-panic",
                 shutdown_reason=report.shutdown_reason,
             )
+            security.after_exit(machine.paths)
             if current is not VmState.DELETING:
                 machine.paths.clear_runtime()
                 self._set(machine.vm_id, state, reason, pid=None)
