@@ -154,12 +154,8 @@ async def _list_images(svc: Any, _args: ListImagesInput) -> dict[str, Any]:
 
 
 async def _get_host_capabilities(svc: Any, args: HostCapabilitiesInput) -> HostCapabilities:
-    manager = svc.manager
-    caps = await manager.refresh_host() if args.refresh else manager.host.capabilities
-    if caps is None:
-        raise HypervisorError("the host's capabilities have not been probed yet")
-    result: HostCapabilities = caps
-    return result
+    caps: HostCapabilities = await svc.manager.host_capabilities(refresh=args.refresh)
+    return caps
 
 
 async def _list_host_devices(svc: Any, _args: NoInput) -> HostDevices:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from quart import Blueprint
 
-from ..errors import HypervisorError
 from .requests import query_bool
 from .services import services
 
@@ -16,8 +15,5 @@ blueprint = Blueprint("host", __name__)
 @blueprint.get("")
 async def host_capabilities() -> dict[str, object]:
     """The capability map probed at start-up; ``?refresh=true`` probes again."""
-    manager = services().manager
-    caps = await manager.refresh_host() if query_bool("refresh") else manager.host.capabilities
-    if caps is None:
-        raise HypervisorError("the host's capabilities have not been probed yet")
+    caps = await services().manager.host_capabilities(refresh=query_bool("refresh"))
     return caps.model_dump(mode="json")

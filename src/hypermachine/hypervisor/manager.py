@@ -182,10 +182,17 @@ class Manager:
     def _paths(self, vm_id: str) -> VmPaths:
         return VmPaths.for_vm(self._settings.vms_dir, self._settings.runtime_dir, vm_id)
 
-    async def refresh_host(self) -> HostCapabilities:
-        """Probe the host's capabilities again (new firmware, modules, swtpm...)."""
-        self.host = await capabilities.refresh(self.host, self._settings)
-        assert self.host.capabilities is not None
+    async def host_capabilities(self, *, refresh: bool = False) -> HostCapabilities:
+        """The capability map probed at start-up, or probed again now (new firmware,
+        modules, swtpm...) with ``refresh``.
+
+        Raises:
+            HypervisorError: the host has not been probed.
+        """
+        if refresh:
+            self.host = await capabilities.refresh(self.host, self._settings)
+        if self.host.capabilities is None:
+            raise HypervisorError("the host's capabilities have not been probed yet")
         return self.host.capabilities
 
     def _lock(self, vm_id: str) -> trio.Lock:
