@@ -1,4 +1,4 @@
-"""``hypermachine serve | image … | script …``."""
+"""``hypermachine serve | image … | script … | mcp``."""
 
 from __future__ import annotations
 
@@ -92,6 +92,14 @@ def _cmd_script_run(args: argparse.Namespace) -> int:
     return run_script_file(Path(args.file), vm_id=args.vm, server=args.server, args=script_args)
 
 
+def _cmd_mcp(args: argparse.Namespace) -> int:
+    from .agentic.mcp_stdio import serve_stdio
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)  # stdout is the protocol
+    trio.run(serve_stdio, args.server, args.api_key)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hypermachine", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (also HM_CONFIG)")
@@ -135,6 +143,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--server", default="http://127.0.0.1:8080")
     run.add_argument("--args", default="{}", help="JSON object the script sees as `args`")
     run.set_defaults(run=_cmd_script_run)
+
+    mcp = commands.add_parser("mcp", help="MCP over stdio, forwarding to a running server")
+    mcp.add_argument("--server", default="http://127.0.0.1:8080", help="the server's URL")
+    mcp.add_argument("--api-key", default=None, help="sent as a bearer token")
+    mcp.set_defaults(run=_cmd_mcp)
     return parser
 
 

@@ -11,7 +11,8 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     │   ├── UnsupportedLanguage (400 UNSUPPORTED_LANGUAGE)
     │   └── ScriptSyntaxError (400 SCRIPT_SYNTAX_ERROR)
     ├── NotFound (404 NOT_FOUND)
-    │   └── VmNotFound (404 VM_NOT_FOUND)
+    │   ├── VmNotFound (404 VM_NOT_FOUND)
+    │   └── UnknownTool (404 UNKNOWN_TOOL)
     ├── MethodNotAllowed (405 METHOD_NOT_ALLOWED)
     ├── PayloadTooLarge (413 PAYLOAD_TOO_LARGE)
     ├── UnsupportedMediaType (415 UNSUPPORTED_MEDIA_TYPE)
@@ -23,6 +24,7 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     ├── Unsupported (409 CAPABILITY_UNAVAILABLE)
     ├── ScriptRuntimeError (422 SCRIPT_RUNTIME_ERROR)
     ├── ScriptLimitExceeded (422 SCRIPT_LIMIT_EXCEEDED)
+    ├── FeatureUnavailable (501 FEATURE_UNAVAILABLE)
     ├── ImagePullFailed (502 IMAGE_PULL_FAILED)
     └── HypervisorError (500 HYPERVISOR_ERROR)
 """
@@ -34,6 +36,7 @@ from typing import ClassVar
 __all__ = [
     "BadRequest",
     "Conflict",
+    "FeatureUnavailable",
     "HMError",
     "HypervisorError",
     "IdempotencyConflict",
@@ -47,6 +50,7 @@ __all__ = [
     "ScriptLimitExceeded",
     "ScriptRuntimeError",
     "ScriptSyntaxError",
+    "UnknownTool",
     "Unsupported",
     "UnsupportedLanguage",
     "UnsupportedMediaType",
@@ -100,6 +104,12 @@ class VmNotFound(NotFound):
     code, status = "VM_NOT_FOUND", 404
 
 
+class UnknownTool(NotFound):
+    """An agent named a tool the registry does not have."""
+
+    code, status = "UNKNOWN_TOOL", 404
+
+
 class MethodNotAllowed(HMError):
     code, status = "METHOD_NOT_ALLOWED", 405
 
@@ -144,6 +154,12 @@ class ScriptRuntimeError(HMError):
 
 class ScriptLimitExceeded(HMError):
     code, status = "SCRIPT_LIMIT_EXCEEDED", 422
+
+
+class FeatureUnavailable(HMError):
+    """The operation exists but this server has no service wired to perform it."""
+
+    code, status = "FEATURE_UNAVAILABLE", 501
 
 
 class ImagePullFailed(HMError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from quart_trio import QuartTrio
 
+from ..agentic.http import register_agentic
 from .errors import register_error_handlers
 from .health import blueprint as health_blueprint
 from .images import blueprint as images_blueprint
@@ -29,4 +30,5 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(vms_blueprint, url_prefix="/api/v1/vms")
     app.register_blueprint(images_blueprint, url_prefix="/api/v1/images")
     app.register_blueprint(scripts_blueprint)
+    register_agentic(app)  # tools, execute, ontology, OpenAPI, docs, MCP (hypermachine.agentic)
     return app

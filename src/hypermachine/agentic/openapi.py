@@ -1,0 +1,244 @@
+"""The OpenAPI 3.1 document for every route, generated (pure).
+
+REST operations come from the registry (their route, body and query, result
+model and errors); the few routes that are not operations (health, the agentic
+faces, the docs, MCP) are described in :data:`_OTHER_ROUTES`. Schemas are the
+pydantic models' own JSON Schemas under ``components/schemas``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+from .. import __version__
+from ..errors import HMError, all_error_classes
+from ..models import ImageInfo
+from .registry import HttpRoute, Operation, Registry
+from .schemas import json_schema
+
+__all__ = ["ErrorBody", "build_openapi"]
+
+_REF = "#/components/schemas/{model}"
+
+
+class ErrorInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(description="Stable machine-readable code, e.g. VM_NOT_FOUND.")
+    message: str = Field(description="What went wrong, for people.")
+    details: dict[str, Any] = Field(description="Structured facts, e.g. current and allowed.")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: ``{"error": {code, message, details}}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    error: ErrorInfo
+
+
+class Health(BaseModel):
+    """``GET /health``."""
+
+    status: str
+    version: str
+    uptime_seconds: float
+    accelerator: str
+    accelerator_reason: str
+    qemu_version: str
+    live_vms: int
+
+
+class ImageEntry(ImageInfo):
+    """A catalogue image as ``GET /api/v1/images`` reports it.
+
+    The catalogue reports three fields ``models.ImageInfo`` does not have yet.
+    """
+
+    sha256: str | None = None
+    firmware: str | None = None
+    ready_marker: str | None = None
+
+
+class ImageList(BaseModel):
+    images: list[ImageEntry]
+
+
+class ToolList(BaseModel):
+    """A provider's tool definitions, ready to pass to its SDK."""
+
+    tools: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class _Route:
+    """A non-registry route, described by hand (it has no input model to generate from)."""
+
+    operation_id: str
+    tag: str
+    summary: str
+    http: HttpRoute
+    content_type: str = "application/json"
+    response: type[BaseModel] | None = None
+    request_schema: dict[str, Any] | None = None
+    path_schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+_JSONRPC = {"type": "object", "description": "A JSON-RPC 2.0 message (MCP)."}
+_OTHER_ROUTES: tuple[_Route, ...] = (
+    _Route("health", "meta", "Server status, version, uptime, accelerator.",
+           HttpRoute("GET", "/health"), response=Health),
+    _Route("get_tools", "agentic", "Tool definitions in one provider's format.",
+           HttpRoute("GET", "/agentic/tools/{provider}"), response=ToolList,
+           path_schemas={"provider": {"enum": ["openai", "anthropic", "gemini", "mcp"]}}),
+    _Route("execute_tool", "agentic",
+           "Run one tool call: {name, arguments}, an OpenAI tool_call, an Anthropic tool_use "
+           "block or a Gemini functionCall part; answered in the matching shape.",
+           HttpRoute("POST", "/agentic/execute", body=None),
+           request_schema={"type": "object"}),
+    _Route("get_ontology", "agentic", "The JSON-LD ontology (schema.org + Hydra).",
+           HttpRoute("GET", "/agentic/ontology"), content_type="application/ld+json"),
+    _Route("get_openapi", "meta", "This document.", HttpRoute("GET", "/openapi.json")),
+    _Route("docs_page", "meta", "Interactive API documentation.", HttpRoute("GET", "/docs"),
+           content_type="text/html"),
+    _Route("docs_asset", "meta", "A static file of the documentation page.",
+           HttpRoute("GET", "/docs/static/{filename}"), content_type="application/octet-stream",
+           path_schemas={"filename": {"type": "string"}}),
+    _Route("ai_plugin_manifest", "agentic", "The AI plugin manifest.",
+           HttpRoute("GET", "/.well-known/ai-plugin.json")),
+    _Route("mcp_post", "mcp", "MCP over Streamable HTTP: one JSON-RPC message.",
+           HttpRoute("POST", "/mcp"), request_schema=_JSONRPC),
+    _Route("mcp_get", "mcp", "MCP server-to-client stream: not offered (405).",
+           HttpRoute("GET", "/mcp", status=405)),
+    _Route("mcp_delete", "mcp", "End an MCP session (Mcp-Session-Id header).",
+           HttpRoute("DELETE", "/mcp", status=204)),
+)  # fmt: skip
+
+
+def _components(registry: Registry) -> dict[str, Any]:
+    models: set[type[BaseModel]] = {ErrorBody, Health, ImageList, ToolList}
+    for op in registry:
+        models.update(m for m in (op.http.body, op.result) if m is not None)
+    _, top = models_json_schema(
+        [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)], ref_template=_REF
+    )
+    schemas: dict[str, Any] = top.get("$defs", {})
+    return schemas
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": _REF.format(model=model.__name__)}
+
+
+def _json(schema: dict[str, Any], content_type: str = "application/json") -> dict[str, Any]:
+    return {content_type: {"schema": schema}}
+
+
+def _error_responses(errors: tuple[type[HMError], ...]) -> dict[str, Any]:
+    by_status: dict[int, list[str]] = {500: ["INTERNAL_ERROR", "HYPERVISOR_ERROR"]}
+    for err in errors:
+        by_status.setdefault(err.status, [])
+        if err.code not in by_status[err.status]:
+            by_status[err.status].append(err.code)
+    return {
+        str(status): {"description": ", ".join(codes), "content": _json(_ref(ErrorBody))}
+        for status, codes in sorted(by_status.items())
+    }
+
+
+def _parameters(route: HttpRoute, path_schemas: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    params: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": path_schemas.get(name, {})}
+        for name in route.path_params
+    ]
+    for where, items in (("query", route.query), ("header", route.headers)):
+        for q in items:
+            param: dict[str, Any] = {
+                "name": q.name,
+                "in": where,
+                "required": q.required,
+                "description": q.description,
+                "schema": q.schema,
+            }
+            if q.repeated:
+                param.update(style="form", explode=True)
+            params.append(param)
+    return params
+
+
+def _operation_object(op: Operation) -> dict[str, Any]:
+    route = op.http
+    props = json_schema(op.input).get("properties", {})
+    obj: dict[str, Any] = {
+        "operationId": op.name,
+        "summary": op.title,
+        "description": op.description,
+        "tags": ["images" if op.resource == "Image" else "vms"],
+        "parameters": _parameters(route, {p: props[p] for p in route.path_params}),
+        "x-agent-tool": op.name,
+    }
+    if route.body is not None:
+        obj["requestBody"] = {
+            "required": not route.body_optional,
+            "content": _json(_ref(route.body)),
+        }
+    result: dict[str, Any] = _ref(op.result) if op.result else {"type": "object"}
+    if op.resource == "Image":
+        result = _ref(ImageList)
+    responses: dict[str, Any] = {}
+    for status in (route.status, *route.also):
+        if status == 204:
+            responses["204"] = {"description": "Done; no content."}
+        else:
+            responses[str(status)] = {"description": op.returns, "content": _json(result)}
+    obj["responses"] = {**responses, **_error_responses(op.all_errors)}
+    return obj
+
+
+def _route_object(route: _Route) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "operationId": route.operation_id,
+        "summary": route.summary,
+        "tags": [route.tag],
+        "parameters": _parameters(route.http, route.path_schemas),
+    }
+    if route.request_schema is not None:
+        obj["requestBody"] = {"required": True, "content": _json(route.request_schema)}
+    schema: dict[str, Any] = _ref(route.response) if route.response else {"type": "object"}
+    if route.content_type.startswith("text/") or "octet" in route.content_type:
+        schema = {"type": "string"}
+    status = route.http.status
+    if status >= 400:
+        ok: dict[str, Any] = {"description": route.summary, "content": _json(_ref(ErrorBody))}
+    elif status == 204:
+        ok = {"description": route.summary}
+    else:
+        ok = {"description": route.summary, "content": _json(schema, route.content_type)}
+    obj["responses"] = {str(status): ok, **_error_responses(())}
+    return obj
+
+
+def build_openapi(registry: Registry, base: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document, with ``base`` (the server's URL) as its server."""
+    paths: dict[str, dict[str, Any]] = {}
+    for op in registry:
+        paths.setdefault(op.http.path, {})[op.http.method.lower()] = _operation_object(op)
+    for route in _OTHER_ROUTES:
+        paths.setdefault(route.http.path, {})[route.http.method.lower()] = _route_object(route)
+    codes = [cls.code for cls in all_error_classes()]
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "HyperMachine",
+            "version": __version__,
+            "description": (
+                "QEMU virtual machines over QMP for people and AI agents. Every error is "
+                "{error: {code, message, details}}; codes: " + ", ".join(codes) + "."
+            ),
+        },
+        "servers": [{"url": base}],
+        "paths": paths,
+        "components": {"schemas": _components(registry)},
+    }
