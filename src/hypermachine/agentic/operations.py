@@ -8,7 +8,6 @@ method the REST handler calls. To add an operation, write its input model in
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from ..errors import (
@@ -25,7 +24,17 @@ from ..errors import (
     VmNotFound,
     WaitTimeout,
 )
-from ..models import CreateVmRequest, LifecycleRequest, StopRequest, Vm, VmList, VmMetrics, VmState
+from ..models import (
+    CreateVmRequest,
+    LifecycleRequest,
+    ScriptRequest,
+    StopRequest,
+    Vm,
+    VmList,
+    VmMetrics,
+    VmState,
+)
+from ..store import VmQuery
 from .inputs import (
     DEFAULT_WAIT_S,
     DeleteVmInput,
@@ -51,13 +60,14 @@ _SECONDS = {"type": "number", "exclusiveMinimum": 0, "maximum": 3600}
 
 
 async def _list_vms(svc: Any, args: ListVmsInput) -> VmList:
-    vms, cursor = svc.manager.list(
-        states=args.state or None,
+    query = VmQuery(
+        states=tuple(args.state or ()),
         name=args.name,
         labels=args.labels or {},
         limit=args.limit,
         cursor=args.cursor,
     )
+    vms, cursor = svc.manager.list(query)
     return VmList(vms=vms, next_cursor=cursor)
 
 
@@ -137,12 +147,9 @@ async def _run_vm_script(svc: Any, args: RunVmScriptInput) -> Any:
             operation="run_vm_script",
         )
     svc.manager.get(args.vm_id)  # VM_NOT_FOUND before anything runs
-    outcome = scripts.run(
-        vm_id=args.vm_id, language=args.language, code=args.code, args=args.args, limits=args.limits
-    )
-    if inspect.isawaitable(outcome):
-        outcome = await outcome
-    return outcome
+    request = ScriptRequest.model_validate(args.model_dump(exclude={"vm_id"}))
+    response = await scripts.run(request, vm_id=args.vm_id)
+    return response.model_dump(mode="json")
 
 
 # -- the registry -----------------------------------------------------------------
