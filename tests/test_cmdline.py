@@ -162,4 +162,3 @@ def test_any_valid_name_stays_one_option(name: str) -> None:
 @given(st.text(min_size=1, max_size=40).filter(lambda s: all(31 < ord(c) != 127 for c in s)))
 def test_escaped_values_split_back_to_themselves(value: str) -> None:
     assert _split_options(escape_option(value)) == [value]
-

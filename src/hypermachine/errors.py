@@ -10,9 +10,13 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     │   ├── ImageNotFound (400 IMAGE_NOT_FOUND)
     │   ├── UnsupportedLanguage (400 UNSUPPORTED_LANGUAGE)
     │   └── ScriptSyntaxError (400 SCRIPT_SYNTAX_ERROR)
+    ├── Unauthorized (401 UNAUTHORIZED)
+    ├── Forbidden (403 FORBIDDEN)
+    │   └── QuotaExceeded (403 QUOTA_EXCEEDED)
     ├── NotFound (404 NOT_FOUND)
     │   ├── VmNotFound (404 VM_NOT_FOUND)
-    │   └── UnknownTool (404 UNKNOWN_TOOL)
+    │   ├── UnknownTool (404 UNKNOWN_TOOL)
+    │   └── KeyNotFound (404 KEY_NOT_FOUND)
     ├── MethodNotAllowed (405 METHOD_NOT_ALLOWED)
     ├── PayloadTooLarge (413 PAYLOAD_TOO_LARGE)
     ├── UnsupportedMediaType (415 UNSUPPORTED_MEDIA_TYPE)
@@ -20,8 +24,10 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     │   ├── NameTaken (409 NAME_TAKEN)
     │   ├── InvalidState (409 INVALID_STATE)
     │   ├── IdempotencyConflict (409 IDEMPOTENCY_CONFLICT)
-    │   └── WaitTimeout (409 WAIT_TIMEOUT)
+    │   ├── WaitTimeout (409 WAIT_TIMEOUT)
+    │   └── InsufficientResources (409 INSUFFICIENT_RESOURCES)
     ├── Unsupported (409 CAPABILITY_UNAVAILABLE)
+    ├── RateLimited (429 RATE_LIMITED)
     ├── ScriptRuntimeError (422 SCRIPT_RUNTIME_ERROR)
     ├── ScriptLimitExceeded (422 SCRIPT_LIMIT_EXCEEDED)
     ├── FeatureUnavailable (501 FEATURE_UNAVAILABLE)
@@ -37,19 +43,25 @@ __all__ = [
     "BadRequest",
     "Conflict",
     "FeatureUnavailable",
+    "Forbidden",
     "HMError",
     "HypervisorError",
     "IdempotencyConflict",
     "ImageNotFound",
     "ImagePullFailed",
+    "InsufficientResources",
     "InvalidState",
+    "KeyNotFound",
     "MethodNotAllowed",
     "NameTaken",
     "NotFound",
     "PayloadTooLarge",
+    "QuotaExceeded",
+    "RateLimited",
     "ScriptLimitExceeded",
     "ScriptRuntimeError",
     "ScriptSyntaxError",
+    "Unauthorized",
     "UnknownTool",
     "Unsupported",
     "UnsupportedLanguage",
@@ -96,6 +108,24 @@ class ScriptSyntaxError(BadRequest):
     code, status = "SCRIPT_SYNTAX_ERROR", 400
 
 
+class Unauthorized(HMError):
+    """No API key, or one that is unknown or revoked (sent with ``WWW-Authenticate``)."""
+
+    code, status = "UNAUTHORIZED", 401
+
+
+class Forbidden(HMError):
+    """A valid key that may not do this (e.g. a non-admin key on an admin route)."""
+
+    code, status = "FORBIDDEN", 403
+
+
+class QuotaExceeded(Forbidden):
+    """The tenant already has as many live VMs as its tier allows; details: limit, current."""
+
+    code, status = "QUOTA_EXCEEDED", 403
+
+
 class NotFound(HMError):
     code, status = "NOT_FOUND", 404
 
@@ -108,6 +138,10 @@ class UnknownTool(NotFound):
     """An agent named a tool the registry does not have."""
 
     code, status = "UNKNOWN_TOOL", 404
+
+
+class KeyNotFound(NotFound):
+    code, status = "KEY_NOT_FOUND", 404
 
 
 class MethodNotAllowed(HMError):
@@ -140,6 +174,18 @@ class IdempotencyConflict(Conflict):
 
 class WaitTimeout(Conflict):
     code, status = "WAIT_TIMEOUT", 409
+
+
+class InsufficientResources(Conflict):
+    """Starting the VM would exceed the host's memory or vCPU budget; details say what is free."""
+
+    code, status = "INSUFFICIENT_RESOURCES", 409
+
+
+class RateLimited(HMError):
+    """Too many requests for this key's tier in the last minute (sent with ``Retry-After``)."""
+
+    code, status = "RATE_LIMITED", 429
 
 
 class Unsupported(HMError):

@@ -146,6 +146,9 @@ class Vm(VmSpec):
     started_at: datetime | None = None
     accelerator: str | None = None
     pid: int | None = None
+    tenant: str = Field(
+        default="default", description="The tenant of the API key that created the VM."
+    )
 
 
 class VmList(_Strict):

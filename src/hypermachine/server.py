@@ -25,6 +25,7 @@ from .hypervisor.qmp import QmpBridge
 from .images import Catalogue
 from .sandbox import Limits, RhaiRuntime
 from .sandbox.hostapi import ScriptService
+from .security import Security, SecurityStore
 from .store import Store
 
 __all__ = ["open_services", "serve"]
@@ -36,6 +37,12 @@ log = logging.getLogger(__name__)
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
     """Everything the API needs, with the manager running (VMs re-adopted) inside."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    security = Security(settings, SecurityStore(settings.database_file))
+    try:
+        security.check_startup()
+    except BaseException:
+        security.store.close()
+        raise
     host = await trio.to_thread.run_sync(probe_host, settings.qemu_binary, settings.accelerator)
     store = Store(settings.database_file)
     catalogue = Catalogue(
@@ -45,7 +52,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     bridge = QmpBridge()
     try:
         async with trio.open_nursery() as nursery:
-            manager = Manager(settings, store, catalogue, host, bridge)
+            manager = Manager(settings, store, catalogue, host, bridge, guard=security)
             await nursery.start(manager.run)
             scripts = ScriptService(
                 manager,
@@ -53,12 +60,19 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 max_concurrent=settings.max_concurrent_scripts,
                 ceiling=Limits(timeout_ms=int(settings.script_timeout_s * 1000)),
             )
-            yield Services(settings=settings, manager=manager, catalogue=catalogue, scripts=scripts)
+            yield Services(
+                settings=settings,
+                manager=manager,
+                catalogue=catalogue,
+                scripts=scripts,
+                security=security,
+            )
             nursery.cancel_scope.cancel()
     finally:
         bridge.close()
         runtime.close()
         store.close()
+        security.store.close()
 
 
 async def _until_signal() -> None:
@@ -85,7 +99,8 @@ async def serve(
         config.accesslog = logging.getLogger("hypermachine.access")
         config.errorlog = logging.getLogger("hypermachine.http")
         config.h11_max_incomplete_size = 64 * 1024
-        config.read_timeout = 30
+        config.read_timeout = int(settings.http_read_timeout_s)
+        config.keep_alive_timeout = settings.http_keep_alive_timeout_s
         await hypercorn_serve(  # type: ignore[arg-type]
             create_app(services), config, shutdown_trigger=_until_signal, task_status=task_status
         )
