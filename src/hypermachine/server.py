@@ -19,6 +19,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from .api import Services, create_app
 from .config import Settings
+from .hypervisor.confine import resolve_qemu_identity
 from .hypervisor.host import probe_host
 from .hypervisor.manager import Manager
 from .hypervisor.qmp import QmpBridge
@@ -44,6 +45,15 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         security.store.close()
         raise
     host = await trio.to_thread.run_sync(probe_host, settings.qemu_binary, settings.accelerator)
+    qemu_folders = [settings.vms_dir, settings.runtime_dir, settings.builtin_images_dir,
+                    settings.images_store_dir]  # fmt: skip
+    try:
+        identity = await trio.to_thread.run_sync(
+            resolve_qemu_identity, settings.qemu_user, qemu_folders
+        )
+    except BaseException:
+        security.store.close()
+        raise
     store = Store(settings.database_file)
     catalogue = Catalogue(
         settings.catalogue_file, settings.builtin_images_dir, settings.images_store_dir
@@ -52,7 +62,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     bridge = QmpBridge()
     try:
         async with trio.open_nursery() as nursery:
-            manager = Manager(settings, store, catalogue, host, bridge, guard=security)
+            manager = Manager(
+                settings, store, catalogue, host, bridge, guard=security, qemu_identity=identity
+            )
             await nursery.start(manager.run)
             scripts = ScriptService(
                 manager,

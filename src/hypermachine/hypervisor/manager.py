@@ -32,6 +32,7 @@ from ..states import LIVE_STATES, Action, transition
 from ..store import Store, VmQuery, fingerprint, utcnow
 from . import disks
 from .cmdline import BootSource, build_argv
+from .confine import QemuIdentity
 from .host import HostFacts, check_supported
 from .layout import VmPaths
 from .machine import Machine, adopt_pid, spawn_qemu
@@ -133,9 +134,11 @@ class Manager:
         host: HostFacts,
         bridge: QmpBridge,
         guard: GuardLike | None = None,
+        qemu_identity: QemuIdentity | None = None,
     ) -> None:
         self._settings = settings
         self._guard = guard
+        self.qemu_identity = qemu_identity  # None: QEMU runs as the server's user
         self._budget = _host_budget(settings)
         self._store = store
         self._catalogue = catalogue
@@ -483,7 +486,7 @@ class Manager:
             )
 
         try:
-            child = spawn_qemu(argv, paths)
+            child = spawn_qemu(argv, paths, self.qemu_identity)
         except (HMError, ValueError) as err:
             self._set(vm.id, VmState.ERROR, f"QEMU could not be started: {err}")
             task_status.started()
