@@ -16,7 +16,9 @@ from pydantic.json_schema import models_json_schema
 
 from .. import __version__
 from ..errors import (
+    Forbidden,
     HMError,
+    KeyNotFound,
     NotFound,
     PayloadTooLarge,
     RateLimited,
@@ -26,8 +28,9 @@ from ..errors import (
     all_error_classes,
 )
 from ..models import ImageInfo
-from ..security.service import is_public_path
-from .registry import HttpRoute, Operation, Registry
+from ..security.models import AuditPage, CreatedKey, CreateKeyRequest, KeyList
+from ..security.service import is_admin_path, is_public_path
+from .registry import HttpRoute, Operation, QueryParam, Registry
 from .schemas import json_schema
 
 __all__ = ["ErrorBody", "build_openapi"]
@@ -101,6 +104,12 @@ class _Route:
 
 
 _JSONRPC = {"type": "object", "description": "A JSON-RPC 2.0 message (MCP)."}
+
+
+def _ref_of(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": _REF.format(model=model.__name__)}
+
+
 _OTHER_ROUTES: tuple[_Route, ...] = (
     _Route("health", "meta", "Server status, version, uptime, accelerator.",
            HttpRoute("GET", "/health"), response=Health),
@@ -129,11 +138,28 @@ _OTHER_ROUTES: tuple[_Route, ...] = (
            HttpRoute("GET", "/mcp", status=405)),
     _Route("mcp_delete", "mcp", "End an MCP session (Mcp-Session-Id header).",
            HttpRoute("DELETE", "/mcp", status=204)),
+    # Admin only (hypermachine.security): API keys and the audit log.
+    _Route("list_keys", "admin", "Every API key (never the keys themselves).",
+           HttpRoute("GET", "/api/v1/keys"), response=KeyList),
+    _Route("create_key", "admin", "Create an API key; the answer shows it this once.",
+           HttpRoute("POST", "/api/v1/keys", status=201), response=CreatedKey,
+           request_schema=_ref_of(CreateKeyRequest)),
+    _Route("revoke_key", "admin", "Revoke an API key at once.",
+           HttpRoute("DELETE", "/api/v1/keys/{key_id}", status=204),
+           path_schemas={"key_id": {"type": "string"}}, errors=(KeyNotFound,)),
+    _Route("get_audit", "admin", "The audit log of mutating calls, newest first.",
+           HttpRoute("GET", "/api/v1/audit", query=(
+               QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": 500},
+                          "Page size (default 100)."),
+               QueryParam("cursor", {"type": "integer", "minimum": 1},
+                          "next_cursor of the previous page."),
+           )), response=AuditPage),
 )  # fmt: skip
+_SECURITY_MODELS: set[type[BaseModel]] = {AuditPage, CreatedKey, CreateKeyRequest, KeyList}
 
 
 def _components(registry: Registry) -> dict[str, Any]:
-    models: set[type[BaseModel]] = {ErrorBody, Health, ImageList, ToolList}
+    models: set[type[BaseModel]] = {ErrorBody, Health, ImageList, ToolList, *_SECURITY_MODELS}
     for op in registry:
         models.update(m for m in (op.http.body, op.result) if m is not None)
     _, top = models_json_schema(
@@ -168,6 +194,8 @@ def _request_errors(route: HttpRoute, has_body: bool) -> tuple[type[HMError], ..
     found: tuple[type[HMError], ...] = ()
     if not is_public_path(route.path):
         found += (Unauthorized, RateLimited)
+    if is_admin_path(route.path):
+        found += (Forbidden,)
     if has_body or route.query or route.headers:
         found += (ValidationFailed,)
     if has_body:

@@ -16,7 +16,7 @@ from .caller import ANONYMOUS, SYSTEM, Caller, Tier, current_caller
 from .db import SecurityStore
 from .ratelimit import Decision, SlidingWindowLimiter
 
-__all__ = ["AuthMode", "Security", "is_loopback", "is_public_path"]
+__all__ = ["AuthMode", "Security", "is_admin_path", "is_loopback", "is_public_path"]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def is_public_path(path: str) -> bool:
     return path in _PUBLIC_EXACT or path.startswith(_PUBLIC_PREFIXES)
 
 
-def _is_admin_path(path: str) -> bool:
+def is_admin_path(path: str) -> bool:
     return any(path == p or path.startswith(p + "/") for p in _ADMIN_PREFIXES)
 
 
@@ -112,7 +112,7 @@ class Security:
         caller = self.store.caller_for(secret)
         if caller is None:
             raise Unauthorized("invalid API key")
-        if _is_admin_path(path) and not caller.admin:
+        if is_admin_path(path) and not caller.admin:
             raise Forbidden("this needs an admin API key")
         return caller
 
