@@ -51,8 +51,10 @@ def compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def settings(data_dir: Path, compile_cache: Path) -> Settings:
-    return make_settings(data_dir, compile_cache)
+def settings(request: pytest.FixtureRequest, data_dir: Path, compile_cache: Path) -> Settings:
+    """Test settings; ``@pytest.mark.hm_settings(name=value)`` overrides some."""
+    marker = request.node.get_closest_marker("hm_settings")
+    return make_settings(data_dir, compile_cache, **(marker.kwargs if marker else {}))
 
 
 @pytest.fixture

@@ -142,6 +142,7 @@ async def test_delete_running_needs_force(client: Any, services: Services) -> No
     await wait_until(lambda: process_gone(pid), what="QEMU to be gone")
 
 
+@pytest.mark.hm_settings(memory_overcommit_ratio=1000.0)  # let it past host admission
 async def test_qemu_refusing_to_start_explains_why(client: Any) -> None:
     vm = await create(client, memory_mb=1_048_576, wait=True)  # 1 TiB: this host can't
     status, body = await post(client, f"/api/v1/vms/{vm['id']}/start", {"wait": True})

@@ -12,6 +12,7 @@ from typing import Any
 import trio
 
 from .config import ConfigError, Settings, load_settings
+from .security.keycli import add_key_commands
 
 __all__ = ["main"]
 
@@ -25,7 +26,9 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
 
-    settings = _settings(args, host=args.host, port=args.port, accelerator=args.accelerator)
+    settings = _settings(
+        args, host=args.host, port=args.port, accelerator=args.accelerator, auth=args.auth
+    )
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -118,7 +121,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--accelerator", choices=["auto", "kvm", "tcg"], default=None)
     serve.add_argument("--data-dir", dest="data_dir", default=argparse.SUPPRESS)
+    serve.add_argument(
+        "--auth",
+        choices=["auto", "keys", "open"],
+        default=None,
+        help="auto: open only with no keys on loopback; open: the explicit opt-out",
+    )
     serve.set_defaults(run=_cmd_serve)
+    add_key_commands(commands, _settings)
 
     image = commands.add_parser("image", help="the image catalogue").add_subparsers(
         dest="image_command", required=True

@@ -21,6 +21,7 @@ from typing import Any, Literal
 __all__ = ["BridgeConfig", "ConfigError", "Settings", "default_data_dir", "load_settings"]
 
 Accelerator = Literal["auto", "kvm", "tcg"]
+AuthSetting = Literal["auto", "keys", "open"]
 
 _REPO_IMAGES = Path(__file__).resolve().parents[2] / "images"
 
@@ -30,7 +31,13 @@ class ConfigError(ValueError):
 
 
 def default_data_dir() -> Path:
-    """The per-user data directory (XDG), used when nothing else is configured."""
+    """The per-user data directory (XDG), used when nothing else is configured.
+
+    As root it is ``/var/lib/hypermachine``: QEMU then runs as an unprivileged user,
+    which must be able to reach the VM folders (root's home is private).
+    """
+    if os.geteuid() == 0 and "XDG_DATA_HOME" not in os.environ:
+        return Path("/var/lib/hypermachine")
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "hypermachine"
 
@@ -120,6 +127,30 @@ class Settings:
     ip_binary: str = "ip"
     # Budget for one host command (ip link) and for one sysfs bind/unbind step.
     host_command_timeout_s: float = 10.0
+    # -- security and limits (docs/threat-model.md) --
+    # auto: open only with no API key ever created and a loopback bind; keys: always
+    # require a key; open: never (the explicit opt-out for a non-loopback bind).
+    auth: AuthSetting = "auto"
+    # Requests per minute per key, and live VMs per tenant, by tier; 0 = unlimited.
+    rate_limit_free: int = 60
+    rate_limit_pro: int = 600
+    rate_limit_enterprise: int = 0
+    vm_quota_free: int = 5
+    vm_quota_pro: int = 50
+    vm_quota_enterprise: int = 0
+    # Host admission: live VMs' memory may reach this share of host RAM, their vCPUs
+    # this multiple of host CPUs; one VM may have at most max_vcpus_per_vm (0 = host CPUs).
+    memory_overcommit_ratio: float = 1.0
+    cpu_overcommit_ratio: float = 4.0
+    max_vcpus_per_vm: int = 0
+    # When the server runs as root, QEMU runs as this system user ("auto": the user
+    # hypermachine-qemu, created on first start; "" or "root": no privilege drop).
+    qemu_user: str = "auto"
+    # Hypercorn: seconds a connection may go without sending anything (0 = no limit,
+    # the default: hypercorn applies it to whole connections, so it would cut event
+    # streams, console websockets and long exec waits); idle keep-alives close anyway.
+    http_read_timeout_s: int = 0
+    http_keep_alive_timeout_s: float = 5.0
 
     @property
     def vms_dir(self) -> Path:
@@ -147,6 +178,7 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_CHOICES = {"accelerator": ("auto", "kvm", "tcg"), "auth": ("auto", "keys", "open")}
 _PATH_FIELDS = {
     "data_dir",
     "run_dir",
@@ -206,15 +238,18 @@ def _coerce(name: str, raw: Any) -> Any:
         if not str(raw).isdigit() or not 1 <= int(raw) <= 65535:
             raise ConfigError(f"{name} must be a port number (1-65535), not {raw!r}")
         return int(raw)
-    if name == "accelerator":
-        if raw not in ("auto", "kvm", "tcg"):
-            raise ConfigError(f"accelerator must be auto, kvm or tcg, not {raw!r}")
+    if name in _CHOICES:
+        if raw not in _CHOICES[name]:
+            raise ConfigError(f"{name} must be one of {', '.join(_CHOICES[name])}, not {raw!r}")
         return raw
     try:
         if isinstance(default, bool):
             return raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
         if isinstance(default, int):
-            return int(raw)
+            number = int(raw)
+            if number < 0:
+                raise ConfigError(f"{name} must not be negative, not {raw!r}")
+            return number
         if isinstance(default, float):
             value = float(raw)
             if value <= 0:

@@ -10,11 +10,15 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     │   ├── ImageNotFound (400 IMAGE_NOT_FOUND)
     │   ├── UnsupportedLanguage (400 UNSUPPORTED_LANGUAGE)
     │   └── ScriptSyntaxError (400 SCRIPT_SYNTAX_ERROR)
+    ├── Unauthorized (401 UNAUTHORIZED)
+    ├── Forbidden (403 FORBIDDEN)
+    │   └── QuotaExceeded (403 QUOTA_EXCEEDED)
     ├── NotFound (404 NOT_FOUND)
     │   ├── VmNotFound (404 VM_NOT_FOUND)
     │   ├── GuestPathNotFound (404 GUEST_PATH_NOT_FOUND)
     │   ├── ExecNotFound (404 EXEC_NOT_FOUND)
-    │   └── UnknownTool (404 UNKNOWN_TOOL)
+    │   ├── UnknownTool (404 UNKNOWN_TOOL)
+    │   └── KeyNotFound (404 KEY_NOT_FOUND)
     ├── MethodNotAllowed (405 METHOD_NOT_ALLOWED)
     ├── PayloadTooLarge (413 PAYLOAD_TOO_LARGE)
     │   └── GuestFileTooLarge (413 GUEST_FILE_TOO_LARGE)
@@ -30,7 +34,9 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     │   ├── AddressInUse (409 ADDRESS_IN_USE)
     │   ├── DeviceInUse (409 DEVICE_IN_USE)
     │   └── DeviceUnavailable (409 DEVICE_UNAVAILABLE)
+    │   └── InsufficientResources (409 INSUFFICIENT_RESOURCES)
     ├── Unsupported (409 CAPABILITY_UNAVAILABLE)
+    ├── RateLimited (429 RATE_LIMITED)
     ├── ScriptRuntimeError (422 SCRIPT_RUNTIME_ERROR)
     ├── ScriptLimitExceeded (422 SCRIPT_LIMIT_EXCEEDED)
     ├── GuestOperationFailed (422 GUEST_OPERATION_FAILED)
@@ -50,6 +56,7 @@ __all__ = [
     "DeviceInUse",
     "DeviceUnavailable",
     "ExecNotFound",
+    "Forbidden",
     "GuestAgentUnavailable",
     "GuestFileTooLarge",
     "GuestOperationFailed",
@@ -59,15 +66,20 @@ __all__ = [
     "IdempotencyConflict",
     "ImageNotFound",
     "ImagePullFailed",
+    "InsufficientResources",
     "InvalidState",
+    "KeyNotFound",
     "MethodNotAllowed",
     "NameTaken",
     "NotFound",
     "PayloadTooLarge",
     "PortInUse",
+    "QuotaExceeded",
+    "RateLimited",
     "ScriptLimitExceeded",
     "ScriptRuntimeError",
     "ScriptSyntaxError",
+    "Unauthorized",
     "UnknownTool",
     "Unsupported",
     "UnsupportedLanguage",
@@ -114,6 +126,24 @@ class ScriptSyntaxError(BadRequest):
     code, status = "SCRIPT_SYNTAX_ERROR", 400
 
 
+class Unauthorized(HMError):
+    """No API key, or one that is unknown or revoked (sent with ``WWW-Authenticate``)."""
+
+    code, status = "UNAUTHORIZED", 401
+
+
+class Forbidden(HMError):
+    """A valid key that may not do this (e.g. a non-admin key on an admin route)."""
+
+    code, status = "FORBIDDEN", 403
+
+
+class QuotaExceeded(Forbidden):
+    """The tenant already has as many live VMs as its tier allows; details: limit, current."""
+
+    code, status = "QUOTA_EXCEEDED", 403
+
+
 class NotFound(HMError):
     code, status = "NOT_FOUND", 404
 
@@ -136,6 +166,10 @@ class UnknownTool(NotFound):
     """An agent named a tool the registry does not have."""
 
     code, status = "UNKNOWN_TOOL", 404
+
+
+class KeyNotFound(NotFound):
+    code, status = "KEY_NOT_FOUND", 404
 
 
 class MethodNotAllowed(HMError):
@@ -208,6 +242,18 @@ class DeviceUnavailable(Conflict):
     """No instance of the wanted mediated-device type is left; details list what exists."""
 
     code, status = "DEVICE_UNAVAILABLE", 409
+
+
+class InsufficientResources(Conflict):
+    """Starting the VM would exceed the host's memory or vCPU budget; details say what is free."""
+
+    code, status = "INSUFFICIENT_RESOURCES", 409
+
+
+class RateLimited(HMError):
+    """Too many requests for this key's tier in the last minute (sent with ``Retry-After``)."""
+
+    code, status = "RATE_LIMITED", 429
 
 
 class Unsupported(HMError):

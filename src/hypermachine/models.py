@@ -456,6 +456,9 @@ class Vm(VmSpec):
         default_factory=list,
         description="What the VM's protections do not cover (e.g. a kernel booted directly).",
     )
+    tenant: str = Field(
+        default="default", description="The tenant of the API key that created the VM."
+    )
 
 
 class VmList(_Strict):

@@ -19,12 +19,14 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from .api import Services, create_app
 from .config import Settings
+from .hypervisor.confine import resolve_qemu_identity
 from .hypervisor.host import probe_host
 from .hypervisor.manager import Manager
 from .hypervisor.qmp import QmpBridge
 from .images import Catalogue
 from .sandbox import Limits, RhaiRuntime
 from .sandbox.hostapi import ScriptService
+from .security import Security, SecurityStore
 from .store import Store
 
 __all__ = ["open_services", "serve"]
@@ -36,7 +38,22 @@ log = logging.getLogger(__name__)
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
     """Everything the API needs, with the manager running (VMs re-adopted) inside."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    security = Security(settings, SecurityStore(settings.database_file))
+    try:
+        security.check_startup()
+    except BaseException:
+        security.store.close()
+        raise
     host = await trio.to_thread.run_sync(probe_host, settings.qemu_binary, settings.accelerator)
+    qemu_folders = [settings.vms_dir, settings.runtime_dir, settings.builtin_images_dir,
+                    settings.images_store_dir]  # fmt: skip
+    try:
+        identity = await trio.to_thread.run_sync(
+            resolve_qemu_identity, settings.qemu_user, qemu_folders
+        )
+    except BaseException:
+        security.store.close()
+        raise
     store = Store(settings.database_file)
     catalogue = Catalogue(
         settings.catalogue_file, settings.builtin_images_dir, settings.images_store_dir
@@ -45,7 +62,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     bridge = QmpBridge()
     try:
         async with trio.open_nursery() as nursery:
-            manager = Manager(settings, store, catalogue, host, bridge)
+            manager = Manager(
+                settings, store, catalogue, host, bridge, guard=security, qemu_identity=identity
+            )
             await nursery.start(manager.run)
             scripts = ScriptService(
                 manager,
@@ -53,12 +72,19 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 max_concurrent=settings.max_concurrent_scripts,
                 ceiling=Limits(timeout_ms=int(settings.script_timeout_s * 1000)),
             )
-            yield Services(settings=settings, manager=manager, catalogue=catalogue, scripts=scripts)
+            yield Services(
+                settings=settings,
+                manager=manager,
+                catalogue=catalogue,
+                scripts=scripts,
+                security=security,
+            )
             nursery.cancel_scope.cancel()
     finally:
         bridge.close()
         runtime.close()
         store.close()
+        security.store.close()
 
 
 async def _until_signal() -> None:
@@ -85,10 +111,11 @@ async def serve(
         config.accesslog = logging.getLogger("hypermachine.access")
         config.errorlog = logging.getLogger("hypermachine.http")
         config.h11_max_incomplete_size = 64 * 1024
-        # No read timeout: hypercorn applies it to the whole connection, which would cut
-        # server-sent event streams, console websockets and long exec waits after 30 s
-        # of client silence. Idle connections still close after keep_alive_timeout.
-        config.read_timeout = None
+        # No read timeout by default: hypercorn applies it to the whole connection, which
+        # would cut server-sent event streams, console websockets and long exec waits.
+        # Idle connections still close after keep_alive_timeout.
+        config.read_timeout = settings.http_read_timeout_s or None
+        config.keep_alive_timeout = settings.http_keep_alive_timeout_s
         await hypercorn_serve(
             create_app(services), config, shutdown_trigger=_until_signal, task_status=task_status
         )

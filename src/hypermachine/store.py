@@ -65,6 +65,7 @@ class VmQuery:
     labels: Mapping[str, str] = field(default_factory=dict)
     limit: int = 100
     cursor: str | None = None
+    tenant: str | None = None  # only this tenant's VMs (None: every tenant's)
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,9 @@ class Store:
         if query.states:
             where.append(f"state IN ({','.join('?' * len(query.states))})")
             params.extend(s.value for s in query.states)
+        if query.tenant is not None:
+            where.append("COALESCE(json_extract(doc, '$.tenant'), 'default') = ?")
+            params.append(query.tenant)
         if query.name:
             where.append("name = ?")
             params.append(query.name)

@@ -1,9 +1,8 @@
 """THE one place the agent faces read the server's authentication mode.
 
-API keys are not built yet, so the mode is ``"none"``. When they land, change
-:func:`auth_mode` to read the setting; the plugin manifest, the OpenAPI security
-scheme and ``hypermachine mcp`` (which already sends ``--api-key`` as a bearer
-token) follow from it.
+It asks the security layer: ``"none"`` for the open embedded default, else
+``"api_key"``. The plugin manifest, the OpenAPI security scheme and
+``hypermachine mcp`` (which sends ``--api-key`` as a bearer token) follow from it.
 """
 
 from __future__ import annotations
@@ -16,9 +15,11 @@ AuthMode = Literal["none", "api_key"]
 
 
 def auth_mode(services: Any) -> AuthMode:
-    """The server's auth mode.  >>> SWITCH HERE when API keys exist. <<<"""
-    del services  # will read services.settings once API keys exist
-    return "none"
+    """The server's auth mode, from the security layer (``hypermachine.security``)."""
+    security = getattr(services, "security", None)
+    if security is None or security.mode() == "open":
+        return "none"
+    return "api_key"
 
 
 def plugin_auth(mode: AuthMode) -> dict[str, Any]:

@@ -109,7 +109,9 @@ async def ontology() -> Response:
 
 @blueprint.get("/openapi.json")
 async def openapi() -> Response:
-    return jsonify(build_openapi(_agentic().registry, _base_url()))
+    agentic = _agentic()
+    keyed = auth_mode(agentic.services) == "api_key"
+    return jsonify(build_openapi(agentic.registry, _base_url(), keyed=keyed))
 
 
 @blueprint.get("/docs")

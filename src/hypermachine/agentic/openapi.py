@@ -15,8 +15,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 from .. import __version__
-from ..errors import HMError, all_error_classes
+from ..errors import (
+    Forbidden,
+    HMError,
+    KeyNotFound,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    Unauthorized,
+    UnsupportedMediaType,
+    ValidationFailed,
+    all_error_classes,
+)
 from ..models import ExecResult, FileWritten, ImageInfo
+from ..security.models import AuditPage, CreatedKey, CreateKeyRequest, KeyList
+from ..security.service import is_admin_path, is_public_path
 from .registry import HttpRoute, Operation, QueryParam, Registry
 from .schemas import json_schema
 
@@ -49,6 +62,8 @@ class Health(BaseModel):
     accelerator_reason: str
     qemu_version: str
     live_vms: int
+    auth: str = Field(description='"open" (no key needed) or "keys".')
+    qemu_user: str | None = Field(description="The user QEMU runs as (null: the server's).")
 
 
 class ImageEntry(ImageInfo):
@@ -60,6 +75,7 @@ class ImageEntry(ImageInfo):
     sha256: str | None = None
     firmware: str | None = None
     ready_marker: str | None = None
+    stand_in: str | None = None
 
 
 class ImageList(BaseModel):
@@ -84,6 +100,7 @@ class _Route:
     response: type[BaseModel] | None = None
     request_schema: dict[str, Any] | None = None
     path_schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
+    errors: tuple[type[HMError], ...] = ()
 
 
 _JSONRPC = {"type": "object", "description": "A JSON-RPC 2.0 message (MCP)."}
@@ -128,12 +145,17 @@ def _guest_routes() -> tuple[_Route, ...]:
     )  # fmt: skip
 
 
+def _ref_of(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": _REF.format(model=model.__name__)}
+
+
 _OTHER_ROUTES: tuple[_Route, ...] = (
     _Route("health", "meta", "Server status, version, uptime, accelerator.",
            HttpRoute("GET", "/health"), response=Health),
     _Route("get_tools", "agentic", "Tool definitions in one provider's format.",
            HttpRoute("GET", "/agentic/tools/{provider}"), response=ToolList,
-           path_schemas={"provider": {"enum": ["openai", "anthropic", "gemini", "mcp"]}}),
+           path_schemas={"provider": {"enum": ["openai", "anthropic", "gemini", "mcp"]}},
+           errors=(NotFound,)),
     _Route("execute_tool", "agentic",
            "Run one tool call: {name, arguments}, an OpenAI tool_call, an Anthropic tool_use "
            "block or a Gemini functionCall part; answered in the matching shape.",
@@ -146,7 +168,7 @@ _OTHER_ROUTES: tuple[_Route, ...] = (
            content_type="text/html"),
     _Route("docs_asset", "meta", "A static file of the documentation page.",
            HttpRoute("GET", "/docs/static/{filename}"), content_type="application/octet-stream",
-           path_schemas={"filename": {"type": "string"}}),
+           path_schemas={"filename": {"type": "string"}}, errors=(NotFound,)),
     _Route("ai_plugin_manifest", "agentic", "The AI plugin manifest.",
            HttpRoute("GET", "/.well-known/ai-plugin.json")),
     _Route("mcp_post", "mcp", "MCP over Streamable HTTP: one JSON-RPC message.",
@@ -156,11 +178,28 @@ _OTHER_ROUTES: tuple[_Route, ...] = (
     _Route("mcp_delete", "mcp", "End an MCP session (Mcp-Session-Id header).",
            HttpRoute("DELETE", "/mcp", status=204)),
     *_guest_routes(),
+    # Admin only (hypermachine.security): API keys and the audit log.
+    _Route("list_keys", "admin", "Every API key (never the keys themselves).",
+           HttpRoute("GET", "/api/v1/keys"), response=KeyList),
+    _Route("create_key", "admin", "Create an API key; the answer shows it this once.",
+           HttpRoute("POST", "/api/v1/keys", status=201), response=CreatedKey,
+           request_schema=_ref_of(CreateKeyRequest)),
+    _Route("revoke_key", "admin", "Revoke an API key at once.",
+           HttpRoute("DELETE", "/api/v1/keys/{key_id}", status=204),
+           path_schemas={"key_id": {"type": "string"}}, errors=(KeyNotFound,)),
+    _Route("get_audit", "admin", "The audit log of mutating calls, newest first.",
+           HttpRoute("GET", "/api/v1/audit", query=(
+               QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": 500},
+                          "Page size (default 100)."),
+               QueryParam("cursor", {"type": "integer", "minimum": 1},
+                          "next_cursor of the previous page."),
+           )), response=AuditPage),
 )  # fmt: skip
+_SECURITY_MODELS: set[type[BaseModel]] = {AuditPage, CreatedKey, CreateKeyRequest, KeyList}
 
 
 def _components(registry: Registry) -> dict[str, Any]:
-    models: set[type[BaseModel]] = {ErrorBody, Health, ImageList, ToolList}
+    models: set[type[BaseModel]] = {ErrorBody, Health, ImageList, ToolList, *_SECURITY_MODELS}
     models.update(route.response for route in _OTHER_ROUTES if route.response is not None)
     for op in registry:
         body = op.http.body if op.http else None
@@ -190,6 +229,20 @@ def _error_responses(errors: tuple[type[HMError], ...]) -> dict[str, Any]:
         str(status): {"description": ", ".join(codes), "content": _json(_ref(ErrorBody))}
         for status, codes in sorted(by_status.items())
     }
+
+
+def _request_errors(route: HttpRoute, has_body: bool) -> tuple[type[HMError], ...]:
+    """What any request may get before its handler runs: auth, rate limit, bad input."""
+    found: tuple[type[HMError], ...] = ()
+    if not is_public_path(route.path):
+        found += (Unauthorized, RateLimited)
+    if is_admin_path(route.path):
+        found += (Forbidden,)
+    if has_body or route.query or route.headers:
+        found += (ValidationFailed,)
+    if has_body:
+        found += (PayloadTooLarge, UnsupportedMediaType)
+    return found
 
 
 def _parameters(route: HttpRoute, path_schemas: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -236,7 +289,8 @@ def _operation_object(op: Operation, route: HttpRoute) -> dict[str, Any]:
             responses["204"] = {"description": "Done; no content."}
         else:
             responses[str(status)] = {"description": op.returns, "content": _json(result)}
-    obj["responses"] = {**responses, **_error_responses(op.all_errors)}
+    errors = (*op.all_errors, *_request_errors(route, route.body is not None))
+    obj["responses"] = {**responses, **_error_responses(errors)}
     return obj
 
 
@@ -262,12 +316,24 @@ def _route_object(route: _Route) -> dict[str, Any]:
         ok = {"description": route.summary}
     else:
         ok = {"description": route.summary, "content": _json(schema, route.content_type)}
-    obj["responses"] = {str(status): ok, **_error_responses(())}
+    errors = (*route.errors, *_request_errors(route.http, route.request_schema is not None))
+    obj["responses"] = {str(status): ok, **_error_responses(errors)}
+    if is_public_path(route.http.path):
+        obj["security"] = []  # answers without a key
     return obj
 
 
-def build_openapi(registry: Registry, base: str) -> dict[str, Any]:
-    """The OpenAPI 3.1 document, with ``base`` (the server's URL) as its server."""
+_SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "An hm_… API key."},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
+
+
+def build_openapi(registry: Registry, base: str, *, keyed: bool = False) -> dict[str, Any]:
+    """The OpenAPI 3.1 document, with ``base`` (the server's URL) as its server.
+
+    ``keyed``: the server requires API keys, so the document declares them.
+    """
     paths: dict[str, dict[str, Any]] = {}
     for op in registry:
         if op.http is not None:
@@ -277,6 +343,11 @@ def build_openapi(registry: Registry, base: str) -> dict[str, Any]:
     for route in _OTHER_ROUTES:
         paths.setdefault(route.http.path, {})[route.http.method.lower()] = _route_object(route)
     codes = [cls.code for cls in all_error_classes()]
+    components: dict[str, Any] = {"schemas": _components(registry)}
+    security: dict[str, Any] = {}
+    if keyed:
+        components["securitySchemes"] = _SECURITY_SCHEMES
+        security["security"] = [{"bearer": []}, {"apiKey": []}]
     return {
         "openapi": "3.1.0",
         "info": {
@@ -289,5 +360,6 @@ def build_openapi(registry: Registry, base: str) -> dict[str, Any]:
         },
         "servers": [{"url": base}],
         "paths": paths,
-        "components": {"schemas": _components(registry)},
+        "components": components,
+        **security,
     }

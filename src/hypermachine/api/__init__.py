@@ -9,6 +9,8 @@ from __future__ import annotations
 from quart_trio import QuartTrio
 
 from ..agentic.http import register_agentic
+from ..security.api import blueprint as security_blueprint
+from ..security.http import install_security
 from .console import blueprint as console_blueprint
 from .devices import blueprint as devices_blueprint
 from .errors import register_error_handlers
@@ -34,6 +36,9 @@ def create_app(services: Services) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.extensions["hypermachine"] = services
     register_error_handlers(app)
+    if services.security is not None:
+        install_security(app, services.security)  # keys, tenants, rate limits, audit
+        app.register_blueprint(security_blueprint)
     app.register_blueprint(health_blueprint)
     app.register_blueprint(metrics_blueprint)
     app.register_blueprint(vms_blueprint, url_prefix="/api/v1/vms")

@@ -25,4 +25,6 @@ async def health() -> dict[str, object]:
         "accelerator_reason": host.accelerator_reason,
         "qemu_version": host.qemu_version,
         "live_vms": svc.manager.live_machines(),
+        "auth": svc.security.mode() if svc.security is not None else "open",
+        "qemu_user": svc.manager.qemu_identity.name if svc.manager.qemu_identity else None,
     }

@@ -21,6 +21,7 @@ class Services:
     manager: Manager
     catalogue: Any  # hypermachine.images.Catalogue
     scripts: ScriptService
+    security: Any = None  # hypermachine.security.Security; None: no auth layer (open)
     started_at: float = field(default_factory=trio.current_time)
 
 

@@ -53,9 +53,11 @@ def port_free(address: str, port: int, protocol: str) -> bool:
 class TapManager:
     """Creates and deletes tap devices with iproute2, each step within ``timeout_s``."""
 
-    def __init__(self, ip_binary: str, timeout_s: float) -> None:
+    def __init__(self, ip_binary: str, timeout_s: float, owner_uid: int | None = None) -> None:
         self._ip = ip_binary
         self._timeout_s = timeout_s
+        # The tap belongs to whoever runs QEMU, so QEMU may open it without privileges.
+        self._owner = os.geteuid() if owner_uid is None else owner_uid
 
     async def _ip_cmd(self, *args: str) -> None:
         argv = [self._ip, *args]
@@ -82,7 +84,7 @@ class TapManager:
             HypervisorError: iproute2 refused (no CAP_NET_ADMIN, bridge gone, …).
         """
         await self.remove(tap)
-        await self._ip_cmd("tuntap", "add", "dev", tap, "mode", "tap", "user", str(os.geteuid()))
+        await self._ip_cmd("tuntap", "add", "dev", tap, "mode", "tap", "user", str(self._owner))
         try:
             await self._ip_cmd("link", "set", "dev", tap, "master", bridge, "up")
         except BaseException:

@@ -23,6 +23,7 @@ import trio
 
 from ..errors import HypervisorError
 from ..models import VmState
+from .confine import QemuIdentity
 from .layout import VmPaths
 from .qmp import QmpBridge, QmpGone, QmpSession
 
@@ -85,20 +86,28 @@ def _listening_socket(path: Path) -> socket.socket:
         path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(str(path))
+    path.chmod(0o600)  # only the server connects (QEMU is handed the listening fd)
     sock.listen(8)
     return sock
 
 
-def spawn_qemu(build_argv: Callable[[int], list[str]], paths: VmPaths) -> subprocess.Popen[bytes]:
+def spawn_qemu(
+    build_argv: Callable[[int], list[str]],
+    paths: VmPaths,
+    identity: QemuIdentity | None = None,
+) -> subprocess.Popen[bytes]:
     """Start QEMU detached (own session) with a ready QMP listening socket.
 
     ``build_argv`` receives the QMP socket's fd number. QEMU's output goes to
-    ``paths.qemu_log``.
+    ``paths.qemu_log``. With ``identity`` QEMU runs as that user, owning the VM's
+    folders; the QMP socket stays the server's (mode 0600 in a 0700 folder).
 
     Raises:
         HypervisorError: the binary could not be executed.
     """
     paths.make()
+    if identity is not None:
+        identity.own(paths.vm_dir, paths.run_dir)
     qmp = _listening_socket(paths.qmp_socket)
     try:
         argv = build_argv(qmp.fileno())
@@ -111,6 +120,7 @@ def spawn_qemu(build_argv: Callable[[int], list[str]], paths: VmPaths) -> subpro
                 pass_fds=(qmp.fileno(),),
                 start_new_session=True,
                 close_fds=True,
+                **(identity.popen_kwargs() if identity is not None else {}),
             )
     except OSError as err:
         raise HypervisorError(

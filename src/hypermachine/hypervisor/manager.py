@@ -9,8 +9,11 @@ Every state change is written to the store first and then announced to waiters.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import json
 import logging
+import os
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
@@ -34,11 +37,14 @@ from ..models import (
     VmSpec,
     VmState,
 )
+from ..security.admission import HostBudget, admit
+from ..security.caller import current_caller
 from ..states import LIVE_STATES, Action, transition
 from ..store import Store, VmQuery, fingerprint, utcnow
 from ..telemetry import Telemetry
 from . import capabilities, disks, security
 from .cmdline import BootSource, build_argv
+from .confine import QemuIdentity
 from .console import ConsoleService, rotate_at_start
 from .guest import GuestService
 from .host import HostFacts, check_supported
@@ -76,6 +82,46 @@ class CatalogueLike(Protocol):
     def pull(self, name: str) -> ImageLike: ...
 
 
+class GuardLike(Protocol):
+    """The security layer as the manager sees it (``hypermachine.security.Security``)."""
+
+    def vm_quota(self) -> int: ...
+    def audit(self, operation: str, target: str | None, outcome: str) -> None: ...
+
+
+_Op = Callable[..., Awaitable[Any]]
+
+
+def _audited(operation: str) -> Callable[[_Op], _Op]:
+    """Check the caller owns the VM (first argument), run, and audit the outcome."""
+
+    def wrap(method: _Op) -> _Op:
+        @functools.wraps(method)
+        async def run(self: Manager, vm_id: str, *args: Any, **kwargs: Any) -> Any:
+            try:
+                self.get(vm_id)
+                result = await method(self, vm_id, *args, **kwargs)
+            except HMError as err:
+                self._audit(operation, vm_id, err.code)
+                raise
+            self._audit(operation, vm_id, "ok")
+            return result
+
+        return run
+
+    return wrap
+
+
+def _host_budget(settings: Settings) -> HostBudget:
+    cpus = os.cpu_count() or 1
+    memory_mb = psutil.virtual_memory().total // (1024 * 1024)
+    return HostBudget(
+        memory_mb=int(memory_mb * settings.memory_overcommit_ratio),
+        vcpus=int(cpus * settings.cpu_overcommit_ratio),
+        max_vcpus_per_vm=settings.max_vcpus_per_vm or cpus,
+    )
+
+
 _ALL = VmQuery(limit=500)
 
 # States the server itself is driving; QEMU's events then don't override them.
@@ -104,8 +150,13 @@ class Manager:
         catalogue: CatalogueLike,
         host: HostFacts,
         bridge: QmpBridge,
+        guard: GuardLike | None = None,
+        qemu_identity: QemuIdentity | None = None,
     ) -> None:
         self._settings = settings
+        self._guard = guard
+        self.qemu_identity = qemu_identity  # None: QEMU runs as the server's user
+        self._budget = _host_budget(settings)
         self._store = store
         self._catalogue = catalogue
         self.host = host
@@ -119,7 +170,9 @@ class Manager:
         self.console = ConsoleService(settings, store.get_vm, self._paths)
         self.telemetry = Telemetry()
         self.events.add_listener(self.telemetry.on_event)
-        self._resources = HostResources(settings, store.all_vms)
+        self._resources = HostResources(
+            settings, store.all_vms, qemu_uid=qemu_identity.uid if qemu_identity else None
+        )
 
     # -- life of the manager ---------------------------------------------------
 
@@ -220,21 +273,40 @@ class Manager:
             raise InvalidState(f"VM is {vm.state.value}, no QEMU process", current=vm.state.value)
         return machine
 
+    # -- the caller's view -----------------------------------------------------
+
+    def _audit(self, operation: str, target: str | None, outcome: str) -> None:
+        if self._guard is not None:
+            self._guard.audit(operation, target, outcome)
+
+    @staticmethod
+    def _scoped(query: VmQuery) -> VmQuery:
+        caller = current_caller()
+        return query if caller.admin else dataclasses.replace(query, tenant=caller.tenant)
+
     # -- queries ---------------------------------------------------------------
 
     def get(self, vm_id: str) -> Vm:
-        return self._live(self._store.get_vm(vm_id))
+        """The VM, if the current caller may see it: every VM operation starts here.
+
+        Raises:
+            VmNotFound: no such VM, or another tenant's (the two look the same).
+        """
+        vm = self._store.get_vm(vm_id)
+        if not current_caller().sees(vm.tenant):
+            raise VmNotFound(f"no VM with id {vm_id!r}", id=vm_id)
+        return self._live(vm)
 
     def list(self, query: VmQuery = _ALL) -> tuple[list[Vm], str | None]:
-        """A page of VMs and the cursor of the next one."""
-        vms, cursor = self._store.list_vms(query)
+        """A page of the caller's VMs and the cursor of the next one."""
+        vms, cursor = self._store.list_vms(self._scoped(query))
         return [self._live(vm) for vm in vms], cursor
 
     def list_json(self, query: VmQuery) -> str:
         """The same page as ``{"vms": [...], "next_cursor": ...}`` JSON, built from the
         stored documents without re-parsing them (the API's listing path); only VMs
         with a live QEMU are re-rendered, to carry what is known live."""
-        rows, cursor = self._store.list_vm_docs(query)
+        rows, cursor = self._store.list_vm_docs(self._scoped(query))
         docs = [
             self.get(vm_id).model_dump_json() if vm_id in self._machines else doc
             for vm_id, doc in rows
@@ -249,6 +321,7 @@ class Manager:
             InvalidState: the VM went to ``error`` instead (and error was not awaited).
             VmNotFound: the VM does not exist (or was deleted meanwhile).
         """
+        self.get(vm_id)
         timeout_s = min(timeout_s, self._settings.wait_timeout_max_s)
         deadline = trio.current_time() + timeout_s
         while True:
@@ -281,8 +354,19 @@ class Manager:
         Raises:
             ImageNotFound, Unsupported, NameTaken, IdempotencyConflict.
         """
+        try:
+            created = await self._create(request, idempotency_key)
+        except HMError as err:
+            self._audit("create_vm", None, err.code)
+            raise
+        self._audit("create_vm", created.vm.id, "ok")
+        return created
+
+    async def _create(self, request: CreateVmRequest, idempotency_key: str | None) -> _Created:
         body = request.model_dump(mode="json")
+        tenant = current_caller().tenant
         if idempotency_key is not None:
+            idempotency_key = f"{tenant}/{idempotency_key}"  # a tenant replays only its own
             replay = self._replay(idempotency_key, fingerprint(body))
             if replay is not None:
                 return _Created(replay, replayed=True)
@@ -300,6 +384,7 @@ class Manager:
             security_notes=security.security_notes(spec, direct_kernel=image.kernel is not None),
             created_at=now,
             updated_at=now,
+            tenant=tenant,
         )
         vm = self._resources.admit(vm, self._store.all_vms())
         self._store.insert_vm(vm)
@@ -329,7 +414,7 @@ class Manager:
                 "this Idempotency-Key was used with a different request body", key=key
             )
         try:
-            return self._store.get_vm(record.vm_id)
+            return self.get(record.vm_id)
         except VmNotFound:
             return None
 
@@ -391,6 +476,7 @@ class Manager:
                 size_gb=vm.disk_gb,
             )
 
+    @_audited("delete_vm")
     async def delete(self, vm_id: str, *, force: bool = False) -> None:
         """Remove the VM, its disk and files. ``force`` kills a live QEMU first.
 
@@ -429,6 +515,7 @@ class Manager:
 
     # -- lifecycle -------------------------------------------------------------
 
+    @_audited("start_vm")
     async def start(self, vm_id: str) -> Vm:
         """Launch QEMU (paused), connect QMP and let the guest run.
 
@@ -436,7 +523,7 @@ class Manager:
         ``running`` when QEMU confirms, or ``error`` with QEMU's complaint.
 
         Raises:
-            VmNotFound, InvalidState, ImageNotFound.
+            VmNotFound, InvalidState, ImageNotFound, QuotaExceeded, InsufficientResources.
         """
         async with self._lock(vm_id):
             return await self._start_locked(vm_id)
@@ -448,7 +535,12 @@ class Manager:
         image = self._catalogue.get(vm.image)
         if not image.available:
             raise ImageNotFound(f"image {vm.image!r} is not on disk", image=vm.image)
-        # "starting" at once, with no checkpoint before it (see _provision).
+        # Admission and the move to `starting` (which reserves the VM's share) run with
+        # no checkpoint in between: under Trio no other start can interleave here (and
+        # a VM created with start=true is never seen "stopped", see _provision).
+        live = (other for other in self._store.all_vms() if other.state in LIVE_STATES)
+        quota = self._guard.vm_quota() if self._guard is not None else 0
+        admit(vm, live, quota=quota, budget=self._budget)
         self._set(vm_id, VmState.STARTING, None)
         try:
             held = await self._resources.acquire(vm, image.kernel is not None, self._paths(vm_id))
@@ -488,7 +580,7 @@ class Manager:
 
         try:
             rotate_at_start(paths.console_log)
-            child = spawn_qemu(argv, paths)
+            child = spawn_qemu(argv, paths, self.qemu_identity)
         except (HMError, ValueError) as err:
             await self._release(vm.id)
             security.after_exit(paths)
@@ -562,6 +654,7 @@ class Manager:
         elif current not in _SERVER_DRIVEN and state is not current:
             self._set(machine.vm_id, state, reason)
 
+    @_audited("stop_vm")
     async def stop(self, vm_id: str, *, force: bool = False, timeout_s: float | None = None) -> Vm:
         """Ask the guest to power off (ACPI), quitting QEMU if it has not within the
         timeout; ``force`` quits at once. A paused guest cannot see ACPI, so it is quit.
@@ -593,12 +686,15 @@ class Manager:
             machine.start_soon(stop_machine)
         return vm
 
+    @_audited("pause_vm")
     async def pause(self, vm_id: str) -> Vm:
         return await self._simple(vm_id, Action.PAUSE, "stop", VmState.PAUSED)
 
+    @_audited("resume_vm")
     async def resume(self, vm_id: str) -> Vm:
         return await self._simple(vm_id, Action.RESUME, "cont", VmState.RUNNING)
 
+    @_audited("reboot_vm")
     async def reboot(self, vm_id: str) -> Vm:
         """Hard reset of the guest (QMP ``system_reset``); the VM stays running."""
         return await self._simple(vm_id, Action.REBOOT, "system_reset", VmState.RUNNING)
@@ -612,13 +708,14 @@ class Manager:
 
     async def qmp(self, vm_id: str, command: str, arguments: dict[str, Any] | None) -> object:
         """One QMP command on a live VM; callers decide which commands are allowed."""
+        self.get(vm_id)
         return await self._machine(vm_id).execute(command, arguments)
 
     # -- metrics ---------------------------------------------------------------
 
     async def metrics(self, vm_id: str) -> VmMetrics:
         """Raises: VmNotFound, InvalidState (no QEMU process)."""
-        vm = self._store.get_vm(vm_id)
+        vm = self.get(vm_id)
         if vm.state not in (VmState.RUNNING, VmState.PAUSED):
             raise InvalidState(
                 f"metrics need a running VM; it is {vm.state.value}",

@@ -35,10 +35,18 @@ log = logging.getLogger(__name__)
 class HostResources:
     """Network, seed and device set-up for VMs, against this host."""
 
-    def __init__(self, settings: Settings, stored_vms: Callable[[], Iterable[Vm]]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        stored_vms: Callable[[], Iterable[Vm]],
+        *,
+        qemu_uid: int | None = None,
+    ) -> None:
         self._settings = settings
         self._net = network.NetworkConfig.from_settings(settings)
-        self._taps = hostnet.TapManager(settings.ip_binary, settings.host_command_timeout_s)
+        self._taps = hostnet.TapManager(
+            settings.ip_binary, settings.host_command_timeout_s, owner_uid=qemu_uid
+        )
         self._gpus = GpuAllocator(settings.sysfs_root, stored_vms, settings.host_command_timeout_s)
 
     # -- create ----------------------------------------------------------------

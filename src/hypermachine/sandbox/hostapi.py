@@ -5,7 +5,8 @@ API keeps answering); the number of concurrent scripts is bounded. Every host
 call (``vm.start()``, ``vm.state`` …) hops back to Trio with
 ``trio.from_thread.run`` and goes through the same :class:`Manager` methods as the
 REST API, so a script can do exactly what its caller could do over HTTP, bounded
-by the script's own deadline.
+by the script's own deadline. Host calls act as the caller who ran the script
+(tenant isolation and audit hold inside scripts too).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ..models import (
     ScriptResponse,
     VmState,
 )
+from ..security.caller import Caller, acting_as, current_caller
 from .runtime import HostCallError, HostObject, Limits, RhaiRuntime, ScriptFailure
 
 __all__ = ["READ_ONLY_QMP", "VM_OBJECT", "ScriptService"]
@@ -89,8 +91,9 @@ _AGENT_WAIT_S = 60.0
 class _VmBinding:
     """The ``vm`` object of one script run, bound to one VM and one deadline."""
 
-    def __init__(self, manager: Manager, vm_id: str, deadline: float) -> None:
+    def __init__(self, manager: Manager, vm_id: str, deadline: float, caller: Caller) -> None:
         self._manager = manager
+        self._caller = caller  # host calls act with the permissions of the script's caller
         self._vm_id = vm_id
         self._deadline = deadline
         self._methods: dict[str, Handler] = {
@@ -109,6 +112,10 @@ class _VmBinding:
         }
 
     async def dispatch(self, request: dict[str, Any]) -> object:
+        with acting_as(self._caller):
+            return await self._dispatch(request)
+
+    async def _dispatch(self, request: dict[str, Any]) -> object:
         if request.get("object") != "vm":
             raise HostCallError(f"unknown host call {request!r}")
         if "property" in request:
@@ -282,7 +289,7 @@ class ScriptService:
     def _bindings(self, vm_id: str | None, deadline: float) -> dict[str, Any]:
         if vm_id is None:
             return {}
-        binding = _VmBinding(self._manager, vm_id, deadline)
+        binding = _VmBinding(self._manager, vm_id, deadline, current_caller())
         token = trio.lowlevel.current_trio_token()
 
         def host_call(request: dict[str, Any]) -> object:

@@ -1,0 +1,18 @@
+"""Who may call the server and how much: API keys, tenants, rate limits, quotas,
+host admission and the audit log (threat model: docs/threat-model.md)."""
+
+from .caller import ANONYMOUS, SYSTEM, Caller, Tier, acting_as, current_caller
+from .db import SecurityStore
+from .service import AuthMode, Security
+
+__all__ = [
+    "ANONYMOUS",
+    "SYSTEM",
+    "AuthMode",
+    "Caller",
+    "Security",
+    "SecurityStore",
+    "Tier",
+    "acting_as",
+    "current_caller",
+]

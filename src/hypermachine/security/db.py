@@ -1,0 +1,152 @@
+"""SQLite tables of the security layer: API keys (hashed) and the audit log.
+
+They live in the server's database file next to the VMs, on a connection of their
+own, so ``hypermachine key …`` and a running server share them: a key created or
+revoked from the CLI counts on the server's next request. Only a SHA-256 of each
+key is stored; keys carry 256 random bits, so a fast hash is enough.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ..errors import KeyNotFound
+from .caller import Caller, Tier
+from .models import AuditEntry, CreatedKey, KeyInfo
+
+__all__ = ["KEY_PREFIX", "SecurityStore", "hash_key"]
+
+KEY_PREFIX = "hm_"
+_KEY_BYTES = 32  # 256 bits of randomness
+_SHOWN_CHARS = 10
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    name TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    admin INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    key_id TEXT,
+    tenant TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    target TEXT,
+    outcome TEXT NOT NULL
+);
+"""
+_KEY_COLUMNS = "id, prefix, name, tenant, tier, admin, created_at, revoked_at"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _key_info(row: tuple[object, ...]) -> KeyInfo:
+    fields = dict(zip(_KEY_COLUMNS.split(", "), row, strict=True))
+    return KeyInfo.model_validate({**fields, "admin": bool(fields["admin"])})
+
+
+class SecurityStore:
+    """Keys and audit entries; short synchronous calls from the Trio thread."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- keys -----------------------------------------------------------------
+
+    def create_key(
+        self, *, name: str, tier: Tier, admin: bool, tenant: str | None = None
+    ) -> CreatedKey:
+        """Make a new key; the returned secret is never stored and cannot be shown again."""
+        secret = KEY_PREFIX + secrets.token_urlsafe(_KEY_BYTES)
+        info = KeyInfo(
+            id=f"key-{secrets.token_hex(6)}",
+            name=name,
+            tenant=tenant or name,
+            tier=tier,
+            admin=admin,
+            prefix=secret[:_SHOWN_CHARS],
+            created_at=datetime.now(UTC),
+        )
+        self._db.execute(
+            "INSERT INTO api_keys(id, hash, prefix, name, tenant, tier, admin, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (info.id, hash_key(secret), info.prefix, name, info.tenant, tier, int(admin),
+             info.created_at.isoformat()),
+        )  # fmt: skip
+        return CreatedKey(**info.model_dump(), key=secret)
+
+    def list_keys(self) -> list[KeyInfo]:
+        rows = self._db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at")
+        return [_key_info(row) for row in rows.fetchall()]
+
+    def revoke_key(self, key_id: str) -> KeyInfo:
+        """Raises KeyNotFound. Revoking twice keeps the first revocation time."""
+        self._db.execute(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?",
+            (_now(), key_id),
+        )
+        row = self._db.execute(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)
+        ).fetchone()
+        if row is None:
+            raise KeyNotFound(f"no API key with id {key_id!r}", id=key_id)
+        return _key_info(row)
+
+    def any_keys(self) -> bool:
+        """Whether a key was ever created (revoked ones count: revoking never opens up)."""
+        return self._db.execute("SELECT 1 FROM api_keys LIMIT 1").fetchone() is not None
+
+    def caller_for(self, secret: str) -> Caller | None:
+        """The caller a presented key stands for; None when unknown or revoked."""
+        row = self._db.execute(
+            "SELECT id, tenant, tier, admin FROM api_keys WHERE hash = ? AND revoked_at IS NULL",
+            (hash_key(secret),),
+        ).fetchone()
+        if row is None:
+            return None
+        return Caller(key_id=row[0], tenant=row[1], tier=row[2], admin=bool(row[3]))
+
+    # -- audit ----------------------------------------------------------------
+
+    def record(self, caller: Caller, operation: str, target: str | None, outcome: str) -> None:
+        self._db.execute(
+            "INSERT INTO audit(time, key_id, tenant, operation, target, outcome) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (_now(), caller.key_id, caller.tenant, operation, target, outcome),
+        )
+
+    def audit_page(self, *, limit: int, before: int | None) -> tuple[list[AuditEntry], int | None]:
+        """Newest first; ``before`` is the ``next_cursor`` of the previous page."""
+        rows = self._db.execute(
+            "SELECT id, time, key_id, tenant, operation, target, outcome FROM audit "
+            "WHERE id < ? ORDER BY id DESC LIMIT ?",
+            (before if before is not None else 2**62, limit + 1),
+        ).fetchall()
+        names = ("id", "time", "key_id", "tenant", "operation", "target", "outcome")
+        entries = [AuditEntry.model_validate(dict(zip(names, r, strict=True))) for r in rows]
+        more = len(entries) > limit
+        return entries[:limit], (entries[limit - 1].id if more else None)

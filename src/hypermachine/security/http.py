@@ -1,0 +1,66 @@
+"""The HTTP face of the security layer: every request and websocket passes here first.
+
+``before`` authenticates (401/403), sets the caller for the handler's task and counts
+the request against the key's rate limit (429); ``after`` adds the ``RateLimit-*``
+headers, ``Retry-After`` and ``WWW-Authenticate``. Both run for error responses
+too, so every refusal is in the usual error format.
+"""
+
+from __future__ import annotations
+
+from quart import Response, current_app, g, request, websocket
+from quart_trio import QuartTrio
+
+from ..errors import RateLimited
+from .caller import set_caller
+from .service import Security
+
+__all__ = ["install_security", "security"]
+
+_CHALLENGE = 'Bearer realm="hypermachine", charset="UTF-8"'
+
+
+def security() -> Security:
+    found: Security = current_app.extensions["hypermachine.security"]
+    return found
+
+
+def _admit(path: str, headers: object) -> None:
+    guard = security()
+    caller = guard.authenticate(path, headers)  # type: ignore[arg-type]
+    set_caller(caller)
+    decision = guard.rate_limit(caller)
+    g.hm_rate = decision
+    if decision is not None and not decision.allowed:
+        raise RateLimited(
+            f"more than {decision.limit} requests in a minute for this key",
+            limit=decision.limit,
+            retry_after_s=decision.retry_after_s,
+        )
+
+
+async def _before_request() -> None:
+    g.hm_rate = None
+    _admit(request.path, request.headers)
+
+
+async def _before_websocket() -> None:
+    g.hm_rate = None
+    _admit(websocket.path, websocket.headers)
+
+
+async def _after_request(response: Response) -> Response:
+    decision = g.get("hm_rate")
+    if decision is not None:
+        response.headers.update(decision.headers())
+    if response.status_code == 401:
+        response.headers["WWW-Authenticate"] = _CHALLENGE
+    return response
+
+
+def install_security(app: QuartTrio, guard: Security) -> None:
+    """Put ``guard`` in front of every route of ``app`` (register it first)."""
+    app.extensions["hypermachine.security"] = guard
+    app.before_request(_before_request)
+    app.before_websocket(_before_websocket)
+    app.after_request(_after_request)

@@ -1,0 +1,137 @@
+"""The security layer's state: auth mode, key lookup, rate limits, quotas, audit.
+
+Built once by ``open_services`` and handed to the HTTP layer and the manager.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Mapping
+from typing import Literal
+
+from ..config import ConfigError, Settings
+from ..errors import Forbidden, Unauthorized
+from .caller import ANONYMOUS, SYSTEM, Caller, Tier, current_caller
+from .db import SecurityStore
+from .ratelimit import Decision, SlidingWindowLimiter
+
+__all__ = ["AuthMode", "Security", "is_admin_path", "is_loopback", "is_public_path"]
+
+log = logging.getLogger(__name__)
+
+AuthMode = Literal["open", "keys"]
+
+# Answer without a key: the documents an agent needs to discover the server.
+_PUBLIC_EXACT = frozenset({"/health", "/openapi.json", "/docs", "/.well-known/ai-plugin.json",
+                           "/agentic/ontology"})  # fmt: skip
+_PUBLIC_PREFIXES = ("/docs/static/", "/agentic/tools/")
+# Need an admin key: they span every tenant.
+_ADMIN_PREFIXES = ("/api/v1/keys", "/api/v1/audit", "/metrics")
+
+
+def is_public_path(path: str) -> bool:
+    return path in _PUBLIC_EXACT or path.startswith(_PUBLIC_PREFIXES)
+
+
+def is_admin_path(path: str) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in _ADMIN_PREFIXES)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key of ``Authorization: Bearer …`` or ``X-API-Key`` (the former wins)."""
+    scheme, _, token = (headers.get("Authorization") or "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return (headers.get("X-API-Key") or "").strip() or None
+
+
+class Security:
+    def __init__(self, settings: Settings, store: SecurityStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.limiter = SlidingWindowLimiter()
+        self._keyed = settings.auth == "keys"
+
+    def check_startup(self) -> None:
+        """Refuse an open server on a non-loopback bind unless explicitly opted out.
+
+        Raises:
+            ConfigError: ``auth = "auto"``, no API key exists and the bind is not loopback.
+        """
+        open_by_default = self.settings.auth == "auto" and not self.store.any_keys()
+        if open_by_default and not is_loopback(self.settings.host):
+            raise ConfigError(
+                f"refusing to serve {self.settings.host} without authentication: create "
+                "a key (hypermachine key create --name NAME --tier free) or set "
+                "auth = 'open' (HM_AUTH=open, --auth open) to opt out explicitly"
+            )
+        mode = self.mode()
+        if mode == "open":
+            log.warning(
+                "auth: OPEN — no API key required (%s); create a key to require one",
+                "auth = 'open'" if self.settings.auth == "open" else "no keys, loopback bind",
+            )
+        else:
+            log.info("auth: an API key is required (all but the public documents)")
+
+    def mode(self) -> AuthMode:
+        """``open`` for the embedded default (or the explicit opt-out), else ``keys``.
+
+        Once a key exists the server stays keyed, even if every key is revoked.
+        """
+        if self.settings.auth == "open":
+            return "open"
+        if not self._keyed:
+            self._keyed = not is_loopback(self.settings.host) or self.store.any_keys()
+        return "keys" if self._keyed else "open"
+
+    def authenticate(self, path: str, headers: Mapping[str, str]) -> Caller:
+        """The caller of a request to ``path``.
+
+        Raises:
+            Unauthorized: a key is needed and none, an unknown or a revoked one was sent.
+            Forbidden: an admin route called with a non-admin key.
+        """
+        if self.mode() == "open":
+            return SYSTEM
+        secret = presented_key(headers)
+        if secret is None:
+            if is_public_path(path):
+                return ANONYMOUS
+            raise Unauthorized("an API key is required (Authorization: Bearer hm_…)")
+        caller = self.store.caller_for(secret)
+        if caller is None:
+            raise Unauthorized("invalid API key")
+        if is_admin_path(path) and not caller.admin:
+            raise Forbidden("this needs an admin API key")
+        return caller
+
+    def rate_limit(self, caller: Caller) -> Decision | None:
+        """Count one request of ``caller``; None when it has no limit (no key, unlimited)."""
+        limit = self.tier_value("rate_limit", caller.tier)
+        if caller.key_id is None or limit <= 0:
+            return None
+        return self.limiter.hit(caller.key_id, limit)
+
+    def tier_value(self, kind: Literal["rate_limit", "vm_quota"], tier: Tier) -> int:
+        value: int = getattr(self.settings, f"{kind}_{tier}")
+        return value
+
+    def vm_quota(self) -> int:
+        """Live VMs the current caller's tenant may have (0: no limit)."""
+        caller = current_caller()
+        return 0 if caller is SYSTEM else self.tier_value("vm_quota", caller.tier)
+
+    def audit(self, operation: str, target: str | None, outcome: str) -> None:
+        """Record one mutating call by the current caller (never a secret)."""
+        self.store.record(current_caller(), operation, target, outcome)
