@@ -262,3 +262,20 @@ async def test_audit_log_records_mutations_without_secrets(keyed: Keyed) -> None
     everything = json.dumps(audit) + json.dumps(older)
     for secret in (keyed.alice, keyed.bob, keyed.admin):
         assert secret not in everything and secret[3:13] not in everything
+
+
+async def test_event_stream_shows_only_the_callers_vms(keyed: Keyed) -> None:
+    from hypermachine.api.events import _visibility
+    from hypermachine.security.caller import Caller
+
+    alices = await _create(keyed, keyed.alice, name="a-box")
+    bobs = await _create(keyed, keyed.bob, name="b-box")
+    log = keyed.services.manager.events.after(0)
+    assert {e.vm_id for e in log} >= {alices["id"], bobs["id"]}
+    async with keyed.client.app.app_context():
+        as_alice = _visibility(Caller(key_id="k1", tenant="alice", tier="free", admin=False))
+        as_admin = _visibility(Caller(key_id="k2", tenant="ops", tier="free", admin=True))
+        seen_by_alice = {e.vm_id for e in log if as_alice(e)}
+        seen_by_admin = {e.vm_id for e in log if as_admin(e)}
+    assert alices["id"] in seen_by_alice and bobs["id"] not in seen_by_alice
+    assert {alices["id"], bobs["id"]} <= seen_by_admin

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from quart import Blueprint, Response, request
 
 from ..errors import ValidationFailed
+from ..models import Event
+from ..security.caller import Caller, current_caller
 from .services import services
 from .sse import SseMessage, sse_response
 
@@ -25,6 +27,26 @@ def _start_after() -> int:
     return int(raw)
 
 
+def _visibility(caller: Caller) -> Callable[[Event], bool]:
+    """Which events ``caller`` may see: those of its own tenant's VMs (all, for admins).
+
+    A VM's tenant is looked up once per stream; a VM the server no longer knows is
+    hidden from non-admins (fail closed) unless it was seen while it existed.
+    """
+    owners: dict[str, str | None] = {}
+    manager = services().manager
+
+    def visible(event: Event) -> bool:
+        if caller.admin or event.vm_id is None:
+            return True
+        if event.vm_id not in owners:
+            owners[event.vm_id] = manager.owner_of(event.vm_id)
+        owner = owners[event.vm_id]
+        return owner is not None and caller.sees(owner)
+
+    return visible
+
+
 @blueprint.get("")
 async def events() -> Response:
     svc = services()
@@ -33,12 +55,13 @@ async def events() -> Response:
     follow = svc.manager.events.follow(
         _start_after(), vm_id=vm_id, idle_s=svc.settings.sse_keepalive_s
     )
+    visible = _visibility(current_caller())
 
     async def messages() -> AsyncIterator[SseMessage]:
         async for event in follow:
             if event is None:
                 yield None
-            else:
+            elif visible(event):
                 yield event.type.value, event.model_dump(mode="json"), str(event.id)
 
     return sse_response(messages())

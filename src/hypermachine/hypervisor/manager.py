@@ -297,6 +297,14 @@ class Manager:
             raise VmNotFound(f"no VM with id {vm_id!r}", id=vm_id)
         return self._live(vm)
 
+    def owner_of(self, vm_id: str) -> str | None:
+        """The tenant a VM belongs to, or None when there is no such VM (no caller check:
+        for filtering what a caller may see)."""
+        try:
+            return self._store.get_vm(vm_id).tenant
+        except VmNotFound:
+            return None
+
     def list(self, query: VmQuery = _ALL) -> tuple[list[Vm], str | None]:
         """A page of the caller's VMs and the cursor of the next one."""
         vms, cursor = self._store.list_vms(self._scoped(query))
