@@ -165,3 +165,17 @@ async def test_script_reaches_into_the_guest(client: Any) -> None:
     status, body = await run(client, vm_id, code, limits={"timeout_ms": 150000})
     assert status == 200, body
     assert body["result"] == [0, "hello guest\n", "written by guesty", "42\n", "refused"]
+
+
+async def test_script_outcomes_are_counted_for_prometheus(client: Any) -> None:
+    vm_id = await make_vm(client, "counted")
+    await run(client, vm_id, "1")
+    await run(client, vm_id, "let x = ;")
+    await run(client, vm_id, 'throw "no";')
+    text = (await (await client.get("/metrics")).get_data()).decode()
+    counts = {
+        line.split('outcome="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("hypermachine_script_runs_total{")
+    }
+    assert counts == {"ok": 1.0, "syntax_error": 1.0, "runtime_error": 1.0}

@@ -277,7 +277,9 @@ class ScriptService:
             try:
                 result = await trio.to_thread.run_sync(run)
             except ScriptFailure as failure:
+                self._manager.telemetry.script_run(_OUTCOMES.get(failure.kind, failure.kind))
                 raise _translate(failure) from failure
+            self._manager.telemetry.script_run("ok")
         return ScriptResponse(
             result=result.result,
             result_type=result.result_type,
@@ -299,6 +301,10 @@ class ScriptService:
                 raise HostCallError(f"{err.code}: {err.message}") from err
 
         return {"objects": {"vm": VM_OBJECT}, "host_call": host_call}
+
+
+# ScriptFailure.kind -> the outcome label of the scripts counter in /metrics.
+_OUTCOMES = {"syntax": "syntax_error", "runtime": "runtime_error", "limit": "limit"}
 
 
 def _translate(failure: ScriptFailure) -> HMError:
