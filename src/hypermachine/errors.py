@@ -28,6 +28,7 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     │   ├── InvalidState (409 INVALID_STATE)
     │   ├── IdempotencyConflict (409 IDEMPOTENCY_CONFLICT)
     │   ├── WaitTimeout (409 WAIT_TIMEOUT)
+    │   ├── NotConfidential (409 NOT_CONFIDENTIAL)
     │   ├── GuestAgentUnavailable (409 GUEST_AGENT_UNAVAILABLE)
     │   ├── ConsoleBusy (409 CONSOLE_BUSY)
     │   ├── PortInUse (409 PORT_IN_USE)
@@ -71,6 +72,7 @@ __all__ = [
     "KeyNotFound",
     "MethodNotAllowed",
     "NameTaken",
+    "NotConfidential",
     "NotFound",
     "PayloadTooLarge",
     "PortInUse",
@@ -202,6 +204,12 @@ class InvalidState(Conflict):
 
 class IdempotencyConflict(Conflict):
     code, status = "IDEMPOTENCY_CONFLICT", 409
+
+
+class NotConfidential(Conflict):
+    """Attestation was asked of a VM that runs without memory encryption."""
+
+    code, status = "NOT_CONFIDENTIAL", 409
 
 
 class WaitTimeout(Conflict):

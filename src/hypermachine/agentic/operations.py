@@ -18,6 +18,7 @@ from ..errors import (
     ImageNotFound,
     InvalidState,
     NameTaken,
+    NotConfidential,
     ScriptLimitExceeded,
     ScriptRuntimeError,
     ScriptSyntaxError,
@@ -151,6 +152,11 @@ async def _vm_metrics(svc: Any, args: VmIdInput) -> VmMetrics:
 
 async def _list_images(svc: Any, _args: ListImagesInput) -> dict[str, Any]:
     return {"images": [image.to_dict() for image in svc.catalogue.list()]}
+
+
+async def _get_vm_attestation(svc: Any, args: VmIdInput) -> dict[str, object]:
+    report: dict[str, object] = await svc.manager.attestation(args.vm_id)
+    return report
 
 
 async def _get_host_capabilities(svc: Any, args: HostCapabilitiesInput) -> HostCapabilities:
@@ -452,6 +458,21 @@ def build_registry() -> Registry:
                 idempotent=True,
                 resource="Image",
                 http=HttpRoute("GET", "/api/v1/images"),
+            ),
+            Operation(
+                name="get_vm_attestation",
+                title="Attestation of a confidential VM",
+                summary=(
+                    "What QEMU reports about a running VM's memory encryption: for SEV and "
+                    "SEV-ES the platform state and launch measurement, for SNP the state; TDX "
+                    "and SNP reports come from inside the guest (the answer says so)."
+                ),
+                returns="{vm_id, memory_encryption, sev: {...}, sev_launch_measure: {...}}.",
+                input=VmIdInput,
+                handler=_get_vm_attestation,
+                errors=(VmNotFound, InvalidState, NotConfidential),
+                read_only=True,
+                http=HttpRoute("GET", f"{_VM}/attestation"),
             ),
             Operation(
                 name="get_host_capabilities",

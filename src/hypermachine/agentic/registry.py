@@ -134,6 +134,7 @@ _ERROR_MEANINGS = {
         "GUEST_AGENT_UNAVAILABLE: no guest agent answers yet (retry with wait_agent_s after a boot)"
     ),
     "GUEST_PATH_NOT_FOUND": "GUEST_PATH_NOT_FOUND: no such file in the guest",
+    "NOT_CONFIDENTIAL": "NOT_CONFIDENTIAL: the VM has no memory encryption to attest",
     "GUEST_OPERATION_FAILED": "GUEST_OPERATION_FAILED: the guest could not do it (details say why)",
 }
 

@@ -155,6 +155,11 @@ async def wait_vm(vm_id: str) -> Response:
     return _vm_response(await services().manager.wait_for(vm_id, set(states), timeout))
 
 
+@blueprint.get("/<vm_id>/attestation")
+async def vm_attestation(vm_id: str) -> dict[str, object]:
+    return await services().manager.attestation(vm_id)
+
+
 @blueprint.get("/<vm_id>/metrics")
 async def vm_metrics(vm_id: str) -> dict[str, object]:
     metrics = await services().manager.metrics(vm_id)

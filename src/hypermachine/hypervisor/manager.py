@@ -719,6 +719,19 @@ class Manager:
         self.get(vm_id)
         return await self._machine(vm_id).execute(command, arguments)
 
+    async def attestation(self, vm_id: str) -> dict[str, object]:
+        """What QEMU reports about a running confidential VM (see security.attestation).
+
+        Raises:
+            VmNotFound, NotConfidential, InvalidState (not running).
+        """
+        vm = self.get(vm_id)
+
+        async def execute(command: str) -> object:
+            return await self._machine(vm_id).execute(command)
+
+        return await security.attestation(vm, execute)
+
     # -- metrics ---------------------------------------------------------------
 
     async def metrics(self, vm_id: str) -> VmMetrics:

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ..config import Settings
-from ..errors import Unsupported
+from ..errors import NotConfidential, Unsupported
 from ..models import CreateVmRequest, FirmwareSet, Vm, VmSpec
 from . import tpm
 from .cmdline import BootSource, Confidential, Platform
@@ -191,3 +192,39 @@ def adopt(vm: Vm, paths: VmPaths) -> None:
         log.warning("%s: its swtpm is gone; the guest's TPM will fail", vm.id)
     else:
         log.info("%s: re-adopted swtpm pid %d", vm.id, pid)
+
+
+# What QEMU can tell about a confidential guest, per variant (QMP commands).
+_ATTESTATION_QUERIES = {
+    "sev": ("query-sev", "query-sev-launch-measure"),
+    "sev_es": ("query-sev", "query-sev-launch-measure"),
+    "sev_snp": ("query-sev",),
+    "tdx": (),
+}
+
+
+async def attestation(vm: Vm, execute: Callable[[str], Awaitable[object]]) -> dict[str, object]:
+    """What QEMU reports about ``vm``'s memory encryption, for an attesting client.
+
+    SEV/SEV-ES: the platform state and the launch measurement; SNP: the state (its
+    reports are requested from inside the guest); TDX: nothing over QMP (quotes come
+    from the guest's TDG.MR.REPORT), which the answer says.
+
+    Raises:
+        NotConfidential: the VM runs without memory encryption.
+    """
+    kind = vm.security.memory_encryption
+    if kind == "none":
+        raise NotConfidential(
+            "this VM runs without memory encryption; there is nothing to attest",
+            memory_encryption=kind,
+        )
+    report: dict[str, object] = {"vm_id": vm.id, "memory_encryption": kind}
+    for command in _ATTESTATION_QUERIES[kind]:
+        report[command.removeprefix("query-").replace("-", "_")] = await execute(command)
+    if kind in ("sev_snp", "tdx"):
+        report["note"] = (
+            "attestation reports for this variant are requested from inside the guest "
+            "(SNP_GET_REPORT / TDG.MR.REPORT); QEMU does not produce them"
+        )
+    return report
