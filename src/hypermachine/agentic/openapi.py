@@ -16,8 +16,15 @@ from pydantic.json_schema import models_json_schema
 
 from .. import __version__
 from ..errors import (
+    ConsoleBusy,
+    ExecNotFound,
     Forbidden,
+    GuestAgentUnavailable,
+    GuestFileTooLarge,
+    GuestOperationFailed,
+    GuestPathNotFound,
     HMError,
+    InvalidState,
     KeyNotFound,
     NotFound,
     PayloadTooLarge,
@@ -25,6 +32,7 @@ from ..errors import (
     Unauthorized,
     UnsupportedMediaType,
     ValidationFailed,
+    VmNotFound,
     all_error_classes,
 )
 from ..models import ExecResult, FileWritten, ImageInfo
@@ -109,32 +117,41 @@ _GUEST_PATH = QueryParam("path", {"type": "string"}, "Absolute path in the guest
 _WAIT_AGENT = QueryParam("wait_agent", {"type": "number"}, "Wait this long for the guest agent.")
 
 
+_FILE_ERRORS: tuple[type[HMError], ...] = (
+    VmNotFound, InvalidState, GuestAgentUnavailable, GuestPathNotFound, GuestFileTooLarge,
+    GuestOperationFailed,
+)  # fmt: skip
+
+
 def _guest_routes() -> tuple[_Route, ...]:
     """Routes of guest access and observation that stream or carry raw bytes."""
     vm = "/api/v1/vms/{vm_id}"
     exec_ids = {**_VM_ID, "exec_id": {"type": "string"}}
     return (
         _Route("list_execs", "guest", "Commands run in this VM since the server started.",
-               HttpRoute("GET", f"{vm}/exec"), path_schemas=_VM_ID),
+               HttpRoute("GET", f"{vm}/exec"), path_schemas=_VM_ID, errors=(VmNotFound,)),
         _Route("get_exec", "guest", "One command's status and output so far.",
                HttpRoute("GET", f"{vm}/exec/{{exec_id}}"), response=ExecResult,
-               path_schemas=exec_ids),
+               path_schemas=exec_ids, errors=(VmNotFound, ExecNotFound)),
         _Route("stream_exec", "guest", "A command's output as server-sent events.",
                HttpRoute("GET", f"{vm}/exec/{{exec_id}}/stream"),
-               content_type="text/event-stream", path_schemas=exec_ids),
+               content_type="text/event-stream", path_schemas=exec_ids,
+               errors=(VmNotFound, ExecNotFound)),
         _Route("download_file", "guest", "A guest file's raw bytes.",
                HttpRoute("GET", f"{vm}/files", query=(_GUEST_PATH, _WAIT_AGENT)),
-               content_type="application/octet-stream", path_schemas=_VM_ID),
+               content_type="application/octet-stream", path_schemas=_VM_ID,
+               errors=_FILE_ERRORS),
         _Route("upload_file", "guest", "Create or replace a guest file from the raw body.",
                HttpRoute("PUT", f"{vm}/files", query=(_GUEST_PATH, _WAIT_AGENT)),
-               response=FileWritten, path_schemas=_VM_ID,
+               response=FileWritten, path_schemas=_VM_ID, errors=_FILE_ERRORS,
                request_schema={"type": "string", "contentMediaType": "application/octet-stream"}),
         _Route("console_log", "guest", "The captured serial console (the last N lines).",
                HttpRoute("GET", f"{vm}/console/log", query=(
                    QueryParam("tail", {"type": "integer", "minimum": 1}, "Only the last N lines."),
-               )), content_type="text/plain", path_schemas=_VM_ID),
+               )), content_type="text/plain", path_schemas=_VM_ID, errors=(VmNotFound,)),
         _Route("console", "guest", "Interactive serial console (websocket upgrade).",
-               HttpRoute("GET", f"{vm}/console", status=101), path_schemas=_VM_ID),
+               HttpRoute("GET", f"{vm}/console", status=101), path_schemas=_VM_ID,
+               errors=(VmNotFound, InvalidState, ConsoleBusy)),
         _Route("events", "events", "Every VM change as server-sent events; Last-Event-ID resumes.",
                HttpRoute("GET", "/api/v1/events", query=(
                    QueryParam("vm_id", {"type": "string"}, "Only this VM's events."),
