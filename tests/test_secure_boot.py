@@ -65,7 +65,11 @@ def settings(data_dir: Path, compile_cache: Path, tmp_path: Path) -> Settings:
 
 
 class Console:
-    """The VM's serial console: its log (appended across boots) and its socket."""
+    """The VM's serial console: its log and its socket.
+
+    The server rotates the log when the VM starts, so a mark is (file, length): text
+    "since" a mark in another file is all of that file.
+    """
 
     def __init__(self, paths: VmPaths) -> None:
         self.paths = paths
@@ -77,11 +81,23 @@ class Console:
         except FileNotFoundError:
             return ""
 
-    def mark(self) -> int:
-        return len(self.text())
+    def _inode(self) -> int | None:
+        try:
+            return self.paths.console_log.stat().st_ino
+        except FileNotFoundError:
+            return None
 
-    async def wait_for(self, needle: str, *, since: int = 0, timeout: float = BOOT_S) -> None:
-        await wait_until(lambda: needle in self.text()[since:], timeout=timeout, what=needle)
+    def mark(self) -> tuple[int | None, int]:
+        return self._inode(), len(self.text())
+
+    def _since(self, mark: tuple[int | None, int]) -> str:
+        inode, length = mark
+        return self.text()[length:] if self._inode() == inode else self.text()
+
+    async def wait_for(
+        self, needle: str, *, since: tuple[int | None, int] = (None, 0), timeout: float = BOOT_S
+    ) -> None:
+        await wait_until(lambda: needle in self._since(since), timeout=timeout, what=needle)
 
     async def run(self, command: str, answer: str, timeout: float = 60) -> None:
         """Type ``command`` on the guest's shell and wait for ``answer`` after it."""
