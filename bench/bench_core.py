@@ -5,12 +5,14 @@ Prints each figure next to what it is measured against:
   beside the very same QEMU command line launched by hand in this run (ratio, target <= 1.15);
 - POST -> QMP `running` (target <= 150 ms; libvirt's `virsh create` of the same guest
   takes about 290 ms on the reference machine);
-- GET list and GET one VM with 50 VMs defined (median, target < 10 ms).
+- GET list and GET one VM with 50 VMs defined (median, target < 10 ms);
+- the script endpoint's round trip for ``print("hi")`` (median, target <= 5 ms).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -40,19 +42,28 @@ def _wait_marker(log: Path, deadline_s: float = 120) -> float:
 
 
 def _hand_argv(api_argv: list[str], scratch: Path) -> list[str]:
-    """The API's QEMU command line, launched by hand: no -S, own console log and QMP path."""
-    argv, skip = [], False
-    for arg in api_argv:
-        if skip:
-            skip = False
+    """The API's QEMU command line, launched by hand: not paused, no QMP, the serial
+    console to a file, and every per-VM socket in ``scratch``."""
+    argv: list[str] = []
+    args = iter(api_argv)
+    for arg in args:
+        if arg in ("-S",):
             continue
-        if arg == "-S":
+        if arg in ("-pidfile", "-mon"):
+            next(args)
             continue
-        if arg in ("-chardev", "-pidfile", "-mon", "-serial"):
-            skip = True
+        if arg == "-chardev":
+            spec = next(args)
+            if spec.startswith("socket,id=qmp,"):
+                continue
+            if spec.startswith("socket,id=serial0,"):
+                spec = f"file,id=serial0,path={scratch / 'console.log'}"
+            else:
+                spec = re.sub(r"path=[^,]*/([^/,]+)", rf"path={scratch}/\1", spec)
+            argv += [arg, spec]
             continue
         argv.append(arg)
-    return [*argv, "-serial", f"file:{scratch / 'console.log'}"]
+    return argv
 
 
 def bench_boot(client: httpx.Client, data_dir: Path) -> None:
@@ -112,6 +123,16 @@ def bench_api(client: httpx.Client) -> None:
             assert response.status_code == 200
         median = statistics.median(samples) * 1000
         print(f"{label:<29} {median:8.2f} ms median (target < 10 ms, ratio {median / 10:.2f})")
+    script = {"language": "rhai", "code": 'print("hi")'}
+    samples = []
+    for _ in range(200):
+        t0 = time.perf_counter()
+        response = client.post(f"/api/v1/vms/{ids[0]}/script", json=script)
+        samples.append(time.perf_counter() - t0)
+        assert response.json()["output"] == ["hi"]
+    median = statistics.median(samples) * 1000
+    label = 'script print("hi") round trip'
+    print(f"{label:<29} {median:8.2f} ms median (target <= 5 ms, ratio {median / 5:.2f})")
     for vm_id in ids:
         client.delete(f"/api/v1/vms/{vm_id}")
 
