@@ -9,7 +9,6 @@ Its twin ``esp-unsigned.qcow2`` has shim's signature stripped.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -114,14 +113,9 @@ class Console:
 
 
 @pytest.fixture
-async def svc(settings: Settings, efi_image: Path) -> AsyncIterator[Services]:
-    async with open_services(settings) as services:
-        try:
-            yield services
-        finally:
-            with trio.CancelScope(shield=True), trio.fail_after(60):
-                uuids = await remove_all_vms(services)
-    assert qemu_pids_for(uuids) == [], "a QEMU process outlived its test"
+def svc(efi_image: Path, services: Services) -> Services:
+    """The shared ``services`` fixture (it leaves no QEMU behind), once the EFI image exists."""
+    return services
 
 
 def swtpm_pids(state_dir: Path) -> list[int]:

@@ -10,7 +10,7 @@ from quart import current_app, request
 
 from ..errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 
-__all__ = ["parse_body", "query_bool", "query_float"]
+__all__ = ["parse_body", "query_bool", "query_float", "query_int"]
 
 M = TypeVar("M", bound=BaseModel)
 _MAX_DEPTH = 32
@@ -67,6 +67,24 @@ def query_bool(name: str, default: bool = False) -> bool:
     if raw.lower() in ("0", "false", "no"):
         return False
     raise BadRequest(f"query parameter {name} must be true or false", value=raw)
+
+
+def query_int(name: str, *, default: int | None, low: int, high: int) -> int | None:
+    """An integer query parameter in ``[low, high]``, or ``default`` when absent.
+
+    Raises:
+        ValidationFailed: not an integer, or out of range.
+    """
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as err:
+        raise ValidationFailed(f"{name} must be an integer", value=raw) from err
+    if not low <= value <= high:
+        raise ValidationFailed(f"{name} must be between {low} and {high}", value=value)
+    return value
 
 
 def query_float(name: str, *, default: float, low: float, high: float) -> float:

@@ -10,7 +10,7 @@ from quart import Blueprint, Response, current_app, request
 from ..errors import ValidationFailed
 from ..models import CreateVmRequest, LifecycleRequest, StopRequest, Vm, VmState
 from ..store import VmQuery
-from .requests import parse_body, query_bool, query_float
+from .requests import parse_body, query_bool, query_float, query_int
 from .services import services
 
 __all__ = ["blueprint"]
@@ -55,12 +55,7 @@ def _labels(raw: list[str]) -> dict[str, str]:
 
 @blueprint.get("")
 async def list_vms() -> Response:
-    try:
-        limit = int(request.args.get("limit", "100"))
-    except ValueError as err:
-        raise ValidationFailed("limit must be an integer") from err
-    if not 1 <= limit <= _MAX_PAGE:
-        raise ValidationFailed(f"limit must be between 1 and {_MAX_PAGE}", value=limit)
+    limit = query_int("limit", default=100, low=1, high=_MAX_PAGE) or 100
     query = VmQuery(
         states=tuple(_states(request.args.getlist("state"))),
         name=request.args.get("name") or None,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from quart import Blueprint, Response, current_app, request
+from quart import Blueprint, Response, current_app
 
-from ..api.requests import parse_body
-from ..errors import HMError, ValidationFailed
+from ..api.requests import parse_body, query_int
+from ..errors import HMError
 from .http import security
 from .models import AuditPage, CreateKeyRequest, KeyList
 
@@ -50,22 +50,9 @@ async def revoke_key(key_id: str) -> tuple[str, int]:
     return "", 204
 
 
-def _int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as err:
-        raise ValidationFailed(f"{name} must be an integer", value=raw) from err
-    if not low <= value <= high:
-        raise ValidationFailed(f"{name} must be between {low} and {high}", value=value)
-    return value
-
-
 @blueprint.get("/api/v1/audit")
 async def audit() -> Response:
-    limit = _int_arg("limit", 100, 1, _MAX_PAGE) or 100
-    before = _int_arg("cursor", None, 1, 2**62)
+    limit = query_int("limit", default=100, low=1, high=_MAX_PAGE) or 100
+    before = query_int("cursor", default=None, low=1, high=2**62)
     entries, cursor = security().store.audit_page(limit=limit, before=before)
     return _json(AuditPage(entries=entries, next_cursor=cursor).model_dump_json())
