@@ -682,8 +682,7 @@ class Manager:
                 if graceful:
                     machine.report.stop_requested = "the guest powered off (ACPI)"
                     with trio.move_on_after(timeout):
-                        await machine.execute("system_powerdown")
-                        await machine.exited.wait()
+                        await _press_power_button(machine)
                     if machine.exited.is_set():
                         return
                     machine.report.stop_requested = (
@@ -779,6 +778,20 @@ class Manager:
 
     def live_machines(self) -> int:
         return len(self._machines)
+
+
+# A guest can miss an ACPI power-button press (early in boot, before its handler
+# runs); like a person at the machine, press again now and then until it powers off.
+_POWER_BUTTON_REPEAT_S = 10.0
+
+
+async def _press_power_button(machine: Machine) -> None:
+    """Press until QEMU exits (the caller bounds the whole wait)."""
+    while not machine.exited.is_set():
+        with contextlib.suppress(HypervisorError):  # QEMU may be exiting already
+            await machine.execute("system_powerdown")
+        with trio.move_on_after(_POWER_BUTTON_REPEAT_S):
+            await machine.exited.wait()
 
 
 def _disk_stats(entry: dict[str, Any]) -> DiskStats:
