@@ -122,10 +122,14 @@ class Store:
 
     def update_vm(self, vm_id: str, **changes: Any) -> Vm:
         """Apply ``changes`` to the stored document and stamp ``updated_at``."""
-        vm = self.get_vm(vm_id).model_copy(update={**changes, "updated_at": utcnow()})
+        return self.apply(self.get_vm(vm_id), **changes)
+
+    def apply(self, current: Vm, **changes: Any) -> Vm:
+        """Like :meth:`update_vm`, for a caller that has just read ``current``."""
+        vm = current.model_copy(update={**changes, "updated_at": utcnow()})
         self._db.execute(
             "UPDATE vms SET state = ?, doc = ? WHERE id = ?",
-            (vm.state.value, vm.model_dump_json(exclude=_NOT_STORED), vm_id),
+            (vm.state.value, vm.model_dump_json(exclude=_NOT_STORED), vm.id),
         )
         return vm
 

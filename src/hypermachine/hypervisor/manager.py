@@ -252,9 +252,9 @@ class Manager:
         return self._locks.setdefault(vm_id, trio.Lock())
 
     def _set(self, vm_id: str, state: VmState, reason: str | None, **extra: Any) -> Vm:
-        previous = self._store.get_vm(vm_id).state
-        vm = self._store.update_vm(vm_id, state=state, state_reason=reason, **extra)
-        self.events.state_changed(vm, previous)
+        before = self._store.get_vm(vm_id)  # one read serves the event and the write
+        vm = self._store.apply(before, state=state, state_reason=reason, **extra)
+        self.events.state_changed(vm, before.state)
         self._announce()
         return self._live(vm)
 
