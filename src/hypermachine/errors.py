@@ -47,7 +47,10 @@ the details. One handler in ``api`` turns any :class:`HMError` into
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 __all__ = [
     "AddressInUse",
@@ -90,6 +93,8 @@ __all__ = [
     "VmNotFound",
     "WaitTimeout",
     "all_error_classes",
+    "validation_details",
+    "validation_failed",
 ]
 
 
@@ -301,3 +306,23 @@ def all_error_classes() -> list[type[HMError]]:
         found.append(cls)
         pending.extend(cls.__subclasses__())
     return found
+
+
+def validation_details(err: ValidationError) -> list[dict[str, str]]:
+    """Field paths and messages of a pydantic error, without echoing the input back."""
+    return [
+        {
+            "field": ".".join(str(part) for part in e["loc"]) or "(body)",
+            "message": e["msg"],
+            "type": e["type"],
+        }
+        for e in err.errors(include_url=False, include_input=False)
+    ]
+
+
+def validation_failed(err: ValidationError) -> ValidationFailed:
+    """A pydantic error as ours (the one translation every face uses), naming the
+    first field in the message."""
+    details = validation_details(err)
+    first = details[0] if details else {"field": "(arguments)", "message": "invalid"}
+    return ValidationFailed(f"{first['field']}: {first['message']}", errors=details)

@@ -11,7 +11,7 @@ from typing import Any
 from openapi_spec_validator import validate
 from pyld import jsonld
 
-from hypermachine.agentic import build_registry
+from hypermachine.api import build_registry
 
 HYDRA = "http://www.w3.org/ns/hydra/core#"
 RDFS = "http://www.w3.org/2000/01/rdf-schema#"
@@ -36,7 +36,7 @@ async def test_openapi_is_valid_and_covers_every_route(client: Any) -> None:
             assert method.lower() in doc["paths"][path], (method, path)
     for op in build_registry():
         if op.http is None:  # tool-only: its REST counterpart has another shape
-            assert op.name in ("read_vm_file", "write_vm_file")
+            assert op.name in ("read_vm_file", "write_vm_file", "query_vm_qmp")
             continue
         operation = doc["paths"][op.http.path][op.http.method.lower()]
         assert operation["operationId"] == op.name
@@ -80,7 +80,7 @@ async def test_ontology_expands_offline_without_dropping_terms(client: Any) -> N
     assert expanded[0]["@type"] == [HYDRA + "ApiDocumentation"]
     operations = [n for n in flat if base + "toolName" in n]
     assert sorted(o[base + "toolName"][0]["@value"] for o in operations) == sorted(
-        build_registry().names()
+        op.name for op in build_registry().tools()
     )
 
 
@@ -156,7 +156,7 @@ async def test_mcp_handshake_session_lifecycle(client: Any) -> None:
     status, body, _ = await mcp(
         client, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, **{"Mcp-Session-Id": session}
     )
-    assert status == 200 and len(body["result"]["tools"]) == len(build_registry())
+    assert status == 200 and len(body["result"]["tools"]) == len(build_registry().tools())
     status, body, _ = await mcp(client, {"jsonrpc": "2.0", "id": 3, "method": "tools/list"})
     assert status == 400 and body["error"]["code"] == -32600  # no session
     status, body, _ = await mcp(

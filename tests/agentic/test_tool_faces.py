@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionFunctionToolParam
 from pydantic import TypeAdapter
 
-from hypermachine.agentic import build_registry
+from hypermachine.api import build_registry
 from hypermachine.agentic.faces import anthropic_tools, gemini_tools, mcp_tools, openai_tools
-from hypermachine.agentic.inputs import RunVmScriptInput
-from hypermachine.agentic.registry import TOOL_NAME, Operation, Registry
+from hypermachine.operations.inputs import RunVmScriptInput
+from hypermachine.operations.declare import TOOL_NAME, Operation, Registry
 from hypermachine.agentic.schemas import GEMINI_FORBIDDEN, json_schema, lower, raise_arguments
 from hypermachine.models import CreateVmRequest
 
@@ -33,8 +33,10 @@ EXPECTED = {
     "list_vms", "get_vm", "create_vm", "delete_vm", "start_vm", "stop_vm", "pause_vm",
     "resume_vm", "reboot_vm", "wait_for_vm", "get_vm_metrics", "list_images", "run_vm_script",
     "exec_in_vm", "read_vm_file", "write_vm_file", "list_host_devices",
-    "get_host_capabilities", "get_vm_attestation",
+    "get_host_capabilities", "get_vm_attestation", "list_vm_execs", "get_vm_exec",
+    "get_vm_console_log",
 }  # fmt: skip
+TOOL_NAMES = [op.name for op in REGISTRY.tools()]
 OPENAI_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
 
 
@@ -58,10 +60,10 @@ def assert_keys_declared(typed_dict: type, value: dict[str, Any]) -> None:
     assert set(value) <= set(get_type_hints(typed_dict)), (typed_dict.__name__, value.keys())
 
 
-def test_registry_has_every_operation_once() -> None:
-    assert set(REGISTRY.names()) == EXPECTED
-    assert len(REGISTRY) == len(EXPECTED)
-    for op in REGISTRY:
+def test_registry_has_every_tool_once() -> None:
+    assert set(TOOL_NAMES) == EXPECTED
+    assert len(TOOL_NAMES) == len(EXPECTED)
+    for op in REGISTRY.tools():
         assert TOOL_NAME.match(op.name)
         assert "Returns:" in op.description and "VALIDATION_ERROR" in op.description
         assert op.input.model_config.get("extra") == "forbid", op.name
@@ -78,7 +80,7 @@ def test_registry_refuses_duplicates_and_path_mismatch() -> None:
 
 def test_openai_tools_fit_the_sdk_and_strict_rules() -> None:
     tools = openai_tools(REGISTRY)["tools"]
-    assert [t["function"]["name"] for t in tools] == REGISTRY.names()
+    assert [t["function"]["name"] for t in tools] == TOOL_NAMES
     adapter = TypeAdapter(ChatCompletionFunctionToolParam)
     for tool in tools:
         adapter.validate_python(tool)
@@ -125,7 +127,7 @@ def test_gemini_tools_fit_the_sdk_and_the_subset() -> None:
     assert len(body["tools"]) == 1
     tool = gtypes.Tool.model_validate(body["tools"][0])  # the SDK forbids unknown fields
     declared = tool.function_declarations or []
-    assert [d.name for d in declared] == REGISTRY.names()
+    assert [d.name for d in declared] == TOOL_NAMES
     gtypes.GenerateContentConfig(tools=[tool])
     for declaration in body["tools"][0]["function_declarations"]:
         for sub in subschemas(declaration.get("parameters")):

@@ -1,13 +1,14 @@
-"""Agent-facing faces of HyperMachine, all generated from one operation registry.
+"""Agent-facing faces of HyperMachine, all generated from the one operation registry
+(:mod:`hypermachine.operations`).
 
-:mod:`.registry` defines an operation; :mod:`.operations` lists them. From that
-list come the provider tool formats (:mod:`.faces`, :mod:`.schemas`), the call
+From it come the provider tool formats (:mod:`.faces`, :mod:`.schemas`), the call
 runner (:mod:`.execute`), the JSON-LD ontology, the OpenAPI document, the MCP
 server (:mod:`.mcp`, over HTTP in :mod:`.mcp_http`, over stdio in
-:mod:`.mcp_stdio`) and the routes (:mod:`.http`).
+:mod:`.mcp_stdio`) and their operations (:mod:`.http`). May import
+``operations``, ``models``, ``errors`` and ``security.caller``; never the
+hypervisor.
 """
 
-from .operations import build_registry
-from .registry import HttpRoute, Operation, QueryParam, Registry
+from .http import agent_operations, mcp_views
 
-__all__ = ["HttpRoute", "Operation", "QueryParam", "Registry", "build_registry"]
+__all__ = ["agent_operations", "mcp_views"]

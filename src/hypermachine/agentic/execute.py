@@ -15,16 +15,15 @@ import enum
 import functools
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..api.errors import validation_details
-from ..errors import HMError, ValidationFailed
+from ..errors import HMError, ValidationFailed, validation_details, validation_failed
+from ..operations.declare import Registry, to_jsonable
 from . import schemas
-from .registry import Registry
 
 __all__ = ["Outcome", "Shape", "ToolCall", "parse_call", "render", "run_call"]
 
@@ -148,20 +147,24 @@ def _schema_of(model: type[BaseModel]) -> dict[str, Any]:
     return schemas.json_schema(model)
 
 
-async def run_call(registry: Registry, services: Any, call: ToolCall) -> Outcome:
+Dispatch = Callable[[str, Mapping[str, Any]], Awaitable[object]]
+"""Runs an operation as the caller of the tool call (the dispatcher, bound to it)."""
+
+
+async def run_call(registry: Registry, dispatch: Dispatch, call: ToolCall) -> Outcome:
     """Run ``call``; every failure becomes an error outcome the model can read."""
     try:
         if call.problem is not None:
             raise ValidationFailed(call.problem, tool=call.name[:100])
-        op = registry.get(call.name)
+        op = registry.tool(call.name)
         arguments: Any = call.arguments
         if call.shape in (Shape.OPENAI, Shape.GEMINI, Shape.GEMINI_SNAKE):
             arguments = schemas.raise_arguments(_schema_of(op.input), dict(arguments))
-        return Outcome(True, await op.run(services, arguments))
+        if not isinstance(arguments, Mapping):
+            raise ValidationFailed("arguments must be a JSON object", tool=op.name)
+        return Outcome(True, to_jsonable(await dispatch(op.name, arguments)))
     except ValidationError as err:
-        details = validation_details(err)
-        first = details[0] if details else {"field": "(arguments)", "message": "invalid"}
-        failure: HMError = ValidationFailed(f"{first['field']}: {first['message']}", errors=details)
+        failure: HMError = validation_failed(err)
     except HMError as err:
         failure = err
     except Exception as err:  # a bug of ours must still reach the model as a tool error

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..operations.declare import Operation, Registry
 from . import schemas
-from .registry import Operation, Registry
 
 __all__ = ["anthropic_tools", "gemini_tools", "mcp_tool", "mcp_tools", "openai_tools"]
 
@@ -23,7 +23,7 @@ def openai_tools(registry: Registry) -> dict[str, Any]:
                     "strict": True,
                 },
             }
-            for op in registry
+            for op in registry.tools()
         ]
     }
 
@@ -37,7 +37,7 @@ def anthropic_tools(registry: Registry) -> dict[str, Any]:
                 "description": op.description,
                 "input_schema": schemas.json_schema(op.input),
             }
-            for op in registry
+            for op in registry.tools()
         ]
     }
 
@@ -52,7 +52,9 @@ def _gemini_declaration(op: Operation) -> dict[str, Any]:
 
 def gemini_tools(registry: Registry) -> dict[str, Any]:
     """Gemini tools: ``{"tools": [{"function_declarations": [...]}]}``."""
-    return {"tools": [{"function_declarations": [_gemini_declaration(op) for op in registry]}]}
+    return {
+        "tools": [{"function_declarations": [_gemini_declaration(op) for op in registry.tools()]}]
+    }
 
 
 def mcp_tool(op: Operation) -> dict[str, Any]:
@@ -74,4 +76,4 @@ def mcp_tool(op: Operation) -> dict[str, Any]:
 
 def mcp_tools(registry: Registry) -> dict[str, Any]:
     """MCP ``tools/list`` entries: ``{"tools": [...]}`` (also what ``hypermachine mcp`` reads)."""
-    return {"tools": [mcp_tool(op) for op in registry]}
+    return {"tools": [mcp_tool(op) for op in registry.tools()]}

@@ -1,21 +1,24 @@
-"""The agent-facing routes: tool lists, execute, ontology, OpenAPI, docs, manifest, MCP.
+"""The agent-facing operations: tool lists, execute, ontology, OpenAPI, docs, MCP.
 
-Every answer is generated from the operation registry; handlers only pick the
-face and serialize it.
+Every document is generated from the operation registry; the handlers only pick
+the face. MCP's transport reads the raw request, so its three routes have custom
+views — their access is still the declared one, checked by the dispatcher first.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping
 from typing import Any
 
 import trio
-from pydantic import RootModel
-from quart import Blueprint, Response, current_app, jsonify, request
-from quart_trio import QuartTrio
+from quart import Response
 
-from ..api.requests import parse_body
 from ..errors import NotFound
+from ..operations.declare import Access, Context, Document, HttpRoute, Operation
+from ..operations.dispatch import Dispatcher
+from ..operations.inputs import AssetInput, NoInput, ProviderInput, ToolCallInput
+from ..security.caller import current_caller
 from . import faces
 from .auth import auth_mode, plugin_auth
 from .execute import parse_call, render, run_call
@@ -23,12 +26,8 @@ from .mcp import McpCore
 from .mcp_http import LocalBackend, McpHttp
 from .ontology import build_ontology
 from .openapi import build_openapi
-from .operations import build_registry
-from .registry import Registry
 
-__all__ = ["Agentic", "register_agentic"]
-
-blueprint = Blueprint("agentic", __name__)
+__all__ = ["agent_operations", "mcp_views"]
 
 _FACES = {
     "openai": faces.openai_tools,
@@ -52,128 +51,188 @@ _DOCS_PAGE = """<!doctype html>
 """
 
 
-@dataclass(frozen=True)
-class Agentic:
-    """What the routes need: the registry, the services and the MCP endpoint."""
-
-    registry: Registry
-    services: Any
-    mcp: McpHttp
-
-
-def register_agentic(app: QuartTrio) -> None:
-    """Build the registry around the app's services and mount the routes."""
-    services = app.extensions["hypermachine"]
-    registry = build_registry()
-    mcp = McpHttp(McpCore(LocalBackend(registry, services)))
-    app.extensions["hypermachine.agentic"] = Agentic(registry, services, mcp)
-    app.register_blueprint(blueprint)
-
-
-def _agentic() -> Agentic:
-    found: Agentic = current_app.extensions["hypermachine.agentic"]
-    return found
-
-
-def _base_url() -> str:
-    return request.host_url.rstrip("/")
-
-
-class _JsonObject(RootModel[dict[str, Any]]):
-    """Any JSON object (the call shapes are told apart by :func:`parse_call`)."""
-
-
-@blueprint.get("/agentic/tools/<provider>")
-async def tools(provider: str) -> Response:
-    face = _FACES.get(provider)
+async def _tools(ctx: Context, args: ProviderInput) -> dict[str, Any]:
+    face = _FACES.get(args.provider)
     if face is None:
-        raise NotFound(f"no tool format {provider!r}", known=sorted(_FACES))
-    return jsonify(face(_agentic().registry))
+        raise NotFound(f"no tool format {args.provider!r}", known=sorted(_FACES))
+    return face(ctx.registry)
 
 
-@blueprint.post("/agentic/execute")
-async def execute() -> Response:
-    body = await parse_body(_JsonObject)
-    call = parse_call(body.root)
-    agentic = _agentic()
-    outcome = await run_call(agentic.registry, agentic.services, call)
-    return jsonify(render(call, outcome))
+async def _execute(ctx: Context, args: ToolCallInput) -> dict[str, Any]:
+    call = parse_call(args.model_extra or {})
+    outcome = await run_call(ctx.registry, ctx.dispatch, call)
+    return render(call, outcome)
 
 
-@blueprint.get("/agentic/ontology")
-async def ontology() -> Response:
-    response = jsonify(build_ontology(_agentic().registry, _base_url()))
-    response.content_type = "application/ld+json"
-    return response
+async def _ontology(ctx: Context, _args: NoInput) -> Document:
+    doc = build_ontology(ctx.registry, ctx.base_url)
+    return Document(json.dumps(doc), "application/ld+json")
 
 
-@blueprint.get("/openapi.json")
-async def openapi() -> Response:
-    agentic = _agentic()
-    keyed = auth_mode(agentic.services) == "api_key"
-    return jsonify(build_openapi(agentic.registry, _base_url(), keyed=keyed))
+async def _openapi(ctx: Context, _args: NoInput) -> dict[str, Any]:
+    keyed = auth_mode(ctx.services) == "api_key"
+    return build_openapi(ctx.registry, ctx.base_url, keyed=keyed)
 
 
-@blueprint.get("/docs")
-async def docs() -> Response:
-    return Response(_DOCS_PAGE, content_type="text/html; charset=utf-8")
+async def _docs(_ctx: Context, _args: NoInput) -> Document:
+    return Document(_DOCS_PAGE, "text/html; charset=utf-8")
 
 
-@blueprint.get("/docs/static/<filename>")
-async def docs_asset(filename: str) -> Response:
+async def _docs_asset(_ctx: Context, args: AssetInput) -> Document:
     """The Swagger UI files, from the locally installed ``swagger-ui-bundle-v2``."""
     from swagger_ui_bundle import swagger_ui_path
 
-    content_type = _DOC_ASSETS.get(filename)
+    content_type = _DOC_ASSETS.get(args.filename)
     if content_type is None:
-        raise NotFound(f"no documentation asset {filename!r}")
+        raise NotFound(f"no documentation asset {args.filename!r}")
     # Quart's send_file streams through aiofiles (asyncio), which Trio cannot drive.
-    data = await trio.to_thread.run_sync((swagger_ui_path / filename).read_bytes)
-    response = Response(data, content_type=content_type)
-    response.cache_control.max_age = 3600
-    return response
+    data = await trio.to_thread.run_sync((swagger_ui_path / args.filename).read_bytes)
+    return Document(data, content_type, max_age=3600)
 
 
-@blueprint.get("/.well-known/ai-plugin.json")
-async def ai_plugin() -> Response:
-    base = _base_url()
-    mode = auth_mode(_agentic().services)
-    return jsonify(
-        {
-            "schema_version": "v1",
-            "name_for_human": "HyperMachine",
-            "name_for_model": "hypermachine",
-            "description_for_human": "Create, start, stop and inspect QEMU virtual machines.",
-            "description_for_model": (
-                "Manage virtual machines on one Linux host: list images, create VMs from "
-                "them, start, stop, pause, resume, reboot, delete, wait for a state, read "
-                "metrics, run sandboxed Rhai scripts. Errors are {error: {code, message, "
-                "details}}. The same tools are at /agentic/tools/{openai,anthropic,gemini} "
-                "and over MCP at /mcp."
-            ),
-            "auth": plugin_auth(mode),
-            "api": {
-                "type": "openapi",
-                "url": f"{base}/openapi.json",
-                "is_user_authenticated": mode != "none",
-            },
-            "logo_url": f"{base}/docs/static/favicon-32x32.png",
-            "contact_email": "root@localhost",
-            "legal_info_url": f"{base}/docs",
-        }
+async def _ai_plugin(ctx: Context, _args: NoInput) -> dict[str, Any]:
+    base = ctx.base_url
+    mode = auth_mode(ctx.services)
+    return {
+        "schema_version": "v1",
+        "name_for_human": "HyperMachine",
+        "name_for_model": "hypermachine",
+        "description_for_human": "Create, start, stop and inspect QEMU virtual machines.",
+        "description_for_model": (
+            "Manage virtual machines on one Linux host: list images, create VMs from "
+            "them, start, stop, pause, resume, reboot, delete, wait for a state, read "
+            "metrics, run commands and sandboxed Rhai scripts. Errors are {error: {code, "
+            "message, details}}. The same tools are at /agentic/tools/{openai,anthropic,"
+            "gemini} and over MCP at /mcp."
+        ),
+        "auth": plugin_auth(mode),
+        "api": {
+            "type": "openapi",
+            "url": f"{base}/openapi.json",
+            "is_user_authenticated": mode != "none",
+        },
+        "logo_url": f"{base}/docs/static/favicon-32x32.png",
+        "contact_email": "root@localhost",
+        "legal_info_url": f"{base}/docs",
+    }
+
+
+async def _mcp_allowed(_ctx: Context, _args: NoInput) -> None:
+    """Nothing to do: the MCP views run once the dispatcher has checked access."""
+
+
+def _public(name: str, title: str, path: str, handler: Any, **kw: Any) -> Operation:
+    kw.setdefault("input", NoInput)
+    return Operation(
+        name=name,
+        title=title,
+        summary=title + ".",
+        returns=kw.pop("returns", "The document."),
+        handler=handler,
+        access=Access.PUBLIC,
+        tool=False,
+        tag=kw.pop("tag", "agentic"),
+        http=HttpRoute("GET", path, content=kw.pop("content", "application/json")),
+        **kw,
     )
 
 
-@blueprint.post("/mcp")
-async def mcp_post() -> Response:
-    return await _agentic().mcp.post()
+def _mcp(method: str, status: int, summary: str) -> Operation:
+    return Operation(
+        name=f"mcp_{method.lower()}",
+        title=f"MCP ({method})",
+        summary=summary,
+        returns="A JSON-RPC 2.0 answer.",
+        input=NoInput,
+        handler=_mcp_allowed,
+        access=Access.KEY,
+        tool=False,
+        tag="mcp",
+        http=HttpRoute(method, "/mcp", status=status),
+    )
 
 
-@blueprint.get("/mcp")
-async def mcp_get() -> Response:
-    return _agentic().mcp.get()
+def agent_operations() -> list[Operation]:
+    """The discovery documents (public), the tool runner and MCP (a key)."""
+    return [
+        _public(
+            "get_tool_definitions",
+            "Tool definitions in one provider's format",
+            "/agentic/tools/{provider}",
+            _tools,
+            input=ProviderInput,
+            errors=(NotFound,),
+        ),
+        Operation(
+            name="execute_tool",
+            title="Run one tool call",
+            summary=(
+                "Run one tool call: {name, arguments}, an OpenAI tool_call, an Anthropic "
+                "tool_use block or a Gemini functionCall part; answered in the matching shape."
+            ),
+            returns="The tool's answer in the call's own shape (errors included).",
+            input=ToolCallInput,
+            handler=_execute,
+            access=Access.KEY,
+            tool=False,
+            tag="agentic",
+            http=HttpRoute("POST", "/agentic/execute", body=ToolCallInput),
+        ),
+        _public(
+            "get_ontology",
+            "The JSON-LD ontology (schema.org + Hydra)",
+            "/agentic/ontology",
+            _ontology,
+            content="application/ld+json",
+        ),
+        _public("get_openapi", "This OpenAPI document", "/openapi.json", _openapi, tag="meta"),
+        _public(
+            "get_docs_page",
+            "Interactive API documentation",
+            "/docs",
+            _docs,
+            content="text/html",
+            tag="meta",
+        ),
+        _public(
+            "get_docs_asset",
+            "A static file of the documentation page",
+            "/docs/static/{filename}",
+            _docs_asset,
+            input=AssetInput,
+            errors=(NotFound,),
+            content="application/octet-stream",
+            tag="meta",
+        ),
+        _public(
+            "get_ai_plugin_manifest",
+            "The AI plugin manifest",
+            "/.well-known/ai-plugin.json",
+            _ai_plugin,
+        ),
+        _mcp("POST", 200, "MCP over Streamable HTTP: one JSON-RPC message."),
+        _mcp("GET", 405, "MCP server-to-client stream: not offered (405)."),
+        _mcp("DELETE", 204, "End an MCP session (Mcp-Session-Id header)."),
+    ]
 
 
-@blueprint.delete("/mcp")
-async def mcp_delete() -> Response:
-    return _agentic().mcp.delete()
+def mcp_views(dispatcher: Dispatcher) -> Mapping[str, Any]:
+    """The custom views of the three MCP routes (the transport reads the raw request)."""
+    mcp = McpHttp(McpCore(LocalBackend(dispatcher)))
+
+    async def granted(name: str) -> None:
+        await dispatcher.call(name, current_caller(), {})
+
+    async def post() -> Response:
+        await granted("mcp_post")
+        return await mcp.post()
+
+    async def get() -> Response:
+        await granted("mcp_get")
+        return mcp.get()
+
+    async def delete() -> Response:
+        await granted("mcp_delete")
+        return mcp.delete()
+
+    return {"mcp_post": post, "mcp_get": get, "mcp_delete": delete}

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 from quart import Response, request
 
+from ..operations.dispatch import Dispatcher
+from ..security.caller import current_caller
 from .execute import Shape, ToolCall, run_call
 from .faces import mcp_tools
 from .mcp import (
@@ -32,7 +34,6 @@ from .mcp import (
     error_message,
     parse_message,
 )
-from .registry import Registry
 
 __all__ = ["LocalBackend", "McpHttp", "origin_allowed"]
 
@@ -50,22 +51,23 @@ _STATUS = {
 
 
 class LocalBackend:
-    """Tools from this server's registry, run against its services."""
+    """Tools from this server's registry, run through its dispatcher as the request's
+    caller (the one every other face uses)."""
 
-    def __init__(self, registry: Registry, services: Any) -> None:
-        self._registry, self._services = registry, services
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
 
     async def list_tools(self) -> list[dict[str, Any]]:
-        tools: list[dict[str, Any]] = mcp_tools(self._registry)["tools"]
+        tools: list[dict[str, Any]] = mcp_tools(self._dispatcher.registry)["tools"]
         return tools
 
     async def call_tool(
         self, name: str, arguments: Mapping[str, Any]
     ) -> tuple[bool, dict[str, Any]]:
-        self._registry.get(name)  # UnknownTool is a protocol error in MCP, not a tool result
-        outcome = await run_call(
-            self._registry, self._services, ToolCall(Shape.NATIVE, name, arguments)
-        )
+        registry = self._dispatcher.registry
+        registry.tool(name)  # UnknownTool is a protocol error in MCP, not a tool result
+        dispatch = self._dispatcher.bound(current_caller())
+        outcome = await run_call(registry, dispatch, ToolCall(Shape.NATIVE, name, arguments))
         return outcome.ok, outcome.data
 
 

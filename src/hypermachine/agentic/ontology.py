@@ -35,7 +35,7 @@ from ..models import (
     VmMetrics,
     VmState,
 )
-from .registry import Operation, Registry
+from ..operations.declare import Operation, Registry
 
 __all__ = ["CLASS_NAMES", "build_ontology"]
 
@@ -240,7 +240,7 @@ def build_ontology(registry: Registry, base: str) -> dict[str, Any]:
     builder = _Builder()
     for model in CLASS_NAMES:
         builder.class_iri(model)
-    for op in registry:
+    for op in registry.tools():
         node = _operation(builder, op)
         owner = builder.classes[f"hm:{op.resource}"]
         owner["supportedOperation"].append(node)

@@ -19,6 +19,7 @@ are kept as words in the description; the input model still enforces them.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,7 @@ from pydantic import BaseModel
 
 __all__ = [
     "GEMINI_FORBIDDEN",
+    "field_schemas",
     "gemini_schema",
     "json_schema",
     "lower",
@@ -89,6 +91,14 @@ def json_schema(model: type[BaseModel]) -> Schema:
     defs = raw.pop("$defs", {})
     inlined: Schema = _inline(raw, defs, ())
     return inlined
+
+
+@functools.cache
+def field_schemas(model: type[BaseModel]) -> dict[str, Schema]:
+    """Each field's JSON Schema (refs inlined): what a REST query or header parameter
+    filling that field is, in the parser and in the OpenAPI document alike."""
+    properties: dict[str, Schema] = json_schema(model).get("properties", {})
+    return properties
 
 
 def _inline(node: Any, defs: dict[str, Any], seen: tuple[str, ...]) -> Any:

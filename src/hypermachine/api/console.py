@@ -1,49 +1,41 @@
-"""``/api/v1/vms/{id}/console``: the serial console log and an interactive websocket."""
+"""The console websocket: the one operation REST serves with a custom view.
+
+The view checks the page's ``Origin`` (a foreign web page must not type into a
+VM), then asks the dispatcher for the ``open_vm_console`` operation — the same
+access check and audit as every route — and pumps bytes both ways: serial output
+as binary frames out, text or binary frames typed in. Refusals come before the
+upgrade, as ordinary error responses.
+"""
 
 from __future__ import annotations
 
 import trio
-from quart import Blueprint, Response, request, websocket
+from pydantic import ValidationError
+from quart import Response, websocket
 
-from ..errors import HMError, ValidationFailed
-from .errors import error_response
-from .services import services
+from ..agentic.mcp_http import origin_allowed
+from ..errors import Forbidden, HMError
+from ..security.caller import current_caller
+from .errors import error_response, validation_response
+from .rest import dispatcher
 
-__all__ = ["blueprint"]
+__all__ = ["console_view"]
 
-blueprint = Blueprint("console", __name__)
-
-_DEFAULT_TAIL = 100
-_MAX_TAIL = 10_000
 _READ = 4096
 
 
-def _tail() -> int:
-    raw = request.args.get("tail", str(_DEFAULT_TAIL))
-    if not raw.isdigit() or int(raw) > _MAX_TAIL:
-        raise ValidationFailed(f"tail must be a whole number of lines, 0-{_MAX_TAIL}", value=raw)
-    return int(raw)
-
-
-@blueprint.get("/<vm_id>/console/log")
-async def console_log(vm_id: str) -> dict[str, object]:
-    lines = services().manager.console.log(vm_id, _tail())
-    return {"vm_id": vm_id, "lines": lines}
-
-
-@blueprint.websocket("/<vm_id>/console")
-async def console_session(vm_id: str) -> Response | None:
-    """Serial output goes out as binary frames; text or binary frames are typed in.
-
-    Refused before the upgrade (an HTTP error response) when the VM does not run
-    or another client holds the console.
-    """
+async def console_view(vm_id: str) -> Response | None:
+    if not origin_allowed(websocket.headers.get("Origin"), websocket.headers.get("Host")):
+        return error_response(Forbidden("this Origin may not open a console"))
     try:
-        async with services().manager.console.session(vm_id) as stream:
-            await websocket.accept()
-            await _pump(stream)
+        session = await dispatcher().call("open_vm_console", current_caller(), {"vm_id": vm_id})
     except HMError as err:
         return error_response(err)
+    except ValidationError as err:
+        return validation_response(err)
+    async with session as stream:  # type: ignore[attr-defined]
+        await websocket.accept()
+        await _pump(stream)
     return None
 
 

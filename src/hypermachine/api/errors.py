@@ -10,15 +10,21 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from ..errors import (
+    BadRequest,
     HMError,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
-    ValidationFailed,
+    validation_failed,
 )
 
-__all__ = ["error_response", "register_error_handlers", "validation_details"]
+__all__ = [
+    "error_response",
+    "http_error_response",
+    "register_error_handlers",
+    "validation_response",
+]
 
 log = logging.getLogger(__name__)
 
@@ -30,21 +36,22 @@ _HTTP_ERRORS: dict[int, type[HMError]] = {
 }
 
 
-def validation_details(err: ValidationError) -> list[dict[str, str]]:
-    """Field paths and messages, without echoing the (possibly huge) input back."""
-    return [
-        {
-            "field": ".".join(str(part) for part in e["loc"]) or "(body)",
-            "message": e["msg"],
-            "type": e["type"],
-        }
-        for e in err.errors(include_url=False, include_input=False)
-    ]
-
-
 def error_response(err: HMError) -> Response:
     response = jsonify(err.body())
     response.status_code = err.status
+    return response
+
+
+def validation_response(err: ValidationError) -> Response:
+    return error_response(validation_failed(err))
+
+
+def http_error_response(err: HTTPException) -> Response:
+    """Quart's and Werkzeug's own HTTP errors keep their status, in our format."""
+    status = err.code or 500
+    cls = _HTTP_ERRORS.get(status) or (BadRequest if 400 <= status < 500 else HMError)
+    response = error_response(cls(err.description or err.name))
+    response.status_code = status
     return response
 
 
@@ -55,19 +62,11 @@ def register_error_handlers(app: QuartTrio) -> None:
 
     @app.errorhandler(ValidationError)
     async def _validation(err: ValidationError) -> Response:
-        details = validation_details(err)
-        first = details[0] if details else {"field": "(body)", "message": "invalid"}
-        return error_response(
-            ValidationFailed(f"{first['field']}: {first['message']}", errors=details)
-        )
+        return validation_response(err)
 
     @app.errorhandler(HTTPException)
     async def _http(err: HTTPException) -> Response:
-        cls = _HTTP_ERRORS.get(err.code or 500, HMError)
-        response = error_response(cls(err.description or err.name))
-        if err.code == 405 and isinstance(err, HTTPException):
-            response.status_code = 405
-        return response
+        return http_error_response(err)
 
     @app.errorhandler(Exception)
     async def _unexpected(err: Exception) -> Response:

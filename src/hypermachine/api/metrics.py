@@ -1,24 +1,20 @@
-"""``GET /metrics`` (Prometheus exposition format) and the per-request counters."""
+"""Per-request counters for ``/metrics`` (the route itself is an operation)."""
 
 from __future__ import annotations
 
 import trio
-from quart import Blueprint, Response, g, request
+from quart import Response, g, request
+from quart_trio import QuartTrio
 
-from ..telemetry import CONTENT_TYPE
 from .services import services
 
-__all__ = ["blueprint"]
-
-blueprint = Blueprint("metrics", __name__)
+__all__ = ["install_request_metrics"]
 
 
-@blueprint.before_app_request
 async def _start_clock() -> None:
     g.hm_started = trio.current_time()
 
 
-@blueprint.after_app_request
 async def _count(response: Response) -> Response:
     started = getattr(g, "hm_started", None)
     if started is not None:
@@ -29,8 +25,6 @@ async def _count(response: Response) -> Response:
     return response
 
 
-@blueprint.get("/metrics")
-async def metrics() -> Response:
-    manager = services().manager
-    body = await manager.telemetry.render(manager)
-    return Response(body, content_type=CONTENT_TYPE)
+def install_request_metrics(app: QuartTrio) -> None:
+    app.before_request(_start_clock)
+    app.after_request(_count)

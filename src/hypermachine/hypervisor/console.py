@@ -113,9 +113,8 @@ class ConsoleService:
             await trio.sleep(self._settings.console_log_check_s)
             await trio.to_thread.run_sync(rotate_if_over, log, self._settings.console_log_max_bytes)
 
-    @contextlib.asynccontextmanager
-    async def session(self, vm_id: str) -> AsyncIterator[trio.SocketStream]:
-        """The VM's serial port as a byte stream, held exclusively.
+    async def open(self, vm_id: str) -> trio.SocketStream:
+        """Connect to the VM's serial port and hold it until :meth:`release`.
 
         Raises:
             VmNotFound, InvalidState (no QEMU), ConsoleBusy.
@@ -131,13 +130,25 @@ class ConsoleService:
             raise ConsoleBusy("another client holds this VM's console", vm_id=vm_id)
         self._sessions.add(vm_id)
         try:
-            try:
-                stream = await trio.open_unix_socket(str(self._paths(vm_id).serial_socket))
-            except OSError as err:
-                raise InvalidState(
-                    "the VM's serial console is not open", current=vm.state.value
-                ) from err
+            return await trio.open_unix_socket(str(self._paths(vm_id).serial_socket))
+        except OSError as err:
+            self._sessions.discard(vm_id)
+            raise InvalidState(
+                "the VM's serial console is not open", current=vm.state.value
+            ) from err
+        except BaseException:
+            self._sessions.discard(vm_id)
+            raise
+
+    def release(self, vm_id: str) -> None:
+        self._sessions.discard(vm_id)
+
+    @contextlib.asynccontextmanager
+    async def session(self, vm_id: str) -> AsyncIterator[trio.SocketStream]:
+        """The VM's serial port as a byte stream, held exclusively (see :meth:`open`)."""
+        stream = await self.open(vm_id)
+        try:
             async with stream:
                 yield stream
         finally:
-            self._sessions.discard(vm_id)
+            self.release(vm_id)

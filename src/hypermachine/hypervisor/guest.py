@@ -74,6 +74,8 @@ _DEFAULT_ENV = {
 _WRAPPER = 'exec "$@" >>"$0.out" 2>>"$0.err"'
 _POLL_FIRST_S = 0.05
 _AGENT_STATES = (VmState.STARTING, VmState.RUNNING)
+# A caller willing to wait for the agent also waits through these (on the way to running).
+_BECOMING = (VmState.CREATING, VmState.STARTING)
 
 
 def _b64(data: bytes) -> str:
@@ -229,6 +231,7 @@ class GuestService:
             ping_interval_s=settings.guest_agent_ping_interval_s,
             retry_s=settings.guest_agent_retry_s,
         )
+        events.add_listener(lambda _event: self._announce())  # waiters see state changes too
 
     # -- agents --------------------------------------------------------------------
 
@@ -277,6 +280,9 @@ class GuestService:
             while True:
                 changed = self._changed
                 vm = self._get_vm(vm_id)
+                if vm.state in _BECOMING and wait_s > 0:
+                    await changed.wait()
+                    continue
                 if vm.state not in _AGENT_STATES:
                     raise InvalidState(
                         f"the guest agent needs a running VM; it is {vm.state.value}",

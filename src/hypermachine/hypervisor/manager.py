@@ -86,30 +86,24 @@ class GuardLike(Protocol):
     """The security layer as the manager sees it (``hypermachine.security.Security``)."""
 
     def vm_quota(self) -> int: ...
-    def audit(self, operation: str, target: str | None, outcome: str) -> None: ...
 
 
 _Op = Callable[..., Awaitable[Any]]
 
 
-def _audited(operation: str) -> Callable[[_Op], _Op]:
-    """Check the caller owns the VM (first argument), run, and audit the outcome."""
+def _owned(method: _Op) -> _Op:
+    """Check the caller may see the VM (the first argument) before the method runs.
 
-    def wrap(method: _Op) -> _Op:
-        @functools.wraps(method)
-        async def run(self: Manager, vm_id: str, *args: Any, **kwargs: Any) -> Any:
-            try:
-                self.get(vm_id)
-                result = await method(self, vm_id, *args, **kwargs)
-            except HMError as err:
-                self._audit(operation, vm_id, err.code)
-                raise
-            self._audit(operation, vm_id, "ok")
-            return result
+    The dispatcher has found the VM in the caller's scope already; this keeps the
+    manager safe on its own too (tests, the CLI).
+    """
 
-        return run
+    @functools.wraps(method)
+    async def run(self: Manager, vm_id: str, *args: Any, **kwargs: Any) -> Any:
+        self.get(vm_id)
+        return await method(self, vm_id, *args, **kwargs)
 
-    return wrap
+    return run
 
 
 def _host_budget(settings: Settings) -> HostBudget:
@@ -166,8 +160,9 @@ class Manager:
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.events = EventLog(store, retain=settings.events_retained)
-        self.guest = GuestService(settings, self.events, store.get_vm)
-        self.console = ConsoleService(settings, store.get_vm, self._paths)
+        # Both look VMs up in the caller's scope, as every face-reachable path does.
+        self.guest = GuestService(settings, self.events, self.get)
+        self.console = ConsoleService(settings, self.get, self._paths)
         self.telemetry = Telemetry()
         self.events.add_listener(self.telemetry.on_event)
         self._resources = HostResources(
@@ -275,10 +270,6 @@ class Manager:
 
     # -- the caller's view -----------------------------------------------------
 
-    def _audit(self, operation: str, target: str | None, outcome: str) -> None:
-        if self._guard is not None:
-            self._guard.audit(operation, target, outcome)
-
     @staticmethod
     def _scoped(query: VmQuery) -> VmQuery:
         caller = current_caller()
@@ -362,15 +353,6 @@ class Manager:
         Raises:
             ImageNotFound, Unsupported, NameTaken, IdempotencyConflict.
         """
-        try:
-            created = await self._create(request, idempotency_key)
-        except HMError as err:
-            self._audit("create_vm", None, err.code)
-            raise
-        self._audit("create_vm", created.vm.id, "ok")
-        return created
-
-    async def _create(self, request: CreateVmRequest, idempotency_key: str | None) -> _Created:
         body = request.model_dump(mode="json")
         tenant = current_caller().tenant
         if idempotency_key is not None:
@@ -484,7 +466,7 @@ class Manager:
                 size_gb=vm.disk_gb,
             )
 
-    @_audited("delete_vm")
+    @_owned
     async def delete(self, vm_id: str, *, force: bool = False) -> None:
         """Remove the VM, its disk and files. ``force`` kills a live QEMU first.
 
@@ -523,7 +505,7 @@ class Manager:
 
     # -- lifecycle -------------------------------------------------------------
 
-    @_audited("start_vm")
+    @_owned
     async def start(self, vm_id: str) -> Vm:
         """Launch QEMU (paused), connect QMP and let the guest run.
 
@@ -662,7 +644,7 @@ class Manager:
         elif current not in _SERVER_DRIVEN and state is not current:
             self._set(machine.vm_id, state, reason)
 
-    @_audited("stop_vm")
+    @_owned
     async def stop(self, vm_id: str, *, force: bool = False, timeout_s: float | None = None) -> Vm:
         """Ask the guest to power off (ACPI), quitting QEMU if it has not within the
         timeout; ``force`` quits at once. A paused guest cannot see ACPI, so it is quit.
@@ -693,15 +675,15 @@ class Manager:
             machine.start_soon(stop_machine)
         return vm
 
-    @_audited("pause_vm")
+    @_owned
     async def pause(self, vm_id: str) -> Vm:
         return await self._simple(vm_id, Action.PAUSE, "stop", VmState.PAUSED)
 
-    @_audited("resume_vm")
+    @_owned
     async def resume(self, vm_id: str) -> Vm:
         return await self._simple(vm_id, Action.RESUME, "cont", VmState.RUNNING)
 
-    @_audited("reboot_vm")
+    @_owned
     async def reboot(self, vm_id: str) -> Vm:
         """Hard reset of the guest (QMP ``system_reset``); the VM stays running."""
         return await self._simple(vm_id, Action.REBOOT, "system_reset", VmState.RUNNING)

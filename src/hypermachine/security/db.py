@@ -9,8 +9,10 @@ key is stored; keys carry 256 random bits, so a fast hash is enough.
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import sqlite3
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,7 +45,8 @@ CREATE TABLE IF NOT EXISTS audit (
     tenant TEXT NOT NULL,
     operation TEXT NOT NULL,
     target TEXT,
-    outcome TEXT NOT NULL
+    outcome TEXT NOT NULL,
+    details TEXT NOT NULL DEFAULT '{}'
 );
 """
 _KEY_COLUMNS = "id, prefix, name, tenant, tier, admin, created_at, revoked_at"
@@ -71,6 +74,9 @@ class SecurityStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(audit)")}
+        if "details" not in columns:  # a database from before audit details
+            self._db.execute("ALTER TABLE audit ADD COLUMN details TEXT NOT NULL DEFAULT '{}'")
 
     def close(self) -> None:
         self._db.close()
@@ -132,21 +138,41 @@ class SecurityStore:
 
     # -- audit ----------------------------------------------------------------
 
-    def record(self, caller: Caller, operation: str, target: str | None, outcome: str) -> None:
+    def record(
+        self,
+        caller: Caller,
+        operation: str,
+        target: str | None,
+        outcome: str,
+        details: Mapping[str, object] | None = None,
+    ) -> None:
         self._db.execute(
-            "INSERT INTO audit(time, key_id, tenant, operation, target, outcome) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (_now(), caller.key_id, caller.tenant, operation, target, outcome),
+            "INSERT INTO audit(time, key_id, tenant, operation, target, outcome, details) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                _now(),
+                caller.key_id,
+                caller.tenant,
+                operation,
+                target,
+                outcome,
+                json.dumps(dict(details or {}), default=str),
+            ),
         )
 
     def audit_page(self, *, limit: int, before: int | None) -> tuple[list[AuditEntry], int | None]:
         """Newest first; ``before`` is the ``next_cursor`` of the previous page."""
         rows = self._db.execute(
-            "SELECT id, time, key_id, tenant, operation, target, outcome FROM audit "
+            "SELECT id, time, key_id, tenant, operation, target, outcome, details FROM audit "
             "WHERE id < ? ORDER BY id DESC LIMIT ?",
             (before if before is not None else 2**62, limit + 1),
         ).fetchall()
         names = ("id", "time", "key_id", "tenant", "operation", "target", "outcome")
-        entries = [AuditEntry.model_validate(dict(zip(names, r, strict=True))) for r in rows]
+        entries = [
+            AuditEntry.model_validate(
+                {**dict(zip(names, r[:-1], strict=True)), "details": json.loads(r[-1])}
+            )
+            for r in rows
+        ]
         more = len(entries) > limit
         return entries[:limit], (entries[limit - 1].id if more else None)

@@ -1,6 +1,6 @@
 """The HTTP face of the security layer: every request and websocket passes here first.
 
-``before`` authenticates (401/403), sets the caller for the handler's task and counts
+``before`` authenticates (401 for a bad key), sets the caller for the handler's task and counts
 the request against the key's rate limit (429); ``after`` adds the ``RateLimit-*``
 headers, ``Retry-After`` and ``WWW-Authenticate``. Both run for error responses
 too, so every refusal is in the usual error format.
@@ -25,9 +25,9 @@ def security() -> Security:
     return found
 
 
-def _admit(path: str, headers: object) -> None:
+def _admit(headers: object) -> None:
     guard = security()
-    caller = guard.authenticate(path, headers)  # type: ignore[arg-type]
+    caller = guard.authenticate(headers)  # type: ignore[arg-type]
     set_caller(caller)
     decision = guard.rate_limit(caller)
     g.hm_rate = decision
@@ -41,12 +41,12 @@ def _admit(path: str, headers: object) -> None:
 
 async def _before_request() -> None:
     g.hm_rate = None
-    _admit(request.path, request.headers)
+    _admit(request.headers)
 
 
 async def _before_websocket() -> None:
     g.hm_rate = None
-    _admit(websocket.path, websocket.headers)
+    _admit(websocket.headers)
 
 
 async def _after_request(response: Response) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -56,6 +57,10 @@ class AuditEntry(_Strict):
     operation: str
     target: str | None
     outcome: str = Field(description='"ok" or the error code.')
+    details: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What the call did (argv, a path and size, a script's hash); no secrets.",
+    )
 
 
 class AuditPage(_Strict):
