@@ -21,12 +21,12 @@ from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionFunctionToolParam
 from pydantic import TypeAdapter
 
-from hypermachine.api import build_registry
 from hypermachine.agentic.faces import anthropic_tools, gemini_tools, mcp_tools, openai_tools
-from hypermachine.operations.inputs import RunVmScriptInput
-from hypermachine.operations.declare import TOOL_NAME, Operation, Registry
 from hypermachine.agentic.schemas import GEMINI_FORBIDDEN, json_schema, lower, raise_arguments
+from hypermachine.api import build_registry
 from hypermachine.models import CreateVmRequest
+from hypermachine.operations.declare import TOOL_NAME, Operation, Registry
+from hypermachine.operations.inputs import RunVmScriptInput
 
 REGISTRY = build_registry()
 EXPECTED = {

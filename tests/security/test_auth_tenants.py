@@ -10,8 +10,6 @@ import pytest
 from keyed import Keyed, assert_error, keyed_server
 
 from hypermachine.errors import VmNotFound
-from hypermachine.models import ScriptRequest
-from hypermachine.security import acting_as
 
 PUBLIC = [
     "/health",
@@ -233,10 +231,9 @@ async def test_script_host_calls_carry_the_caller(keyed: Keyed) -> None:
     # A binding made for bob cannot reach alice's VM, even if handed its id.
     bob = keyed.services.security.store.caller_for(keyed.bob)
     assert bob is not None
-    with acting_as(bob), pytest.raises(VmNotFound):
-        await keyed.services.scripts.run(
-            ScriptRequest(language="rhai", code="vm.state"), vm_id=vm_id
-        )
+    dispatcher = keyed.client.app.extensions["hypermachine.dispatcher"]
+    with pytest.raises(VmNotFound):
+        await dispatcher.call("run_vm_script", bob, {"vm_id": vm_id, "code": "vm.state"})
 
 
 async def test_audit_log_records_mutations_without_secrets(keyed: Keyed) -> None:
@@ -265,7 +262,7 @@ async def test_audit_log_records_mutations_without_secrets(keyed: Keyed) -> None
 
 
 async def test_event_stream_shows_only_the_callers_vms(keyed: Keyed) -> None:
-    from hypermachine.api.events import _visibility
+    from hypermachine.operations.catalogue import visibility
     from hypermachine.security.caller import Caller
 
     alices = await _create(keyed, keyed.alice, name="a-box")
@@ -273,8 +270,10 @@ async def test_event_stream_shows_only_the_callers_vms(keyed: Keyed) -> None:
     log = keyed.services.manager.events.after(0)
     assert {e.vm_id for e in log} >= {alices["id"], bobs["id"]}
     async with keyed.client.app.app_context():
-        as_alice = _visibility(Caller(key_id="k1", tenant="alice", tier="free", admin=False))
-        as_admin = _visibility(Caller(key_id="k2", tenant="ops", tier="free", admin=True))
+        manager = keyed.services.manager
+        alice = Caller(key_id="k1", tenant="alice", tier="free", admin=False)
+        as_alice = visibility(alice, manager)
+        as_admin = visibility(Caller(key_id="k2", tenant="ops", tier="free", admin=True), manager)
         seen_by_alice = {e.vm_id for e in log if as_alice(e)}
         seen_by_admin = {e.vm_id for e in log if as_admin(e)}
     assert alices["id"] in seen_by_alice and bobs["id"] not in seen_by_alice

@@ -59,6 +59,7 @@ from ..models import (
     VmMetrics,
     VmState,
 )
+from ..security.caller import Caller
 from ..store import VmQuery
 from ..telemetry import CONTENT_TYPE
 from .declare import (
@@ -96,7 +97,7 @@ from .inputs import (
     WriteVmFileInput,
 )
 
-__all__ = ["READ_ONLY_QMP", "vm_operations"]
+__all__ = ["READ_ONLY_QMP", "visibility", "vm_operations"]
 
 _VM = "/api/v1/vms/{vm_id}"
 
@@ -154,7 +155,7 @@ async def _create_vm(ctx: Context, args: CreateVmInput) -> Answer:
     headers = {"Location": f"/api/v1/vms/{vm.id}"}
     if created.replayed:
         headers["Idempotent-Replayed"] = "true"
-    return Answer(vm, status=201, headers=headers)
+    return Answer(vm, status=201, headers=headers, target=vm.id)
 
 
 async def _delete_vm(ctx: Context, args: DeleteVmInput) -> Answer:
@@ -355,14 +356,13 @@ async def _held_console(
 # -- events ---------------------------------------------------------------------------
 
 
-def _visibility(ctx: Context) -> Callable[[Event], bool]:
+def visibility(caller: Caller, manager: Any) -> Callable[[Event], bool]:
     """Which events the caller may see: its own tenant's VMs' (all, for admins).
 
     A VM's tenant is looked up once per stream; a VM the server no longer knows is
     hidden from non-admins (fail closed) unless it was seen while it existed.
     """
     owners: dict[str, str | None] = {}
-    caller, manager = ctx.caller, ctx.services.manager
 
     def visible(event: Event) -> bool:
         if caller.admin or event.vm_id is None:
@@ -385,7 +385,7 @@ async def _follow_events(ctx: Context, args: EventsInput) -> EventStream:
     start = latest if args.after is None else args.after
     # Not checked against live VMs: a deleted VM's history (ending in vm.deleted) stays readable.
     follow = svc.manager.events.follow(start, vm_id=args.vm_id, idle_s=svc.settings.sse_keepalive_s)
-    visible = _visibility(ctx)
+    visible = visibility(ctx.caller, svc.manager)
 
     async def messages() -> AsyncIterator[tuple[str, object, str | None] | None]:
         async for event in follow:

@@ -88,6 +88,8 @@ class Answer:
     body: object
     status: int | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    target: str | None = None
+    """What the audit entry names when the input did not (the VM or key just made)."""
 
 
 @dataclass(frozen=True)

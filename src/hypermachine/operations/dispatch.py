@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from ..errors import Forbidden, HMError, Unauthorized, ValidationFailed, VmNotFound
 from ..security.caller import ANONYMOUS, Caller, acting_as
-from .declare import Access, Context, Operation, Registry
+from .declare import Access, Answer, Context, Operation, Registry
 
 __all__ = ["Dispatcher", "redact"]
 
@@ -108,7 +108,8 @@ class Dispatcher:
                 self._redact(err, caller)
                 raise
         if op.mutates:
-            self._record(caller, op.name, target, "ok", details)
+            made = result.target if isinstance(result, Answer) else None
+            self._record(caller, op.name, made or target, "ok", details)
         return result
 
     def _context(self, op: Operation, caller: Caller, args: Any, base_url: str) -> Context:

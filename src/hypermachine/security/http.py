@@ -11,8 +11,8 @@ from __future__ import annotations
 from quart import Response, current_app, g, request, websocket
 from quart_trio import QuartTrio
 
-from ..errors import RateLimited
-from .caller import set_caller
+from ..errors import RateLimited, Unauthorized
+from .caller import ANONYMOUS, set_caller
 from .service import Security
 
 __all__ = ["install_security", "security"]
@@ -25,9 +25,11 @@ def security() -> Security:
     return found
 
 
-def _admit(headers: object) -> None:
+def _admit(headers: object, matched: bool) -> None:
     guard = security()
     caller = guard.authenticate(headers)  # type: ignore[arg-type]
+    if not matched and caller is ANONYMOUS:
+        raise Unauthorized("an API key is required (Authorization: Bearer hm_…)")
     set_caller(caller)
     decision = guard.rate_limit(caller)
     g.hm_rate = decision
@@ -41,12 +43,12 @@ def _admit(headers: object) -> None:
 
 async def _before_request() -> None:
     g.hm_rate = None
-    _admit(request.headers)
+    _admit(request.headers, request.url_rule is not None)
 
 
 async def _before_websocket() -> None:
     g.hm_rate = None
-    _admit(websocket.headers)
+    _admit(websocket.headers, websocket.url_rule is not None)
 
 
 async def _after_request(response: Response) -> Response:

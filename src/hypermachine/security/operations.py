@@ -18,7 +18,7 @@ async def _create_key(ctx: Context, args: CreateKeyRequest) -> Answer:
     created: CreatedKey = ctx.services.security.store.create_key(
         name=args.name, tier=args.tier, admin=args.admin, tenant=args.tenant
     )
-    return Answer(created, status=201, headers={"Cache-Control": "no-store"})
+    return Answer(created, status=201, headers={"Cache-Control": "no-store"}, target=created.id)
 
 
 async def _revoke_key(ctx: Context, args: KeyIdInput) -> Answer:
