@@ -7,11 +7,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_concurrency
 import bench_core
 
 
 def main() -> int:
     status = bench_core.main()
+    print()
+    status = status or bench_concurrency.main()
     try:
         import bench_rhai
     except ImportError:

@@ -266,6 +266,10 @@ def _check_names(source: str, names: Mapping[str, Any]) -> None:
         raise ConfigError(f"unknown setting(s) in {source}: {', '.join(unknown)}")
 
 
+# HM_* variables that are not server settings: the settings file, and the client's.
+_NOT_SETTINGS = frozenset({"HM_CONFIG", "HM_SERVER", "HM_API_KEY"})
+
+
 def load_settings(
     *,
     config_file: Path | None = None,
@@ -279,6 +283,8 @@ def load_settings(
     """
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
+    if config_file is None and environ.get("HM_CONFIG"):
+        config_file = Path(environ["HM_CONFIG"])
     if config_file is not None:
         try:
             from_file = tomllib.loads(config_file.read_text())
@@ -289,7 +295,7 @@ def load_settings(
     from_env = {
         key[3:].lower(): value
         for key, value in environ.items()
-        if key.startswith("HM_") and key not in ("HM_CONFIG",)
+        if key.startswith("HM_") and key not in _NOT_SETTINGS
     }
     _check_names("the HM_* environment", from_env)
     values.update(from_env)

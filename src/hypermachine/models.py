@@ -317,7 +317,10 @@ class VmSpec(_Strict):
     disk_gb: int = Field(default=10, ge=1, le=10_000)
     image: str = Field(min_length=1, max_length=64)
     network: NetworkSpec = Field(default_factory=NetworkSpec)
-    gpu: GpuSpec = Field(default_factory=GpuSpec)
+    gpu: GpuSpec = Field(
+        default_factory=GpuSpec,
+        description="A gpu object asks for a GPU unless it says enabled: false.",
+    )
     security: SecuritySpec = Field(default_factory=SecuritySpec)
     firmware: Literal["bios", "uefi"] | None = Field(
         default=None,
@@ -348,6 +351,14 @@ class VmSpec(_Strict):
             if len(value) > _MAX_LABEL_VALUE or any(ord(c) < 32 for c in value):
                 raise ValueError(f"label {key!r}: value too long or has control characters")
         return labels
+
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _given_means_wanted(cls, value: object) -> object:
+        """A gpu object without ``enabled`` asks for a GPU (never dropped silently)."""
+        if isinstance(value, dict) and "enabled" not in value:
+            return {**value, "enabled": True}
+        return value
 
 
 class CreateVmRequest(VmSpec):

@@ -82,7 +82,7 @@ def _decode_cursor(cursor: str) -> int:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         kind, _, value = base64.urlsafe_b64decode(padded).decode().partition(":")
-        if kind != "seq":
+        if kind != "seq" or not value.isascii() or not value.isdigit() or len(value) > 18:
             raise ValueError(kind)
         return int(value)
     except (ValueError, UnicodeDecodeError) as err:

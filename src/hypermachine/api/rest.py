@@ -32,6 +32,7 @@ from ..operations import (
     QueryParam,
     RawJson,
 )
+from ..operations.dispatch import check_access
 from ..security.caller import current_caller
 from .requests import read_json_object
 from .sse import sse_response
@@ -77,6 +78,7 @@ def mount(app: QuartTrio, ops: Dispatcher, custom: Mapping[str, View]) -> None:
 
 def _view(op: Operation) -> View:
     async def view(**path: str) -> Response:
+        check_access(op.access, current_caller())  # who may call, before reading the body
         arguments = await _arguments(op, path)
         base = request.host_url.rstrip("/")
         result = await dispatcher().call(op.name, current_caller(), arguments, base_url=base)

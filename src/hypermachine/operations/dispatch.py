@@ -23,7 +23,7 @@ from ..errors import Forbidden, HMError, Unauthorized, ValidationFailed, VmNotFo
 from ..security.caller import ANONYMOUS, Caller, acting_as
 from .declare import Access, Answer, Context, Operation, Registry
 
-__all__ = ["Dispatcher", "redact"]
+__all__ = ["Dispatcher", "check_access", "redact"]
 
 _VM_ID = re.compile(r"\bvm-[0-9a-f]{12}\b")
 _DENIALS = (Unauthorized, Forbidden, VmNotFound)
@@ -105,7 +105,7 @@ class Dispatcher:
             except HMError as err:
                 if op.mutates or isinstance(err, _DENIALS):
                     self._record(caller, op.name, target, err.code, details)
-                self._redact(err, caller)
+                self._redact(err, caller, named=target)
                 raise
         if op.mutates:
             made = result.target if isinstance(result, Answer) else None
@@ -149,11 +149,16 @@ class Dispatcher:
 
     # -- redaction -----------------------------------------------------------------
 
-    def _redact(self, err: HMError, caller: Caller) -> None:
-        """Other tenants' VM ids out of an error (a non-admin sees "in use", not by whom)."""
+    def _redact(self, err: HMError, caller: Caller, named: str | None) -> None:
+        """Other tenants' VM ids out of an error (a non-admin sees "in use", not by whom);
+        the id the caller named itself stays, so a missing VM and another tenant's read
+        the same."""
         if caller.admin:
             return
-        visible = partial(self._visible, caller)
+
+        def visible(vm_id: str) -> bool:
+            return vm_id == named or self._visible(caller, vm_id)
+
         err.message = redact(err.message, visible)
         err.details = redact(err.details, visible)
         err.args = (err.message,)
