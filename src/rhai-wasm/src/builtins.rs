@@ -47,6 +47,31 @@ fn range_bounds(start: i64, len: i64, n: usize) -> (usize, usize) {
     (start as usize, (start + len) as usize)
 }
 
+/// Characters named by `(start)` (to the end), `(start, len)` or `(range)`.
+fn char_span(span: &[Value], n: usize) -> Option<(usize, usize)> {
+    Some(match span {
+        [Value::Int(st)] => range_bounds(*st, n as i64, n),
+        [Value::Int(st), Value::Int(len)] => range_bounds(*st, *len, n),
+        [r] => return range_span(r, n),
+        _ => return None,
+    })
+}
+
+fn span_start_len(r: &Value, n: usize) -> (i64, i64) {
+    let (a, b) = range_span(r, n).unwrap_or((0, 0));
+    (a as i64, (b - a) as i64)
+}
+
+/// Positions named by a range: from the beginning if the start is ≤ 0, to the end if past it.
+fn range_span(r: &Value, n: usize) -> Option<(usize, usize)> {
+    let (a, end) = match *r {
+        Value::Range(a, b) => (a.max(0), b),
+        Value::RangeIncl(a, b) => (a.max(0), b.saturating_add(1)),
+        _ => return None,
+    };
+    Some(range_bounds(a, end.saturating_sub(a), n))
+}
+
 /// The bits named by `(start)`, `(start, len)` or `(range)`: a negative start counts
 /// from the MSB, a length < 1 selects nothing, one past the MSB stops there.
 fn bit_span(span: &[Value], pos: Pos) -> R<Option<(u32, u32)>> {
@@ -522,19 +547,9 @@ fn string_fn(it: &mut Interp, name: &str, sv: &mut String, rest: &[Value], pos: 
                 None => Value::Int(-1),
             }
         }
-        ("sub_string", [Value::Int(st)]) | ("sub_string", [Value::Int(st), Value::Int(_)]) => {
-            let n = nchars();
-            let len = match rest.get(1) {
-                Some(Value::Int(l)) => *l,
-                _ => n as i64,
-            };
-            let (a, b) = range_bounds(*st, len, n);
+        ("sub_string", span) if char_span(span, nchars()).is_some() => {
+            let (a, b) = char_span(span, nchars()).unwrap();
             s(&sv.chars().skip(a).take(b - a).collect::<String>())
-        }
-        ("sub_string", [Value::Range(a, b)]) | ("sub_string", [Value::RangeIncl(a, b)]) => {
-            let end = if matches!(rest[0], Value::RangeIncl(..)) { b + 1 } else { *b };
-            let (x, y) = range_bounds(*a, end - a, nchars());
-            s(&sv.chars().skip(x).take(y - x).collect::<String>())
         }
         ("get", [Value::Int(i)]) => {
             let n = nchars();
@@ -560,6 +575,12 @@ fn string_fn(it: &mut Interp, name: &str, sv: &mut String, rest: &[Value], pos: 
         }
         ("split_rev", [Value::Str(sep)]) => Value::Array(Rc::new(sv.rsplit(&**sep).map(s).collect())),
         ("split_rev", [Value::Char(sep)]) => Value::Array(Rc::new(sv.rsplit(*sep).map(s).collect())),
+        ("split_rev", [Value::Str(sep), Value::Int(k)]) => {
+            Value::Array(Rc::new(sv.rsplitn((*k).max(1) as usize, &**sep).map(s).collect()))
+        }
+        ("split_rev", [Value::Char(sep), Value::Int(k)]) => {
+            Value::Array(Rc::new(sv.rsplitn((*k).max(1) as usize, *sep).map(s).collect()))
+        }
         ("trim", []) => {
             *sv = sv.trim().to_string();
             Value::Unit
@@ -642,13 +663,8 @@ fn string_fn(it: &mut Interp, name: &str, sv: &mut String, rest: &[Value], pos: 
             sv.truncate(b);
             Value::Unit
         }
-        ("crop", [Value::Int(st)]) | ("crop", [Value::Int(st), Value::Int(_)]) => {
-            let n = nchars();
-            let len = match rest.get(1) {
-                Some(Value::Int(l)) => *l,
-                _ => n as i64,
-            };
-            let (a, b) = range_bounds(*st, len, n);
+        ("crop", span) if char_span(span, nchars()).is_some() => {
+            let (a, b) = char_span(span, nchars()).unwrap();
             *sv = sv.chars().skip(a).take(b - a).collect();
             Value::Unit
         }
@@ -685,7 +701,10 @@ fn string_fn(it: &mut Interp, name: &str, sv: &mut String, rest: &[Value], pos: 
             sv.truncate(b);
             s(&tail)
         }
-        ("chars", []) => Value::Array(Rc::new(sv.chars().map(Value::Char).collect())),
+        ("chars", span) if char_span(span, nchars()).is_some() || span.is_empty() => {
+            let (a, b) = char_span(span, nchars()).unwrap_or((0, nchars()));
+            Value::Array(Rc::new(sv.chars().skip(a).take(b - a).map(Value::Char).collect()))
+        }
         ("to_chars", []) => Value::Array(Rc::new(sv.chars().map(Value::Char).collect())),
         ("to_blob", []) => Value::Blob(Rc::new(sv.as_bytes().to_vec())),
         ("reverse", []) => s(&sv.chars().rev().collect::<String>()),
@@ -975,8 +994,7 @@ fn array_fn(it: &mut Interp, name: &str, a: &mut Rc<Vec<Value>>, mut rest: Vec<V
         ("splice", 3) | ("splice", 2) => {
             let (st, len) = match (&rest[0], rest.get(1)) {
                 (Value::Int(s), Some(Value::Int(l))) if rest.len() == 3 => (*s, *l),
-                (Value::Range(x, y), _) if rest.len() == 2 => (*x, y - x),
-                (Value::RangeIncl(x, y), _) if rest.len() == 2 => (*x, y - x + 1),
+                (r @ (Value::Range(..) | Value::RangeIncl(..)), _) if rest.len() == 2 => span_start_len(r, n),
                 _ => return Ok(None),
             };
             let repl = match rest.pop() {
@@ -993,8 +1011,7 @@ fn array_fn(it: &mut Interp, name: &str, a: &mut Rc<Vec<Value>>, mut rest: Vec<V
             let (st, len) = match (&rest[0], rest.get(1)) {
                 (Value::Int(s), Some(Value::Int(l))) => (*s, *l),
                 (Value::Int(s), None) => (*s, n as i64),
-                (Value::Range(x, y), None) => (*x, y - x),
-                (Value::RangeIncl(x, y), None) => (*x, y - x + 1),
+                (r @ (Value::Range(..) | Value::RangeIncl(..)), None) => span_start_len(r, n),
                 _ => return Ok(None),
             };
             let (x, y) = range_bounds(st, len, n);
@@ -1126,8 +1143,7 @@ fn map_fn(it: &mut Interp, name: &str, m: &mut Rc<Map>, mut rest: Vec<Value>, po
 /// `open_len`), then the remaining arguments.
 fn blob_span(rest: &[Value], n: usize, open_len: bool) -> Option<((usize, usize), &[Value])> {
     match rest {
-        [Value::Range(a, b), tail @ ..] => Some((range_bounds(*a, b - a, n), tail)),
-        [Value::RangeIncl(a, b), tail @ ..] => Some((range_bounds(*a, b - a + 1, n), tail)),
+        [r @ (Value::Range(..) | Value::RangeIncl(..)), tail @ ..] => Some((range_span(r, n)?, tail)),
         [Value::Int(st), Value::Int(len), tail @ ..] => Some((range_bounds(*st, *len, n), tail)),
         [Value::Int(st)] if open_len => Some((range_bounds(*st, n as i64, n), &[])),
         _ => None,
