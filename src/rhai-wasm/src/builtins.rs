@@ -734,6 +734,14 @@ fn array_fn(it: &mut Interp, name: &str, a: &mut Rc<Vec<Value>>, mut rest: Vec<V
             rest[0] = Value::FnPtr(Rc::new(FnPtr { name: f.clone(), curry: Vec::new(), def: None, captures: Vec::new() }));
         }
     }
+    // `find(f, start)` / `find_map(f, start)`: the search begins at `start` (from the end if < 0)
+    let mut skip = 0;
+    if (name == "find" || name == "find_map") && rest.len() == 2 {
+        if let Value::Int(i) = rest[1] {
+            skip = if i < 0 { (n as i64).saturating_add(i).max(0) as usize } else { i as usize };
+            rest.pop();
+        }
+    }
     let r = match (name, rest.len()) {
         ("len", 0) => Value::Int(n as i64),
         ("is_empty", 0) => Value::Bool(n == 0),
@@ -908,7 +916,7 @@ fn array_fn(it: &mut Interp, name: &str, a: &mut Rc<Vec<Value>>, mut rest: Vec<V
                 }
                 "find" => {
                     let mut res = Value::Unit;
-                    for (i, x) in arr.iter().enumerate() {
+                    for (i, x) in arr.iter().enumerate().skip(skip) {
                         if elem_bool(it, &f, x, i, pos)? {
                             res = x.clone();
                             break;
@@ -918,7 +926,7 @@ fn array_fn(it: &mut Interp, name: &str, a: &mut Rc<Vec<Value>>, mut rest: Vec<V
                 }
                 "find_map" => {
                     let mut res = Value::Unit;
-                    for (i, x) in arr.iter().enumerate() {
+                    for (i, x) in arr.iter().enumerate().skip(skip) {
                         let v = elem_value(it, &f, x, i, pos)?;
                         if !v.is_unit() {
                             res = v;

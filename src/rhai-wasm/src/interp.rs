@@ -1083,12 +1083,9 @@ impl Interp {
                     None => str_bounds(n, *i, pos),
                 }
             }
-            (Value::Str(s), Value::Range(a, b)) | (Value::Str(s), Value::RangeIncl(a, b)) => {
-                let end = if matches!(i, Value::RangeIncl(..)) { b.saturating_add(1) } else { *b };
-                let n = s.chars().count() as i64;
-                let start = if *a < 0 { (n + a).max(0) } else { (*a).min(n) };
-                let end = end.min(n).max(start);
-                let sub: String = s.chars().skip(start as usize).take((end - start) as usize).collect();
+            (Value::Str(s), Value::Range(..) | Value::RangeIncl(..)) => {
+                let (start, end) = str_range(i, s.chars().count());
+                let sub: String = s.chars().skip(start).take(end - start).collect();
                 Ok(Value::Str(Rc::from(sub.as_str())))
             }
             (Value::Array(_) | Value::Blob(_), Value::Range(..) | Value::RangeIncl(..)) => {
@@ -1385,6 +1382,22 @@ impl Interp {
                 *s = Rc::from(out.as_str());
                 Ok(())
             }
+            (Key::Idx(r @ (Value::Range(..) | Value::RangeIncl(..)), p), Value::Str(s)) if last => {
+                let chars: Vec<char> = s.chars().collect();
+                let (start, end) = str_range(r, chars.len());
+                let mut v = Value::Str(Rc::from(chars[start..end].iter().collect::<String>().as_str()));
+                self.set_path(&mut v, &[], rv, op, pos)?;
+                let mut out: String = chars[..start].iter().collect();
+                match v {
+                    Value::Str(t) => out.push_str(&t),
+                    Value::Char(c) => out.push(c),
+                    other => return rt_err(format!("Data type incorrect: {} (expecting string)", other.type_name()), *p),
+                }
+                out.extend(chars[end..].iter());
+                self.check_len("string", out.len(), *p)?;
+                *s = Rc::from(out.as_str());
+                Ok(())
+            }
             (Key::Idx(Value::Int(b), p), Value::Int(x)) if last => {
                 let k = match norm_index(*b, 64) {
                     Some(k) => k,
@@ -1414,6 +1427,9 @@ impl Interp {
                 value_to_json(&mut req, &rv, self.limits.max_string_size, 0);
                 req.push('}');
                 self.host_request(req, *p).map(|_| ())
+            }
+            (Key::Idx(r @ (Value::Range(..) | Value::RangeIncl(..)), p), Value::Array(_) | Value::Blob(_)) => {
+                rt_err(format!("Data type incorrect: {} (expecting i64)", r.type_name()), *p)
             }
             (Key::Prop(n, p), other) => rt_err(format!("Cannot set property {} of {}", n, other.type_name()), *p),
             (Key::Idx(i, p), other) => {
@@ -1865,6 +1881,20 @@ pub fn jstr(s: &str) -> String {
     let mut o = String::new();
     json_escape(&mut o, s);
     o
+}
+
+/// The characters `s[range]` names, as `start..end` positions clamped to `0..n`: a negative
+/// start or end counts from the end (`s[1..-1]` drops the first and last characters).
+fn str_range(r: &Value, n: usize) -> (usize, usize) {
+    let n = n as i64;
+    let from_end = |x: i64| if x < 0 { n.saturating_add(x) } else { x };
+    let (a, end) = match *r {
+        Value::Range(a, b) => (from_end(a), from_end(b)),
+        Value::RangeIncl(a, b) => (from_end(a), from_end(b).saturating_add(1)),
+        _ => (0, 0),
+    };
+    let start = a.clamp(0, n);
+    (start as usize, end.clamp(start, n) as usize)
 }
 
 pub fn norm_index(i: i64, len: usize) -> Option<usize> {

@@ -922,8 +922,11 @@ impl Parser {
             }
             Tok::Kw("for") => self.for_expr(),
             Tok::Op("(") => {
-                self.advance();
-                if self.eat_op(")") {
+                let (_, open) = self.advance();
+                // the unit literal is the one token `()`; `( )` is an empty grouping (an error)
+                let close = self.pos();
+                if self.is_op(")") && close.line == open.line && close.col == open.col + 1 {
+                    self.advance();
                     return Ok(Expr::Const(Value::Unit));
                 }
                 let e = self.expr()?;
