@@ -116,7 +116,7 @@ def test_response_conversion(runtime: RhaiRuntime) -> None:
 
 def test_host_error_is_catchable(runtime: RhaiRuntime) -> None:
     code = """
-        try { vm.stop(#{}); "no error" } catch (e) { e.message }
+        let r = "no error"; try { vm.stop(#{}); } catch (e) { r = e.message } r
     """
     assert run(runtime, code).result == "VM is not running"
 
@@ -130,7 +130,7 @@ def test_host_error_uncaught(runtime: RhaiRuntime) -> None:
 
 
 def test_host_value_not_json(runtime: RhaiRuntime) -> None:
-    res = run(runtime, "try { bad_value() } catch (e) { e.message }")
+    res = run(runtime, "let r; try { bad_value() } catch (e) { r = e.message } r")
     assert "not JSON" in res.result
 
 
@@ -147,7 +147,7 @@ def test_undeclared_member_never_reaches_host(runtime: RhaiRuntime) -> None:
 
 def test_property_set_goes_to_host(runtime: RhaiRuntime) -> None:
     host = FakeHost()
-    res = run(runtime, 'try { vm.state = "x"; 0 } catch (e) { e.message }', host)
+    res = run(runtime, 'let r = 0; try { vm.state = "x"; } catch (e) { r = e.message } r', host)
     assert res.result == "state is read-only"
     assert host.calls == [{"object": "vm", "property": "state", "value": "x"}]
 

@@ -75,7 +75,7 @@ def test_recursion_through_eval(runtime: RhaiRuntime) -> None:
 
 def test_deep_expression_nesting(runtime: RhaiRuntime) -> None:
     err = fail(runtime, "let x = " + "(" * 5000 + "1" + ")" * 5000 + ";")
-    assert (err.kind, err.limit) == ("limit", "max_expr_depth")
+    assert (err.kind, err.limit) == ("syntax", "max_expr_depth")
     err = fail(runtime, "let x = " + "-" * 5000 + "1;")
     assert err.limit == "max_expr_depth"
     err = fail(runtime, "let x = " + "[" * 5000 + "]" * 5000 + ";")
@@ -121,7 +121,7 @@ def test_output_flood(runtime: RhaiRuntime) -> None:
 
 def test_huge_string_literal(runtime: RhaiRuntime) -> None:
     err = fail(runtime, 'let s = "' + "x" * 2_000_000 + '"; s.len()')
-    assert (err.kind, err.limit) == ("limit", "max_string_size")
+    assert (err.kind, err.limit) == ("syntax", "max_string_size")
 
 
 def test_huge_array_literal(runtime: RhaiRuntime) -> None:
@@ -265,7 +265,7 @@ def test_fresh_instance_per_run(runtime: RhaiRuntime) -> None:
 )
 def test_long_chains_hit_expression_depth(runtime: RhaiRuntime, code: str) -> None:
     err = fail(runtime, code)
-    assert (err.kind, err.limit) == ("limit", "max_expr_depth")
+    assert (err.kind, err.limit) == ("syntax", "max_expr_depth")
 
 
 def test_long_chains_within_limits_still_work(runtime: RhaiRuntime) -> None:

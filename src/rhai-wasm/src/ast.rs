@@ -98,8 +98,9 @@ pub struct Call {
     pub pos: Pos,
     /// `f!(...)`: names visible at the call site, so the callee can reach them.
     pub bang: Option<ScopeNames>,
-    /// Local variable of the same name (may hold a function pointer).
-    pub var: Option<Expr>,
+    /// The first argument is a variable that a native function may change
+    /// (`push(a, 1)` changes `a`, as `a.push(1)` does).
+    pub first_mutable: bool,
     pub cache: Cell<u32>,
 }
 
@@ -181,5 +182,7 @@ pub enum Expr {
     Eval(Box<Expr>, ScopeNames, u32, Pos),
     IsDefVar(Box<Expr>, ScopeNames, Pos),
     Import(Rc<str>, Pos),
+    /// `is_shared(x)` / `x.is_shared()` on a variable: is it captured by a closure?
+    IsShared(Box<Expr>),
     Nop,
 }

@@ -47,6 +47,49 @@ fn range_bounds(start: i64, len: i64, n: usize) -> (usize, usize) {
     (start as usize, (start + len) as usize)
 }
 
+/// Characters named by `(start)` (to the end), `(start, len)` or `(range)`.
+fn char_span(span: &[Value], n: usize) -> Option<(usize, usize)> {
+    Some(match span {
+        [Value::Int(st)] => range_bounds(*st, n as i64, n),
+        [Value::Int(st), Value::Int(len)] => range_bounds(*st, *len, n),
+        [r] => return range_span(r, n),
+        _ => return None,
+    })
+}
+
+fn span_start_len(r: &Value, n: usize) -> (i64, i64) {
+    let (a, b) = range_span(r, n).unwrap_or((0, 0));
+    (a as i64, (b - a) as i64)
+}
+
+/// Positions named by a range: from the beginning if the start is ≤ 0, to the end if past it.
+fn range_span(r: &Value, n: usize) -> Option<(usize, usize)> {
+    let (a, end) = match *r {
+        Value::Range(a, b) => (a.max(0), b),
+        Value::RangeIncl(a, b) => (a.max(0), b.saturating_add(1)),
+        _ => return None,
+    };
+    Some(range_bounds(a, end.saturating_sub(a), n))
+}
+
+/// The bits named by `(start)`, `(start, len)` or `(range)`: a negative start counts
+/// from the MSB, a length < 1 selects nothing, one past the MSB stops there.
+fn bit_span(span: &[Value], pos: Pos) -> R<Option<(u32, u32)>> {
+    let (start, len) = match span {
+        [] => (0, 64),
+        [r @ (Value::Range(..) | Value::RangeIncl(..))] => return bit_range(r, pos).map(Some),
+        [Value::Int(st)] => (*st, 64),
+        [Value::Int(st), Value::Int(len)] => (*st, *len),
+        _ => return Ok(None),
+    };
+    let k = match norm_index(start, 64) {
+        Some(k) => k as i64,
+        None => return bit_bounds(start, pos),
+    };
+    let width = len.max(0).min(64 - k);
+    Ok(Some((k as u32, width as u32)))
+}
+
 fn float_to_int(f: f64, pos: Pos) -> R<Value> {
     if f.is_nan() || f.trunc() > i64::MAX as f64 || f.trunc() < i64::MIN as f64 {
         return rt_err(format!("Integer overflow: to_int({})", fmt_float(f)), pos);
@@ -74,6 +117,16 @@ fn cmp_values(it: &mut Interp, a: &Value, b: &Value, pos: Pos) -> R<std::cmp::Or
         },
     };
     Ok(r)
+}
+
+/// Predicate over array element `x` at index `i`.
+fn elem_bool(it: &mut Interp, f: &Rc<FnPtr>, x: &Value, i: usize, pos: Pos) -> R<bool> {
+    let (v, _) = it.call_elem(f, vec![x.clone(), Value::Int(i as i64)], 0, pos)?;
+    truthy(v, pos)
+}
+
+fn elem_value(it: &mut Interp, f: &Rc<FnPtr>, x: &Value, i: usize, pos: Pos) -> R<Value> {
+    it.call_elem(f, vec![x.clone(), Value::Int(i as i64)], 0, pos).map(|(v, _)| v)
 }
 
 fn cb_bool(it: &mut Interp, f: &Rc<FnPtr>, args: Vec<Value>, pos: Pos) -> R<bool> {
@@ -240,9 +293,9 @@ pub fn call_builtin(it: &mut Interp, name: &str, args: &mut Vec<Value>, pos: Pos
                 };
             }
         }
-        ("to_json", 1) => {
+        ("to_json", 1) if matches!(args[0], Value::Map(_)) => {
             let mut out = String::new();
-            if !value_to_json(&mut out, &args[0], it.limits.max_string_size, 0) {
+            if !script_to_json(&mut out, &args[0], it.limits.max_string_size) {
                 return limit_err("max_string_size", format!("Length of string too large (limit max_string_size = {})", it.limits.max_string_size), pos);
             }
             return Ok(Some(s(&out)));
@@ -357,12 +410,6 @@ fn number_fn(it: &mut Interp, name: &str, args: &mut Vec<Value>, pos: Pos) -> R<
             ("is_zero", []) => return Ok(Some(Value::Bool(x == 0))),
             ("to_int", []) => return Ok(Some(Value::Int(x))),
             ("to_float", []) => return Ok(Some(Value::Float(x as f64))),
-            ("to_char", []) => {
-                return match char::from_u32(x as u32).filter(|_| (0..=0x10FFFF).contains(&x)) {
-                    Some(c) => Ok(Some(Value::Char(c))),
-                    None => rt_err(format!("Invalid character code: {}", x), pos),
-                }
-            }
             ("to_hex", []) => return Ok(Some(s(&format!("{:x}", x)))),
             ("to_octal", []) => return Ok(Some(s(&format!("{:o}", x)))),
             ("to_binary", []) => return Ok(Some(s(&format!("{:b}", x)))),
@@ -379,12 +426,22 @@ fn number_fn(it: &mut Interp, name: &str, args: &mut Vec<Value>, pos: Pos) -> R<
                 args[0] = Value::Int(if *v { x | (1 << k) } else { x & !(1 << k) });
                 return Ok(Some(Value::Unit));
             }
-            ("get_bits", [Value::Int(st), Value::Int(len)]) => {
-                return it.get_index(&Value::Int(x), &Value::Range(*st, st + len), pos).map(Some);
+            ("get_bits", span @ ([_] | [_, _])) => {
+                if let Some((start, width)) = bit_span(span, pos)? {
+                    return Ok(Some(Value::Int(get_bits(x, start, width))));
+                }
             }
-            ("bits", []) => {
-                let v: Vec<Value> = (0..64).map(|k| Value::Bool(x & (1 << k) != 0)).collect();
-                return Ok(Some(Value::Array(Rc::new(v))));
+            ("set_bits", [span @ .., Value::Int(v)]) if matches!(span.len(), 1 | 2) => {
+                if let Some((start, width)) = bit_span(span, pos)? {
+                    args[0] = Value::Int(set_bits(x, start, width, *v));
+                    return Ok(Some(Value::Unit));
+                }
+            }
+            ("bits", span) if span.len() <= 2 => {
+                if let Some((start, width)) = bit_span(span, pos)? {
+                    let v = (start..start + width).map(|k| Value::Bool(x & (1 << k) != 0)).collect();
+                    return Ok(Some(Value::Array(Rc::new(v))));
+                }
             }
             _ => {}
         }
@@ -490,19 +547,9 @@ fn string_fn(it: &mut Interp, name: &str, sv: &mut String, rest: &[Value], pos: 
                 None => Value::Int(-1),
             }
         }
-        ("sub_string", [Value::Int(st)]) | ("sub_string", [Value::Int(st), Value::Int(_)]) => {
-            let n = nchars();
-            let len = match rest.get(1) {
-                Some(Value::Int(l)) => *l,
-                _ => n as i64,
-            };
-            let (a, b) = range_bounds(*st, len, n);
+        ("sub_string", span) if char_span(span, nchars()).is_some() => {
+            let (a, b) = char_span(span, nchars()).unwrap();
             s(&sv.chars().skip(a).take(b - a).collect::<String>())
-        }
-        ("sub_string", [Value::Range(a, b)]) | ("sub_string", [Value::RangeIncl(a, b)]) => {
-            let end = if matches!(rest[0], Value::RangeIncl(..)) { b + 1 } else { *b };
-            let (x, y) = range_bounds(*a, end - a, nchars());
-            s(&sv.chars().skip(x).take(y - x).collect::<String>())
         }
         ("get", [Value::Int(i)]) => {
             let n = nchars();
@@ -528,6 +575,12 @@ fn string_fn(it: &mut Interp, name: &str, sv: &mut String, rest: &[Value], pos: 
         }
         ("split_rev", [Value::Str(sep)]) => Value::Array(Rc::new(sv.rsplit(&**sep).map(s).collect())),
         ("split_rev", [Value::Char(sep)]) => Value::Array(Rc::new(sv.rsplit(*sep).map(s).collect())),
+        ("split_rev", [Value::Str(sep), Value::Int(k)]) => {
+            Value::Array(Rc::new(sv.rsplitn((*k).max(1) as usize, &**sep).map(s).collect()))
+        }
+        ("split_rev", [Value::Char(sep), Value::Int(k)]) => {
+            Value::Array(Rc::new(sv.rsplitn((*k).max(1) as usize, *sep).map(s).collect()))
+        }
         ("trim", []) => {
             *sv = sv.trim().to_string();
             Value::Unit
@@ -610,13 +663,8 @@ fn string_fn(it: &mut Interp, name: &str, sv: &mut String, rest: &[Value], pos: 
             sv.truncate(b);
             Value::Unit
         }
-        ("crop", [Value::Int(st)]) | ("crop", [Value::Int(st), Value::Int(_)]) => {
-            let n = nchars();
-            let len = match rest.get(1) {
-                Some(Value::Int(l)) => *l,
-                _ => n as i64,
-            };
-            let (a, b) = range_bounds(*st, len, n);
+        ("crop", span) if char_span(span, nchars()).is_some() => {
+            let (a, b) = char_span(span, nchars()).unwrap();
             *sv = sv.chars().skip(a).take(b - a).collect();
             Value::Unit
         }
@@ -653,7 +701,10 @@ fn string_fn(it: &mut Interp, name: &str, sv: &mut String, rest: &[Value], pos: 
             sv.truncate(b);
             s(&tail)
         }
-        ("chars", []) => Value::Array(Rc::new(sv.chars().map(Value::Char).collect())),
+        ("chars", span) if char_span(span, nchars()).is_some() || span.is_empty() => {
+            let (a, b) = char_span(span, nchars()).unwrap_or((0, nchars()));
+            Value::Array(Rc::new(sv.chars().skip(a).take(b - a).map(Value::Char).collect()))
+        }
         ("to_chars", []) => Value::Array(Rc::new(sv.chars().map(Value::Char).collect())),
         ("to_blob", []) => Value::Blob(Rc::new(sv.as_bytes().to_vec())),
         ("reverse", []) => s(&sv.chars().rev().collect::<String>()),
@@ -670,8 +721,27 @@ fn string_fn(it: &mut Interp, name: &str, sv: &mut String, rest: &[Value], pos: 
     Ok(Some(r))
 }
 
+/// Array functions whose first argument may name the callback as a string (`a.filter("is_odd")`).
+const CALLBACK_FNS: &[&str] = &[
+    "map", "filter", "some", "all", "find", "find_map", "for_each", "retain", "drain", "dedup", "sort", "reduce",
+    "reduce_rev",
+];
+
 fn array_fn(it: &mut Interp, name: &str, a: &mut Rc<Vec<Value>>, mut rest: Vec<Value>, pos: Pos) -> R<Option<Value>> {
     let n = a.len();
+    if let Some(Value::Str(f)) = rest.first() {
+        if CALLBACK_FNS.contains(&name) && is_ident(f) {
+            rest[0] = Value::FnPtr(Rc::new(FnPtr { name: f.clone(), curry: Vec::new(), def: None, captures: Vec::new() }));
+        }
+    }
+    // `find(f, start)` / `find_map(f, start)`: the search begins at `start` (from the end if < 0)
+    let mut skip = 0;
+    if (name == "find" || name == "find_map") && rest.len() == 2 {
+        if let Value::Int(i) = rest[1] {
+            skip = if i < 0 { (n as i64).saturating_add(i).max(0) as usize } else { i as usize };
+            rest.pop();
+        }
+    }
     let r = match (name, rest.len()) {
         ("len", 0) => Value::Int(n as i64),
         ("is_empty", 0) => Value::Bool(n == 0),
@@ -783,7 +853,7 @@ fn array_fn(it: &mut Interp, name: &str, a: &mut Rc<Vec<Value>>, mut rest: Vec<V
             let mut found = -1;
             if let Some(f) = to_fn(&rest[0]) {
                 for (i, x) in arr.iter().enumerate().skip(start) {
-                    if cb_bool(it, &f, vec![x.clone(), Value::Int(i as i64)], pos)? {
+                    if elem_bool(it, &f, x, i, pos)? {
                         found = i as i64;
                         break;
                     }
@@ -809,20 +879,25 @@ fn array_fn(it: &mut Interp, name: &str, a: &mut Rc<Vec<Value>>, mut rest: Vec<V
                 "map" => {
                     let mut out = Vec::with_capacity(n);
                     for (i, x) in arr.iter().enumerate() {
-                        out.push(it.call_cb(&f, vec![x.clone(), Value::Int(i as i64)], pos)?);
+                        out.push(elem_value(it, &f, x, i, pos)?);
                     }
                     Value::Array(Rc::new(out))
                 }
                 "for_each" => {
-                    for (i, x) in arr.iter().enumerate() {
-                        it.call_cb(&f, vec![x.clone(), Value::Int(i as i64)], pos)?;
+                    // each element is `this` (changes stick); the optional parameter is the index
+                    let mut out = (*arr).clone();
+                    for (i, x) in out.iter_mut().enumerate() {
+                        let args = if it.fnptr_arity(&f) == Some(0) { vec![] } else { vec![Value::Int(i as i64)] };
+                        let (_, this) = it.call_fnptr(&f, args, Some(std::mem::take(x)), pos)?;
+                        *x = this.unwrap_or_default();
                     }
+                    *a = Rc::new(out);
                     Value::Unit
                 }
                 "filter" => {
                     let mut out = Vec::new();
                     for (i, x) in arr.iter().enumerate() {
-                        if cb_bool(it, &f, vec![x.clone(), Value::Int(i as i64)], pos)? {
+                        if elem_bool(it, &f, x, i, pos)? {
                             out.push(x.clone());
                         }
                     }
@@ -832,7 +907,7 @@ fn array_fn(it: &mut Interp, name: &str, a: &mut Rc<Vec<Value>>, mut rest: Vec<V
                     let want = name == "some";
                     let mut res = !want;
                     for (i, x) in arr.iter().enumerate() {
-                        if cb_bool(it, &f, vec![x.clone(), Value::Int(i as i64)], pos)? == want {
+                        if elem_bool(it, &f, x, i, pos)? == want {
                             res = want;
                             break;
                         }
@@ -841,8 +916,8 @@ fn array_fn(it: &mut Interp, name: &str, a: &mut Rc<Vec<Value>>, mut rest: Vec<V
                 }
                 "find" => {
                     let mut res = Value::Unit;
-                    for (i, x) in arr.iter().enumerate() {
-                        if cb_bool(it, &f, vec![x.clone(), Value::Int(i as i64)], pos)? {
+                    for (i, x) in arr.iter().enumerate().skip(skip) {
+                        if elem_bool(it, &f, x, i, pos)? {
                             res = x.clone();
                             break;
                         }
@@ -851,8 +926,8 @@ fn array_fn(it: &mut Interp, name: &str, a: &mut Rc<Vec<Value>>, mut rest: Vec<V
                 }
                 "find_map" => {
                     let mut res = Value::Unit;
-                    for (i, x) in arr.iter().enumerate() {
-                        let v = it.call_cb(&f, vec![x.clone(), Value::Int(i as i64)], pos)?;
+                    for (i, x) in arr.iter().enumerate().skip(skip) {
+                        let v = elem_value(it, &f, x, i, pos)?;
                         if !v.is_unit() {
                             res = v;
                             break;
@@ -864,7 +939,7 @@ fn array_fn(it: &mut Interp, name: &str, a: &mut Rc<Vec<Value>>, mut rest: Vec<V
                     let mut keep = Vec::new();
                     let mut removed = Vec::new();
                     for (i, x) in arr.iter().enumerate() {
-                        if cb_bool(it, &f, vec![x.clone(), Value::Int(i as i64)], pos)? == (name == "retain") {
+                        if elem_bool(it, &f, x, i, pos)? == (name == "retain") {
                             keep.push(x.clone());
                         } else {
                             removed.push(x.clone());
@@ -908,7 +983,7 @@ fn array_fn(it: &mut Interp, name: &str, a: &mut Rc<Vec<Value>>, mut rest: Vec<V
                     let mut acc = if rest.len() == 2 { rest[1].clone() } else { Value::Unit };
                     let idx: Vec<usize> = if name == "reduce" { (0..n).collect() } else { (0..n).rev().collect() };
                     for i in idx {
-                        acc = it.call_cb(&f, vec![acc, arr[i].clone(), Value::Int(i as i64)], pos)?;
+                        acc = it.call_elem(&f, vec![acc, arr[i].clone(), Value::Int(i as i64)], 1, pos)?.0;
                     }
                     acc
                 }
@@ -927,8 +1002,7 @@ fn array_fn(it: &mut Interp, name: &str, a: &mut Rc<Vec<Value>>, mut rest: Vec<V
         ("splice", 3) | ("splice", 2) => {
             let (st, len) = match (&rest[0], rest.get(1)) {
                 (Value::Int(s), Some(Value::Int(l))) if rest.len() == 3 => (*s, *l),
-                (Value::Range(x, y), _) if rest.len() == 2 => (*x, y - x),
-                (Value::RangeIncl(x, y), _) if rest.len() == 2 => (*x, y - x + 1),
+                (r @ (Value::Range(..) | Value::RangeIncl(..)), _) if rest.len() == 2 => span_start_len(r, n),
                 _ => return Ok(None),
             };
             let repl = match rest.pop() {
@@ -945,8 +1019,7 @@ fn array_fn(it: &mut Interp, name: &str, a: &mut Rc<Vec<Value>>, mut rest: Vec<V
             let (st, len) = match (&rest[0], rest.get(1)) {
                 (Value::Int(s), Some(Value::Int(l))) => (*s, *l),
                 (Value::Int(s), None) => (*s, n as i64),
-                (Value::Range(x, y), None) => (*x, y - x),
-                (Value::RangeIncl(x, y), None) => (*x, y - x + 1),
+                (r @ (Value::Range(..) | Value::RangeIncl(..)), None) => span_start_len(r, n),
                 _ => return Ok(None),
             };
             let (x, y) = range_bounds(st, len, n);
@@ -980,11 +1053,6 @@ fn array_fn(it: &mut Interp, name: &str, a: &mut Rc<Vec<Value>>, mut rest: Vec<V
                 out.push(it.call_cb(&f, vec![x.clone(), y.clone(), Value::Int(i as i64)], pos)?);
             }
             Value::Array(Rc::new(out))
-        }
-        ("to_json", 0) => {
-            let mut out = String::new();
-            value_to_json(&mut out, &Value::Array(a.clone()), it.limits.max_string_size, 0);
-            s(&out)
         }
         _ => return Ok(None),
     };
@@ -1074,18 +1142,69 @@ fn map_fn(it: &mut Interp, name: &str, m: &mut Rc<Map>, mut rest: Vec<Value>, po
                 }
             }
         }
-        ("to_json", 0) => {
-            let mut out = String::new();
-            value_to_json(&mut out, &Value::Map(m.clone()), it.limits.max_string_size, 0);
-            s(&out)
-        }
         _ => return Ok(None),
     };
     Ok(Some(r))
 }
 
+/// A byte span given as `(range)` or `(start, len)` (or `(start)` to the end when
+/// `open_len`), then the remaining arguments.
+fn blob_span(rest: &[Value], n: usize, open_len: bool) -> Option<((usize, usize), &[Value])> {
+    match rest {
+        [r @ (Value::Range(..) | Value::RangeIncl(..)), tail @ ..] => Some((range_span(r, n)?, tail)),
+        [Value::Int(st), Value::Int(len), tail @ ..] => Some((range_bounds(*st, *len, n), tail)),
+        [Value::Int(st)] if open_len => Some((range_bounds(*st, n as i64, n), &[])),
+        _ => None,
+    }
+}
+
+fn blob_val(v: Vec<u8>) -> Value {
+    Value::Blob(Rc::new(v))
+}
+
+/// Up to eight bytes as the first bytes of an 8-byte word, zero-padded.
+fn word(bytes: &[u8]) -> [u8; 8] {
+    let mut w = [0u8; 8];
+    let k = bytes.len().min(8);
+    w[..k].copy_from_slice(&bytes[..k]);
+    w
+}
+
+fn parse_blob(name: &str, bytes: &[u8]) -> Value {
+    let w = word(bytes);
+    match name {
+        "parse_le_int" => Value::Int(i64::from_le_bytes(w)),
+        "parse_be_int" => Value::Int(i64::from_be_bytes(w)),
+        "parse_le_float" => Value::Float(f64::from_le_bytes(w)),
+        _ => Value::Float(f64::from_be_bytes(w)),
+    }
+}
+
+fn value_bytes(name: &str, v: &Value) -> Option<[u8; 8]> {
+    let le = name == "write_le";
+    Some(match v {
+        Value::Int(i) if le => i.to_le_bytes(),
+        Value::Int(i) => i.to_be_bytes(),
+        Value::Float(f) if le => f.to_le_bytes(),
+        Value::Float(f) => f.to_be_bytes(),
+        _ => return None,
+    })
+}
+
+fn text_bytes(name: &str, v: &Value) -> Option<Vec<u8>> {
+    match v {
+        Value::Str(t) if name == "write_ascii" => Some(t.chars().filter(char::is_ascii).map(|c| c as u8).collect()),
+        Value::Str(t) => Some(t.as_bytes().to_vec()),
+        _ => None,
+    }
+}
+
 fn blob_fn(it: &mut Interp, name: &str, b: &mut Rc<Vec<u8>>, rest: &[Value], pos: Pos) -> R<Option<Value>> {
     let n = b.len();
+    if let Some(v) = blob_span_fn(it, name, b, rest, pos)? {
+        return Ok(Some(v));
+    }
+    let clamp = |i: i64| if i < 0 { (n as i64 + i).max(0) as usize } else { (i as usize).min(n) };
     let r = match (name, rest) {
         ("len", []) => Value::Int(n as i64),
         ("is_empty", []) => Value::Bool(n == 0),
@@ -1099,19 +1218,92 @@ fn blob_fn(it: &mut Interp, name: &str, b: &mut Rc<Vec<u8>>, rest: &[Value], pos
             Rc::make_mut(b).extend(o.iter());
             Value::Unit
         }
-        ("pop", []) => Rc::make_mut(b).pop().map(|x| Value::Int(x as i64)).unwrap_or(Value::Unit),
+        ("insert", [Value::Int(i), Value::Int(x)]) => {
+            it.check_len("array", n + 1, pos)?;
+            Rc::make_mut(b).insert(clamp(*i), *x as u8);
+            Value::Unit
+        }
+        ("pop", []) => Value::Int(Rc::make_mut(b).pop().unwrap_or(0) as i64),
+        ("shift", []) if n == 0 => Value::Int(0),
+        ("shift", []) => Value::Int(Rc::make_mut(b).remove(0) as i64),
+        ("remove", [Value::Int(i)]) => match norm_index(*i, n) {
+            Some(k) => Value::Int(Rc::make_mut(b).remove(k) as i64),
+            None => Value::Int(0),
+        },
         ("get", [Value::Int(i)]) => norm_index(*i, n).map(|k| Value::Int(b[k] as i64)).unwrap_or(Value::Unit),
         ("contains", [Value::Int(x)]) => Value::Bool(b.iter().any(|y| *y as i64 == *x)),
         ("clear", []) => {
             Rc::make_mut(b).clear();
             Value::Unit
         }
+        ("pad", [Value::Int(len), Value::Int(x)]) => {
+            if *len > n as i64 {
+                it.check_len("array", (*len).min(usize::MAX as i64) as usize, pos)?;
+                Rc::make_mut(b).resize(*len as usize, *x as u8);
+            }
+            Value::Unit
+        }
+        ("truncate", [Value::Int(len)]) => {
+            Rc::make_mut(b).truncate((*len).max(0) as usize);
+            Value::Unit
+        }
+        ("chop", [Value::Int(len)]) => {
+            let keep = ((*len).max(0) as usize).min(n);
+            Rc::make_mut(b).drain(..n - keep);
+            Value::Unit
+        }
+        ("split", [Value::Int(i)]) => blob_val(Rc::make_mut(b).split_off(clamp(*i))),
         ("to_array", []) => Value::Array(Rc::new(b.iter().map(|x| Value::Int(*x as i64)).collect())),
         ("as_string", []) => s(&String::from_utf8_lossy(b)),
         ("reverse", []) => {
             Rc::make_mut(b).reverse();
             Value::Unit
         }
+        _ => return Ok(None),
+    };
+    Ok(Some(r))
+}
+
+/// BLOB functions over a span of bytes (`(start, len)` or a range).
+fn blob_span_fn(it: &mut Interp, name: &str, b: &mut Rc<Vec<u8>>, rest: &[Value], pos: Pos) -> R<Option<Value>> {
+    let open_len = name == "extract";
+    let ((x, y), tail) = match blob_span(rest, b.len(), open_len) {
+        Some(span) => span,
+        None => return Ok(None),
+    };
+    let r = match (name, tail) {
+        ("extract", []) => blob_val(b[x..y].to_vec()),
+        ("drain", []) => blob_val(Rc::make_mut(b).drain(x..y).collect()),
+        ("retain", []) => {
+            let v = Rc::make_mut(b);
+            let kept = v[x..y].to_vec();
+            let mut removed: Vec<u8> = v.drain(..x).collect();
+            removed.extend(v.drain(y - x..));
+            *v = kept;
+            blob_val(removed)
+        }
+        ("splice", [Value::Blob(o)]) => {
+            it.check_len("array", b.len() - (y - x) + o.len(), pos)?;
+            Rc::make_mut(b).splice(x..y, o.iter().copied());
+            Value::Unit
+        }
+        ("parse_le_int" | "parse_be_int" | "parse_le_float" | "parse_be_float", []) => parse_blob(name, &b[x..y]),
+        ("write_le" | "write_be", [v]) => match value_bytes(name, v) {
+            Some(bytes) => {
+                let k = (y - x).min(8);
+                Rc::make_mut(b)[x..x + k].copy_from_slice(&bytes[..k]);
+                Value::Unit
+            }
+            None => return Ok(None),
+        },
+        ("write_utf8" | "write_ascii", [v]) => match text_bytes(name, v) {
+            Some(bytes) => {
+                let k = (y - x).min(bytes.len());
+                Rc::make_mut(b)[x..x + k].copy_from_slice(&bytes[..k]);
+                Value::Unit
+            }
+            None => return Ok(None),
+        },
         _ => return Ok(None),
     };
     Ok(Some(r))

@@ -444,6 +444,8 @@ impl Interp {
                     let v = self.eval(p)?;
                     match &v {
                         Value::Str(x) => s.push_str(x),
+                        // an interpolated BLOB is UTF-8 text (the book's String Interpolation)
+                        Value::Blob(b) => s.push_str(&String::from_utf8_lossy(b)),
                         other => s.push_str(&self.to_str(other, false, *pos)?),
                     }
                     self.check_len("string", s.len(), *pos)?;
@@ -676,9 +678,10 @@ impl Interp {
                         }
                         let r = self.exec_block(catch);
                         self.caught.pop();
-                        r
+                        r.map(|_| Value::Unit)
                     }
-                    other => other,
+                    // `try … catch` is a statement: its value is ()
+                    other => other.map(|_| Value::Unit),
                 }
             }
             Expr::Eval(code, names, _, pos) => self.eval_code(code, names, *pos),
@@ -692,6 +695,10 @@ impl Interp {
                 ))
             }
             Expr::Import(name, pos) => rt_err(format!("Module not found: {}", name), *pos),
+            Expr::IsShared(var) => Ok(Value::Bool(match **var {
+                Expr::Local(s, _) => matches!(self.stack[self.base + s as usize], Value::Shared(_)),
+                _ => true,
+            })),
             Expr::Nop => Ok(Value::Unit),
         }
     }
@@ -806,11 +813,6 @@ impl Interp {
             Value::Str(s) => {
                 for (n, c) in s.chars().enumerate() {
                     body!(Value::Char(c), n);
-                }
-            }
-            Value::Map(m) => {
-                for (n, k) in m.keys().enumerate() {
-                    body!(Value::Str(k.clone()), n);
                 }
             }
             Value::FnPtr(p) if &*p.name == "range$step" => {
@@ -952,10 +954,7 @@ impl Interp {
                     Div => Ok(Float(a / b)),
                     Rem => Ok(Float(a % b)),
                     Pow => Ok(Float(a.powf(b))),
-                    Lt => Ok(Bool(a < b)),
-                    Le => Ok(Bool(a <= b)),
-                    Gt => Ok(Bool(a > b)),
-                    Ge => Ok(Bool(a >= b)),
+                    Lt | Le | Gt | Ge => Ok(Bool(float_cmp(op, a, b))),
                     _ => self.op_not_found(op, &x, &y, pos),
                 }
             }
@@ -983,6 +982,8 @@ impl Interp {
                 s.push(*b);
                 Ok(Str(Rc::from(s.as_str())))
             }
+            (Add, Str(a), Blob(b)) => self.concat(a, &String::from_utf8_lossy(b), pos),
+            (Add, Blob(a), Str(b)) => self.concat(&String::from_utf8_lossy(a), b, pos),
             (Add, Str(a), _) if !matches!(y, Array(_) | Blob(_)) => {
                 let b = self.to_str(&y, false, pos)?;
                 self.check_len("string", a.len() + b.len(), pos)?;
@@ -995,14 +996,6 @@ impl Interp {
             }
             (Sub, Str(a), Str(b)) => Ok(Str(Rc::from(a.replace(&**b, "").as_str()))),
             (Sub, Str(a), Char(c)) => Ok(Str(Rc::from(a.replace(*c, "").as_str()))),
-            (Lt, Str(a), Str(b)) => Ok(Bool(a < b)),
-            (Le, Str(a), Str(b)) => Ok(Bool(a <= b)),
-            (Gt, Str(a), Str(b)) => Ok(Bool(a > b)),
-            (Ge, Str(a), Str(b)) => Ok(Bool(a >= b)),
-            (Lt, Char(a), Char(b)) => Ok(Bool(a < b)),
-            (Le, Char(a), Char(b)) => Ok(Bool(a <= b)),
-            (Gt, Char(a), Char(b)) => Ok(Bool(a > b)),
-            (Ge, Char(a), Char(b)) => Ok(Bool(a >= b)),
             (Add, Array(a), Array(b)) => {
                 self.check_len("array", a.len() + b.len(), pos)?;
                 let mut v = a.to_vec();
@@ -1033,8 +1026,17 @@ impl Interp {
             (Gt, Timestamp(a), Timestamp(b)) => Ok(Bool(a > b)),
             (Le, Timestamp(a), Timestamp(b)) => Ok(Bool(a <= b)),
             (Ge, Timestamp(a), Timestamp(b)) => Ok(Bool(a >= b)),
+            (Lt | Le | Gt | Ge, Str(_) | Char(_), Str(_) | Char(_)) => Ok(Bool(ordered(op, text_of(&x).cmp(&text_of(&y))))),
+            (Lt | Le | Gt | Ge, Bool(a), Bool(b)) => Ok(Bool(ordered(op, a.cmp(b)))),
+            // values of different types compare as false (the book's Logic Operators page)
+            (Lt | Le | Gt | Ge, _, _) => Ok(Bool(false)),
             _ => self.op_not_found(op, &x, &y, pos),
         }
+    }
+
+    fn concat(&self, a: &str, b: &str, pos: Pos) -> R<Value> {
+        self.check_len("string", a.len() + b.len(), pos)?;
+        Ok(Value::Str(Rc::from(format!("{}{}", a, b).as_str())))
     }
 
     fn op_not_found(&self, op: BinOp, x: &Value, y: &Value, pos: Pos) -> R<Value> {
@@ -1081,33 +1083,21 @@ impl Interp {
                     None => str_bounds(n, *i, pos),
                 }
             }
-            (Value::Str(s), Value::Range(a, b)) | (Value::Str(s), Value::RangeIncl(a, b)) => {
-                let end = if matches!(i, Value::RangeIncl(..)) { b.saturating_add(1) } else { *b };
-                let n = s.chars().count() as i64;
-                let start = if *a < 0 { (n + a).max(0) } else { (*a).min(n) };
-                let end = end.min(n).max(start);
-                let sub: String = s.chars().skip(start as usize).take((end - start) as usize).collect();
+            (Value::Str(s), Value::Range(..) | Value::RangeIncl(..)) => {
+                let (start, end) = str_range(i, s.chars().count());
+                let sub: String = s.chars().skip(start).take(end - start).collect();
                 Ok(Value::Str(Rc::from(sub.as_str())))
             }
-            (Value::Array(arr), Value::Range(a, b)) | (Value::Array(arr), Value::RangeIncl(a, b)) => {
-                let end = if matches!(i, Value::RangeIncl(..)) { b.saturating_add(1) } else { *b };
-                let n = arr.len() as i64;
-                let start = if *a < 0 { (n + a).max(0) } else { (*a).min(n) };
-                let end = end.min(n).max(start);
-                Ok(Value::Array(Rc::new(arr[start as usize..end as usize].to_vec())))
+            (Value::Array(_) | Value::Blob(_), Value::Range(..) | Value::RangeIncl(..)) => {
+                rt_err(format!("Data type incorrect: {} (expecting i64)", i.type_name()), pos)
             }
             (Value::Int(x), Value::Int(b)) => match norm_index(*b, 64) {
                 Some(k) => Ok(Value::Bool(x & (1i64 << k) != 0)),
                 None => bit_bounds(*b, pos),
             },
-            (Value::Int(x), Value::Range(a, b)) | (Value::Int(x), Value::RangeIncl(a, b)) => {
-                let end = if matches!(i, Value::RangeIncl(..)) { b.saturating_add(1) } else { *b };
-                if *a < 0 || *a >= 64 || end > 64 || end < *a {
-                    return rt_err(format!("Bit-field range out of bounds: {}..{}", a, end), pos);
-                }
-                let w = end - a;
-                let mask = if w >= 64 { -1i64 } else { (1i64 << w) - 1 };
-                Ok(Value::Int((((*x as u64) >> *a as u64) as i64) & mask))
+            (Value::Int(x), Value::Range(..) | Value::RangeIncl(..)) => {
+                let (start, width) = bit_range(i, pos)?;
+                Ok(Value::Int(get_bits(*x, start, width)))
             }
             (Value::Host(h), Value::Str(k)) => {
                 let req = format!("{{\"object\":{},\"property\":{}}}", jstr(&h.name), jstr(k));
@@ -1392,6 +1382,22 @@ impl Interp {
                 *s = Rc::from(out.as_str());
                 Ok(())
             }
+            (Key::Idx(r @ (Value::Range(..) | Value::RangeIncl(..)), p), Value::Str(s)) if last => {
+                let chars: Vec<char> = s.chars().collect();
+                let (start, end) = str_range(r, chars.len());
+                let mut v = Value::Str(Rc::from(chars[start..end].iter().collect::<String>().as_str()));
+                self.set_path(&mut v, &[], rv, op, pos)?;
+                let mut out: String = chars[..start].iter().collect();
+                match v {
+                    Value::Str(t) => out.push_str(&t),
+                    Value::Char(c) => out.push(c),
+                    other => return rt_err(format!("Data type incorrect: {} (expecting string)", other.type_name()), *p),
+                }
+                out.extend(chars[end..].iter());
+                self.check_len("string", out.len(), *p)?;
+                *s = Rc::from(out.as_str());
+                Ok(())
+            }
             (Key::Idx(Value::Int(b), p), Value::Int(x)) if last => {
                 let k = match norm_index(*b, 64) {
                     Some(k) => k,
@@ -1406,11 +1412,24 @@ impl Interp {
                 }
                 Ok(())
             }
+            (Key::Idx(r @ (Value::Range(..) | Value::RangeIncl(..)), p), Value::Int(x)) if last => {
+                let (start, width) = bit_range(r, *p)?;
+                let mut v = Value::Int(get_bits(*x, start, width));
+                self.set_path(&mut v, &[], rv, op, pos)?;
+                match v {
+                    Value::Int(bits) => *x = set_bits(*x, start, width, bits),
+                    other => return rt_err(format!("Data type incorrect: {} (expecting i64)", other.type_name()), *p),
+                }
+                Ok(())
+            }
             (Key::Prop(n, p), Value::Host(h)) if last && op.is_none() && h.properties.iter().any(|x| x == n) => {
                 let mut req = format!("{{\"object\":{},\"property\":{},\"value\":", jstr(&h.name), jstr(n));
                 value_to_json(&mut req, &rv, self.limits.max_string_size, 0);
                 req.push('}');
                 self.host_request(req, *p).map(|_| ())
+            }
+            (Key::Idx(r @ (Value::Range(..) | Value::RangeIncl(..)), p), Value::Array(_) | Value::Blob(_)) => {
+                rt_err(format!("Data type incorrect: {} (expecting i64)", r.type_name()), *p)
             }
             (Key::Prop(n, p), other) => rt_err(format!("Cannot set property {} of {}", n, other.type_name()), *p),
             (Key::Idx(i, p), other) => {
@@ -1481,7 +1500,8 @@ impl Interp {
     #[inline(never)]
     fn call(&mut self, c: &Call) -> R<Value> {
         if let Some(ns) = &c.namespace {
-            return rt_err(format!("Module not found: {}", ns), c.pos);
+            let root = ns.split("::").next().unwrap_or_default();
+            return rt_err(format!("Module not found: {}", root), c.pos);
         }
         let mut cached = c.cache.get();
         if cached == UNRESOLVED {
@@ -1503,28 +1523,25 @@ impl Interp {
         for a in &c.args {
             args.push(self.eval(a)?);
         }
-        // local variable holding a function pointer
-        if let Some(var) = &c.var {
-            if let Value::FnPtr(fp) = self.eval(var)? {
-                return self.call_fnptr(&fp, args, None, c.pos).map(|(v, _)| v);
-            }
-        }
         if self.host_fns.iter().any(|f| *f == c.name) {
             let req = format!("{{\"function\":{},\"args\":{}}}", jstr(&c.name), self.host_args_json(&args));
             return self.host_request(req, c.pos);
         }
-        match crate::builtins::call_builtin(self, &c.name, &mut args, c.pos)? {
+        let r = if c.first_mutable {
+            // drop the variable's own reference first, so a change needs no copy
+            self.take_root(&c.args[0])?;
+            let r = crate::builtins::call_builtin(self, &c.name, &mut args, c.pos);
+            self.put_root(&c.args[0], args[0].clone());
+            r?
+        } else {
+            crate::builtins::call_builtin(self, &c.name, &mut args, c.pos)?
+        };
+        match r {
             Some(v) => {
                 self.check_size(&v, c.pos)?;
                 Ok(v)
             }
-            None => {
-                // a function pointer stored in a dynamic variable
-                if let Some(Value::FnPtr(fp)) = self.dyn_lookup(&c.name) {
-                    return self.call_fnptr(&fp, args, None, c.pos).map(|(v, _)| v);
-                }
-                self.fn_not_found(&c.name, &args, c.pos)
-            }
+            None => self.fn_not_found(&c.name, &args, c.pos),
         }
     }
 
@@ -1644,6 +1661,20 @@ impl Interp {
             args.truncate(1);
         }
         self.call_fnptr(fp, args, None, pos).map(|(v, _)| v)
+    }
+
+    /// Callback for an array element: `args[at]` is the element. A function that takes
+    /// no parameter for it sees the element as `this` instead (the book's array API).
+    /// Returns the result and the element as the callback left it.
+    pub fn call_elem(&mut self, fp: &Rc<FnPtr>, mut args: Vec<Value>, at: usize, pos: Pos) -> R<(Value, Value)> {
+        if self.fnptr_arity(fp) == Some(at) {
+            let elem = args.remove(at);
+            args.truncate(at);
+            let (v, this) = self.call_fnptr(fp, args, Some(elem), pos)?;
+            return Ok((v, this.unwrap_or_default()));
+        }
+        let elem = args[at].clone();
+        self.call_cb(fp, args, pos).map(|v| (v, elem))
     }
 
     fn method(&mut self, m: &MethodCall) -> R<Value> {
@@ -1852,6 +1883,20 @@ pub fn jstr(s: &str) -> String {
     o
 }
 
+/// The characters `s[range]` names, as `start..end` positions clamped to `0..n`: a negative
+/// start or end counts from the end (`s[1..-1]` drops the first and last characters).
+fn str_range(r: &Value, n: usize) -> (usize, usize) {
+    let n = n as i64;
+    let from_end = |x: i64| if x < 0 { n.saturating_add(x) } else { x };
+    let (a, end) = match *r {
+        Value::Range(a, b) => (from_end(a), from_end(b)),
+        Value::RangeIncl(a, b) => (from_end(a), from_end(b).saturating_add(1)),
+        _ => (0, 0),
+    };
+    let start = a.clamp(0, n);
+    (start as usize, end.clamp(start, n) as usize)
+}
+
 pub fn norm_index(i: i64, len: usize) -> Option<usize> {
     if i >= 0 {
         if (i as u64) < len as u64 {
@@ -1889,16 +1934,47 @@ pub fn bit_bounds<T>(i: i64, pos: Pos) -> R<T> {
     rt_err(format!("Bit-field index {} out of bounds: only 64 bits in bit-field", i), pos)
 }
 
+/// Start and width of a bit range (`x[2..5]`): ranges count from the LSB, no negatives.
+pub fn bit_range(r: &Value, pos: Pos) -> R<(u32, u32)> {
+    let (a, end) = match *r {
+        Value::Range(a, b) => (a, b),
+        Value::RangeIncl(a, b) => (a, b.saturating_add(1)),
+        _ => return rt_err(format!("Data type incorrect: {} (expecting range)", r.type_name()), pos),
+    };
+    if !(0..64).contains(&a) || end > 64 || end < a {
+        return rt_err(format!("Bit-field range out of bounds: {}..{}", a, end), pos);
+    }
+    Ok((a as u32, (end - a) as u32))
+}
+
+fn bit_mask(width: u32) -> u64 {
+    if width >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << width) - 1
+    }
+}
+
+pub fn get_bits(x: i64, start: u32, width: u32) -> i64 {
+    (((x as u64) >> start) & bit_mask(width)) as i64
+}
+
+pub fn set_bits(x: i64, start: u32, width: u32, bits: i64) -> i64 {
+    let mask = bit_mask(width) << start;
+    (((x as u64) & !mask) | (((bits as u64) << start) & mask)) as i64
+}
+
 pub fn values_eq(a: &Value, b: &Value) -> bool {
     use Value::*;
     match (a, b) {
         (Unit, Unit) => true,
         (Bool(x), Bool(y)) => x == y,
         (Int(x), Int(y)) => x == y,
-        (Float(x), Float(y)) => x == y,
-        (Int(x), Float(y)) | (Float(y), Int(x)) => (*x as f64) == *y,
+        (Float(x), Float(y)) => float_cmp(BinOp::Eq, *x, *y),
+        (Int(x), Float(y)) | (Float(y), Int(x)) => float_cmp(BinOp::Eq, *x as f64, *y),
         (Char(x), Char(y)) => x == y,
         (Str(x), Str(y)) => x == y,
+        (Str(s), Char(c)) | (Char(c), Str(s)) => s.chars().eq(std::iter::once(*c)),
         (Array(x), Array(y)) => Rc::ptr_eq(x, y) || (x.len() == y.len() && x.iter().zip(y.iter()).all(|(p, q)| values_eq(p, q))),
         (Map(x), Map(y)) => {
             Rc::ptr_eq(x, y)
@@ -1910,6 +1986,39 @@ pub fn values_eq(a: &Value, b: &Value) -> bool {
         (Timestamp(x), Timestamp(y)) => x == y,
         (Host(x), Host(y)) => x.name == y.name,
         _ => false,
+    }
+}
+
+fn ordered(op: BinOp, o: std::cmp::Ordering) -> bool {
+    use std::cmp::Ordering::*;
+    match op {
+        BinOp::Lt => o == Less,
+        BinOp::Le => o != Greater,
+        BinOp::Gt => o == Greater,
+        _ => o != Less,
+    }
+}
+
+/// A string or char as text, for comparisons between the two.
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::Str(s) => s.to_string(),
+        Value::Char(c) => c.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// FLOAT comparison as the book's "Floating-point Comparison" page defines it: within
+/// epsilon of zero, or within `max(|x|, |y|) × epsilon` of each other, counts as equal.
+pub fn float_cmp(op: BinOp, x: f64, y: f64) -> bool {
+    let eps = f64::EPSILON;
+    let tol = if x == 0.0 || y == 0.0 { eps } else { x.abs().max(y.abs()) * eps };
+    match op {
+        BinOp::Eq => x == y || (x - y).abs() < tol,
+        BinOp::Gt => x - y >= tol,
+        BinOp::Ge => x == y || x - y >= -tol,
+        BinOp::Lt => y - x >= tol,
+        _ => x == y || y - x >= -tol,
     }
 }
 

@@ -22,6 +22,8 @@ pub enum Part {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Tok {
     Int(i64),
+    /// `9223372036854775808`: only valid right after a unary minus (as `i64::MIN`).
+    IntMinMagnitude,
     Float(f64),
     Str(String),
     Interp(Vec<Part>),
@@ -65,11 +67,22 @@ pub struct Lexer<'a> {
     _src: &'a str,
 }
 
+/// After `42.`: not a method call, property, range or `_`, so the `.` ends a FLOAT.
+fn ends_bare_float(c: char) -> bool {
+    !(is_ident_start(c) || c == '.' || c.is_ascii_digit())
+}
+
+// Identifiers are ASCII (Rhai without the `unicode-xid-ident` feature).
 fn is_ident_start(c: char) -> bool {
-    c == '_' || c.is_alphabetic()
+    c == '_' || c.is_ascii_alphabetic()
 }
 fn is_ident_char(c: char) -> bool {
-    c == '_' || c.is_alphanumeric()
+    c == '_' || c.is_ascii_alphanumeric()
+}
+
+/// The first character that is not `_` must be a letter: `_`, `_1`, `_42foo` are not names.
+fn is_proper_name(s: &str) -> bool {
+    s.trim_start_matches('_').starts_with(|c: char| c.is_ascii_alphabetic())
 }
 
 impl<'a> Lexer<'a> {
@@ -117,13 +130,13 @@ impl<'a> Lexer<'a> {
                     }
                 }
                 Some('/') if self.peek_at(1) == Some('*') => {
-                    let p = self.pos();
                     self.bump();
                     self.bump();
                     let mut depth = 1;
                     while depth > 0 {
                         match self.bump() {
-                            None => return self.err("Unterminated comment".into(), p),
+                            // as in Rhai, an unclosed block comment runs to the end of the script
+                            None => return Ok(()),
                             Some('/') if self.peek() == Some('*') => {
                                 self.bump();
                                 depth += 1;
@@ -165,10 +178,14 @@ impl<'a> Lexer<'a> {
                         break;
                     }
                 }
-                if let Some(k) = KEYWORDS.iter().find(|k| **k == s) {
+                if s == "_" {
+                    out.push((Tok::Op("_"), p));
+                } else if let Some(k) = KEYWORDS.iter().find(|k| **k == s) {
                     out.push((Tok::Kw(k), p));
                 } else if RESERVED.contains(&s.as_str()) {
                     return self.err(format!("'{}' is a reserved keyword", s), p);
+                } else if !is_proper_name(&s) {
+                    return self.err(format!("Variable name is not proper: '{}'", s), p);
                 } else {
                     out.push((Tok::Ident(s), p));
                 }
@@ -239,7 +256,7 @@ impl<'a> Lexer<'a> {
                         }
                         out.push((Tok::Op(op), p));
                     }
-                    None => return self.err(format!("Unknown character '{}'", c), p),
+                    None => return self.err(format!("Unexpected '{}'", c), p),
                 }
             }
         }
@@ -289,6 +306,11 @@ impl<'a> Lexer<'a> {
                 is_float = true;
                 s.push(c);
                 self.bump();
+            } else if c == '.' && !is_float && self.peek_at(1).map_or(true, ends_bare_float) {
+                // `42.` is the FLOAT 42.0
+                is_float = true;
+                s.push_str(".0");
+                self.bump();
             } else if (c == 'e' || c == 'E')
                 && (self.peek_at(1).map_or(false, |d| d.is_ascii_digit())
                     || (matches!(self.peek_at(1), Some('+') | Some('-'))
@@ -314,7 +336,7 @@ impl<'a> Lexer<'a> {
         } else {
             match s.parse::<i64>() {
                 Ok(v) => Ok(Tok::Int(v)),
-                Err(_) if s == "9223372036854775808" => Ok(Tok::Int(i64::MIN)),
+                Err(_) if s == "9223372036854775808" => Ok(Tok::IntMinMagnitude),
                 Err(_) => self.err(format!("Integer literal too large: {}", s), p),
             }
         }
@@ -352,9 +374,9 @@ impl<'a> Lexer<'a> {
             'u' => return hex(self, 4),
             'U' => return hex(self, 8),
             '\n' => {
-                // line continuation: skip leading whitespace on the next line
+                // line continuation: whitespace up to the opening quote's column is dropped
                 while let Some(c) = self.peek() {
-                    if c == ' ' || c == '\t' {
+                    if (c == ' ' || c == '\t') && self.col <= p.col {
                         self.bump();
                     } else {
                         break;
@@ -416,46 +438,7 @@ impl<'a> Lexer<'a> {
                         parts.push(Part::Lit(std::mem::take(&mut s)));
                     }
                     let cp = self.pos();
-                    let mut depth = 1;
-                    let mut code = String::new();
-                    loop {
-                        match self.bump() {
-                            None => return self.err("Unterminated string interpolation".into(), p),
-                            Some(q) if q == '"' || q == '\'' => {
-                                // copy a quoted literal verbatim so braces inside it don't count
-                                code.push(q);
-                                loop {
-                                    match self.bump() {
-                                        None => return self.err("Unterminated string interpolation".into(), p),
-                                        Some('\\') => {
-                                            code.push('\\');
-                                            if let Some(c) = self.bump() {
-                                                code.push(c);
-                                            }
-                                        }
-                                        Some(c) => {
-                                            code.push(c);
-                                            if c == q {
-                                                break;
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                            Some('{') => {
-                                depth += 1;
-                                code.push('{');
-                            }
-                            Some('}') => {
-                                depth -= 1;
-                                if depth == 0 {
-                                    break;
-                                }
-                                code.push('}');
-                            }
-                            Some(c) => code.push(c),
-                        }
-                    }
+                    let code = self.interp_code(p)?;
                     parts.push(Part::Code(code, cp));
                 }
                 Some(c) => s.push(c),
@@ -468,5 +451,69 @@ impl<'a> Lexer<'a> {
             parts.push(Part::Lit(s));
         }
         Ok(Tok::Interp(parts))
+    }
+
+    /// The code of a `${…}` up to its closing brace (already past `${`). Quoted and
+    /// back-tick literals inside are copied whole so their braces do not count.
+    fn interp_code(&mut self, p: Pos) -> Result<String, LexError> {
+        let mut code = String::new();
+        let mut depth = 1;
+        loop {
+            let c = self.bump().ok_or(LexError { msg: "Unterminated string interpolation".into(), pos: p })?;
+            match c {
+                '"' | '\'' => {
+                    self.copy_quoted(c, &mut code, p)?;
+                    continue;
+                }
+                '`' => {
+                    self.copy_backtick(&mut code, p)?;
+                    continue;
+                }
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Ok(code);
+                    }
+                }
+                _ => {}
+            }
+            code.push(c);
+        }
+    }
+
+    fn copy_quoted(&mut self, q: char, code: &mut String, p: Pos) -> Result<(), LexError> {
+        code.push(q);
+        loop {
+            let c = self.bump().ok_or(LexError { msg: "Unterminated string interpolation".into(), pos: p })?;
+            code.push(c);
+            if c == '\\' {
+                if let Some(e) = self.bump() {
+                    code.push(e);
+                }
+            } else if c == q {
+                return Ok(());
+            }
+        }
+    }
+
+    /// A back-tick string nested in `${…}`, including its own interpolations.
+    fn copy_backtick(&mut self, code: &mut String, p: Pos) -> Result<(), LexError> {
+        code.push('`');
+        loop {
+            let c = self.bump().ok_or(LexError { msg: "Unterminated string interpolation".into(), pos: p })?;
+            code.push(c);
+            if c == '`' && self.peek() == Some('`') {
+                code.push('`');
+                self.bump();
+            } else if c == '`' {
+                return Ok(());
+            } else if c == '$' && self.peek() == Some('{') {
+                self.bump();
+                code.push('{');
+                code.push_str(&self.interp_code(p)?);
+                code.push('}');
+            }
+        }
     }
 }

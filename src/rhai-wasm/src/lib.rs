@@ -186,8 +186,8 @@ pub fn run_json(input: &str, host: Box<dyn Host>) -> String {
     let prog = match it.parse(&code, &[(Rc::from("args"), 0, true)], 1, true) {
         Ok(p) => p,
         Err(e) => {
-            let kind = if e.limit.is_some() { "limit" } else { "syntax" };
-            return failure(kind, &e.msg, e.pos, e.limit, 0);
+            // a parse-time limit (expression depth, literal size) is a syntax error, as in Rhai
+            return failure("syntax", &e.msg, e.pos, e.limit, 0);
         }
     };
     let prog = std::mem::ManuallyDrop::new(prog);

@@ -347,6 +347,9 @@ impl Parser {
                 return Ok(Some(e));
             }
             Tok::Kw("export") => {
+                if !top || self.ctxs.len() > 1 {
+                    return self.err("Export statement can only be defined at global level");
+                }
                 self.advance();
                 if self.is_kw("let") || self.is_kw("const") {
                     let is_const = self.is_kw("const");
@@ -371,47 +374,6 @@ impl Parser {
                     self.ident("a module alias")?;
                 }
                 Expr::Import(name, pos)
-            }
-            Tok::Kw("return") => {
-                self.advance();
-                let v = if self.is_op(";") || self.is_op("}") || self.at_eof() {
-                    None
-                } else {
-                    Some(Box::new(self.expr()?))
-                };
-                Expr::Return(v, pos)
-            }
-            Tok::Kw("throw") => {
-                self.advance();
-                let v = if self.is_op(";") || self.is_op("}") || self.at_eof() {
-                    None
-                } else {
-                    Some(Box::new(self.expr()?))
-                };
-                Expr::Throw(v, pos)
-            }
-            Tok::Kw("break") => {
-                self.advance();
-                if self.in_loop == 0 {
-                    return Err(ParseError { msg: "'break' must be within a loop".into(), pos, limit: None });
-                }
-                let v = if self.is_op(";") || self.is_op("}") || self.at_eof() {
-                    None
-                } else {
-                    Some(Box::new(self.expr()?))
-                };
-                Expr::Break(v, pos)
-            }
-            Tok::Kw("continue") => {
-                self.advance();
-                if self.in_loop == 0 {
-                    return Err(ParseError {
-                        msg: "'continue' must be within a loop".into(),
-                        pos,
-                        limit: None,
-                    });
-                }
-                Expr::Continue(pos)
             }
             Tok::Kw("try") => {
                 self.advance();
@@ -444,7 +406,9 @@ impl Parser {
                 self.depth -= 1;
                 let e = e?;
                 if matches!(e, Expr::Do(..)) {
-                    self.end_statement(&e)?;
+                    if !self.eat_op(";") && !self.is_op("}") && !self.at_eof() {
+                        return self.err("Expecting ';' to terminate this statement");
+                    }
                 } else {
                     self.eat_op(";");
                 }
@@ -621,6 +585,14 @@ impl Parser {
         r
     }
 
+    /// A condition: literals that can never be a bool are rejected while parsing.
+    fn bool_expr(&mut self) -> PResult<Expr> {
+        let pos = self.pos();
+        let e = self.expr()?;
+        check_bool(&e, pos)?;
+        Ok(e)
+    }
+
     fn depth_error<T>(&self, pos: Pos) -> PResult<T> {
         Err(ParseError {
             msg: format!(
@@ -687,8 +659,13 @@ impl Parser {
                     limit: Some("max_expr_depth"),
                 });
             }
+            let rhs_pos = self.pos();
             let rhs = self.binary(next_min)?;
             self.depth -= 1;
+            if op == "&&" || op == "||" {
+                check_bool(&lhs, pos)?;
+                check_bool(&rhs, rhs_pos)?;
+            }
             let (l, r) = (Box::new(lhs), Box::new(rhs));
             lhs = match op {
                 "??" => Expr::Coalesce(l, r),
@@ -749,13 +726,15 @@ impl Parser {
                     limit: Some("max_expr_depth"),
                 });
             }
+            if op == UnOp::Neg && matches!(self.peek(), Tok::IntMinMagnitude) {
+                self.advance();
+                self.depth -= 1;
+                return self.postfix(Expr::Const(Value::Int(i64::MIN)));
+            }
             let e = self.unary()?;
             self.depth -= 1;
             return Ok(match (op, e) {
-                (UnOp::Neg, Expr::Const(Value::Int(i))) if i != i64::MIN => {
-                    Expr::Const(Value::Int(-i))
-                }
-                (UnOp::Neg, Expr::Const(Value::Int(i))) => Expr::Const(Value::Int(i)),
+                (UnOp::Neg, Expr::Const(Value::Int(i))) if i != i64::MIN => Expr::Const(Value::Int(-i)),
                 (UnOp::Neg, Expr::Const(Value::Float(f))) => Expr::Const(Value::Float(-f)),
                 (op, e) => Expr::Unary(op, Box::new(e), pos),
             });
@@ -792,7 +771,6 @@ impl Parser {
                 self.advance();
                 let name: Rc<str> = match self.peek().clone() {
                     Tok::Ident(s) => Rc::from(s.as_str()),
-                    Tok::Kw(k) => Rc::from(k),
                     _ => return self.err("Expecting name of a property"),
                 };
                 let npos = self.pos();
@@ -802,6 +780,10 @@ impl Parser {
                 }
                 if self.eat_op("(") {
                     let args = self.args()?;
+                    if &*name == "is_shared" && args.is_empty() && is_variable(&e) {
+                        e = Expr::IsShared(Box::new(e));
+                        continue;
+                    }
                     let constant = self.const_root(&e);
                     e = Expr::Method(Box::new(MethodCall { constant, target: e, name, args, safe, pos: npos }));
                 } else {
@@ -810,7 +792,9 @@ impl Parser {
             } else if self.is_op("[") || self.is_op("?[") {
                 let safe = self.is_op("?[");
                 self.advance();
+                let ipos = self.pos();
                 let idx = self.expr()?;
+                check_literal_index(&e, &idx, ipos)?;
                 self.expect_op("]", "to close the index expression")?;
                 e = Expr::Index(Box::new(e), Box::new(idx), safe, pos);
             } else {
@@ -826,6 +810,7 @@ impl Parser {
                 self.advance();
                 Ok(Expr::Const(Value::Int(i)))
             }
+            Tok::IntMinMagnitude => self.err("Integer literal too large: 9223372036854775808"),
             Tok::Float(f) => {
                 self.advance();
                 Ok(Expr::Const(Value::Float(f)))
@@ -908,11 +893,12 @@ impl Parser {
                 let n = self.ident("a constant name")?;
                 Ok(Expr::GlobalConst(n, pos))
             }
+            Tok::Kw("return") | Tok::Kw("throw") | Tok::Kw("break") | Tok::Kw("continue") => self.jump_expr(),
             Tok::Kw("if") => self.if_expr(),
             Tok::Kw("switch") => self.switch_expr(),
             Tok::Kw("while") => {
                 self.advance();
-                let cond = self.expr()?;
+                let cond = self.bool_expr()?;
                 let body = self.loop_body()?;
                 Ok(Expr::While(Box::new(cond), Box::new(body), pos))
             }
@@ -931,13 +917,16 @@ impl Parser {
                 } else {
                     return self.err("Expecting 'while' or 'until' after a 'do' block");
                 };
-                let cond = self.expr()?;
+                let cond = self.bool_expr()?;
                 Ok(Expr::Do(Box::new(body), Box::new(cond), until, pos))
             }
             Tok::Kw("for") => self.for_expr(),
             Tok::Op("(") => {
-                self.advance();
-                if self.eat_op(")") {
+                let (_, open) = self.advance();
+                // the unit literal is the one token `()`; `( )` is an empty grouping (an error)
+                let close = self.pos();
+                if self.is_op(")") && close.line == open.line && close.col == open.col + 1 {
+                    self.advance();
                     return Ok(Expr::Const(Value::Unit));
                 }
                 let e = self.expr()?;
@@ -972,7 +961,6 @@ impl Parser {
                     }
                     let key: Rc<str> = match self.peek().clone() {
                         Tok::Ident(s) | Tok::Str(s) => Rc::from(s.as_str()),
-                        Tok::Kw(k) => Rc::from(k),
                         _ => return self.err("Expecting name of a property"),
                     };
                     let kpos = self.pos();
@@ -1000,8 +988,16 @@ impl Parser {
                 let name: Rc<str> = Rc::from(name.as_str());
                 // namespaced call / access: module::name
                 if self.is_op("::") {
-                    self.advance();
-                    let inner = self.ident("a name after '::'")?;
+                    let mut inner = name.clone();
+                    let mut path = String::new();
+                    while self.eat_op("::") {
+                        if !path.is_empty() {
+                            path.push_str("::");
+                        }
+                        path.push_str(&inner);
+                        inner = self.ident("a name after '::'")?;
+                    }
+                    let name: Rc<str> = Rc::from(path.as_str());
                     if self.eat_op("(") {
                         let args = self.args()?;
                         return Ok(Expr::Call(Box::new(Call {
@@ -1010,11 +1006,12 @@ impl Parser {
                             args,
                             pos,
                             bang: None,
-                            var: None,
+                            first_mutable: false,
                             cache: Cell::new(u32::MAX),
                         })));
                     }
-                    return Ok(Expr::Import(name, pos));
+                    let root = path.split("::").next().unwrap_or_default();
+                    return Ok(Expr::Import(Rc::from(root), pos));
                 }
                 let bang = self.is_op("!") && matches!(self.peek_at(1), Tok::Op("("));
                 if bang {
@@ -1047,15 +1044,42 @@ impl Parser {
         }
     }
 
-    fn make_call(&mut self, name: Rc<str>, args: Vec<Expr>, pos: Pos, bang: Option<ScopeNames>) -> Expr {
-        let var = {
-            let v = self.resolve(&name, pos);
-            match v {
-                Expr::Local(..) | Expr::Captured(..) => Some(v),
-                _ => None,
-            }
+    /// `return`, `throw`, `break` and `continue` (with an optional value where allowed).
+    /// They are expressions, so `x ?? break 42` works.
+    fn jump_expr(&mut self) -> PResult<Expr> {
+        let (tok, pos) = self.advance();
+        let kw = match tok {
+            Tok::Kw(k) => k,
+            _ => unreachable!(),
         };
-        Expr::Call(Box::new(Call { name, namespace: None, args, pos, bang, var, cache: Cell::new(u32::MAX) }))
+        if (kw == "break" || kw == "continue") && self.in_loop == 0 {
+            return Err(ParseError { msg: format!("'{}' must be within a loop", kw), pos, limit: None });
+        }
+        if kw == "continue" {
+            return Ok(Expr::Continue(pos));
+        }
+        let value = if self.ends_jump_value() { None } else { Some(Box::new(self.expr()?)) };
+        Ok(match kw {
+            "return" => Expr::Return(value, pos),
+            "throw" => Expr::Throw(value, pos),
+            _ => Expr::Break(value, pos),
+        })
+    }
+
+    fn ends_jump_value(&self) -> bool {
+        self.at_eof() || [";", "}", ")", "]", ","].iter().any(|t| self.is_op(t))
+    }
+
+    fn make_call(&mut self, name: Rc<str>, mut args: Vec<Expr>, pos: Pos, bang: Option<ScopeNames>) -> Expr {
+        if &*name == "is_shared" && args.len() == 1 && is_variable(&args[0]) {
+            return Expr::IsShared(Box::new(args.pop().unwrap()));
+        }
+        let first_mutable = match args.first() {
+            Some(a @ Expr::Local(..)) => self.const_root(a).is_none(),
+            Some(Expr::Captured(..)) => true,
+            _ => false,
+        };
+        Expr::Call(Box::new(Call { name, namespace: None, args, pos, bang, first_mutable, cache: Cell::new(u32::MAX) }))
     }
 
     fn loop_body(&mut self) -> PResult<Block> {
@@ -1068,7 +1092,7 @@ impl Parser {
     fn if_expr(&mut self) -> PResult<Expr> {
         let pos = self.pos();
         self.advance();
-        let cond = self.expr()?;
+        let cond = self.bool_expr()?;
         let then = self.block()?;
         let els = if self.eat_kw("else") {
             if self.is_kw("if") {
@@ -1138,13 +1162,27 @@ impl Parser {
                             })
                         }
                     };
+                    if pats.iter().flatten().any(|q| same_case(q, &pat)) {
+                        return Err(ParseError { msg: "Duplicated switch case".into(), pos: ppos, limit: None });
+                    }
                     pats.push(Some(pat));
                 }
                 if !self.eat_op("|") {
                     break;
                 }
             }
-            let cond = if self.eat_kw("if") { Some(self.expr()?) } else { None };
+            let cond = if self.is_kw("if") {
+                if pats.iter().any(|p| p.is_none()) {
+                    return self.err("This switch case cannot have a condition");
+                }
+                self.advance();
+                Some(self.bool_expr()?)
+            } else {
+                None
+            };
+            for p in pats.iter().flatten() {
+                self.check_case(&cases, p)?;
+            }
             self.expect_op("=>", "in this switch case")?;
             let body = self.expr()?;
             let block_body = matches!(body, Expr::Block(_));
@@ -1162,6 +1200,20 @@ impl Parser {
         Ok(Expr::Switch(Box::new(Switch { expr, cases, pos })))
     }
 
+    /// The book's switch rules: no duplicated values (conditions or not), and no
+    /// integer case after a range case.
+    fn check_case(&self, cases: &[Case], pat: &Pat) -> PResult<()> {
+        let is_range = |p: &Pat| matches!(p, Pat::Range(..) | Pat::Val(Value::Range(..)) | Pat::Val(Value::RangeIncl(..)));
+        if cases.iter().filter_map(|c| c.pat.as_ref()).any(|q| same_case(q, pat)) {
+            return self.err("Duplicated switch case");
+        }
+        let after_range = cases.iter().filter_map(|c| c.pat.as_ref()).any(is_range);
+        if after_range && matches!(pat, Pat::Val(Value::Int(_))) {
+            return self.err("Integer switch cases cannot follow range cases");
+        }
+        Ok(())
+    }
+
     fn for_expr(&mut self) -> PResult<Expr> {
         let pos = self.pos();
         self.advance();
@@ -1177,7 +1229,11 @@ impl Parser {
         if !self.eat_kw("in") {
             return self.err("Expecting 'in' after the for loop variable");
         }
+        let ipos = self.pos();
         let iter = self.expr()?;
+        if let Some(t) = not_iterable(&iter) {
+            return Err(ParseError { msg: format!("Expecting an iterable value, not {}", t), pos: ipos, limit: None });
+        }
         let mark = self.scope_enter();
         let var = self.declare(vname, false);
         let idx = iname.map(|n| self.declare(n, false));
@@ -1215,6 +1271,66 @@ impl Parser {
             pos,
         });
         Ok(Expr::Closure(def, c.cap_srcs))
+    }
+}
+
+fn is_variable(e: &Expr) -> bool {
+    matches!(e, Expr::Local(..) | Expr::Captured(..))
+}
+
+/// What a literal is, for "Expecting … , not <what>" messages.
+fn literal_kind(e: &Expr) -> Option<&'static str> {
+    Some(match e {
+        Expr::Const(Value::Unit) => "()",
+        Expr::Const(Value::Bool(_)) => "a boolean",
+        Expr::Const(Value::Int(_)) => "a number",
+        Expr::Const(Value::Float(_)) => "a floating-point number",
+        Expr::Const(Value::Char(_)) => "a character",
+        Expr::Const(Value::Str(_)) | Expr::Interp(..) => "a string",
+        Expr::Array(..) => "an array",
+        Expr::MapLit(..) => "an object map",
+        _ => return None,
+    })
+}
+
+/// Indexing a literal array, string or map with a literal of the wrong type.
+fn check_literal_index(target: &Expr, idx: &Expr, pos: Pos) -> PResult<()> {
+    let (what, want) = match target {
+        Expr::Array(..) => ("Array", "a number"),
+        Expr::Const(Value::Str(_)) | Expr::Interp(..) => ("String", "a number"),
+        Expr::MapLit(..) => ("Object map", "a string"),
+        _ => return Ok(()),
+    };
+    let key = if want == "a number" { "integer" } else { "string" };
+    match literal_kind(idx) {
+        Some(t) if t != want && !(want == "a string" && t == "a character") => Err(ParseError {
+            msg: format!("{} access expects {} index, not {}", what, key, t),
+            pos,
+            limit: None,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn check_bool(e: &Expr, pos: Pos) -> PResult<()> {
+    match literal_kind(e) {
+        Some(t) if t != "a boolean" => {
+            Err(ParseError { msg: format!("Expecting a boolean expression, not {}", t), pos, limit: None })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn not_iterable(e: &Expr) -> Option<&'static str> {
+    literal_kind(e).filter(|t| !matches!(*t, "a string" | "an array"))
+}
+
+/// Two value cases that would match the same value (range cases may overlap).
+fn same_case(a: &Pat, b: &Pat) -> bool {
+    match (a, b) {
+        (Pat::Val(Value::Range(..)), _) | (Pat::Val(Value::RangeIncl(..)), _) => false,
+        (Pat::Val(x), Pat::Val(y)) => x.type_name() == y.type_name() && crate::interp::values_eq(x, y),
+        _ => false,
     }
 }
 
@@ -1265,7 +1381,7 @@ pub fn clone_expr(e: &Expr) -> Expr {
             args: c.args.iter().map(clone_expr).collect(),
             pos: c.pos,
             bang: c.bang.clone(),
-            var: c.var.as_ref().map(clone_expr),
+            first_mutable: c.first_mutable,
             cache: Cell::new(u32::MAX),
         })),
         Expr::Method(m) => Expr::Method(Box::new(MethodCall {
@@ -1315,6 +1431,7 @@ pub fn clone_expr(e: &Expr) -> Expr {
         Expr::Eval(a, n, s, p) => Expr::Eval(cb(a), n.clone(), *s, *p),
         Expr::IsDefVar(a, n, p) => Expr::IsDefVar(cb(a), n.clone(), *p),
         Expr::Import(n, p) => Expr::Import(n.clone(), *p),
+        Expr::IsShared(v) => Expr::IsShared(cb(v)),
         Expr::Nop => Expr::Nop,
     }
 }

@@ -71,7 +71,7 @@ impl Value {
             Value::Blob(_) => "blob",
             Value::Range(..) => "range",
             Value::RangeIncl(..) => "range=",
-            Value::FnPtr(p) if p.name.starts_with("range$") => "StepRange",
+            Value::FnPtr(p) if p.name.starts_with("range$") => "range",
             Value::FnPtr(_) => "Fn",
             Value::Timestamp(_) => "timestamp",
             Value::Host(h) => &h.type_name,
@@ -140,6 +140,15 @@ fn debug_str(s: &str) -> String {
     format!("{:?}", s)
 }
 
+/// An element of an array or map: debug style, except that a char is shown bare
+/// (`[1, "x", c]`), as Rhai shows it.
+fn write_element(f: &mut Fmt, v: &Value) -> bool {
+    match v {
+        Value::Char(_) => write_value(f, v, false),
+        _ => write_value(f, v, true),
+    }
+}
+
 /// `print` style (to_string) when `debug` is false; `debug` style otherwise.
 pub fn write_value(f: &mut Fmt, v: &Value, debug: bool) -> bool {
     if f.over {
@@ -182,7 +191,7 @@ pub fn write_value(f: &mut Fmt, v: &Value, debug: bool) -> bool {
                 if i > 0 {
                     f.push(", ");
                 }
-                if !write_value(f, x, true) {
+                if !write_element(f, x) {
                     return false;
                 }
             }
@@ -202,7 +211,7 @@ pub fn write_value(f: &mut Fmt, v: &Value, debug: bool) -> bool {
                 }
                 f.push(&debug_str(k));
                 f.push(": ");
-                if !write_value(f, x, true) {
+                if !write_element(f, x) {
                     return false;
                 }
             }
@@ -211,9 +220,12 @@ pub fn write_value(f: &mut Fmt, v: &Value, debug: bool) -> bool {
         }
         Value::Blob(b) => {
             let mut s = String::from("[");
-            for x in b.iter() {
+            for (i, x) in b.iter().enumerate() {
                 if s.len() > f.limit {
                     break;
+                }
+                if i > 0 && i % 8 == 0 {
+                    s.push(' ');
                 }
                 let _ = write!(s, "{:02x}", x);
             }
@@ -518,6 +530,15 @@ pub fn json_to_value(j: &Json) -> Value {
 
 /// Convert a value to JSON text with a size budget (returns false when over budget).
 pub fn value_to_json(out: &mut String, v: &Value, limit: usize, depth: usize) -> bool {
+    json_of(out, v, limit, depth, false)
+}
+
+/// The script's `to_json`: as `value_to_json`, but a function pointer becomes its name.
+pub fn script_to_json(out: &mut String, v: &Value, limit: usize) -> bool {
+    json_of(out, v, limit, 0, true)
+}
+
+fn json_of(out: &mut String, v: &Value, limit: usize, depth: usize, fn_names: bool) -> bool {
     if out.len() > limit || depth > 256 {
         return false;
     }
@@ -536,7 +557,7 @@ pub fn value_to_json(out: &mut String, v: &Value, limit: usize, depth: usize) ->
                 if i > 0 {
                     out.push(',');
                 }
-                if !value_to_json(out, x, limit, depth + 1) {
+                if !json_of(out, x, limit, depth + 1, fn_names) {
                     return false;
                 }
             }
@@ -550,7 +571,7 @@ pub fn value_to_json(out: &mut String, v: &Value, limit: usize, depth: usize) ->
                 }
                 json_escape(out, k);
                 out.push(':');
-                if !value_to_json(out, x, limit, depth + 1) {
+                if !json_of(out, x, limit, depth + 1, fn_names) {
                     return false;
                 }
             }
@@ -558,8 +579,9 @@ pub fn value_to_json(out: &mut String, v: &Value, limit: usize, depth: usize) ->
         }
         Value::Shared(c) => {
             let inner = c.borrow().clone();
-            return value_to_json(out, &inner, limit, depth);
+            return json_of(out, &inner, limit, depth, fn_names);
         }
+        Value::FnPtr(p) if fn_names && !p.name.starts_with("range$") => json_escape(out, &p.name),
         other => {
             let mut f = Fmt::new(limit);
             write_value(&mut f, other, false);
