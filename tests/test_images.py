@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import io
 import json
 import shutil
 import socket
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hypermachine import errors
-from hypermachine.images import Catalogue, default_catalogue_file, progress_bar, validate_name
+from hypermachine.images import Catalogue, default_catalogue_file, validate_name
 
 REPO = Path(__file__).resolve().parents[1]
 needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img missing")
@@ -278,18 +277,6 @@ def test_pull_only_remote_images(tmp_path: Path) -> None:
         cat.pull("nope")
     with pytest.raises(errors.ValidationFailed):
         cat.pull("../etc")
-
-
-def test_progress_bar_prints() -> None:
-    out = io.StringIO()
-    bar = progress_bar(out)
-    bar(0, 4 << 20)
-    bar(4 << 20, 4 << 20)
-    text = out.getvalue()
-    assert "100.0%" in text and "4.0 MiB / 4.0 MiB" in text and text.endswith("\n")
-    out2 = io.StringIO()
-    progress_bar(out2)(3 << 20, None)
-    assert "3.0 MiB downloaded" in out2.getvalue()
 
 
 # --- import -------------------------------------------------------------------------

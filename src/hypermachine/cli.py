@@ -1,4 +1,4 @@
-"""``hypermachine serve | image … | host | script … | mcp``."""
+"""``hypermachine serve | image … | host | script … | mcp | key … | vm … | completion``."""
 
 from __future__ import annotations
 
@@ -9,12 +9,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import trio
+import argcomplete
 
 from .config import ConfigError, Settings, load_settings
 from .security.keycli import add_key_commands
+from .vmcli import add_client_commands
 
 __all__ = ["main"]
+
+# Import names of the "server" extra's packages (pyproject.toml): missing in a client install.
+_SERVER_PACKAGES = {"qemu", "trio", "hypercorn", "quart", "quart_trio", "wasmtime", "psutil",
+                    "prometheus_client", "swagger_ui_bundle", "pycdlib"}  # fmt: skip
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
@@ -24,6 +29,8 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    import trio
+
     from .server import serve
 
     settings = _settings(
@@ -55,9 +62,10 @@ def _cmd_image_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_image_pull(args: argparse.Namespace) -> int:
-    from .images import progress_bar
+    from .vmcli.progress import download_progress
 
-    image = _catalogue(args).pull(args.name, progress_bar(sys.stderr))
+    with download_progress(args.name) as progress:
+        image = _catalogue(args).pull(args.name, progress)
     print(f"pulled {image.name}")
     return 0
 
@@ -103,6 +111,8 @@ def _cmd_script_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_mcp(args: argparse.Namespace) -> int:
+    import trio
+
     from .agentic.mcp_stdio import serve_stdio
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)  # stdout is the protocol
@@ -170,11 +180,14 @@ def _parser() -> argparse.ArgumentParser:
     mcp.add_argument("--server", default="http://127.0.0.1:8080", help="the server's URL")
     mcp.add_argument("--api-key", default=None, help="sent as a bearer token")
     mcp.set_defaults(run=_cmd_mcp)
+    add_client_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    argcomplete.autocomplete(parser)  # answers the shell's TAB (see `hypermachine completion`)
+    args = parser.parse_args(argv)
     try:
         code: int = args.run(args)
     except ConfigError as err:
@@ -182,6 +195,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as err:
+        if err.name and err.name.split(".")[0] in _SERVER_PACKAGES:
+            print(
+                f"hypermachine: {err.name} is missing: this command needs the server, "
+                "pip install 'hypermachine[server]'",
+                file=sys.stderr,
+            )
+            return 2
+        raise
     except Exception as err:  # the CLI's last word: one line, not a traceback
         from .errors import HMError
 

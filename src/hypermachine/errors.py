@@ -268,6 +268,12 @@ class RateLimited(HMError):
 
     code, status = "RATE_LIMITED", 429
 
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds until a request will be accepted again (``details.retry_after_s``)."""
+        value = self.details.get("retry_after_s")
+        return float(value) if isinstance(value, int | float) else None
+
 
 class Unsupported(HMError):
     """The request is well formed but this host cannot honour it."""

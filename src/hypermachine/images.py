@@ -19,7 +19,6 @@ kernel command line ever comes from a REST client. Image names match :data:`NAME
 from __future__ import annotations
 
 import builtins
-import contextlib
 import hashlib
 import http.client
 import json
@@ -27,7 +26,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -52,7 +50,6 @@ __all__ = [
     "Source",
     "default_catalogue_file",
     "disk_info",
-    "progress_bar",
     "validate_name",
 ]
 
@@ -662,34 +659,3 @@ def _copy_sparse(src: Path, dst: Path) -> None:
         )
     except (FileNotFoundError, subprocess.CalledProcessError):
         shutil.copyfile(src, dst)
-
-
-def progress_bar(stream: IO[str] | None = None, width: int = 30) -> ProgressFn:
-    """A text progress bar for the CLI: ``progress_bar(sys.stderr)`` -> ``fn(done, total)``."""
-    out = stream if stream is not None else sys.stderr
-    state = {"last": -1.0, "ended": False}
-
-    def mib(n: int) -> str:
-        return f"{n / (1 << 20):.1f} MiB"
-
-    def update(done: int, total: int | None) -> None:
-        now = time.monotonic()
-        finished = total is not None and done >= total
-        if not finished and now - state["last"] < 0.2:
-            return
-        state["last"] = now
-        if total:
-            frac = min(done / total, 1.0)
-            filled = int(frac * width)
-            line = f"[{'#' * filled}{'.' * (width - filled)}] {frac * 100:5.1f}% "
-            line += f"{mib(done)} / {mib(total)}"
-        else:
-            line = f"{mib(done)} downloaded"
-        out.write("\r" + line)
-        if finished and not state["ended"]:
-            state["ended"] = True
-            out.write("\n")
-        with contextlib.suppress(Exception):
-            out.flush()
-
-    return update

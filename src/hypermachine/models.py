@@ -534,6 +534,10 @@ class ImageInfo(_Strict):
     available: bool
     size_bytes: int | None = None
     url: str | None = None
+    sha256: str | None = None
+    firmware: str | None = None
+    ready_marker: str | None = None
+    stand_in: str | None = None
 
 
 # -- guest: exec, files, events (docs/guest.md) ----------------------------------

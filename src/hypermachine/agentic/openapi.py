@@ -63,20 +63,8 @@ class Health(BaseModel):
     qemu_user: str | None = Field(description="The user QEMU runs as (null: the server's).")
 
 
-class ImageEntry(ImageInfo):
-    """A catalogue image as ``GET /api/v1/images`` reports it.
-
-    The catalogue reports three fields ``models.ImageInfo`` does not have yet.
-    """
-
-    sha256: str | None = None
-    firmware: str | None = None
-    ready_marker: str | None = None
-    stand_in: str | None = None
-
-
 class ImageList(BaseModel):
-    images: list[ImageEntry]
+    images: list[ImageInfo]
 
 
 class ToolList(BaseModel):
