@@ -138,8 +138,9 @@ def test_rate_limited_carries_retry_after(live: Live) -> None:
 def test_list_iterates_pages_and_get_finds_by_name(live: Live, guest: VmHandle) -> None:
     with live.client() as hm:
         made = [
-            hm.vms.create(name=f"page-{i}", image="tiny", disk_gb=1, labels={"suite": "pages"},
-                          wait=True)  # fmt: skip
+            hm.vms.create(
+                name=f"page-{i}", image="tiny", disk_gb=1, labels={"suite": "pages"}, wait=True
+            )  # fmt: skip
             for i in range(3)
         ]
         try:
