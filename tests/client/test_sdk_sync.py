@@ -140,7 +140,7 @@ def test_list_iterates_pages_and_get_finds_by_name(live: Live, guest: VmHandle) 
         made = [
             hm.vms.create(
                 name=f"page-{i}", image="tiny", disk_gb=1, labels={"suite": "pages"}, wait=True
-            )  # fmt: skip
+            )
             for i in range(3)
         ]
         try:
