@@ -49,6 +49,11 @@ def exec_command(args: argparse.Namespace, hm: Client, out: Output) -> int:
     argv = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not argv:
         raise ValidationFailed("give the command after --: hypermachine vm exec VM -- uname -a")
+    if argv[0].startswith("-") and "--" in argv:
+        raise ValidationFailed(
+            "options go before the VM: hypermachine vm exec [OPTIONS] VM -- COMMAND",
+            command=argv,
+        )
     vm = hm.vms.get(args.vm)
     stdin = sys.stdin.buffer.read() if args.interactive else None
     env = pairs(args.env, "environment variables")
