@@ -7,7 +7,6 @@ one of the test's VM UUIDs survives.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,16 +18,7 @@ from hypermachine.api import Services, create_app
 from hypermachine.config import Settings
 from hypermachine.server import open_services
 from realserver import Server, free_port
-from support import TINY_DIR, make_settings, qemu_pids_for, remove_all_vms
-
-
-def require_tiny() -> None:
-    if (TINY_DIR / "image.json").exists():
-        return
-    message = "the tiny image is not built: run tools/build-tiny-image (make test does)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+from support import TINY_DIR, make_settings, qemu_pids_for, remove_all_vms, require_tiny
 
 
 @pytest.fixture

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+import pytest
 import trio
 
 from hypermachine.api import Services
@@ -14,6 +16,15 @@ from hypermachine.config import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_DIR = REPO / "images" / "tiny"
+
+
+def require_tiny() -> None:
+    if (TINY_DIR / "image.json").exists():
+        return
+    message = "the tiny image is not built: run tools/build-tiny-image (make test does)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def qemu_pids_for(uuids: set[str]) -> list[int]:

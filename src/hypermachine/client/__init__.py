@@ -17,7 +17,20 @@ from __future__ import annotations
 
 from ..errors import *  # noqa: F403  (every error class, by the server's code)
 from ..errors import __all__ as _error_names
-from ..models import Event, ExecOutput, ExecResult, ExecStatus, Vm, VmMetrics, VmSpec, VmState
+from ..models import (
+    Event,
+    ExecOutput,
+    ExecResult,
+    ExecStatus,
+    FileWritten,
+    HostCapabilities,
+    ImageInfo,
+    ScriptResponse,
+    Vm,
+    VmMetrics,
+    VmSpec,
+    VmState,
+)
 from .async_client import AsyncClient, AsyncConsoleSession, AsyncFiles, AsyncVmHandle
 from .base import DEFAULT_SERVER
 from .errors import error_class
@@ -35,7 +48,11 @@ __all__ = [
     "ExecOutput",
     "ExecResult",
     "ExecStatus",
+    "FileWritten",
     "Files",
+    "HostCapabilities",
+    "ImageInfo",
+    "ScriptResponse",
     "Vm",
     "VmHandle",
     "VmMetrics",

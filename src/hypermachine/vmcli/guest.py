@@ -17,10 +17,11 @@ from ..models import ExecOutput, ExecResult, ExecStatus
 from .lifecycle import pairs
 from .output import Output
 
-__all__ = ["copy", "exec_command", "exit_status", "new_lines", "run_script", "show_logs"]
+__all__ = ["copy", "exec_command", "exit_status", "fresh_text", "run_script", "show_logs"]
 
 _TIMED_OUT = 124  # as timeout(1) exits
 _FOLLOW_EVERY_S = 1.0
+_FOLLOW_WINDOW = 500  # lines read each second by logs -f
 
 
 def exit_status(result: ExecResult, out: Output) -> int:
@@ -48,6 +49,11 @@ def exec_command(args: argparse.Namespace, hm: Client, out: Output) -> int:
     argv = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not argv:
         raise ValidationFailed("give the command after --: hypermachine vm exec VM -- uname -a")
+    if argv[0].startswith("-") and "--" in argv:
+        raise ValidationFailed(
+            "options go before the VM: hypermachine vm exec [OPTIONS] VM -- COMMAND",
+            command=argv,
+        )
     vm = hm.vms.get(args.vm)
     stdin = sys.stdin.buffer.read() if args.interactive else None
     env = pairs(args.env, "environment variables")
@@ -118,32 +124,42 @@ def copy(args: argparse.Namespace, hm: Client, out: Output) -> int:
     return 0
 
 
-def new_lines(shown: list[str], current: list[str]) -> list[str]:
-    """The lines of ``current`` after the longest overlap of ``shown``'s end and its start."""
-    for size in range(min(len(shown), len(current)), 0, -1):
-        if shown[-size:] == current[:size]:
-            return current[size:]
-    return current
+def fresh_text(previous: list[str], current: list[str]) -> str:
+    """What to write after ``previous`` (shown with its last line unterminated) to show ``current``.
+
+    The log is read as lines, and its last line may still be growing: the overlap is
+    the longest end of ``previous`` that starts ``current``, its last line allowed to
+    have grown since.
+    """
+    if not previous:
+        return "\n".join(current)
+    for size in range(min(len(previous), len(current)), 0, -1):
+        *head, last = previous[-size:]
+        if current[: size - 1] == head and current[size - 1].startswith(last):
+            grown = current[size - 1][len(last) :]
+            return grown + "".join("\n" + line for line in current[size:])
+    return "".join("\n" + line for line in current)
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def show_logs(args: argparse.Namespace, hm: Client, out: Output) -> int:
-    """The console log's tail; ``-f`` then prints each line once it is complete.
+    """The console log's tail; ``-f`` goes on printing what the guest writes.
 
-    There is no stream of the log, so ``-f`` reads the tail again every second and
-    prints what is new (the line still being written waits for its end).
+    There is no stream of the log, so ``-f`` reads its end again every second and
+    writes what is new, as ``tail -f`` does with a file.
     """
     vm = hm.vms.get(args.vm)
-    lines = vm.logs(args.tail)
-    shown = lines[:-1] if args.follow else lines
-    for line in shown:
-        out.line(line)
+    previous = vm.logs(args.tail)
+    _write("\n".join(previous) + ("" if args.follow or not previous else "\n"))
     while args.follow:
         time.sleep(_FOLLOW_EVERY_S)
-        complete = vm.logs(max(args.tail, 100))[:-1]
-        fresh = new_lines(shown, complete)
-        for line in fresh:
-            out.line(line)
-        shown = (shown + fresh)[-1000:]
+        current = vm.logs(max(args.tail, _FOLLOW_WINDOW))
+        _write(fresh_text(previous, current))
+        previous = current
     return 0
 
 

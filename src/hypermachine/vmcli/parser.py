@@ -104,7 +104,9 @@ def _add_lifecycle(verbs: Any, common: argparse.ArgumentParser) -> None:
 def _add_guest(verbs: Any, common: argparse.ArgumentParser) -> None:
     run = _verb(verbs, "exec", "guest.exec_command", common, "run a command in the guest")
     _vm_arg(run)
-    run.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG …]")
+    run.add_argument(
+        "command", nargs=argparse.REMAINDER, help="[--] COMMAND [ARG …] (options go before VM)"
+    )
     run.add_argument("-i", "--interactive", action="store_true", help="send stdin (to its end)")
     run.add_argument("-e", "--env", action="append", default=[], metavar="NAME=VALUE")
     run.add_argument("--timeout", type=float, metavar="S", help="kill the command after S")

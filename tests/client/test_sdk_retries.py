@@ -1,0 +1,133 @@
+"""The client's retry policy, against scripted transports (a real server neither resets
+connections nor answers 429 with a short Retry-After on demand).
+
+Also: importing the SDK brings in none of the server's dependencies.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from hypermachine.client import Client, Conflict, RateLimited, VmNotFound, error_class
+
+VM = {
+    "id": "vm-1", "uuid": "u-1", "name": "one", "image": "tiny", "state": "running",
+    "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+}  # fmt: skip
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def client(handler: Handler) -> Client:
+    return Client("http://hm.test", "k", transport=httpx.MockTransport(handler), backoff=0)
+
+
+def scripted(*outcomes: httpx.Response | type[Exception]) -> tuple[Handler, list[httpx.Request]]:
+    """A transport answering each request with the next outcome (an exception is raised)."""
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        outcome = outcomes[len(seen) - 1]
+        if isinstance(outcome, httpx.Response):
+            return outcome
+        raise outcome("connection reset by peer", request=request)  # type: ignore[call-arg]
+
+    return handle, seen
+
+
+def error(status: int, code: str, **headers: str) -> httpx.Response:
+    body = {"error": {"code": code, "message": "no", "details": {}}}
+    return httpx.Response(status, json=body, headers=headers)
+
+
+def test_429_is_retried_after_retry_after() -> None:
+    handle, seen = scripted(
+        error(429, "RATE_LIMITED", **{"Retry-After": "0"}), httpx.Response(200, json=VM)
+    )
+    with client(handle) as hm:
+        assert hm.vms.get("vm-1").id == "vm-1"
+    assert len(seen) == 2
+
+
+def test_429_past_the_retries_is_raised_with_retry_after() -> None:
+    limited = error(429, "RATE_LIMITED", **{"Retry-After": "0"})
+    handle, seen = scripted(limited, limited)
+    with Client("http://hm.test", transport=httpx.MockTransport(handle), backoff=0,
+                max_retries=1) as hm, pytest.raises(RateLimited) as hit:  # fmt: skip
+        hm.host()
+    assert len(seen) == 2 and hit.value.retry_after == 0
+
+
+def test_a_reset_is_retried_only_for_idempotent_calls() -> None:
+    handle, seen = scripted(httpx.ReadError, httpx.Response(200, json=VM))
+    with client(handle) as hm:
+        vm = hm.vms.get("vm-1")
+    assert len(seen) == 2
+    handle, seen = scripted(httpx.RemoteProtocolError)
+    vm._client = client(handle)
+    with pytest.raises(httpx.RemoteProtocolError):
+        vm.start()  # not idempotent: a second start could do something else
+    assert len(seen) == 1
+
+
+def test_create_resends_its_idempotency_key() -> None:
+    handle, seen = scripted(httpx.ReadError, httpx.Response(201, json=VM))
+    with client(handle) as hm:
+        hm.vms.create(name="one", image="tiny")
+    keys = [r.headers["Idempotency-Key"] for r in seen]
+    assert len(keys) == 2 and keys[0] == keys[1] and len(keys[0]) == 32
+
+
+def test_an_unknown_code_gets_a_class_under_its_status() -> None:
+    handle, _ = scripted(error(409, "SNAPSHOT_BUSY"))
+    with client(handle) as hm, pytest.raises(Conflict) as raised:
+        hm.vms.get("vm-1")
+    assert type(raised.value).__name__ == "SnapshotBusy"
+    assert raised.value.code == "SNAPSHOT_BUSY" and raised.value.status == 409
+    assert error_class("VM_NOT_FOUND", 404) is VmNotFound
+
+
+class _Broken(httpx.SyncByteStream):
+    """An event stream that sends ``frames`` and then loses its connection."""
+
+    def __init__(self, frames: bytes) -> None:
+        self.frames = frames
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.frames
+        raise httpx.ReadError("connection reset by peer")
+
+
+def _event(event_id: int) -> bytes:
+    data = {"id": event_id, "time": "2026-01-01T00:00:00Z", "type": "vm.created", "data": {}}
+    return f"id: {event_id}\nevent: vm.created\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def test_events_reconnect_with_last_event_id() -> None:
+    sse = {"content-type": "text/event-stream"}
+    handle, seen = scripted(
+        httpx.Response(200, headers=sse, stream=_Broken(_event(5))),
+        httpx.Response(200, headers=sse, stream=_Broken(_event(6))),
+    )
+    with client(handle) as hm:
+        events = hm.events(after=4)
+        assert [next(events).id, next(events).id] == [5, 6]
+        events.close()
+    assert [r.headers["Last-Event-ID"] for r in seen] == ["4", "5"]
+
+
+def test_importing_the_sdk_and_the_cli_needs_none_of_the_server() -> None:
+    check = (
+        "import sys, hypermachine.client, hypermachine.cli, hypermachine.vmcli.run; "
+        "server = ('quart', 'wasmtime', 'hypercorn', 'qemu', 'werkzeug', 'psutil', 'prometheus')"
+        "; loaded = sorted(m for m in sys.modules if m.startswith(server)); "
+        "assert not loaded, loaded"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
