@@ -94,6 +94,8 @@ class Settings:
     swtpm_start_timeout_s: float = 10.0
     max_body_bytes: int = 2 * 1024 * 1024
     max_concurrent_scripts: int = 4
+    # One tenant's share of those slots, so no tenant can take every one.
+    max_scripts_per_tenant: int = 2
     # Scripts that drive VMs wait for boots; requests may lower this, never raise it.
     script_timeout_s: float = 300.0
     idempotency_ttl_s: float = 24 * 3600.0
@@ -118,6 +120,9 @@ class Settings:
     sse_keepalive_s: float = 15.0
     # Networks and devices (docs/networking.md). Bridges VMs may join, by name.
     bridges: tuple[BridgeConfig, ...] = ()
+    # Web pages from these origins (besides loopback ones) may open a console or
+    # speak MCP; in open mode, requests naming these hosts are served (docs/threat-model.md).
+    allowed_origins: tuple[str, ...] = ()
     # Host address port forwards of nat VMs listen on, and the host ports allowed.
     forward_address: str = "127.0.0.1"
     forward_port_min: int = 1024
@@ -226,6 +231,21 @@ def _address(raw: Any) -> str:
         raise ConfigError(f"forward_address must be an IPv4 address: {err}") from err
 
 
+_ORIGIN = re.compile(
+    r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$"
+)
+
+
+def _origins(raw: Any) -> tuple[str, ...]:
+    """A TOML list, or comma-separated text (``HM_ALLOWED_ORIGINS``), of ``scheme://host[:port]``."""
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    origins = tuple(str(item).strip().rstrip("/").lower() for item in items if str(item).strip())
+    for origin in origins:
+        if not _ORIGIN.match(origin):
+            raise ConfigError(f"allowed_origins: {origin!r} is not scheme://host[:port]")
+    return origins
+
+
 def _coerce(name: str, raw: Any) -> Any:
     default = _FIELDS[name].default
     if name in _PATH_FIELDS:
@@ -234,6 +254,8 @@ def _coerce(name: str, raw: Any) -> Any:
         return _bridges(raw)
     if name == "forward_address":
         return _address(raw)
+    if name == "allowed_origins":
+        return _origins(raw)
     if name in ("forward_port_min", "forward_port_max"):
         if not str(raw).isdigit() or not 1 <= int(raw) <= 65535:
             raise ConfigError(f"{name} must be a port number (1-65535), not {raw!r}")

@@ -70,6 +70,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 manager,
                 runtime,
                 max_concurrent=settings.max_concurrent_scripts,
+                per_tenant=settings.max_scripts_per_tenant,
                 ceiling=Limits(timeout_ms=int(settings.script_timeout_s * 1000)),
             )
             yield Services(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
 from openapi_spec_validator import validate
 from pyld import jsonld
 
@@ -98,6 +99,7 @@ async def test_docs_page_uses_local_assets(client: Any) -> None:
     assert missing.status_code == 404
 
 
+@pytest.mark.hm_settings(allowed_origins=("http://vmhost.example:8080",))  # open mode: named host
 async def test_plugin_manifest_points_at_the_requests_host(client: Any) -> None:
     manifest = await get_json(
         client, "/.well-known/ai-plugin.json", headers={"Host": "vmhost.example:8080"}

@@ -218,7 +218,8 @@ def agent_operations() -> list[Operation]:
 
 def mcp_views(dispatcher: Dispatcher) -> Mapping[str, Any]:
     """The custom views of the three MCP routes (the transport reads the raw request)."""
-    mcp = McpHttp(McpCore(LocalBackend(dispatcher)))
+    settings = dispatcher.services.settings
+    mcp = McpHttp(McpCore(LocalBackend(dispatcher)), settings.allowed_origins)
 
     async def granted(name: str) -> None:
         await dispatcher.call(name, current_caller(), {})

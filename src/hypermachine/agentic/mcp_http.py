@@ -2,8 +2,8 @@
 
 Handshake-era clients get an ``Mcp-Session-Id`` from ``initialize`` and must send
 it back (DELETE ends it); stateless-era requests need no session. A browser
-page from another origin is refused (``Origin`` must be this server or a
-loopback address), against DNS-rebinding attacks on a local server. The server
+page from another origin is refused (``Origin`` must be a loopback address or
+one in ``allowed_origins``), against DNS-rebinding attacks on a local server. The server
 sends no unsolicited messages, so ``GET /mcp`` answers 405.
 """
 
@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import secrets
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from quart import Response, request
 
 from ..operations.dispatch import Dispatcher
 from ..security.caller import current_caller
+from ..security.web import origin_allowed
 from .execute import Shape, ToolCall, run_call
 from .faces import mcp_tools
 from .mcp import (
@@ -35,11 +35,10 @@ from .mcp import (
     parse_message,
 )
 
-__all__ = ["LocalBackend", "McpHttp", "origin_allowed"]
+__all__ = ["LocalBackend", "McpHttp"]
 
 _SESSION_HEADER = "Mcp-Session-Id"
 _MAX_SESSIONS = 1024
-_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 _STATUS = {
     PARSE_ERROR: 400,
     INVALID_REQUEST: 400,
@@ -71,16 +70,6 @@ class LocalBackend:
         return outcome.ok, outcome.data
 
 
-def origin_allowed(origin: str | None, host: str | None) -> bool:
-    """No Origin (not a browser), a loopback origin, or this server's own origin."""
-    if origin is None:
-        return True
-    parts = urlsplit(origin)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return False
-    return parts.hostname in _LOOPBACK or (host is not None and parts.netloc == host)
-
-
 def _json(
     body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
@@ -96,12 +85,13 @@ def _rpc_error(status: int, code: int, message: str, msg_id: object = None) -> R
 class McpHttp:
     """The ``/mcp`` endpoint: sessions for the handshake era, none for the stateless one."""
 
-    def __init__(self, core: McpCore) -> None:
+    def __init__(self, core: McpCore, allowed_origins: Collection[str] = ()) -> None:
         self._core = core
+        self._allowed_origins = allowed_origins
         self._sessions: OrderedDict[str, str] = OrderedDict()
 
     def _guard(self) -> Response | None:
-        if not origin_allowed(request.headers.get("Origin"), request.headers.get("Host")):
+        if not origin_allowed(request.headers.get("Origin"), self._allowed_origins):
             return _rpc_error(403, INVALID_REQUEST, "Origin not allowed")
         return None
 

@@ -13,9 +13,9 @@ import trio
 from pydantic import ValidationError
 from quart import Response, websocket
 
-from ..agentic.mcp_http import origin_allowed
 from ..errors import Forbidden, HMError
 from ..security.caller import current_caller
+from ..security.web import origin_allowed
 from .errors import error_response, validation_response
 from .rest import dispatcher
 
@@ -25,7 +25,8 @@ _READ = 4096
 
 
 async def console_view(vm_id: str) -> Response | None:
-    if not origin_allowed(websocket.headers.get("Origin"), websocket.headers.get("Host")):
+    allowed = dispatcher().services.settings.allowed_origins
+    if not origin_allowed(websocket.headers.get("Origin"), allowed):
         return error_response(Forbidden("this Origin may not open a console"))
     try:
         session = await dispatcher().call("open_vm_console", current_caller(), {"vm_id": vm_id})

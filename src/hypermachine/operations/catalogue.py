@@ -223,7 +223,11 @@ async def _query_qmp(ctx: Context, args: QmpInput) -> dict[str, object]:
 async def _run_vm_script(ctx: Context, args: RunVmScriptInput) -> ScriptResponse:
     request = ScriptRequest.model_validate(args.model_dump(exclude={"vm_id"}))
     response: ScriptResponse = await ctx.services.scripts.run(
-        request, vm_id=args.vm_id, dispatch=ctx.dispatch
+        request,
+        vm_id=args.vm_id,
+        dispatch=ctx.dispatch,
+        tenant=ctx.caller.tenant,
+        meter=ctx.meter,
     )
     return response
 

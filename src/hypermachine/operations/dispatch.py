@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..errors import Forbidden, HMError, Unauthorized, ValidationFailed, VmNotFound
+from ..errors import Forbidden, HMError, RateLimited, Unauthorized, ValidationFailed, VmNotFound
 from ..security.caller import ANONYMOUS, Caller, acting_as
 from .declare import Access, Answer, Context, Operation, Registry
 
@@ -70,7 +70,7 @@ class Dispatcher:
 
     def __init__(self, registry: Registry, services: Any) -> None:
         self.registry = registry
-        self._services = services
+        self.services = services
         self._manager = services.manager
         self._security = services.security
 
@@ -116,12 +116,13 @@ class Dispatcher:
         """The handler's context; a ``TENANT`` operation's VM is found in the caller's scope."""
         return Context(
             caller=caller,
-            services=self._services,
+            services=self.services,
             registry=self.registry,
             vm=self._manager.get(args.vm_id) if op.access is Access.TENANT else None,
             base_url=base_url,
             dispatch=self.bound(caller, base_url),
             audit=partial(self._record, caller),
+            meter=partial(self._meter, caller),
         )
 
     def bound(
@@ -133,6 +134,23 @@ class Dispatcher:
             return await self.call(name, caller, arguments, base_url=base_url)
 
         return dispatch
+
+    def _meter(self, caller: Caller) -> None:
+        """One more request of ``caller``'s key (a script's host call): the key's limit
+        holds inside scripts too.
+
+        Raises:
+            RateLimited: the key has used its requests for this minute.
+        """
+        if self._security is None:
+            return
+        decision = self._security.rate_limit(caller)
+        if decision is not None and not decision.allowed:
+            raise RateLimited(
+                f"more than {decision.limit} requests in a minute for this key",
+                limit=decision.limit,
+                retry_after_s=decision.retry_after_s,
+            )
 
     def _record(
         self,

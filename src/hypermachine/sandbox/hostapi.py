@@ -65,8 +65,11 @@ class _VmBinding:
     """The ``vm`` object of one script run: each method is one operation, dispatched
     as the script's caller (validated by the operation's own input model)."""
 
-    def __init__(self, dispatch: Dispatch, vm_id: str, deadline: float) -> None:
+    def __init__(
+        self, dispatch: Dispatch, vm_id: str, deadline: float, meter: Callable[[], None]
+    ) -> None:
         self._call = dispatch
+        self._meter = meter
         self._vm_id = vm_id
         self._deadline = deadline
         self._methods: dict[str, Handler] = {
@@ -100,6 +103,7 @@ class _VmBinding:
         raise HostCallError("the script ran out of time during a host call")
 
     async def _run(self, operation: str, **arguments: Any) -> Any:
+        self._meter()  # each host call is a request of the caller's key
         return await self._call(operation, {"vm_id": self._vm_id, **arguments})
 
     async def _vm(self) -> Vm:
@@ -200,15 +204,28 @@ def _arity(name: str, args: list[Any], count: int) -> None:
 
 
 class ScriptService:
-    """Runs scripts for the API and tools, at most ``max_concurrent`` at a time."""
+    """Runs scripts for the API and tools: at most ``max_concurrent`` at a time, and at
+    most ``per_tenant`` of them for one tenant (a tenant's extra scripts queue on its
+    own share, never on the slots others need)."""
 
     def __init__(
-        self, manager: Manager, runtime: RhaiRuntime, *, max_concurrent: int, ceiling: Limits
+        self,
+        manager: Manager,
+        runtime: RhaiRuntime,
+        *,
+        max_concurrent: int,
+        ceiling: Limits,
+        per_tenant: int | None = None,
     ) -> None:
         self._manager = manager
         self._runtime = runtime
         self._limiter = trio.CapacityLimiter(max_concurrent)
+        self._per_tenant = max(1, min(per_tenant or max_concurrent, max_concurrent))
+        self._tenants: dict[str, trio.CapacityLimiter] = {}
         self._ceiling = ceiling
+
+    def _share(self, tenant: str) -> trio.CapacityLimiter:
+        return self._tenants.setdefault(tenant, trio.CapacityLimiter(self._per_tenant))
 
     async def run(
         self,
@@ -216,9 +233,13 @@ class ScriptService:
         vm_id: str | None = None,
         *,
         dispatch: Dispatch | None = None,
+        tenant: str = "",
+        meter: Callable[[], None] | None = None,
     ) -> ScriptResponse:
         """Run ``request`` with ``vm`` bound to ``vm_id`` (or no VM); the script's host
-        calls go through ``dispatch`` (the operation layer, as the script's caller).
+        calls go through ``dispatch`` (the operation layer, as the script's caller), each
+        first counted by ``meter`` (the caller's rate limit). ``tenant`` names the share
+        of script slots it runs in.
 
         Raises:
             UnsupportedLanguage, ValidationFailed (limits), VmNotFound,
@@ -232,21 +253,48 @@ class ScriptService:
             limits = self._ceiling.lowered(**(request.limits or {}))
         except ValueError as err:
             raise ValidationFailed(f"limits: {err}", field="limits") from err
-        async with self._limiter:
-            deadline = trio.current_time() + limits.timeout_ms / 1000
-            run = functools.partial(
-                self._runtime.run,
-                request.code,
-                args=request.args,
-                limits=limits,
-                **self._bindings(vm_id, deadline, dispatch),
+        # The deadline starts before the queue: waiting for a slot counts as the script's time.
+        deadline = trio.current_time() + limits.timeout_ms / 1000
+        with trio.move_on_at(deadline) as queued:
+            await self._share(tenant).acquire()
+        if queued.cancelled_caught:
+            self._manager.telemetry.script_run("limit")
+            raise ScriptLimitExceeded(
+                "script limit exceeded: no script slot came free within the timeout",
+                limit="timeout_ms",
+                output=[],
             )
-            try:
-                result = await trio.to_thread.run_sync(run)
-            except ScriptFailure as failure:
-                self._manager.telemetry.script_run(_OUTCOMES.get(failure.kind, failure.kind))
-                raise _translate(failure) from failure
-            self._manager.telemetry.script_run("ok")
+        try:
+            async with self._limiter:
+                return await self._run_in_slot(request, vm_id, limits, deadline, dispatch, meter)
+        finally:
+            self._share(tenant).release()
+
+    async def _run_in_slot(
+        self,
+        request: ScriptRequest,
+        vm_id: str | None,
+        limits: Limits,
+        deadline: float,
+        dispatch: Dispatch | None,
+        meter: Callable[[], None] | None,
+    ) -> ScriptResponse:
+        # Time spent queued for a slot is the script's own time too.
+        remaining_ms = int((deadline - trio.current_time()) * 1000)
+        limits = limits.lowered(timeout_ms=max(1, min(limits.timeout_ms, remaining_ms)))
+        run = functools.partial(
+            self._runtime.run,
+            request.code,
+            args=request.args,
+            limits=limits,
+            **self._bindings(vm_id, deadline, dispatch, meter),
+        )
+        try:
+            result = await trio.to_thread.run_sync(run)
+        except ScriptFailure as failure:
+            self._manager.telemetry.script_run(_OUTCOMES.get(failure.kind, failure.kind))
+            raise _translate(failure) from failure
+        self._manager.telemetry.script_run("ok")
         return ScriptResponse(
             result=result.result,
             result_type=result.result_type,
@@ -256,11 +304,15 @@ class ScriptService:
         )
 
     def _bindings(
-        self, vm_id: str | None, deadline: float, dispatch: Dispatch | None
+        self,
+        vm_id: str | None,
+        deadline: float,
+        dispatch: Dispatch | None,
+        meter: Callable[[], None] | None,
     ) -> dict[str, Any]:
         if vm_id is None or dispatch is None:
             return {}
-        binding = _VmBinding(dispatch, vm_id, deadline)
+        binding = _VmBinding(dispatch, vm_id, deadline, meter or (lambda: None))
         token = trio.lowlevel.current_trio_token()
 
         def host_call(request: dict[str, Any]) -> object:

@@ -8,12 +8,15 @@ too, so every refusal is in the usual error format.
 
 from __future__ import annotations
 
+from typing import Any
+
 from quart import Response, current_app, g, request, websocket
 from quart_trio import QuartTrio
 
-from ..errors import RateLimited, Unauthorized
+from ..errors import Forbidden, RateLimited, Unauthorized
 from .caller import ANONYMOUS, set_caller
 from .service import Security
+from .web import host_allowed
 
 __all__ = ["install_security", "security"]
 
@@ -25,9 +28,18 @@ def security() -> Security:
     return found
 
 
-def _admit(headers: object, matched: bool) -> None:
+def _admit(headers: Any, matched: bool) -> None:
     guard = security()
-    caller = guard.authenticate(headers)  # type: ignore[arg-type]
+    if guard.mode() == "open" and not host_allowed(
+        headers.get("Host"), guard.settings.allowed_origins
+    ):
+        # No key guards an open server: a page that rebinds its own name to 127.0.0.1
+        # must not drive it. Only requests naming loopback (or a configured host) pass.
+        raise Forbidden(
+            "this open server answers only requests to a loopback host (or one in allowed_origins)",
+            host=str(headers.get("Host"))[:200],
+        )
+    caller = guard.authenticate(headers)
     if not matched and caller is ANONYMOUS:
         raise Unauthorized("an API key is required (Authorization: Bearer hm_…)")
     set_caller(caller)

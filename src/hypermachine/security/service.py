@@ -5,7 +5,6 @@ Built once by ``open_services`` and handed to the HTTP layer and the manager.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Mapping
 from typing import Literal
@@ -15,21 +14,13 @@ from ..errors import Unauthorized
 from .caller import ANONYMOUS, SYSTEM, Caller, Tier, current_caller
 from .db import SecurityStore
 from .ratelimit import Decision, SlidingWindowLimiter
+from .web import is_loopback
 
 __all__ = ["AuthMode", "Security", "is_loopback", "presented_key"]
 
 log = logging.getLogger(__name__)
 
 AuthMode = Literal["open", "keys"]
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
