@@ -99,12 +99,30 @@ async def _arguments(op: Operation, path: Mapping[str, str]) -> dict[str, Any]:
         arguments["data"] = await _raw_body()
     elif route.body is not None:
         body = await read_json_object(allow_empty=route.body_optional)
-        route.body.model_validate(body)  # the body alone: its own fields, nothing else
+        _only_body_fields(route.body, body)
         arguments.update(body)
     arguments.update(query_arguments(op, request.args))
     arguments.update(_header_arguments(op))
     arguments.update(path)
     return arguments
+
+
+def _only_body_fields(model: type[BaseModel], body: Mapping[str, Any]) -> None:
+    """The body may carry only its own model's fields (not ``vm_id``, not a header's):
+    the input model, which validates everything once, has more.
+
+    Raises:
+        ValidationFailed: a field the body model does not have.
+    """
+    if model.model_config.get("extra") == "allow":
+        return
+    extra = [key for key in body if key not in model.model_fields]
+    if extra:
+        errors = [
+            {"field": key, "message": "Extra inputs are not permitted", "type": "extra_forbidden"}
+            for key in extra[:20]
+        ]
+        raise ValidationFailed(f"{extra[0]}: Extra inputs are not permitted", errors=errors)
 
 
 async def _raw_body() -> bytes:

@@ -221,9 +221,8 @@ async def _query_qmp(ctx: Context, args: QmpInput) -> dict[str, object]:
 
 
 async def _run_vm_script(ctx: Context, args: RunVmScriptInput) -> ScriptResponse:
-    request = ScriptRequest.model_validate(args.model_dump(exclude={"vm_id"}))
     response: ScriptResponse = await ctx.services.scripts.run(
-        request,
+        args,  # a ScriptRequest (plus the VM id), validated once
         vm_id=args.vm_id,
         dispatch=ctx.dispatch,
         tenant=ctx.caller.tenant,
@@ -241,11 +240,10 @@ def _script_audit(args: RunVmScriptInput) -> dict[str, object]:
 
 
 async def _exec_in_vm(ctx: Context, args: ExecInVmInput) -> Answer:
-    request = ExecRequest.model_validate(args.model_dump(exclude={"vm_id", "wait_agent_s"}))
     result: ExecResult = await ctx.services.manager.guest.exec(
-        args.vm_id, request, wait_agent_s=args.wait_agent_s
+        args.vm_id, args, wait_agent_s=args.wait_agent_s  # an ExecRequest, validated once
     )
-    if request.wait:
+    if args.wait:
         return Answer(result)
     location = f"/api/v1/vms/{args.vm_id}/exec/{result.exec_id}"
     return Answer(result, status=202, headers={"Location": location})
