@@ -241,7 +241,9 @@ def _script_audit(args: RunVmScriptInput) -> dict[str, object]:
 
 async def _exec_in_vm(ctx: Context, args: ExecInVmInput) -> Answer:
     result: ExecResult = await ctx.services.manager.guest.exec(
-        args.vm_id, args, wait_agent_s=args.wait_agent_s  # an ExecRequest, validated once
+        args.vm_id,
+        args,
+        wait_agent_s=args.wait_agent_s,  # an ExecRequest, validated once
     )
     if args.wait:
         return Answer(result)
