@@ -304,13 +304,14 @@ class HypervisorError(HMError):
 
 
 def all_error_classes() -> list[type[HMError]]:
-    """Every error class, base first, for documentation and uniqueness tests."""
+    """Every error class of this module, base first, for documentation and uniqueness
+    tests (a client's classes for codes it does not know are not the server's)."""
     found: list[type[HMError]] = []
     pending: list[type[HMError]] = [HMError]
     while pending:
         cls = pending.pop(0)
         found.append(cls)
-        pending.extend(cls.__subclasses__())
+        pending.extend(c for c in cls.__subclasses__() if c.__module__ == __name__)
     return found
 
 
