@@ -33,7 +33,9 @@ EXPECTED = {
     "list_vms", "get_vm", "create_vm", "delete_vm", "start_vm", "stop_vm", "pause_vm",
     "resume_vm", "reboot_vm", "wait_for_vm", "get_vm_metrics", "list_images", "run_vm_script",
     "exec_in_vm", "read_vm_file", "write_vm_file", "list_host_devices",
-    "get_host_capabilities", "get_vm_attestation",
+    "get_host_capabilities", "get_vm_attestation", "take_snapshot", "list_snapshots",
+    "get_snapshot", "delete_snapshot", "restore_snapshot", "fork_vm", "hibernate_vm",
+    "create_vm_from_snapshot",
 }  # fmt: skip
 OPENAI_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
 

@@ -12,11 +12,15 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..models import (
+    NAME_PATTERN,
     ExecRequest,
     FileReadRequest,
     FileWriteRequest,
+    ForkRequest,
     LifecycleRequest,
+    RestoreRequest,
     ScriptRequest,
+    SnapshotRequest,
     StopRequest,
     VmState,
 )
@@ -25,14 +29,18 @@ __all__ = [
     "DEFAULT_WAIT_S",
     "DeleteVmInput",
     "ExecInVmInput",
+    "ForkVmInput",
     "HostCapabilitiesInput",
     "ListImagesInput",
     "ListVmsInput",
     "NoInput",
     "ReadVmFileInput",
+    "RestoreSnapshotInput",
     "RunVmScriptInput",
+    "SnapshotNameInput",
     "StartVmInput",
     "StopVmInput",
+    "TakeSnapshotInput",
     "VmIdInput",
     "WaitForVmInput",
     "WriteVmFileInput",
@@ -131,3 +139,21 @@ class ReadVmFileInput(_GuestCall, FileReadRequest):
 
 class WriteVmFileInput(_GuestCall, FileWriteRequest):
     """A guest file to write."""
+
+
+class TakeSnapshotInput(VmIdInput, SnapshotRequest):
+    """A snapshot of one VM."""
+
+
+class SnapshotNameInput(VmIdInput):
+    """Names one snapshot of one VM."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="The snapshot's name.")
+
+
+class RestoreSnapshotInput(SnapshotNameInput, RestoreRequest):
+    """Restore: the VM id and snapshot name plus the REST body (wait, timeout_s)."""
+
+
+class ForkVmInput(VmIdInput, ForkRequest):
+    """Fork: the parent's id plus the REST body."""

@@ -64,6 +64,7 @@ from .inputs import (
     WriteVmFileInput,
 )
 from .registry import HttpRoute, Operation, QueryParam, Registry
+from .snapshot_ops import snapshot_operations
 
 __all__ = ["build_registry"]
 
@@ -588,5 +589,6 @@ def build_registry() -> Registry:
                 resource="GuestFile",
                 http=None,
             ),
+            *snapshot_operations(),
         ]
     )

@@ -22,6 +22,7 @@ from .images import blueprint as images_blueprint
 from .metrics import blueprint as metrics_blueprint
 from .scripts import blueprint as scripts_blueprint
 from .services import Services
+from .snapshots import blueprint as snapshots_blueprint
 from .vms import blueprint as vms_blueprint
 
 __all__ = ["Services", "create_app"]
@@ -46,6 +47,7 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(host_blueprint, url_prefix="/api/v1/host")
     app.register_blueprint(scripts_blueprint)
     app.register_blueprint(guest_blueprint, url_prefix="/api/v1/vms")
+    app.register_blueprint(snapshots_blueprint, url_prefix="/api/v1/vms")
     app.register_blueprint(console_blueprint, url_prefix="/api/v1/vms")
     app.register_blueprint(events_blueprint, url_prefix="/api/v1/events")
     register_agentic(app)  # tools, execute, ontology, OpenAPI, docs, MCP (hypermachine.agentic)

@@ -12,6 +12,7 @@ from ..models import CreateVmRequest, LifecycleRequest, StopRequest, Vm, VmState
 from ..store import VmQuery
 from .requests import parse_body, query_bool, query_float, query_int
 from .services import services
+from .snapshots import create_from_snapshot, wants_snapshot
 
 __all__ = ["blueprint"]
 
@@ -69,6 +70,8 @@ async def list_vms() -> Response:
 
 @blueprint.post("")
 async def create_vm() -> Response:
+    if await wants_snapshot():
+        return await create_from_snapshot()
     body = await parse_body(CreateVmRequest)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not _IDEMPOTENCY_KEY.match(key):
