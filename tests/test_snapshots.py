@@ -14,21 +14,27 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+import trio
 
 from hypermachine.api import Services
-from hypermachine.errors import SnapshotRefused, VmNotFound
-from hypermachine.hypervisor import layers
+from hypermachine.config import Settings
+from hypermachine.errors import QuotaExceeded, SnapshotRefused, VmNotFound
+from hypermachine.hypervisor import layers, snapfiles
 from hypermachine.hypervisor.snapshots import refuse_memory
 from hypermachine.models import (
     CreateFromSnapshotRequest,
+    CreateVmRequest,
     ForkRequest,
+    Snapshot,
     SnapshotRef,
     SnapshotRequest,
     Vm,
+    VmState,
 )
 from hypermachine.security.caller import Caller, acting_as
+from hypermachine.server import open_services
 from realserver import Server
-from support import process_gone, qemu_pids_for, wait_until
+from support import process_gone, qemu_pids_for, remove_all_vms
 
 pytestmark = pytest.mark.qemu
 
@@ -145,8 +151,6 @@ async def check_fork(client: Any, services: Services, parent_id: str) -> list[di
 
 async def wait_until_async(read: Any, expected: str, timeout: float = 60) -> None:
     """The guest's MAC is set by a task after the agent answers: re-read it until then."""
-    import trio
-
     last = None
     with trio.move_on_after(timeout):
         while (last := await read()) != expected:
@@ -259,8 +263,9 @@ async def test_snapshot_restore_fork_and_refusals(client: Any, services: Service
 
 def test_refuse_memory_of_a_confidential_vm() -> None:
     vm = Vm.model_validate(
-        {"name": "sev", "image": "tiny", "id": "vm-1", "uuid": "00000000-0000-4000-8000-000000000001",
-         "state": "running", "created_at": "2026-01-01T00:00:00Z",
+        {"name": "sev", "image": "tiny", "id": "vm-1",
+         "uuid": "00000000-0000-4000-8000-000000000001", "state": "running",
+         "created_at": "2026-01-01T00:00:00Z",
          "updated_at": "2026-01-01T00:00:00Z", "firmware": "uefi",
          "security": {"memory_encryption": "sev"}}
     )  # fmt: skip
@@ -310,3 +315,56 @@ def test_layers_are_portable_by_name(tmp_path: Path) -> None:
     layers.point_top(vm_dir, layers.FIRST)
     assert layers.chain(vm_dir, layers.current(vm_dir)) == [layers.FIRST]
     assert layers.backing_of(vm_dir / layers.FIRST) == str(base)
+
+
+async def test_a_server_killed_mid_snapshot_leaves_the_vm_running(
+    settings: Settings, tiny: Path
+) -> None:
+    async with open_services(settings) as svc:
+        created = await svc.manager.create(
+            CreateVmRequest(name="mid", image="tiny", memory_mb=512, disk_gb=1, start=True)
+        )
+        vm = await svc.manager.wait_for(created.vm.id, {VmState.RUNNING}, 120)
+        # What a server killed between pausing the guest and publishing the snapshot
+        # leaves: a paused QEMU, a partial snapshot folder, the VM stored `snapshotting`.
+        await svc.manager._machine(vm.id).execute("stop")
+        vm_dir = settings.vms_dir / vm.id
+        folder = snapfiles.snapshot_dir(vm_dir, "half", partial=True)
+        folder.path.mkdir(parents=True)
+        stub = Snapshot(name="half", vm_id=vm.id, created_at=vm.created_at, memory=True,
+                        size_bytes=0, vm_state=VmState.RUNNING)  # fmt: skip
+        folder.write_meta(stub, layer="")
+        folder.memory.write_bytes(b"half a stream")
+        svc.manager._set(vm.id, VmState.SNAPSHOTTING, None)
+    assert vm.pid is not None and psutil.pid_exists(vm.pid)
+
+    async with open_services(settings) as svc:
+        try:
+            again = svc.manager.get(vm.id)
+            assert (again.state, again.pid) == (VmState.RUNNING, vm.pid)
+            status = await svc.manager._machine(vm.id).execute("query-status")
+            assert isinstance(status, dict) and status["status"] == "running"
+            assert not folder.path.exists()
+            assert svc.manager.list_snapshots(vm.id) == []
+        finally:
+            with trio.CancelScope(shield=True):
+                uuids = await remove_all_vms(svc)
+    assert qemu_pids_for(uuids) == []
+
+
+@pytest.mark.hm_settings(storage_quota_mb_free=1)
+async def test_storage_quota_counts_the_tenants_vm_folders(services: Services) -> None:
+    free = Caller(key_id="k-free", tenant="default", tier="free", admin=False)
+    manager = services.manager
+    with acting_as(free):
+        created = await manager.create(
+            CreateVmRequest(name="quota", image="tiny", memory_mb=512, disk_gb=1)
+        )
+        vm = await manager.wait_for(created.vm.id, {VmState.STOPPED}, 60)
+        (services.settings.vms_dir / vm.id / "filler").write_bytes(b"\1" * 2 * 1024 * 1024)
+        with pytest.raises(QuotaExceeded) as caught:
+            await manager.snapshot(vm.id, SnapshotRequest(name="big"))
+        assert caught.value.details["kind"] == "storage"
+        assert caught.value.details["used_bytes"] > caught.value.details["limit_bytes"]
+        assert manager.list_snapshots(vm.id) == []
+        assert manager.get(vm.id).state is VmState.STOPPED
