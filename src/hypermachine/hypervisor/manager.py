@@ -216,6 +216,10 @@ class Manager:
             prior = self.snapshots.recover_prior_state(vm)
         if vm.state in LIVE_STATES:
             pid = adopt_pid(paths, vm.uuid)
+            if pid is not None and self.snapshots.hibernation_written(vm):
+                with contextlib.suppress(psutil.Error):
+                    psutil.Process(pid).kill()  # finish the hibernation it was in
+                pid = None
             if pid is None:
                 await self._release(vm.id)
                 security.after_exit(paths)

@@ -448,6 +448,9 @@ class SnapshotService:
         staged = Resume.of(vm_dir, partial=True)
         staged.discard()
         staged.path.mkdir(mode=0o700)
+        info = vm.network_info
+        # Written first: a server restarted mid-way reads the state to go back to.
+        staged.write_state(before, info.mac if info is not None else None)
         self._mgr._set(vm.id, S.SNAPSHOTTING, None)
         self._step(vm.id, "hibernate_started")
         try:
@@ -459,8 +462,6 @@ class SnapshotService:
                 bandwidth_mib_s=self._settings.migration_bandwidth_mib_s,
                 timeout_s=self._settings.snapshot_timeout_s,
             )
-            info = vm.network_info
-            staged.write_state(before, info.mac if info is not None else None)
         except BaseException as err:
             with trio.CancelScope(shield=True):
                 staged.discard()
@@ -675,8 +676,15 @@ class SnapshotService:
         for folder in vm_dir.glob("snapshots/.partial-*"):
             with contextlib.suppress(OSError, ValueError, KeyError):
                 prior = SnapshotDir(folder).meta()[0].vm_state
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            prior = Resume.of(vm_dir, partial=True).state()[0]  # a hibernation's
         snapfiles.clear_partial(vm_dir)
         return prior
+
+    def hibernation_written(self, vm: Vm) -> bool:
+        """A VM caught ``snapshotting`` whose hibernation image is complete: only ending
+        its QEMU was left to do."""
+        return vm.state is S.SNAPSHOTTING and Resume.of(self._vm_dir(vm.id)).exists
 
     def gone_state(self, vm: Vm) -> tuple[VmState, str]:
         """The state of a VM whose QEMU was not running at start-up."""
