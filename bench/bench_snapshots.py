@@ -8,6 +8,7 @@ restore and fork to first exec <= 0.2 x cold boot and <= 400 ms.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
@@ -23,7 +24,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from realserver import Server, free_port  # noqa: E402
 
-RUNS = 5
+RUNS = int(os.environ.get("HM_BENCH_RUNS", "5"))
 AGENT_WAIT_S = 300
 TINY = {"image": "tiny", "memory_mb": 512, "disk_gb": 1}
 
