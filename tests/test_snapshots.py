@@ -159,6 +159,23 @@ async def wait_until_async(read: Any, expected: str, timeout: float = 60) -> Non
     raise AssertionError(f"guest MAC stayed {last!r}, expected {expected!r}")
 
 
+async def check_template(client: Any, parent_id: str) -> None:
+    ref = {"vm_id": parent_id, "snapshot": "s1"}
+    status, kept = await post(client, "/api/v1/vms", {"name": "kept", "from_snapshot": ref})
+    assert (status, kept["state"], kept["from_snapshot"]) == (201, "hibernated", ref), kept
+    assert (kept["memory_mb"], kept["image"]) == (512, "tiny")
+    status, vm = await post(client, f"/api/v1/vms/{kept['id']}/start", {"wait": True})
+    assert (status, vm["state"]) == (200, "running"), vm
+    assert await sh(client, kept["id"], "cat /tmp/marker") == "first\n"
+    bad = {"name": "x", "from_snapshot": {"vm_id": parent_id, "snapshot": "nope"}}
+    status, got = await post(client, "/api/v1/vms", bad)
+    assert (status, got["error"]["code"]) == (404, "SNAPSHOT_NOT_FOUND"), got
+    status, got = await post(client, "/api/v1/vms", {**bad, "image": "tiny"})
+    assert (status, got["error"]["code"]) == (400, "VALIDATION_ERROR"), got
+    deleted = await client.delete(f"/api/v1/vms/{kept['id']}?force=true")
+    assert deleted.status_code == 204
+
+
 async def check_refusals(client: Any, services: Services, vm_id: str) -> None:
     machine = services.manager._machine(vm_id)
     real = machine.session
@@ -248,6 +265,8 @@ async def test_snapshot_restore_fork_and_refusals(client: Any, services: Service
     children = await check_fork(client, services, vm_id)
     await check_refusals(client, services, vm_id)
     await check_other_tenant_sees_nothing(services, vm_id)
+
+    await check_template(client, vm_id)
 
     # The snapshot and then the parent go; the children hold their own links.
     deleted = await client.delete(f"/api/v1/vms/{vm_id}/snapshots/s1")

@@ -4,6 +4,8 @@ with ``from_snapshot``: thin wrappers over the manager's snapshot operations
 
 from __future__ import annotations
 
+import json
+
 from quart import Blueprint, Response, current_app, request
 
 from ..models import (
@@ -75,8 +77,15 @@ async def hibernate_vm(vm_id: str) -> Response:
 
 
 async def wants_snapshot() -> bool:
-    """Whether a ``POST /api/v1/vms`` body asks for a VM from a snapshot."""
-    body = await request.get_json(silent=True)
+    """Whether a ``POST /api/v1/vms`` body asks for a VM from a snapshot (a body that
+    does not parse is left to the ordinary create path to refuse)."""
+    raw = await request.get_data(as_text=False)
+    if b'"from_snapshot"' not in raw:
+        return False
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return False
     return isinstance(body, dict) and "from_snapshot" in body
 
 
