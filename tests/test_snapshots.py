@@ -40,6 +40,7 @@ pytestmark = pytest.mark.qemu
 
 AGENT_WAIT = 180
 VFIO_REASON = "VFIO device doesn't support migration"  # QEMU 7.2, hw/vfio/migration.c
+TINY = {"image": "tiny", "memory_mb": 512, "disk_gb": 1}
 OTHER = Caller(key_id="k-other", tenant="someone-else", tier="pro", admin=False)
 
 
@@ -387,3 +388,27 @@ async def test_storage_quota_counts_the_tenants_vm_folders(services: Services) -
         assert caught.value.details["used_bytes"] > caught.value.details["limit_bytes"]
         assert manager.list_snapshots(vm.id) == []
         assert manager.get(vm.id).state is VmState.STOPPED
+
+
+async def test_fork_and_template_refuse_bad_input(client: Any, services: Services) -> None:
+    status, vm = await post(client, "/api/v1/vms", {"name": "still", **TINY, "wait": True})
+    assert (status, vm["state"]) == (201, "stopped"), vm
+    fork = f"/api/v1/vms/{vm['id']}/fork"
+    for body, code in (
+        ({"name": "c", "ips": ["not-an-ip"]}, (400, "VALIDATION_ERROR")),
+        ({"name": "c", "ips": ["10.0.0.5"]}, (400, "VALIDATION_ERROR")),  # a nat parent
+        ({"name": "c", "count": 0}, (400, "VALIDATION_ERROR")),
+        ({"name": "c"}, (409, "INVALID_STATE")),  # an instant fork needs a live VM
+        ({"name": "c", "snapshot": "none"}, (404, "SNAPSHOT_NOT_FOUND")),
+    ):
+        status, got = await post(client, fork, body)
+        assert (status, got["error"]["code"]) == code, (body, got)
+    ref = {"vm_id": vm["id"], "snapshot": "none"}
+    status, got = await post(
+        client, "/api/v1/vms", {"name": "t", "from_snapshot": ref, "labels": {"bad key": "x"}}
+    )
+    assert (status, got["error"]["code"]) == (400, "VALIDATION_ERROR"), got
+    missing = {"name": "t", "from_snapshot": {"vm_id": "vm-nope", "snapshot": "s"}}
+    status, got = await post(client, "/api/v1/vms", missing)
+    assert (status, got["error"]["code"]) == (404, "VM_NOT_FOUND"), got
+    assert [v.name for v in services.manager.list()[0]] == ["still"]

@@ -353,12 +353,16 @@ class VmSpec(_Strict):
     @field_validator("labels")
     @classmethod
     def _valid_labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        for key, value in labels.items():
-            if not _LABEL_KEY.match(key):
-                raise ValueError(f"label key {key!r} must match {_LABEL_KEY.pattern}")
-            if len(value) > _MAX_LABEL_VALUE or any(ord(c) < 32 for c in value):
-                raise ValueError(f"label {key!r}: value too long or has control characters")
-        return labels
+        return _check_labels(labels)
+
+
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    for key, value in labels.items():
+        if not _LABEL_KEY.match(key):
+            raise ValueError(f"label key {key!r} must match {_LABEL_KEY.pattern}")
+        if len(value) > _MAX_LABEL_VALUE or any(ord(c) < 32 for c in value):
+            raise ValueError(f"label {key!r}: value too long or has control characters")
+    return labels
 
 
 class CreateVmRequest(VmSpec):
@@ -613,6 +617,13 @@ class ForkRequest(_Strict):
         description="New static addresses, one per child (needed when the parent has one).",
     )
 
+    @field_validator("ips")
+    @classmethod
+    def _valid_ips(cls, ips: list[str] | None) -> list[str] | None:
+        for ip in ips or []:
+            NetworkSpec._valid_ip(ip)
+        return ips
+
 
 class CreateFromSnapshotRequest(_Strict):
     """``POST /api/v1/vms`` with ``from_snapshot``: a fork kept as a spec (a template)."""
@@ -622,6 +633,11 @@ class CreateFromSnapshotRequest(_Strict):
     start: bool = Field(default=False, description="Resume it right away.")
     wait: bool = False
     labels: Labels = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _valid_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        return _check_labels(labels)
 
 
 class ForkResult(_Strict):

@@ -33,6 +33,7 @@ from ..errors import (
     PortInUse,
     QuotaExceeded,
     SnapshotNotFound,
+    ValidationFailed,
 )
 from ..models import (
     EventType,
@@ -322,31 +323,43 @@ class SnapshotService:
         async def steps(vm: Vm, begin: Callable[[], None]) -> Vm:
             transition(vm.state, Action.RESTORE)
             folder = self._dir(vm.id, name)
-            snapshot, layer = folder.meta()
             begin()
             self._mgr._set(vm.id, S.RESTORING, None)
             self._step(vm.id, "restore_started", snapshot=name)
-            await self._end_qemu(vm.id, "restoring a snapshot")
-            vm_dir = self._vm_dir(vm.id)
-            layers.point_top(
-                vm_dir, await layers.create_above(self._settings.qemu_img_binary, vm_dir, layer)
-            )
-            snapfiles.copy_platform(vm_dir, folder.path, to_vm=True)
-            layers.collect(vm_dir, self._keep_layers(vm_dir))
-            Resume.of(vm_dir).discard()
-            if not snapshot.memory:
-                self._step(vm.id, "restored", snapshot=name)
-                return self._mgr._set(vm.id, S.STOPPED, f"restored from snapshot {name}")
-            self._stage_resume(vm_dir, folder, snapshot.vm_state, vm.network_info)
-            self._mgr._store.update_vm(vm.id, generation_id=str(uuidlib.uuid4()))
-            self._step(vm.id, "restored", snapshot=name)
-            return await self._mgr._start_locked(vm.id, resuming=True)
+            try:
+                return await self._restore(vm, folder)
+            except HMError as err:  # QEMU is gone: restorable if the RAM is staged
+                state = S.HIBERNATED if self.pending_resume(vm) is not None else S.STOPPED
+                self._mgr._set(vm.id, state, f"restore failed: {err.message}")
+                self._step(vm.id, "failed", snapshot=name, reason=err.message)
+                raise
 
         outcome = await self._job(vm_id, steps)
         vm = await outcome.result()
         if wait and vm.state is S.RESTORING:
             return await self._mgr.wait_for(vm_id, set(_LIVE), self._settings.snapshot_timeout_s)
         return vm
+
+    async def _restore(self, vm: Vm, folder: SnapshotDir) -> Vm:
+        """End QEMU, put a new top on the snapshot's layer, restore VARS/TPM and (memory
+        snapshots) resume the saved RAM."""
+        snapshot, layer = folder.meta()
+        name = snapshot.name
+        await self._end_qemu(vm.id, "restoring a snapshot")
+        vm_dir = self._vm_dir(vm.id)
+        layers.point_top(
+            vm_dir, await layers.create_above(self._settings.qemu_img_binary, vm_dir, layer)
+        )
+        snapfiles.copy_platform(vm_dir, folder.path, to_vm=True)
+        layers.collect(vm_dir, self._keep_layers(vm_dir))
+        Resume.of(vm_dir).discard()
+        if not snapshot.memory:
+            self._step(vm.id, "restored", snapshot=name)
+            return self._mgr._set(vm.id, S.STOPPED, f"restored from snapshot {name}")
+        self._stage_resume(vm_dir, folder, snapshot.vm_state, vm.network_info)
+        self._mgr._store.update_vm(vm.id, generation_id=str(uuidlib.uuid4()))
+        self._step(vm.id, "restored", snapshot=name)
+        return await self._mgr._start_locked(vm.id, resuming=True)
 
     async def _end_qemu(self, vm_id: str, why: str) -> None:
         """Quit the VM's QEMU (if any) without the exit changing its state, and wait until
@@ -534,6 +547,8 @@ class SnapshotService:
             )
         if request.ips is not None and len(request.ips) != request.count:
             raise AddressInUse("give one address in ips per child", field="ips")
+        if request.ips is not None and parent.network.type != "bridge":
+            raise ValidationFailed("static addresses need network type 'bridge'", field="ips")
         if parent.network.ports and request.ports == "refuse":
             raise PortInUse(
                 f"VM {parent.id} forwards host ports; a child cannot have them (ports: remap "
