@@ -5,8 +5,10 @@ daemons (no systemd here); returns None, saying why, when it cannot.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -68,11 +70,14 @@ def _install() -> str | None:
     return "apt's lock stayed taken"
 
 
-def _daemons() -> str | None:
-    """libvirtd and virtlogd running (started here when not); None when they are."""
+def _daemons(started: list[int]) -> str | None:
+    """libvirtd and virtlogd running (started here when not, their pids appended to
+    ``started``); None when they answer."""
     for daemon in ("virtlogd", "libvirtd"):
         if subprocess.run(["pgrep", "-x", daemon], capture_output=True).returncode != 0:
             subprocess.run([daemon, "--daemon"], check=False)
+            with contextlib.suppress(OSError, ValueError):
+                started.append(int(Path(f"/run/{daemon}.pid").read_text().strip()))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # the daemon has no readiness signal: ask it
         if subprocess.run(["virsh", "-c", URI, "version"], capture_output=True).returncode == 0:
@@ -81,13 +86,25 @@ def _daemons() -> str | None:
     return "libvirtd did not answer"
 
 
-def ready() -> str | None:
+def _ready(started: list[int]) -> str | None:
     """None when virsh can create domains here, else the reason."""
     if shutil.which("virsh") is None or not Path("/etc/libvirt/qemu.conf").exists():
         why = _install()
         if why is not None:
             return why
-    return _daemons()
+    return _daemons(started)
+
+
+def virsh_create_ms(runs: int) -> tuple[float | None, float | None, str]:
+    """:func:`_measure`, then the daemons this run started are ended (by pid)."""
+    started: list[int] = []
+    try:
+        why = _ready(started)
+        return (None, None, why) if why is not None else _measure(runs)
+    finally:
+        for pid in reversed(started):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
 
 def _launch_started(name: str) -> float:
@@ -98,14 +115,11 @@ def _launch_started(name: str) -> float:
     return stamp.timestamp()
 
 
-def virsh_create_ms(runs: int) -> tuple[float | None, float | None, str]:
+def _measure(runs: int) -> tuple[float | None, float | None, str]:
     """Median milliseconds of ``virsh create`` of the tiny guest (it returns once the
     domain runs), the median of its part after libvirt began launching QEMU (the rest is
     libvirt re-probing QEMU's capabilities, which it does on every call on a host whose
     /dev/kvm is present but unusable), and a note (the reason when not measured)."""
-    why = ready()
-    if why is not None:
-        return None, None, why
     samples, launches = [], []
     with tempfile.TemporaryDirectory(prefix="hm-virsh-") as tmp:
         scratch = Path(tmp)

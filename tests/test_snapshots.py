@@ -33,7 +33,7 @@ from hypermachine.models import (
 )
 from hypermachine.security.caller import Caller, acting_as
 from hypermachine.server import open_services
-from realserver import Server
+from realserver import Server, free_port
 from support import process_gone, qemu_pids_for, remove_all_vms
 
 pytestmark = pytest.mark.qemu
@@ -144,6 +144,9 @@ async def check_fork(client: Any, services: Services, parent_id: str) -> list[di
     assert len(generations) == 3
     macs = {vm["network"]["mac"] for vm in vms}
     assert len(macs) == 3
+    # The parent's forwarded host port is remapped to a free one per child.
+    ports = [[f["host_port"] for f in vm["network_info"]["forwards"]] for vm in vms]
+    assert all(len(p) == 1 for p in ports) and len({p[0] for p in ports}) == 3, ports
     for vm in vms:  # the children's guests took their own MAC through the agent
         mac = vm["network"]["mac"]
         await wait_until_async(lambda v=vm, m=mac: guest_mac(client, v["id"]), mac)
@@ -193,6 +196,10 @@ async def check_refusals(client: Any, services: Services, vm_id: str) -> None:
             assert VFIO_REASON in got["error"]["message"]
     finally:
         machine.session = real
+    status, got = await post(
+        client, f"/api/v1/vms/{vm_id}/fork", {"name": "no-ports", "ports": "refuse"}
+    )
+    assert (status, got["error"]["code"]) == (409, "PORT_IN_USE"), got
     listed = await (await client.get(f"/api/v1/vms/{vm_id}/snapshots")).get_json()
     assert "v1" not in [s["name"] for s in listed["snapshots"]]
     missing = await client.get(f"/api/v1/vms/{vm_id}/snapshots/nope")
@@ -256,8 +263,9 @@ def chain_files(services: Services, vm_id: str) -> list[str]:
 
 
 async def test_snapshot_restore_fork_and_refusals(client: Any, services: Services) -> None:
-    body = {"name": "parent", "image": "tiny", "memory_mb": 512, "disk_gb": 1,
-            "start": True, "wait": True}  # fmt: skip
+    forwarded = free_port()
+    body = {"name": "parent", **TINY, "start": True, "wait": True,
+            "network": {"ports": [{"host": forwarded, "guest": 22}]}}  # fmt: skip
     status, parent = await post(client, "/api/v1/vms", body)
     assert (status, parent["state"]) == (201, "running"), parent
     vm_id = parent["id"]
