@@ -420,3 +420,15 @@ async def test_fork_and_template_refuse_bad_input(client: Any, services: Service
     status, got = await post(client, "/api/v1/vms", missing)
     assert (status, got["error"]["code"]) == (404, "VM_NOT_FOUND"), got
     assert [v.name for v in services.manager.list()[0]] == ["still"]
+
+    status, snap = await post(
+        client,
+        f"/api/v1/vms/{vm['id']}/snapshots",
+        {"name": "later", "memory": True, "wait": False},
+    )
+    assert (status, snap["complete"], snap["memory"], snap["vm_state"]) == (
+        202, False, False, "stopped"
+    ), snap  # fmt: skip
+    done = await client.get(f"/api/v1/vms/{vm['id']}/wait?state=stopped&timeout=30")
+    assert done.status_code == 200
+    assert [s.name for s in services.manager.list_snapshots(vm["id"])] == ["later"]

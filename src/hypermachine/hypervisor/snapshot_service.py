@@ -174,14 +174,14 @@ class SnapshotService:
         dirs = [self._vm_dir(v.id) for v in self._mgr._store.all_vms() if v.tenant == tenant]
         return snapfiles.allocated_bytes(dirs)
 
-    def _check_storage(self, vm: Vm, *, adding: int = 0) -> None:
-        """Raises QuotaExceeded when the tenant's VMs hold (or would hold) too much disk."""
+    def _check_storage(self, vm: Vm) -> None:
+        """Raises QuotaExceeded when the tenant's VMs hold more disk than its tier allows."""
         guard = self._mgr._guard
         quota = guard.storage_quota_bytes() if guard is not None else 0
         if quota <= 0:
             return
         used = self._tenant_usage(vm.tenant)
-        if used + adding > quota:
+        if used > quota:
             raise QuotaExceeded(
                 f"tenant {vm.tenant!r} holds {used // 2**20} MiB of disk; its tier allows "
                 f"{quota // 2**20} MiB",
@@ -212,8 +212,7 @@ class SnapshotService:
                 snapshots.refuse_memory(vm, await snapshots.migration_blockers(machine))
             self._check_storage(vm)
             begin()
-            folder = await self._capture(vm, request.name, machine, memory=memory)
-            published = folder.publish()
+            published = await self._capture(vm, request.name, machine, memory=memory, publish=True)
             snapshot = self._sized(vm_dir, published)
             self._step(vm.id, "completed", snapshot=request.name, size_bytes=snapshot.size_bytes)
             try:
@@ -224,28 +223,31 @@ class SnapshotService:
                 raise
             return snapshot
 
+        before = self._mgr._store.get_vm(vm_id).state
         outcome = await self._job(vm_id, steps)
         if not request.wait:
-            vm = self._mgr._store.get_vm(vm_id)
             return Snapshot(
                 name=request.name,
                 vm_id=vm_id,
                 created_at=utcnow(),
-                memory=request.memory,
+                memory=request.memory and before in _LIVE,
                 size_bytes=0,
-                vm_state=vm.state,
+                vm_state=before,
                 complete=False,
             )
         return await outcome.result()
 
     async def _capture(
-        self, vm: Vm, name: str, machine: Machine | None, *, memory: bool
+        self, vm: Vm, name: str, machine: Machine | None, *, memory: bool, publish: bool = False
     ) -> SnapshotDir:
         """Freeze the disk, copy VARS/TPM and (``memory``) save RAM into a partial
-        snapshot folder; the VM is back in its state afterwards, even on failure."""
+        snapshot folder, listed once ``publish``ed; the VM is back in its state afterwards
+        (after the publication, so a waiter on its state finds the snapshot), even on
+        failure."""
         before = vm.state
         vm_dir = self._vm_dir(vm.id)
         folder = snapfiles.snapshot_dir(vm_dir, name, partial=True)
+        folder.remove()  # what an earlier failure may have left
         folder.path.mkdir(mode=0o700, parents=True)
         # Written first: a server restarted mid-snapshot reads the state to go back to.
         stub = Snapshot(
@@ -277,6 +279,8 @@ class SnapshotService:
                 )
                 self._step(vm.id, "memory_saved", snapshot=name, bytes=folder.memory.stat().st_size)
             folder.write_meta(stub.model_copy(update={"created_at": utcnow()}), layer=layer)
+            if publish:
+                folder = folder.publish()
         except BaseException as err:
             with trio.CancelScope(shield=True):
                 folder.remove()
