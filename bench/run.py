@@ -9,12 +9,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_concurrency
 import bench_core
+import bench_snapshots
 
 
 def main() -> int:
     status = bench_core.main()
     print()
     status = status or bench_concurrency.main()
+    print()
+    status = status or bench_snapshots.main()
     try:
         import bench_rhai
     except ImportError:

@@ -26,6 +26,12 @@ S = VmState
         (S.RUNNING, Action.REBOOT, S.RUNNING),
         (S.STOPPED, Action.DELETE, S.DELETING),
         (S.RUNNING, Action.FORCE_DELETE, S.DELETING),
+        (S.RUNNING, Action.SNAPSHOT, S.SNAPSHOTTING),
+        (S.STOPPED, Action.SNAPSHOT, S.SNAPSHOTTING),
+        (S.PAUSED, Action.HIBERNATE, S.SNAPSHOTTING),
+        (S.HIBERNATED, Action.START, S.STARTING),
+        (S.HIBERNATED, Action.RESTORE, S.RESTORING),
+        (S.HIBERNATED, Action.DELETE, S.DELETING),
     ],
 )
 def test_allowed(state: VmState, action: Action, target: VmState) -> None:
@@ -44,6 +50,10 @@ def test_allowed(state: VmState, action: Action, target: VmState) -> None:
         (S.RUNNING, Action.DELETE),
         (S.DELETING, Action.FORCE_DELETE),
         (S.CREATING, Action.START),
+        (S.SNAPSHOTTING, Action.SNAPSHOT),
+        (S.STOPPED, Action.HIBERNATE),
+        (S.RESTORING, Action.RESTORE),
+        (S.HIBERNATED, Action.PAUSE),
     ],
 )
 def test_refused_with_current_and_allowed(state: VmState, action: Action) -> None:
@@ -70,13 +80,18 @@ class Lifecycle(RuleBasedStateMachine):
             assert before not in allowed_from(action)
             return
         assert before in allowed_from(action)
-        # What the manager does next once QEMU confirms:
-        settle = {S.STARTING: S.RUNNING, S.STOPPING: S.STOPPED, S.DELETING: S.STOPPED}
-        self.state = settle.get(target, target)
+        # What the manager does next once QEMU confirms (a hibernated VM resumes running;
+        # a snapshot leaves the VM as it was, a hibernation hibernated, a restore running):
+        settle = {S.STARTING: S.RUNNING, S.STOPPING: S.STOPPED, S.DELETING: S.STOPPED,
+                  S.RESTORING: S.RUNNING}  # fmt: skip
+        after = {Action.SNAPSHOT: before, Action.HIBERNATE: S.HIBERNATED}
+        self.state = after.get(action, settle.get(target, target))
+        if before is S.HIBERNATED and action is Action.STOP:
+            self.state = S.STOPPED  # its saved RAM is discarded: no QEMU to stop
 
     @invariant()
     def never_transient(self) -> None:
-        assert self.state in (S.STOPPED, S.RUNNING, S.PAUSED)
+        assert self.state in (S.STOPPED, S.RUNNING, S.PAUSED, S.HIBERNATED)
 
 
 TestLifecycle = Lifecycle.TestCase

@@ -143,6 +143,10 @@ class Settings:
     vm_quota_free: int = 5
     vm_quota_pro: int = 50
     vm_quota_enterprise: int = 0
+    # Disk a tenant's VMs may hold (disks, snapshots, hibernation images), MiB; 0 = unlimited.
+    storage_quota_mb_free: int = 20 * 1024
+    storage_quota_mb_pro: int = 200 * 1024
+    storage_quota_mb_enterprise: int = 0
     # Host admission: live VMs' memory may reach this share of host RAM, their vCPUs
     # this multiple of host CPUs; one VM may have at most max_vcpus_per_vm (0 = host CPUs).
     memory_overcommit_ratio: float = 1.0
@@ -156,6 +160,11 @@ class Settings:
     # streams, console websockets and long exec waits); idle keep-alives close anyway.
     http_read_timeout_s: int = 0
     http_keep_alive_timeout_s: float = 5.0
+    # Snapshots (docs/snapshots.md): the budget of one save or restore of RAM, and QEMU's
+    # migration bandwidth cap while it writes RAM to a file (its 128 MiB/s default makes
+    # 1 GiB take 8 s).
+    snapshot_timeout_s: float = 300.0
+    migration_bandwidth_mib_s: int = 64 * 1024
 
     @property
     def vms_dir(self) -> Path:

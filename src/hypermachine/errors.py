@@ -18,6 +18,7 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     │   ├── GuestPathNotFound (404 GUEST_PATH_NOT_FOUND)
     │   ├── ExecNotFound (404 EXEC_NOT_FOUND)
     │   ├── UnknownTool (404 UNKNOWN_TOOL)
+    │   ├── SnapshotNotFound (404 SNAPSHOT_NOT_FOUND)
     │   └── KeyNotFound (404 KEY_NOT_FOUND)
     ├── MethodNotAllowed (405 METHOD_NOT_ALLOWED)
     ├── PayloadTooLarge (413 PAYLOAD_TOO_LARGE)
@@ -34,7 +35,8 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     │   ├── PortInUse (409 PORT_IN_USE)
     │   ├── AddressInUse (409 ADDRESS_IN_USE)
     │   ├── DeviceInUse (409 DEVICE_IN_USE)
-    │   └── DeviceUnavailable (409 DEVICE_UNAVAILABLE)
+    │   ├── DeviceUnavailable (409 DEVICE_UNAVAILABLE)
+    │   ├── SnapshotRefused (409 SNAPSHOT_REFUSED)
     │   └── InsufficientResources (409 INSUFFICIENT_RESOURCES)
     ├── Unsupported (409 CAPABILITY_UNAVAILABLE)
     ├── RateLimited (429 RATE_LIMITED)
@@ -84,6 +86,8 @@ __all__ = [
     "ScriptLimitExceeded",
     "ScriptRuntimeError",
     "ScriptSyntaxError",
+    "SnapshotNotFound",
+    "SnapshotRefused",
     "Unauthorized",
     "UnknownTool",
     "Unsupported",
@@ -175,6 +179,12 @@ class UnknownTool(NotFound):
     code, status = "UNKNOWN_TOOL", 404
 
 
+class SnapshotNotFound(NotFound):
+    """The VM has no complete snapshot of that name."""
+
+    code, status = "SNAPSHOT_NOT_FOUND", 404
+
+
 class KeyNotFound(NotFound):
     code, status = "KEY_NOT_FOUND", 404
 
@@ -255,6 +265,13 @@ class DeviceUnavailable(Conflict):
     """No instance of the wanted mediated-device type is left; details list what exists."""
 
     code, status = "DEVICE_UNAVAILABLE", 409
+
+
+class SnapshotRefused(Conflict):
+    """The VM's memory state cannot be saved: QEMU's migration blockers (a VFIO device...)
+    or memory encryption; details: reasons."""
+
+    code, status = "SNAPSHOT_REFUSED", 409
 
 
 class InsufficientResources(Conflict):

@@ -20,6 +20,7 @@ __all__ = [
     "Capability",
     "CapabilityMap",
     "CloudInitSpec",
+    "CreateFromSnapshotRequest",
     "CreateVmRequest",
     "Event",
     "EventType",
@@ -32,6 +33,8 @@ __all__ = [
     "FileWriteRequest",
     "FileWritten",
     "FirmwareSet",
+    "ForkRequest",
+    "ForkResult",
     "ForwardInfo",
     "GpuAssignment",
     "GpuSpec",
@@ -47,10 +50,15 @@ __all__ = [
     "Passthrough",
     "PciDevice",
     "PortForward",
+    "RestoreRequest",
     "ScriptRequest",
     "ScriptResponse",
     "SecuritySpec",
     "SevCapabilities",
+    "Snapshot",
+    "SnapshotList",
+    "SnapshotRef",
+    "SnapshotRequest",
     "StopRequest",
     "Vm",
     "VmList",
@@ -74,6 +82,9 @@ class VmState(StrEnum):
     STOPPING = "stopping"
     ERROR = "error"
     DELETING = "deleting"
+    SNAPSHOTTING = "snapshotting"
+    RESTORING = "restoring"
+    HIBERNATED = "hibernated"
 
 
 class _Strict(BaseModel):
@@ -345,12 +356,7 @@ class VmSpec(_Strict):
     @field_validator("labels")
     @classmethod
     def _valid_labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        for key, value in labels.items():
-            if not _LABEL_KEY.match(key):
-                raise ValueError(f"label key {key!r} must match {_LABEL_KEY.pattern}")
-            if len(value) > _MAX_LABEL_VALUE or any(ord(c) < 32 for c in value):
-                raise ValueError(f"label {key!r}: value too long or has control characters")
-        return labels
+        return _check_labels(labels)
 
     @field_validator("gpu", mode="before")
     @classmethod
@@ -361,9 +367,25 @@ class VmSpec(_Strict):
         return value
 
 
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    for key, value in labels.items():
+        if not _LABEL_KEY.match(key):
+            raise ValueError(f"label key {key!r} must match {_LABEL_KEY.pattern}")
+        if len(value) > _MAX_LABEL_VALUE or any(ord(c) < 32 for c in value):
+            raise ValueError(f"label {key!r}: value too long or has control characters")
+    return labels
+
+
 class CreateVmRequest(VmSpec):
     start: bool = Field(default=False, description="Start the VM as soon as it is created.")
     wait: bool = Field(default=False, description="Return only once the VM reached its state.")
+
+
+class SnapshotRef(_Strict):
+    """A snapshot of a VM, named."""
+
+    vm_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    snapshot: str = Field(pattern=NAME_PATTERN)
 
 
 class LifecycleRequest(_Strict):
@@ -470,6 +492,14 @@ class Vm(VmSpec):
     tenant: str = Field(
         default="default", description="The tenant of the API key that created the VM."
     )
+    generation_id: str | None = Field(
+        default=None,
+        description="The VM generation id the guest sees (QEMU vmgenid); new after a "
+        "restore or a fork, so the guest reseeds its RNG.",
+    )
+    from_snapshot: SnapshotRef | None = Field(
+        default=None, description="The snapshot this VM was forked or created from."
+    )
 
 
 class VmList(_Strict):
@@ -538,6 +568,95 @@ class ImageInfo(_Strict):
     firmware: str | None = None
     ready_marker: str | None = None
     stand_in: str | None = None
+
+
+# -- snapshots, fork, hibernate (docs/snapshots.md) -----------------------------------
+
+
+class SnapshotRequest(_Strict):
+    name: str = Field(pattern=NAME_PATTERN, description="Unique among the VM's snapshots.")
+    memory: bool = Field(
+        default=False,
+        description="Also save RAM and device state (a running or paused VM only; a stopped "
+        "VM gets a disk-only snapshot).",
+    )
+    wait: bool = Field(default=True, description="false: answer 202 at once.")
+    timeout_s: float | None = Field(default=None, gt=0, le=3600)
+
+
+class Snapshot(_Strict):
+    """A complete snapshot (one still being written is never listed)."""
+
+    name: str
+    vm_id: str
+    created_at: datetime
+    memory: bool = Field(description="RAM and device state are saved (restore resumes them).")
+    size_bytes: int = Field(
+        description="Bytes on disk the snapshot holds: memory, VARS, TPM and its disk layer."
+    )
+    vm_state: VmState = Field(description="The VM's state when it was taken.")
+    complete: bool = True
+
+
+class SnapshotList(_Strict):
+    snapshots: list[Snapshot]
+
+
+class RestoreRequest(_Strict):
+    wait: bool = Field(default=True, description="Return once the VM is back.")
+    timeout_s: float | None = Field(default=None, gt=0, le=3600)
+
+
+class ForkRequest(_Strict):
+    """New VMs resuming from the parent's memory state, each on its own disk overlay."""
+
+    name: str = Field(
+        pattern=NAME_PATTERN, description="The child's name (count > 1: NAME-1, NAME-2, ...)."
+    )
+    snapshot: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        description="The parent's memory snapshot to fork from; omitted: an instant one.",
+    )
+    count: int = Field(default=1, ge=1, le=16)
+    wait: bool = Field(default=False, description="Return once every child runs.")
+    timeout_s: float | None = Field(default=None, gt=0, le=3600)
+    ports: Literal["remap", "refuse"] = Field(
+        default="remap",
+        description="The parent's forwarded host ports: give each child free ones (remap, "
+        "reported in network_info.forwards) or refuse the fork.",
+    )
+    ips: list[str] | None = Field(
+        default=None,
+        max_length=16,
+        description="New static addresses, one per child (needed when the parent has one).",
+    )
+
+    @field_validator("ips")
+    @classmethod
+    def _valid_ips(cls, ips: list[str] | None) -> list[str] | None:
+        for ip in ips or []:
+            NetworkSpec._valid_ip(ip)
+        return ips
+
+
+class CreateFromSnapshotRequest(_Strict):
+    """``POST /api/v1/vms`` with ``from_snapshot``: a fork kept as a spec (a template)."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    from_snapshot: SnapshotRef
+    start: bool = Field(default=False, description="Resume it right away.")
+    wait: bool = False
+    labels: Labels = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _valid_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        return _check_labels(labels)
+
+
+class ForkResult(_Strict):
+    vms: list[Vm]
 
 
 # -- guest: exec, files, events (docs/guest.md) ----------------------------------
@@ -708,6 +827,7 @@ class EventType(StrEnum):
     GUEST_PANICKED = "vm.guest_panicked"
     GUEST_AGENT_CONNECTED = "guest_agent.connected"
     GUEST_AGENT_DISCONNECTED = "guest_agent.disconnected"
+    SNAPSHOT_STEP = "vm.snapshot"
 
 
 class Event(_Strict):

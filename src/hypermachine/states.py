@@ -5,6 +5,10 @@
                    +----- stopping <------+----------+
     any -> error (with a reason); stopped/error -> deleting
 
+    running/paused/stopped -> snapshotting -> (as before) | hibernated
+    hibernated/stopped/running/paused/error -> restoring -> running | paused | stopped
+    hibernated -> start: restoring (the saved RAM is resumed); stop: stopped (discarded)
+
 ``transition`` is pure: it names the state an action moves a VM into, or raises
 :class:`~hypermachine.errors.InvalidState` with the current state and the states
 the action is allowed from.
@@ -30,19 +34,31 @@ class Action(StrEnum):
     REBOOT = "reboot"
     DELETE = "delete"
     FORCE_DELETE = "force_delete"
+    SNAPSHOT = "snapshot"
+    RESTORE = "restore"
+    HIBERNATE = "hibernate"
 
 
 # States in which a QEMU process may exist.
-LIVE_STATES = frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING})
+LIVE_STATES = frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING, S.SNAPSHOTTING, S.RESTORING})
 
 _TABLE: dict[Action, tuple[frozenset[VmState], VmState]] = {
-    Action.START: (frozenset({S.STOPPED, S.ERROR}), S.STARTING),
-    Action.STOP: (frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING}), S.STOPPING),
+    Action.START: (frozenset({S.STOPPED, S.ERROR, S.HIBERNATED}), S.STARTING),
+    Action.STOP: (
+        frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING, S.HIBERNATED}),
+        S.STOPPING,
+    ),
     Action.PAUSE: (frozenset({S.RUNNING}), S.PAUSED),
     Action.RESUME: (frozenset({S.PAUSED}), S.RUNNING),
     Action.REBOOT: (frozenset({S.RUNNING}), S.RUNNING),
-    Action.DELETE: (frozenset({S.STOPPED, S.ERROR, S.CREATING}), S.DELETING),
+    Action.DELETE: (frozenset({S.STOPPED, S.ERROR, S.CREATING, S.HIBERNATED}), S.DELETING),
     Action.FORCE_DELETE: (frozenset(set(VmState) - {S.DELETING}), S.DELETING),
+    Action.SNAPSHOT: (frozenset({S.RUNNING, S.PAUSED, S.STOPPED}), S.SNAPSHOTTING),
+    Action.RESTORE: (
+        frozenset({S.RUNNING, S.PAUSED, S.STOPPED, S.ERROR, S.HIBERNATED}),
+        S.RESTORING,
+    ),
+    Action.HIBERNATE: (frozenset({S.RUNNING, S.PAUSED}), S.SNAPSHOTTING),
 }
 
 

@@ -38,6 +38,7 @@ SAMPLES: dict[str, Any] = {
     "code": "40 + 2",
     "text": "bob was here",
     "data": b"bob was here",
+    "name": "bobs-snap",  # a snapshot's (or a fork's) name
 }
 
 

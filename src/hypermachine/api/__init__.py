@@ -13,20 +13,24 @@ from quart_trio import QuartTrio
 from ..agentic import agent_operations, mcp_views
 from ..operations import Dispatcher, Registry
 from ..operations.catalogue import vm_operations
+from ..operations.snapshots import snapshot_operations
 from ..security.http import install_security
 from ..security.operations import security_operations
 from .console import console_view
 from .errors import register_error_handlers
 from .metrics import install_request_metrics
-from .rest import mount
+from .rest import generic_view, mount
 from .services import Services
+from .templates import create_view
 
 __all__ = ["Services", "build_registry", "create_app"]
 
 
 def build_registry() -> Registry:
     """Every operation the server offers, in the order agents see the tools."""
-    return Registry([*vm_operations(), *security_operations(), *agent_operations()])
+    return Registry(
+        [*vm_operations(), *snapshot_operations(), *security_operations(), *agent_operations()]
+    )
 
 
 def create_app(services: Services) -> QuartTrio:
@@ -42,5 +46,11 @@ def create_app(services: Services) -> QuartTrio:
         install_security(app, services.security)  # keys, tenants, rate limits
     install_request_metrics(app)
     dispatcher = Dispatcher(build_registry(), services)
-    mount(app, dispatcher, {"open_vm_console": console_view, **mcp_views(dispatcher)})
+    create = dispatcher.registry.get("create_vm")
+    custom = {
+        "create_vm": create_view(create, generic_view(create)),
+        "open_vm_console": console_view,
+        **mcp_views(dispatcher),
+    }
+    mount(app, dispatcher, custom)
     return app

@@ -37,7 +37,7 @@ from ..security.caller import current_caller
 from .requests import read_json_object
 from .sse import sse_response
 
-__all__ = ["View", "dispatcher", "mount", "quart_rule"]
+__all__ = ["View", "dispatcher", "generic_view", "mount", "quart_rule", "render"]
 
 View = Callable[..., Awaitable[Any]]
 """A custom view for an operation REST cannot render generically (websocket, MCP)."""
@@ -64,7 +64,7 @@ def mount(app: QuartTrio, ops: Dispatcher, custom: Mapping[str, View]) -> None:
         route = op.http
         if route is None:
             continue
-        view = custom.get(op.name) or _view(op)
+        view = custom.get(op.name) or generic_view(op)
         if route.websocket:
             app.add_websocket(quart_rule(route.path), endpoint=op.name, view_func=view)
         else:
@@ -76,7 +76,7 @@ def mount(app: QuartTrio, ops: Dispatcher, custom: Mapping[str, View]) -> None:
         raise ValueError(f"custom views for operations without a route: {sorted(missing)}")
 
 
-def _view(op: Operation) -> View:
+def generic_view(op: Operation) -> View:
     async def view(**path: str) -> Response:
         check_access(op.access, current_caller())  # who may call, before reading the body
         arguments = await _arguments(op, path)

@@ -129,6 +129,12 @@ def _guest_agent(paths: VmPaths) -> list[str]:
     ]  # fmt: skip
 
 
+def _generation_id(vm: Vm) -> list[str]:
+    """QEMU's vmgenid: a new GUID after a restore or fork tells the guest to reseed."""
+    device = {"driver": "vmgenid", "id": "vmgenid0", "guid": vm.generation_id or "auto"}
+    return ["-device", _json(device)]
+
+
 def _kernel(boot: BootSource, vm: Vm) -> list[str]:
     if boot.kernel is None:
         return []
@@ -242,8 +248,11 @@ def build_argv(
     accelerator: str,
     qmp_fd: int,
     platform: Platform = Platform(),  # frozen: a shared default is safe
+    incoming: bool = False,
 ) -> list[str]:
     """The complete QEMU command line for ``vm``; QEMU starts paused (``-S``).
+
+    ``incoming``: QEMU waits for a saved RAM state (``migrate-incoming``) instead of booting.
 
     Raises:
         ValueError: a value that would be unsafe or that this builder cannot express.
@@ -264,9 +273,11 @@ def build_argv(
         *cloudinit.seed_args(vm, boot, paths),
         *vfio.device_args(vm),
         "-device", _json({"driver": "pvpanic", "id": "panic0"}),
+        *_generation_id(vm),
         "-action", "panic=shutdown",
         *_kernel(boot, vm),
         *_platform(platform, vm, accelerator),
         "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         "-S",
+        *(["-incoming", "defer"] if incoming else []),
     ]  # fmt: skip

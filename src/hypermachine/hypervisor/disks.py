@@ -9,12 +9,12 @@ import trio
 
 from ..errors import HypervisorError, ValidationFailed
 
-__all__ = ["create_blank", "create_overlay", "virtual_size"]
+__all__ = ["create_blank", "create_overlay", "qcow2_virtual_size", "qemu_img", "virtual_size"]
 
 GIB = 1024**3
 
 
-async def _qemu_img(binary: str, *args: str) -> str:
+async def qemu_img(binary: str, *args: str) -> str:
     try:
         done = await trio.run_process(
             [binary, *args], capture_stdout=True, capture_stderr=True, check=False
@@ -31,7 +31,7 @@ async def _qemu_img(binary: str, *args: str) -> str:
 _QCOW2_MAGIC = b"QFI\xfb"
 
 
-def _qcow2_virtual_size(image: Path) -> int | None:
+def qcow2_virtual_size(image: Path) -> int | None:
     """The size field of a qcow2 header (big-endian u64 at offset 24), or None."""
     with open(image, "rb") as f:
         header = f.read(32)
@@ -48,9 +48,9 @@ async def virtual_size(binary: str, image: Path, image_format: str) -> int:
     """
     if image_format == "raw":
         return image.stat().st_size
-    if image_format == "qcow2" and (size := _qcow2_virtual_size(image)) is not None:
+    if image_format == "qcow2" and (size := qcow2_virtual_size(image)) is not None:
         return size
-    info = json.loads(await _qemu_img(binary, "info", "-U", "--output=json", str(image)))
+    info = json.loads(await qemu_img(binary, "info", "-U", "--output=json", str(image)))
     return int(info["virtual-size"])
 
 
@@ -71,7 +71,7 @@ async def create_overlay(
             minimum=-(-base_size // GIB),
         )
     overlay.parent.mkdir(parents=True, exist_ok=True)
-    await _qemu_img(
+    await qemu_img(
         binary, "create", "-q", "-f", "qcow2",
         "-b", str(base.resolve()), "-F", base_format,
         str(overlay), str(size_gb * GIB),
@@ -81,4 +81,4 @@ async def create_overlay(
 async def create_blank(binary: str, *, overlay: Path, size_gb: int) -> None:
     """Make ``overlay`` an empty qcow2 of ``size_gb`` GiB (for images without a disk)."""
     overlay.parent.mkdir(parents=True, exist_ok=True)
-    await _qemu_img(binary, "create", "-q", "-f", "qcow2", str(overlay), str(size_gb * GIB))
+    await qemu_img(binary, "create", "-q", "-f", "qcow2", str(overlay), str(size_gb * GIB))

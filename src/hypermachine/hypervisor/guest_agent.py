@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 _DELIMITER = 0xFF
 _MAX_LINE = 64 * 1024 * 1024  # the agent's own JSON token limit
 _SYNC_BACKOFF_MAX_S = 10.0
+_FIRST_CONNECT_RETRY_S = 0.02
 
 
 class AgentGone(Exception):
@@ -174,12 +175,17 @@ class GuestAgent:
             self._set_disconnected("the VM stopped")
 
     async def _connect_forever(self) -> None:
+        # QEMU makes the socket a moment after it starts: retry quickly at first (a
+        # resumed guest answers at once), then every retry_s.
+        delay = _FIRST_CONNECT_RETRY_S
         while True:
             try:
                 stream = await trio.open_unix_socket(str(self._path))
             except OSError:
-                await trio.sleep(self._timing.retry_s)
+                await trio.sleep(delay)
+                delay = min(delay * 2, self._timing.retry_s)
                 continue
+            delay = _FIRST_CONNECT_RETRY_S
             async with stream:
                 try:
                     await self._session(_Channel(stream))

@@ -58,6 +58,7 @@ class ExitReport:
     log_tail: str = ""
     stop_requested: str | None = None  # set when the server itself is stopping the VM
     failure: str | None = None  # set when the server gave up on a QEMU and killed it
+    keep_state: bool = False  # the server drives the VM's state across this exit (restore)
 
     def outcome(self) -> tuple[VmState, str]:
         if self.failure is not None:
@@ -161,6 +162,7 @@ class Machine:
     child: subprocess.Popen[bytes] | None = None  # None for a re-adopted process
     session: QmpSession | None = None
     exited: trio.Event = field(default_factory=trio.Event)
+    finished: trio.Event = field(default_factory=trio.Event)  # the exit has been handled
     report: ExitReport = field(default_factory=ExitReport)
     # Tasks that live exactly as long as this supervision (guest agent, log rotation).
     companions: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -199,6 +201,19 @@ class Machine:
         finally:
             if self.on_qmp is not None:
                 self.on_qmp(command, trio.current_time() - started)
+
+    async def send_fd(self, fd: int, name: str) -> None:
+        """Hand QEMU a copy of ``fd`` named ``name`` (for ``fd:NAME`` URIs).
+
+        Raises:
+            HypervisorError: QMP is not connected, QEMU refused it or went away.
+        """
+        if self.session is None:
+            raise HypervisorError("QMP is not connected", vm_id=self.vm_id)
+        try:
+            await self.session.send_fd(fd, name)
+        except QmpGone as err:
+            raise HypervisorError("QEMU went away while taking a descriptor") from err
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -262,6 +277,7 @@ class Machine:
             os.close(pidfd)
             if self.session is not None:
                 await self.session.close()
+            self.finished.set()
 
     async def _session(
         self, on_state: StateReport, boot: Callable[[], Awaitable[None]] | None

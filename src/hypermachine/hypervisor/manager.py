@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import uuid as uuidlib
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -28,10 +28,14 @@ from ..config import Settings
 from ..errors import HMError, HypervisorError, ImageNotFound, InvalidState, VmNotFound, WaitTimeout
 from ..events import EventLog
 from ..models import (
+    CreateFromSnapshotRequest,
     CreateVmRequest,
     DiskStats,
+    ForkRequest,
     HostCapabilities,
     HostDevices,
+    Snapshot,
+    SnapshotRequest,
     Vm,
     VmMetrics,
     VmSpec,
@@ -42,7 +46,7 @@ from ..security.caller import current_caller
 from ..states import LIVE_STATES, Action, transition
 from ..store import Store, VmQuery, fingerprint, utcnow
 from ..telemetry import Telemetry
-from . import capabilities, disks, security
+from . import capabilities, disks, layers, security
 from .cmdline import BootSource, build_argv
 from .confine import QemuIdentity
 from .console import ConsoleService, rotate_at_start
@@ -52,6 +56,8 @@ from .layout import VmPaths
 from .machine import Machine, adopt_pid, spawn_qemu
 from .qmp import QmpBridge
 from .resources import HostResources
+from .snapfiles import Resume
+from .snapshot_service import SnapshotService
 
 __all__ = ["CatalogueLike", "ImageLike", "Manager"]
 
@@ -86,6 +92,7 @@ class GuardLike(Protocol):
     """The security layer as the manager sees it (``hypermachine.security.Security``)."""
 
     def vm_quota(self) -> int: ...
+    def storage_quota_bytes(self) -> int: ...
 
 
 _Op = Callable[..., Awaitable[Any]]
@@ -119,7 +126,17 @@ def _host_budget(settings: Settings) -> HostBudget:
 _ALL = VmQuery(limit=500)
 
 # States the server itself is driving; QEMU's events then don't override them.
-_SERVER_DRIVEN = frozenset({VmState.STARTING, VmState.STOPPING, VmState.DELETING})
+_SERVER_DRIVEN = frozenset(
+    {
+        VmState.STARTING,
+        VmState.STOPPING,
+        VmState.DELETING,
+        VmState.SNAPSHOTTING,
+        VmState.RESTORING,
+    }
+)
+# QEMU run states in which a snapshot had paused the guest (the server died meanwhile).
+_SNAPSHOT_PAUSED = frozenset({"paused", "postmigrate", "finish-migrate"})
 
 
 @dataclass(frozen=True)
@@ -168,6 +185,7 @@ class Manager:
         self._resources = HostResources(
             settings, store.all_vms, qemu_uid=qemu_identity.uid if qemu_identity else None
         )
+        self.snapshots = SnapshotService(self)
 
     # -- life of the manager ---------------------------------------------------
 
@@ -188,23 +206,31 @@ class Manager:
 
     async def _recover(self, vm: Vm) -> None:
         paths = self._paths(vm.id)
+        prior = None
+        if vm.state in (VmState.SNAPSHOTTING, VmState.RESTORING):
+            prior = self.snapshots.recover_prior_state(vm)
         if vm.state in LIVE_STATES:
             pid = adopt_pid(paths, vm.uuid)
+            if pid is not None and self.snapshots.hibernation_written(vm):
+                with contextlib.suppress(psutil.Error):
+                    psutil.Process(pid).kill()  # finish the hibernation it was in
+                pid = None
             if pid is None:
                 await self._release(vm.id)
                 security.after_exit(paths)
                 paths.clear_runtime()
-                self._set(vm.id, VmState.STOPPED, "QEMU was not running when the server started")
+                self._set(vm.id, *self.snapshots.gone_state(vm))
                 return
             security.adopt(vm, paths)
-            await self._adopt(vm, pid, paths)
+            await self._adopt(vm, pid, paths, resume_guest=prior is VmState.RUNNING)
         elif vm.state is VmState.CREATING:
             self._set(vm.id, VmState.ERROR, "creation was interrupted by a server restart")
         elif vm.state is VmState.DELETING:
             await self._release(vm.id)
             self._finish_delete(vm.id)
 
-    async def _adopt(self, vm: Vm, pid: int, paths: VmPaths) -> None:
+    async def _adopt(self, vm: Vm, pid: int, paths: VmPaths, *, resume_guest: bool = False) -> None:
+        """Supervise a QEMU found running; ``resume_guest``: a snapshot had paused it."""
         machine = Machine(vm_id=vm.id, pid=pid, paths=paths)
         try:
             await machine.connect(self._bridge, self._settings.qmp_connect_timeout_s)
@@ -215,8 +241,14 @@ class Manager:
             self._set(vm.id, VmState.ERROR, f"could not re-adopt QEMU: {err.message}")
             return
         run_state = status.get("status") if isinstance(status, dict) else None
-        if run_state == "prelaunch":  # we died between launch and `cont`
-            await machine.execute("cont")
+        if run_state == "inmigrate":  # we died while it loaded saved RAM: start again later
+            machine.kill()
+            self._set(vm.id, *self.snapshots.gone_state(vm))
+            return
+        if run_state == "prelaunch" or (resume_guest and run_state in _SNAPSHOT_PAUSED):
+            with contextlib.suppress(HypervisorError):  # a RAM save still going
+                await machine.execute("migrate_cancel")
+            await machine.execute("cont")  # we died between launch (or a pause) and `cont`
             run_state = "running"
         state = VmState.PAUSED if run_state == "paused" else VmState.RUNNING
         self._set(vm.id, state, None, pid=pid)
@@ -388,10 +420,10 @@ class Manager:
             await self._nursery_start(self._provision, vm.id, image, request.start)
         return _Created(vm, replayed=False)
 
-    async def _nursery_start(self, fn: Any, *args: Any) -> None:
+    async def _nursery_start(self, fn: Any, *args: Any) -> Any:
         if self._nursery is None:
             raise HypervisorError("the VM manager is not running")
-        await self._nursery.start(fn, *args)
+        return await self._nursery.start(fn, *args)
 
     def _replay(self, key: str, body_fingerprint: str) -> Vm | None:
         from ..errors import IdempotencyConflict
@@ -453,18 +485,21 @@ class Manager:
                     await self._start_locked(vm_id)
 
     async def _make_disk(self, vm: Vm, image: ImageLike, paths: VmPaths) -> None:
+        """The first layer of the VM's disk chain, named by ``disk.qcow2`` (layers.py)."""
         paths.vm_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         binary = self._settings.qemu_img_binary
+        first = paths.vm_dir / layers.FIRST
         if image.disk is None:
-            await disks.create_blank(binary, overlay=paths.disk, size_gb=vm.disk_gb)
+            await disks.create_blank(binary, overlay=first, size_gb=vm.disk_gb)
         else:
             await disks.create_overlay(
                 binary,
                 base=image.disk,
                 base_format=image.format,
-                overlay=paths.disk,
+                overlay=first,
                 size_gb=vm.disk_gb,
             )
+        layers.point_top(paths.vm_dir, layers.FIRST)
 
     @_owned
     async def delete(self, vm_id: str, *, force: bool = False) -> None:
@@ -518,9 +553,15 @@ class Manager:
         async with self._lock(vm_id):
             return await self._start_locked(vm_id)
 
-    async def _start_locked(self, vm_id: str) -> Vm:
+    async def _start_locked(self, vm_id: str, *, resuming: bool = False) -> Vm:
+        """Start the VM; one with saved RAM (hibernated, forked, ``resuming`` a restore)
+        resumes it (state ``restoring``) instead of booting."""
         vm = self._store.get_vm(vm_id)
-        transition(vm.state, Action.START)
+        if not resuming:
+            transition(vm.state, Action.START)
+        resume = self.snapshots.pending_resume(vm)
+        if resume is not None and not (resuming or vm.state is VmState.HIBERNATED):
+            resume = None  # a stale image (the VM was discarded or booted since)
         check_supported(vm, self.host)
         image = self._catalogue.get(vm.image)
         if not image.available:
@@ -531,20 +572,22 @@ class Manager:
         live = (other for other in self._store.all_vms() if other.state in LIVE_STATES)
         quota = self._guard.vm_quota() if self._guard is not None else 0
         admit(vm, live, quota=quota, budget=self._budget)
-        self._set(vm_id, VmState.STARTING, None)
+        self._set(vm_id, VmState.STARTING if resume is None else VmState.RESTORING, None)
         try:
             held = await self._resources.acquire(vm, image.kernel is not None, self._paths(vm_id))
         except HMError as err:
-            self._set(vm_id, vm.state, f"start refused: {err.message}")
+            fallback = vm.state if resume is None else VmState.HIBERNATED
+            self._set(vm_id, fallback, f"start refused: {err.message}")
             raise
         vm = self._store.update_vm(vm_id, **held)
-        await self._nursery_start(self._launch, vm, _boot_source(image))
+        await self._nursery_start(self._launch, vm, _boot_source(image), resume)
         return vm
 
     async def _launch(
         self,
         vm: Vm,
         boot: BootSource,
+        resume: Resume | None = None,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -566,6 +609,7 @@ class Manager:
                 accelerator=self.host.accelerator,
                 qmp_fd=qmp_fd,
                 platform=platform,
+                incoming=resume is not None,
             )
 
         try:
@@ -582,8 +626,12 @@ class Manager:
 
         async def bring_up() -> None:
             await machine.connect(self._bridge, settings.qmp_connect_timeout_s)
-            await machine.execute("cont")
-            self._on_machine_state(machine, VmState.RUNNING, None)
+            if resume is None:
+                await machine.execute("cont")
+                state = VmState.RUNNING
+            else:
+                state = await self.snapshots.resume_into(machine, vm, resume)
+            self._on_machine_state(machine, state, None)
 
         await self._supervise_here(machine, boot=bring_up, task_status=task_status)
 
@@ -611,8 +659,8 @@ class Manager:
         try:
             await machine.supervise(on_state, boot=boot, task_status=task_status)
         finally:
-            if machine.exited.is_set():
-                self._machines.pop(machine.vm_id, None)
+            if machine.exited.is_set() and self._machines.get(machine.vm_id) is machine:
+                del self._machines[machine.vm_id]
 
     def _on_machine_state(self, machine: Machine, state: VmState, reason: str | None) -> None:
         try:
@@ -628,10 +676,18 @@ class Manager:
                 shutdown_reason=report.shutdown_reason,
             )
             security.after_exit(machine.paths)
-            if current is not VmState.DELETING:
-                machine.paths.clear_runtime()
-                self._set(machine.vm_id, state, reason, pid=None)
-        elif current is VmState.STARTING and state is VmState.RUNNING:
+            if current is VmState.DELETING:
+                return
+            machine.paths.clear_runtime()
+            if machine.report.keep_state:  # a restore or hibernation goes on from here
+                self._store.update_vm(machine.vm_id, pid=None)
+                return
+            state, reason = self.snapshots.settle_exit(machine.vm_id, current, state, reason)
+            self._set(machine.vm_id, state, reason, pid=None)
+        elif current in (VmState.STARTING, VmState.RESTORING) and state in (
+            VmState.RUNNING,
+            VmState.PAUSED,
+        ):
             self._set(
                 machine.vm_id,
                 state,
@@ -654,6 +710,8 @@ class Manager:
         async with self._lock(vm_id):
             vm = self._store.get_vm(vm_id)
             transition(vm.state, Action.STOP)
+            if vm.state is VmState.HIBERNATED:
+                return self.snapshots.discard(vm_id)
             machine = self._machine(vm_id)
             graceful = not force and vm.state is VmState.RUNNING
             machine.report.stop_requested = "quit on request"
@@ -712,6 +770,55 @@ class Manager:
             return await self._machine(vm_id).execute(command)
 
         return await security.attestation(vm, execute)
+
+    # -- snapshots, fork, hibernate (snapshot_service.py) ------------------------
+
+    @_owned
+    async def snapshot(self, vm_id: str, request: SnapshotRequest) -> Snapshot:
+        """Raises: VmNotFound, InvalidState, NameTaken, SnapshotRefused, QuotaExceeded."""
+        return await self.snapshots.snapshot(vm_id, request)
+
+    def list_snapshots(self, vm_id: str) -> Sequence[Snapshot]:
+        """Raises: VmNotFound."""
+        self.get(vm_id)
+        return self.snapshots.of_vm(vm_id)
+
+    def get_snapshot(self, vm_id: str, name: str) -> Snapshot:
+        """Raises: VmNotFound, SnapshotNotFound."""
+        self.get(vm_id)
+        return self.snapshots.get(vm_id, name)
+
+    @_owned
+    async def delete_snapshot(self, vm_id: str, name: str) -> None:
+        """Raises: VmNotFound, SnapshotNotFound."""
+        await self.snapshots.delete(vm_id, name)
+
+    @_owned
+    async def restore(self, vm_id: str, name: str, *, wait: bool = True) -> Vm:
+        """Raises: VmNotFound, SnapshotNotFound, InvalidState, HypervisorError."""
+        return await self.snapshots.restore(vm_id, name, wait=wait)
+
+    @_owned
+    async def fork(self, vm_id: str, request: ForkRequest) -> Sequence[Vm]:
+        """Raises: VmNotFound, SnapshotNotFound, InvalidState, SnapshotRefused, NameTaken,
+        AddressInUse, PortInUse, QuotaExceeded."""
+        return await self.snapshots.fork(vm_id, request)
+
+    @_owned
+    async def hibernate(self, vm_id: str) -> Vm:
+        """Raises: VmNotFound, InvalidState, SnapshotRefused, QuotaExceeded."""
+        return await self.snapshots.hibernate(vm_id)
+
+    async def create_from_snapshot(self, request: CreateFromSnapshotRequest) -> Vm:
+        """A VM from a snapshot the caller can see (a template: a fork kept as a spec).
+
+        Raises: VmNotFound, SnapshotNotFound, NameTaken, AddressInUse, HypervisorError.
+        """
+        ref = request.from_snapshot
+        self.get(ref.vm_id)
+        return await self.snapshots.create_from(
+            ref, request.name, start=request.start, labels=request.labels
+        )
 
     # -- metrics ---------------------------------------------------------------
 

@@ -156,8 +156,11 @@ class QmpSession:
             HypervisorError: QEMU answered with an error.
             QmpGone: the connection dropped before the answer.
         """
+        return await self._call(command, self._client.execute(command, arguments))
+
+    async def _call(self, command: str, coro: Coroutine[Any, Any, T]) -> T:
         try:
-            return await self._bridge.run(self._client.execute(command, arguments))
+            return await self._bridge.run(coro)
         except ExecuteError as err:
             raise HypervisorError(
                 f"QEMU refused {command}: {err.error.error.desc}",
@@ -166,6 +169,22 @@ class QmpSession:
             ) from err
         except (ExecInterruptedError, StateError, EOFError, OSError, QMPError) as err:
             raise QmpGone(f"QMP connection lost during {command}: {err}") from err
+
+    async def send_fd(self, fd: int, name: str) -> None:
+        """Hand QEMU a copy of ``fd`` under ``name`` (``getfd``), e.g. for ``fd:NAME``
+        migration URIs. The descriptor and the command that names it travel together on
+        the loop thread, so no other command can come between them.
+
+        Raises:
+            HypervisorError: QEMU refused the descriptor.
+            QmpGone: the connection dropped.
+        """
+
+        async def send() -> None:
+            self._client.send_fd_scm(fd)
+            await self._client.execute("getfd", {"fdname": name})
+
+        await self._call("getfd", send())
 
     async def close(self) -> None:
         """Disconnect; QEMU keeps running. Safe to call twice."""

@@ -248,6 +248,11 @@ _ERROR_MEANINGS = {
     "GUEST_PATH_NOT_FOUND": "GUEST_PATH_NOT_FOUND: no such file in the guest",
     "NOT_CONFIDENTIAL": "NOT_CONFIDENTIAL: the VM has no memory encryption to attest",
     "GUEST_OPERATION_FAILED": "GUEST_OPERATION_FAILED: the guest could not do it (details say why)",
+    "SNAPSHOT_NOT_FOUND": "SNAPSHOT_NOT_FOUND: the VM has no such snapshot (call list_snapshots)",
+    "SNAPSHOT_REFUSED": (
+        "SNAPSHOT_REFUSED: the VM's memory cannot be saved (details.reasons, from QEMU)"
+    ),
+    "QUOTA_EXCEEDED": "QUOTA_EXCEEDED: the tenant is at its VM or storage quota",
 }
 
 

@@ -13,12 +13,16 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..models import (
+    NAME_PATTERN,
     CreateVmRequest,
     ExecRequest,
     FileReadRequest,
     FileWriteRequest,
+    ForkRequest,
     LifecycleRequest,
+    RestoreRequest,
     ScriptRequest,
+    SnapshotRequest,
     StopRequest,
     VmState,
 )
@@ -33,6 +37,7 @@ __all__ = [
     "EventsInput",
     "ExecIdInput",
     "ExecInVmInput",
+    "ForkVmInput",
     "HostCapabilitiesInput",
     "KeyIdInput",
     "ListImagesInput",
@@ -41,9 +46,12 @@ __all__ = [
     "ProviderInput",
     "QmpInput",
     "ReadVmFileInput",
+    "RestoreSnapshotInput",
     "RunVmScriptInput",
+    "SnapshotNameInput",
     "StartVmInput",
     "StopVmInput",
+    "TakeSnapshotInput",
     "ToolCallInput",
     "UploadVmFileInput",
     "VmIdInput",
@@ -257,3 +265,21 @@ class ToolCallInput(BaseModel):
     """Any JSON object: a tool call in one of the accepted shapes (told apart later)."""
 
     model_config = ConfigDict(extra="allow")
+
+
+class TakeSnapshotInput(VmIdInput, SnapshotRequest):
+    """A snapshot of one VM."""
+
+
+class SnapshotNameInput(VmIdInput):
+    """Names one snapshot of one VM."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="The snapshot's name.")
+
+
+class RestoreSnapshotInput(SnapshotNameInput, RestoreRequest):
+    """Restore: the VM id and snapshot name plus the REST body (wait, timeout_s)."""
+
+
+class ForkVmInput(VmIdInput, ForkRequest):
+    """Fork: the parent's id plus the REST body."""

@@ -95,7 +95,9 @@ class Security:
             return None
         return self.limiter.hit(caller.key_id, limit)
 
-    def tier_value(self, kind: Literal["rate_limit", "vm_quota"], tier: Tier) -> int:
+    def tier_value(
+        self, kind: Literal["rate_limit", "vm_quota", "storage_quota_mb"], tier: Tier
+    ) -> int:
         value: int = getattr(self.settings, f"{kind}_{tier}")
         return value
 
@@ -103,6 +105,13 @@ class Security:
         """Live VMs the current caller's tenant may have (0: no limit)."""
         caller = current_caller()
         return 0 if caller is SYSTEM else self.tier_value("vm_quota", caller.tier)
+
+    def storage_quota_bytes(self) -> int:
+        """Disk the current caller's tenant may hold (0: no limit)."""
+        caller = current_caller()
+        if caller is SYSTEM:
+            return 0
+        return self.tier_value("storage_quota_mb", caller.tier) * 1024 * 1024
 
     def audit(
         self,
