@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.tcp_server import TCPServer
 
 from .api import Services, create_app
 from .config import Settings
@@ -95,6 +96,30 @@ async def _until_signal() -> None:
             return
 
 
+def _contain_connection_failures() -> None:
+    """One client connection must never end the server.
+
+    Hypercorn 0.18 lets an h11 protocol error of one connection (a pipelined request
+    after a refused websocket upgrade: ``LocalProtocolError: can't handle event type
+    Response when role=SERVER and state=SEND_BODY``) travel out of its connection task
+    to the listener's nursery, ending every connection and the server. The connection
+    task is wrapped here, once, so such an error closes only that connection (logged);
+    cancellation still passes.
+    """
+    if getattr(TCPServer.run, "_hm_contained", False):
+        return
+    run = TCPServer.run
+
+    async def contained(self: TCPServer) -> None:
+        try:
+            await run(self)
+        except Exception:  # a bug of the HTTP stack, confined to its connection
+            log.exception("an HTTP connection failed and was closed")
+
+    contained._hm_contained = True  # type: ignore[attr-defined]
+    TCPServer.run = contained  # type: ignore[method-assign]
+
+
 async def serve(
     settings: Settings, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -117,6 +142,7 @@ async def serve(
         # Idle connections still close after keep_alive_timeout.
         config.read_timeout = settings.http_read_timeout_s or None
         config.keep_alive_timeout = settings.http_keep_alive_timeout_s
+        _contain_connection_failures()
         await hypercorn_serve(
             create_app(services), config, shutdown_trigger=_until_signal, task_status=task_status
         )
