@@ -81,7 +81,13 @@ def _argv(request: dict[str, Any]) -> list[str] | None:
     )  # fmt: skip
     try:
         return build_argv(
-            vm, BOOT, PATHS, qemu_binary="qemu-system-x86_64", accelerator="tcg", qmp_fd=7
+            vm,
+            BOOT,
+            PATHS,
+            qemu_binary="qemu-system-x86_64",
+            accelerator="tcg",
+            qmp_fd=7,
+            nic_fd=8,
         )
     except ValueError:
         return None  # the builder refuses rather than emit something unsafe
