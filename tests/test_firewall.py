@@ -6,6 +6,7 @@ Tables are named from a random scratch VM id, so nothing of a real VM is touched
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -61,8 +62,9 @@ async def test_guard_is_idempotent_and_removal_is_too(vm_id: str) -> None:
 
 
 def test_host_guard_drops_only_the_qemu_users_new_connections_to_the_host() -> None:
-    script = firewall.host_guard(999)
+    script = firewall.host_guard(999, ipaddress.IPv4Network("10.0.2.0/24"))
     assert 'oif "lo" meta skuid 999 ct direction original counter drop' in script
+    assert "meta skuid 999 ip daddr 10.0.2.0/24 counter drop" in script
     assert script.startswith(f"table {firewall.HOST_TABLE} {{}}\ndelete table")
 
 

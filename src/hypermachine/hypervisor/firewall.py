@@ -7,7 +7,9 @@ guests held to their own MAC and address.
   device (which is where every packet to *any* of the host's own addresses goes) is
   dropped unless it answers a connection someone else opened (a port forward). So
   no guest reaches a service on the host's loopback or on the host's addresses;
-  the outside world stays reachable.
+  the outside world stays reachable. Packets of that user to the guests' own
+  subnet (10.0.2.0/24: with ``--no-map-gw`` a connection to the gateway would go to
+  whatever 10.0.2.2 is on the host's network) are dropped too.
 * **Bridge** — :func:`tap_guard` is one table per VM, ``bridge hm_<12 hex>``, on the
   VM's tap in the bridge's prerouting hook (before forwarding or local delivery):
   frames only from the VM's MAC, ARP only for that MAC, and with a static address
@@ -56,12 +58,15 @@ def unguard(table: str) -> str:
     return f"table {table} {{}}\ndelete table {table}\n"
 
 
-def host_guard(qemu_uid: int) -> str:
-    """The NAT guests' rule: the QEMU user reaches no address of this host."""
+def host_guard(qemu_uid: int, guest_subnet: ipaddress.IPv4Network) -> str:
+    """The NAT guests' rule: the QEMU user reaches no address of this host, nor
+    anything on the host's side called by the guests' own subnet (their gateway)."""
+    uid = int(qemu_uid)
     body = (
         "  chain output {\n"
         "    type filter hook output priority filter; policy accept;\n"
-        f'    oif "lo" meta skuid {int(qemu_uid)} ct direction original counter drop\n'
+        f'    oif "lo" meta skuid {uid} ct direction original counter drop\n'
+        f"    meta skuid {uid} ip daddr {guest_subnet} counter drop\n"
         "  }\n"
     )
     return _replace(HOST_TABLE, body)

@@ -87,7 +87,8 @@ class HostResources:
                 "rule needs root; docs/threat-model.md)"
             )
             return
-        await self._nft.apply(firewall.host_guard(self._passt_identity.uid))
+        guard = firewall.host_guard(self._passt_identity.uid, network.NAT_GUEST.network)
+        await self._nft.apply(guard)
         log.info("NAT guests are kept off the host (nft table %s)", firewall.HOST_TABLE)
 
     # -- create ----------------------------------------------------------------
