@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +34,14 @@ from hypermachine.models import CreateVmRequest, VmState
 from hypermachine.server import open_services
 from livehttp import served
 from support import make_settings, process_gone, remove_all_vms, wait_until
-from testnet import ScratchBridge, ScratchOutside, recorder, scratch_bridge, scratch_outside
+from testnet import (
+    ScratchBridge,
+    ScratchOutside,
+    recorder,
+    scratch_bridge,
+    scratch_outside,
+    sniffer,
+)
 
 pytestmark = pytest.mark.qemu
 
@@ -201,6 +209,55 @@ async def test_bridge_guests_answer_on_their_static_ips(
     assert tap_master(taps[0]) == bridge.name
     assert (await client.delete(f"/api/v1/vms/{a['id']}?force=true")).status_code == 204
     assert not interface_exists(taps[0])
+
+
+def set_mac(mac: str) -> str:
+    return f"ifconfig eth0 down && ifconfig eth0 hw ether {mac} && ifconfig eth0 up"
+
+
+def set_ip(address: str) -> str:
+    return f"ifconfig eth0 {address} netmask 255.255.255.0"
+
+
+async def test_a_bridge_guest_spoofing_its_peer_gets_nothing_through(
+    client: Any, services: Services, bridge: ScratchBridge, tmp_path: Path
+) -> None:
+    a_ip, b_ip, peer = bridge.host(10), bridge.host(11), bridge.host(1)
+    a = await boot(client, services, "honest", {"type": "bridge", "ip": a_ip})
+    b = await boot(client, services, "victim", {"type": "bridge", "ip": b_ip})
+    a_mac, b_mac = a["network"]["mac"], b["network"]["mac"]
+    got = await guest_sh(
+        client, b["id"], "mkdir -p /www && echo b > /www/i && httpd -p 8080 -h /www"
+    )
+    assert got["exit_code"] == 0, got
+    assert bridge.netns is not None and bridge.peer_iface is not None
+
+    with sniffer(bridge.netns, bridge.peer_iface, tmp_path) as wire:
+        # Unspoofed, the guests talk, and the peer sees a's packets as a's.
+        got = await guest_sh(client, a["id"], wget(f"http://{b_ip}:8080/i"))
+        assert (got["exit_code"], got["stdout"]) == (0, "b\n"), got
+        await guest_sh(client, a["id"], wget(f"http://{peer}:9001/"))
+        await wait_until(lambda: f"{a_mac} {a_ip} 9001" in wire.seen(), what="a's packets")
+
+        # From b's IP (then back), and from b's MAC (then back): nothing on the wire.
+        spoof_ip = f"{set_ip(b_ip)}; {wget(f'http://{peer}:9002/')}; {set_ip(a_ip)}"
+        spoof_mac = f"{set_mac(b_mac)}; {wget(f'http://{peer}:9003/')}; {set_mac(a_mac)}"
+        for script in (spoof_ip, spoof_mac):
+            got = await guest_sh(client, a["id"], script)
+            assert got["stdout"] == "", got
+
+        # Honest again: seen. Packets arrive in order, so nothing spoofed came before.
+        await guest_sh(client, a["id"], wget(f"http://{peer}:9004/"))
+        await wait_until(lambda: f"{a_mac} {a_ip} 9004" in wire.seen(), what="a again")
+        ports = {line.split()[2] for line in wire.seen()}
+        assert ports.isdisjoint({"9002", "9003"}), wire.seen()
+        assert {line.split()[0] for line in wire.seen()} == {a_mac}, wire.seen()
+
+    table = f"hm_{a['id'].removeprefix('vm-')}"
+    assert subprocess.run(["nft", "list", "table", "bridge", table], check=False).returncode == 0
+    assert (await client.delete(f"/api/v1/vms/{a['id']}?force=true")).status_code == 204
+    listed = subprocess.run(["nft", "list", "table", "bridge", table], capture_output=True)
+    assert listed.returncode != 0, "the VM's anti-spoofing table outlived it"
 
 
 async def test_tap_of_a_vm_that_died_while_the_server_was_away_is_removed(

@@ -30,6 +30,7 @@ class ScratchBridge:
     name: str
     subnet: ipaddress.IPv4Network
     netns: str | None = None
+    peer_iface: str | None = None  # the peer's end of its veth, inside ``netns``
     _cleanups: list[list[str]] = field(default_factory=list)
 
     def host(self, n: int) -> str:
@@ -68,6 +69,7 @@ def scratch_bridge(*, peer: bool = False) -> Iterator[ScratchBridge]:
         if peer:
             bridge.netns = f"hmtest-{tag}"
             outer, inner = f"hmv{tag}a", f"hmv{tag}b"
+            bridge.peer_iface = inner
             ip("netns", "add", bridge.netns)
             ip("link", "add", outer, "type", "veth", "peer", "name", inner)
             ip("link", "set", "dev", outer, "master", bridge.name, "up")
@@ -134,6 +136,25 @@ while True:
 """
 
 
+# Record every TCP packet arriving on an interface: "SOURCE-MAC SOURCE-IP DEST-PORT".
+_SNIFFER = r"""
+import socket, struct, sys
+iface, log = sys.argv[1], sys.argv[2]
+raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+raw.bind((iface, 0))
+print("READY", flush=True)
+with open(log, "a", buffering=1) as out:
+    while True:
+        frame = raw.recv(65535)
+        ip = frame[14:]
+        if len(ip) < 20 or ip[9] != 6:
+            continue
+        tcp = ip[(ip[0] & 0x0F) * 4:]
+        mac = ":".join(f"{b:02x}" for b in frame[6:12])
+        out.write(f"{mac} {socket.inet_ntoa(ip[12:16])} {struct.unpack('!H', tcp[2:4])[0]}\n")
+"""
+
+
 @dataclass
 class Recorder:
     """A TCP listener that records each client's address and request line."""
@@ -142,7 +163,7 @@ class Recorder:
     log: Path
 
     def seen(self) -> list[str]:
-        return self.log.read_text().splitlines() if self.log.exists() else []
+        return self.log.read_text().splitlines()
 
 
 @contextlib.contextmanager
@@ -151,14 +172,30 @@ def recorder(
 ) -> Iterator[Recorder]:
     """A :class:`Recorder` on ``address:port`` (in ``netns`` if given), ready on entry."""
     log = folder / f"seen-{name}-{port}.log"
+    with _helper(netns, log, _RECORDER, address, str(port), name):
+        yield Recorder(url=f"http://{address}:{port}", log=log)
+
+
+@contextlib.contextmanager
+def sniffer(netns: str, iface: str, folder: Path) -> Iterator[Recorder]:
+    """Every TCP packet reaching ``iface`` in ``netns``, as "MAC IP PORT" lines."""
+    log = folder / f"sniffed-{iface}.log"
+    with _helper(netns, log, _SNIFFER, iface):
+        yield Recorder(url="", log=log)
+
+
+@contextlib.contextmanager
+def _helper(netns: str | None, log: Path, script: str, *args: str) -> Iterator[None]:
+    """A Python helper process (in ``netns``), ready once it printed READY."""
     prefix = ["ip", "netns", "exec", netns] if netns else []
-    command = [*prefix, sys.executable, "-u", "-c", _RECORDER, address, str(port), name, str(log)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    command = [*prefix, sys.executable, "-u", "-c", script, *args]
+    log.touch()
+    proc = subprocess.Popen([*command, str(log)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         ready = proc.stdout.readline()  # printed once bound; end of file if it failed
-        assert ready.strip() == "READY", f"listener on {address}:{port} did not start"
-        yield Recorder(url=f"http://{address}:{port}", log=log)
+        assert ready.strip() == "READY", f"test helper {args} did not start"
+        yield
     finally:
         proc.kill()
         proc.wait(timeout=10)
