@@ -93,7 +93,10 @@ def argv(binary: str, info: NetworkInfo, guest_fd: int, ready_fd: int) -> list[s
 
 
 def _record(pidfile: Path, pid: int) -> None:
-    started = psutil.Process(pid).create_time()
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.Error as err:
+        raise HypervisorError("passt ended as soon as it was ready") from err
     pidfile.write_text(f"{pid} {started!r}\n")
 
 
@@ -127,7 +130,7 @@ class PasstProcesses:
         """
         paths = PasstPaths.for_vm(vm_paths)
         await self.stop(vm_paths)  # a stale one would hold the forwarded ports
-        vm_paths.make()
+        vm_paths.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         guest_end, qemu_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ready_r, ready_w = os.pipe()
         try:
