@@ -40,6 +40,7 @@ def argv_for(vm: Vm, boot: BootSource | None = None, accel: str = "tcg") -> list
         qemu_binary="qemu-system-x86_64",
         accelerator=accel,
         qmp_fd=7,
+        nic_fd=8,
     )
 
 
@@ -80,7 +81,9 @@ def test_disk_and_nic_are_json() -> None:
     devices = [json.loads(d) for d in option(argv, "-device")]
     nic = next(d for d in devices if d["driver"] == "virtio-net-pci")
     assert nic["mac"] == mac_address(UUID)
-    assert json.loads(option(argv, "-netdev")[0]) == {"type": "user", "id": "net0"}
+    netdev = json.loads(option(argv, "-netdev")[0])
+    assert netdev == {"type": "stream", "id": "net0", "server": False,
+                      "addr": {"type": "fd", "str": "8"}}  # fmt: skip
 
 
 def test_network_none_has_no_nic() -> None:
@@ -122,12 +125,16 @@ def test_escape_option_doubles_commas() -> None:
 def test_bad_host_paths_are_refused(path: Path) -> None:
     paths = VmPaths(vm_dir=path, run_dir=Path("/run/hm/x"))
     with pytest.raises(ValueError):
-        build_argv(make_vm(), BootSource(), paths, qemu_binary="q", accelerator="tcg", qmp_fd=3)
+        build_argv(
+            make_vm(), BootSource(), paths, qemu_binary="q", accelerator="tcg", qmp_fd=3, nic_fd=4
+        )
 
 
 def test_comma_in_data_dir_cannot_inject() -> None:
     paths = VmPaths(vm_dir=Path("/data,file=/etc/passwd/vm"), run_dir=Path("/run/a,b=c/vm"))
-    argv = build_argv(make_vm(), BootSource(), paths, qemu_binary="q", accelerator="tcg", qmp_fd=3)
+    argv = build_argv(
+        make_vm(), BootSource(), paths, qemu_binary="q", accelerator="tcg", qmp_fd=3, nic_fd=4
+    )
     serial = next(c for c in option(argv, "-chardev") if c.startswith("socket,id=serial0"))
     assert "/data,,file=/etc/passwd/vm/console.log" in serial
     assert "/run/a,,b=c/vm/serial.sock" in serial

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypermachine.api import Services
 from hypermachine.config import BridgeConfig, ConfigError, Settings, load_settings
 from hypermachine.errors import AddressInUse, PortInUse, Unsupported, ValidationFailed
-from hypermachine.hypervisor import network
+from hypermachine.hypervisor import network, passt
 from hypermachine.hypervisor.network import NetworkConfig, kernel_ip_param, nic_args, plan
 from hypermachine.models import NetworkSpec, Vm, VmState
 from hypermachine.store import VmQuery
@@ -75,17 +75,43 @@ def test_nat_defaults_report_the_user_network() -> None:
     ]
 
 
-def test_nat_netdev_is_the_json_hostfwd_form() -> None:
+def test_nat_netdev_is_a_stream_to_passt() -> None:
+    vm = planned({"ports": [{"host": 2222, "guest": 22}]})
+    argv = nic_args(vm, nic_fd=9)
+    assert json.loads(argv[1]) == {
+        "type": "stream",
+        "id": "net0",
+        "server": False,
+        "addr": {"type": "fd", "str": "9"},
+    }
+    assert json.loads(argv[3])["mac"] == vm.network.mac
+    with pytest.raises(ValueError):
+        nic_args(vm)  # no passt socket: no NIC that would silently have no network
+
+
+def test_passt_keeps_the_guest_off_the_host_and_binds_forwards_on_the_forward_address() -> None:
     vm = planned(
         {"ports": [{"host": 2222, "guest": 22}, {"host": 5353, "guest": 53, "protocol": "udp"}]}
     )
-    argv = nic_args(vm)
-    assert json.loads(argv[1]) == {
-        "type": "user",
-        "id": "net0",
-        "hostfwd": [{"str": "tcp:127.0.0.1:2222-:22"}, {"str": "udp:127.0.0.1:5353-:53"}],
-    }
-    assert json.loads(argv[3])["mac"] == vm.network.mac
+    assert vm.network_info is not None
+    args = passt.argv("passt", vm.network_info, guest_fd=5, ready_fd=6)
+    assert "--no-map-gw" in args and "--ipv4-only" in args
+    assert args[args.index("--fd") + 1] == "5" and args[args.index("--pid") + 1] == "/dev/fd/6"
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--tcp-ports"] == ["127.0.0.1/2222:22"]
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--udp-ports"] == ["127.0.0.1/5353:53"]
+    assert args[args.index("--address") + 1 :][:5] == [
+        "10.0.2.15", "--netmask", "24", "--gateway", "10.0.2.2"
+    ]  # fmt: skip
+    assert args[args.index("--dns-forward") + 1] == "10.0.2.3"
+
+
+def test_passt_without_forwards_forwards_nothing() -> None:
+    vm = planned({"type": "nat"})
+    assert vm.network_info is not None
+    args = passt.argv("passt", vm.network_info, guest_fd=5, ready_fd=6)
+    # passt would otherwise mirror TCP forwards to UDP; "none" for both, explicitly.
+    assert args[args.index("--tcp-ports") + 1] == "none"
+    assert args[args.index("--udp-ports") + 1] == "none"
 
 
 def test_bridge_netdev_is_a_server_made_tap() -> None:
@@ -166,10 +192,12 @@ def test_no_bridge_configured_is_a_host_capability() -> None:
 
 
 @given(st.lists(st.integers(1024, 65535), min_size=1, max_size=8, unique=True))
-def test_every_forward_survives_json(ports: list[int]) -> None:
+def test_every_forward_becomes_one_passt_spec(ports: list[int]) -> None:
     vm = planned({"ports": [{"host": p, "guest": p} for p in ports]})
-    forwards = json.loads(nic_args(vm)[1])["hostfwd"]
-    assert [f["str"] for f in forwards] == [f"tcp:127.0.0.1:{p}-:{p}" for p in ports]
+    assert vm.network_info is not None
+    args = passt.argv("passt", vm.network_info, guest_fd=5, ready_fd=6)
+    specs = [args[i + 1] for i, a in enumerate(args) if a == "--tcp-ports"]
+    assert specs == [f"127.0.0.1/{p}:{p}" for p in ports]
 
 
 # -- configuration ----------------------------------------------------------------

@@ -1,6 +1,10 @@
 """Networks for real: tiny guests under QEMU reached through a port forward and a bridge.
 
-* nat: a forwarded host port on 127.0.0.1 reaches busybox httpd in the guest;
+* nat: a forwarded host port on 127.0.0.1 reaches busybox httpd in the guest; the
+  guest reaches a stand-in for the outside world (a netns) but neither the API nor
+  a listener on the host's loopback nor one on a host address;
+* bridge anti-spoofing: a guest sending from its peer's IP or MAC gets nothing
+  through, and unspoofed the two talk;
 * bridge: two guests with static IPs on a scratch bridge answer pings from a peer
   in the test's own network namespace and reach each other; their taps exist while
   they run and are gone once QEMU has exited, after delete, and after a restarted
@@ -11,10 +15,12 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
@@ -26,12 +32,21 @@ from hypermachine.config import Settings
 from hypermachine.hypervisor.hostnet import interface_exists, port_free
 from hypermachine.models import CreateVmRequest, VmState
 from hypermachine.server import open_services
+from livehttp import served
 from support import make_settings, process_gone, remove_all_vms, wait_until
-from testnet import ScratchBridge, scratch_bridge
+from testnet import (
+    ScratchBridge,
+    ScratchOutside,
+    recorder,
+    scratch_bridge,
+    scratch_outside,
+    sniffer,
+)
 
 pytestmark = pytest.mark.qemu
 
 BOOT_S = 120.0  # TCG on a shared 2-core host
+AGENT_WAIT = 120
 
 
 @pytest.fixture
@@ -43,6 +58,26 @@ def bridge() -> Iterator[ScratchBridge]:
 @pytest.fixture
 def settings(data_dir: Path, compile_cache: Path, bridge: ScratchBridge) -> Settings:
     return make_settings(data_dir, compile_cache, bridges={bridge.name: bridge.config()})
+
+
+@pytest.fixture
+def outside() -> Iterator[ScratchOutside]:
+    with scratch_outside() as made:
+        yield made
+
+
+async def guest_sh(client: Any, vm_id: str, script: str) -> dict[str, Any]:
+    """Run ``sh -c script`` in the guest through qemu-ga; its result."""
+    body = {"command": ["sh", "-c", script], "timeout_s": 60}
+    response = await client.post(f"/api/v1/vms/{vm_id}/exec?wait_agent={AGENT_WAIT}", json=body)
+    got = await response.get_json()
+    assert response.status_code == 200 and got["status"] == "exited", got
+    return dict(got)
+
+
+def wget(url: str) -> str:
+    """busybox wget, bounded (its own ``-T`` crashes the tiny image's busybox)."""
+    return f"timeout 10 wget -q -O - {url}"
 
 
 def free_port() -> int:
@@ -99,6 +134,41 @@ async def test_forwarded_port_reaches_a_guest_service(client: Any, services: Ser
     assert port_free("127.0.0.1", port, "tcp"), "QEMU's forward outlived it"
 
 
+async def test_nat_guest_reaches_the_outside_but_not_the_host(
+    client: Any, services: Services, outside: ScratchOutside, tmp_path: Path
+) -> None:
+    port = free_port()
+    vm = await boot(client, services, "contained", {"ports": [{"host": port, "guest": 8080}]})
+    got = await guest_sh(
+        client, vm["id"], "mkdir -p /www && echo fwd > /www/i && httpd -p 8080 -h /www"
+    )
+    assert got["exit_code"] == 0, got
+    assert await fetch_when_served(f"http://127.0.0.1:{port}/i", timeout=60) == b"fwd\n"
+
+    async with served(services) as api:
+        api_port = urlsplit(api).port
+        with (
+            recorder("127.0.0.1", free_port(), tmp_path, name="loopback") as loopback,
+            recorder(outside.near, free_port(), tmp_path, name="host-address") as host_address,
+            recorder(outside.far, 8080, tmp_path, netns=outside.netns, name="world") as world,
+        ):
+            got = await guest_sh(client, vm["id"], wget(f"{world.url}/from-guest"))
+            assert (got["exit_code"], got["stdout"]) == (0, "world\n"), got
+            assert [line.split()[2] for line in world.seen()] == ["/from-guest"]
+
+            gateway = "10.0.2.2"  # what slirp mapped to the host's loopback
+            for url in (
+                f"http://{gateway}:{api_port}/api/v1/vms",
+                f"http://{gateway}:{loopback.url.rsplit(':', 1)[1]}/via-gateway",
+                f"{host_address.url}/via-host-address",
+            ):
+                got = await guest_sh(client, vm["id"], wget(url))
+                assert got["exit_code"] != 0 and got["stdout"] == "", (url, got)
+            assert loopback.seen() == [] and host_address.seen() == []
+    # The forward still serves after the refusals.
+    assert await fetch_when_served(f"http://127.0.0.1:{port}/i", timeout=10) == b"fwd\n"
+
+
 def tap_master(tap: str) -> str | None:
     try:
         return os.path.basename(os.readlink(f"/sys/class/net/{tap}/master"))
@@ -139,6 +209,55 @@ async def test_bridge_guests_answer_on_their_static_ips(
     assert tap_master(taps[0]) == bridge.name
     assert (await client.delete(f"/api/v1/vms/{a['id']}?force=true")).status_code == 204
     assert not interface_exists(taps[0])
+
+
+def set_mac(mac: str) -> str:
+    return f"ifconfig eth0 down && ifconfig eth0 hw ether {mac} && ifconfig eth0 up"
+
+
+def set_ip(address: str) -> str:
+    return f"ifconfig eth0 {address} netmask 255.255.255.0"
+
+
+async def test_a_bridge_guest_spoofing_its_peer_gets_nothing_through(
+    client: Any, services: Services, bridge: ScratchBridge, tmp_path: Path
+) -> None:
+    a_ip, b_ip, peer = bridge.host(10), bridge.host(11), bridge.host(1)
+    a = await boot(client, services, "honest", {"type": "bridge", "ip": a_ip})
+    b = await boot(client, services, "victim", {"type": "bridge", "ip": b_ip})
+    a_mac, b_mac = a["network"]["mac"], b["network"]["mac"]
+    got = await guest_sh(
+        client, b["id"], "mkdir -p /www && echo b > /www/i && httpd -p 8080 -h /www"
+    )
+    assert got["exit_code"] == 0, got
+    assert bridge.netns is not None and bridge.peer_iface is not None
+
+    with sniffer(bridge.netns, bridge.peer_iface, tmp_path) as wire:
+        # Unspoofed, the guests talk, and the peer sees a's packets as a's.
+        got = await guest_sh(client, a["id"], wget(f"http://{b_ip}:8080/i"))
+        assert (got["exit_code"], got["stdout"]) == (0, "b\n"), got
+        await guest_sh(client, a["id"], wget(f"http://{peer}:9001/"))
+        await wait_until(lambda: f"{a_mac} {a_ip} 9001" in wire.seen(), what="a's packets")
+
+        # From b's IP (then back), and from b's MAC (then back): nothing on the wire.
+        spoof_ip = f"{set_ip(b_ip)}; {wget(f'http://{peer}:9002/')}; {set_ip(a_ip)}"
+        spoof_mac = f"{set_mac(b_mac)}; {wget(f'http://{peer}:9003/')}; {set_mac(a_mac)}"
+        for script in (spoof_ip, spoof_mac):
+            got = await guest_sh(client, a["id"], script)
+            assert got["stdout"] == "", got
+
+        # Honest again: seen. Packets arrive in order, so nothing spoofed came before.
+        await guest_sh(client, a["id"], wget(f"http://{peer}:9004/"))
+        await wait_until(lambda: f"{a_mac} {a_ip} 9004" in wire.seen(), what="a again")
+        ports = {line.split()[2] for line in wire.seen()}
+        assert ports.isdisjoint({"9002", "9003"}), wire.seen()
+        assert {line.split()[0] for line in wire.seen()} == {a_mac}, wire.seen()
+
+    table = f"hm_{a['id'].removeprefix('vm-')}"
+    assert subprocess.run(["nft", "list", "table", "bridge", table], check=False).returncode == 0
+    assert (await client.delete(f"/api/v1/vms/{a['id']}?force=true")).status_code == 204
+    listed = subprocess.run(["nft", "list", "table", "bridge", table], capture_output=True)
+    assert listed.returncode != 0, "the VM's anti-spoofing table outlived it"
 
 
 async def test_tap_of_a_vm_that_died_while_the_server_was_away_is_removed(

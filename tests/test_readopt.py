@@ -11,12 +11,19 @@ import pytest
 import trio
 
 from hypermachine.config import Settings
+from hypermachine.hypervisor import passt
+from hypermachine.hypervisor.layout import VmPaths
 from hypermachine.models import CreateVmRequest, VmState
 from hypermachine.server import open_services
 from realserver import Server
 from support import process_gone, qemu_pids_for, remove_all_vms, wait_until
 
 pytestmark = pytest.mark.qemu
+
+
+def passt_of(settings: Settings, vm_id: str) -> int | None:
+    paths = VmPaths.for_vm(settings.vms_dir, settings.runtime_dir, vm_id)
+    return passt.find(passt.PasstPaths.for_vm(paths))
 
 
 async def test_restart_in_process_readopts(settings: Settings, tiny: Path) -> None:
@@ -29,8 +36,10 @@ async def test_restart_in_process_readopts(settings: Settings, tiny: Path) -> No
             CreateVmRequest(name="goner", image="tiny", memory_mb=512, disk_gb=1, start=True)
         )
         goner = await svc.manager.wait_for(stopper.vm.id, {VmState.RUNNING}, 60)
-    # The server is gone; QEMU is not.
+    # The server is gone; QEMU and its passt are not.
     assert vm.pid is not None and psutil.pid_exists(vm.pid)
+    network = passt_of(settings, vm.id)
+    assert network is not None
     assert goner.pid is not None
     psutil.Process(goner.pid).kill()
     await wait_until(lambda: process_gone(goner.pid), what="goner to die")
@@ -47,10 +56,13 @@ async def test_restart_in_process_readopts(settings: Settings, tiny: Path) -> No
             lost = svc.manager.get(goner.id)
             assert lost.state is VmState.STOPPED
             assert lost.state_reason == "QEMU was not running when the server started"
+            assert passt_of(settings, vm.id) == network  # re-found, still serving
+            assert passt_of(settings, goner.id) is None
         finally:
             with trio.CancelScope(shield=True):
                 uuids = await remove_all_vms(svc)
     assert qemu_pids_for(uuids) == []
+    await wait_until(lambda: process_gone(network), what="passt to end with its VM")
 
 
 def test_kill_9_server_then_readopt(server: Server) -> None:

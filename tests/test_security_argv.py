@@ -50,6 +50,7 @@ def build(platform: Platform, accel: str = "kvm", **vm: Any) -> list[str]:
         qemu_binary="qemu-system-x86_64",
         accelerator=accel,
         qmp_fd=7,
+        nic_fd=8,
         platform=platform,
     )
 

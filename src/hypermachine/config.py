@@ -130,6 +130,10 @@ class Settings:
     # Where PCI devices, IOMMU groups and mediated devices are read and bound.
     sysfs_root: Path = Path("/sys")
     ip_binary: str = "ip"
+    # A NAT VM's network process, and the tool installing the VM network rules
+    # (docs/networking.md).
+    passt_binary: str = "passt"
+    nft_binary: str = "nft"
     # Budget for one host command (ip link) and for one sysfs bind/unbind step.
     host_command_timeout_s: float = 10.0
     # -- security and limits (docs/threat-model.md) --

@@ -122,6 +122,7 @@ def _argv(request: dict[str, Any]) -> list[str] | None:
             accelerator="tcg",
             qmp_fd=7,
             platform=platform,
+            nic_fd=8,
         )
     except ValueError:
         return None  # the builder refuses rather than emit something unsafe

@@ -247,12 +247,14 @@ def build_argv(
     qemu_binary: str,
     accelerator: str,
     qmp_fd: int,
+    nic_fd: int | None = None,
     platform: Platform = Platform(),  # frozen: a shared default is safe
     incoming: bool = False,
 ) -> list[str]:
     """The complete QEMU command line for ``vm``; QEMU starts paused (``-S``).
 
     ``incoming``: QEMU waits for a saved RAM state (``migrate-incoming``) instead of booting.
+    ``nic_fd`` is a NAT VM's end of its passt socket (inherited by QEMU).
 
     Raises:
         ValueError: a value that would be unsafe or that this builder cannot express.
@@ -269,7 +271,7 @@ def build_argv(
         *_consoles(paths, qmp_fd),
         *_guest_agent(paths),
         *_disk(paths),
-        *network.nic_args(vm),
+        *network.nic_args(vm, nic_fd),
         *cloudinit.seed_args(vm, boot, paths),
         *vfio.device_args(vm),
         "-device", _json({"driver": "pvpanic", "id": "panic0"}),

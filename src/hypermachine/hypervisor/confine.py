@@ -26,7 +26,7 @@ from typing import Any
 
 from ..config import ConfigError
 
-__all__ = ["DEFAULT_QEMU_USER", "QemuIdentity", "resolve_qemu_identity"]
+__all__ = ["DEFAULT_QEMU_USER", "QemuIdentity", "resolve_qemu_identity", "unprivileged_identity"]
 
 log = logging.getLogger(__name__)
 
@@ -138,3 +138,13 @@ def resolve_qemu_identity(setting: str, must_reach: list[Path]) -> QemuIdentity 
         raise ConfigError(message)
     log.warning("%s: QEMU will run as root; use a data dir like /var/lib/hypermachine", message)
     return None
+
+
+def unprivileged_identity() -> QemuIdentity:
+    """The default QEMU user (created if missing), for a helper that must never run as
+    root even when QEMU does (passt, see docs/networking.md).
+
+    Raises:
+        ConfigError: the user cannot be created.
+    """
+    return _identity(DEFAULT_QEMU_USER, create=True)

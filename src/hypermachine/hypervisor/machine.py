@@ -96,10 +96,12 @@ def spawn_qemu(
     build_argv: Callable[[int], list[str]],
     paths: VmPaths,
     identity: QemuIdentity | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> subprocess.Popen[bytes]:
     """Start QEMU detached (own session) with a ready QMP listening socket.
 
-    ``build_argv`` receives the QMP socket's fd number. QEMU's output goes to
+    ``build_argv`` receives the QMP socket's fd number; ``pass_fds`` are further
+    descriptors QEMU inherits (a NAT VM's passt socket). QEMU's output goes to
     ``paths.qemu_log``. With ``identity`` QEMU runs as that user, owning the VM's
     folders; the QMP socket stays the server's (mode 0600 in a 0700 folder).
 
@@ -118,7 +120,7 @@ def spawn_qemu(
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                pass_fds=(qmp.fileno(),),
+                pass_fds=(qmp.fileno(), *pass_fds),
                 start_new_session=True,
                 close_fds=True,
                 **(identity.popen_kwargs() if identity is not None else {}),

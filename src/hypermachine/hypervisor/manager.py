@@ -14,6 +14,8 @@ import functools
 import json
 import logging
 import os
+import socket
+import subprocess
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -182,9 +184,7 @@ class Manager:
         self.console = ConsoleService(settings, self.get, self._paths)
         self.telemetry = Telemetry()
         self.events.add_listener(self.telemetry.on_event)
-        self._resources = HostResources(
-            settings, store.all_vms, qemu_uid=qemu_identity.uid if qemu_identity else None
-        )
+        self._resources = HostResources(settings, store.all_vms, qemu_identity=qemu_identity)
         self.snapshots = SnapshotService(self)
 
     # -- life of the manager ---------------------------------------------------
@@ -194,6 +194,7 @@ class Manager:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.host = await capabilities.refresh(self.host, self._settings)
+            await self._resources.prepare()
             for vm in list(self._store.all_vms()):
                 await self._recover(vm)
             task_status.started()
@@ -222,6 +223,7 @@ class Manager:
                 self._set(vm.id, *self.snapshots.gone_state(vm))
                 return
             security.adopt(vm, paths)
+            self._resources.adopt(vm, paths)
             await self._adopt(vm, pid, paths, resume_guest=prior is VmState.RUNNING)
         elif vm.state is VmState.CREATING:
             self._set(vm.id, VmState.ERROR, "creation was interrupted by a server restart")
@@ -525,7 +527,7 @@ class Manager:
             vm = self._store.get_vm(vm_id)
         except VmNotFound:
             return
-        await self._resources.release(vm)
+        await self._resources.release(vm, self._paths(vm_id))
         if vm.gpu_assignment is not None:
             self._store.update_vm(vm_id, gpu_assignment=None)
 
@@ -579,14 +581,15 @@ class Manager:
             fallback = vm.state if resume is None else VmState.HIBERNATED
             self._set(vm_id, fallback, f"start refused: {err.message}")
             raise
-        vm = self._store.update_vm(vm_id, **held)
-        await self._nursery_start(self._launch, vm, _boot_source(image), resume)
+        vm = self._store.update_vm(vm_id, **held.fields)
+        await self._nursery_start(self._launch, vm, _boot_source(image), held.nic, resume)
         return vm
 
     async def _launch(
         self,
         vm: Vm,
         boot: BootSource,
+        nic: socket.socket | None = None,
         resume: Resume | None = None,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -594,31 +597,11 @@ class Manager:
         paths = self._paths(vm.id)
         settings = self._settings
         try:
-            platform = await security.launch_platform(vm, boot, paths, self.host, settings)
-        except HMError as err:
-            self._set(vm.id, VmState.ERROR, f"firmware/TPM could not be prepared: {err.message}")
-            task_status.started()
-            return
-
-        def argv(qmp_fd: int) -> list[str]:
-            return build_argv(
-                vm,
-                boot,
-                paths,
-                qemu_binary=settings.qemu_binary,
-                accelerator=self.host.accelerator,
-                qmp_fd=qmp_fd,
-                platform=platform,
-                incoming=resume is not None,
-            )
-
-        try:
-            rotate_at_start(paths.console_log)
-            child = spawn_qemu(argv, paths, self.qemu_identity)
-        except (HMError, ValueError) as err:
-            await self._release(vm.id)
-            security.after_exit(paths)
-            self._set(vm.id, VmState.ERROR, f"QEMU could not be started: {err}")
+            child = await self._spawn_qemu(vm, boot, nic, incoming=resume is not None)
+        finally:
+            if nic is not None:
+                nic.close()  # QEMU holds its own copy of passt's socket
+        if child is None:
             task_status.started()
             return
         machine = Machine(vm_id=vm.id, pid=child.pid, paths=paths, child=child)
@@ -634,6 +617,44 @@ class Manager:
             self._on_machine_state(machine, state, None)
 
         await self._supervise_here(machine, boot=bring_up, task_status=task_status)
+
+    async def _spawn_qemu(
+        self, vm: Vm, boot: BootSource, nic: socket.socket | None, *, incoming: bool
+    ) -> subprocess.Popen[bytes] | None:
+        """QEMU started (paused); None when it could not be, the VM then in ``error``
+        with the reason and its host resources given back."""
+        paths = self._paths(vm.id)
+        settings = self._settings
+        try:
+            platform = await security.launch_platform(vm, boot, paths, self.host, settings)
+        except HMError as err:
+            await self._release(vm.id)
+            self._set(vm.id, VmState.ERROR, f"firmware/TPM could not be prepared: {err.message}")
+            return None
+        nic_fd = nic.fileno() if nic is not None else None
+
+        def argv(qmp_fd: int) -> list[str]:
+            return build_argv(
+                vm,
+                boot,
+                paths,
+                qemu_binary=settings.qemu_binary,
+                accelerator=self.host.accelerator,
+                qmp_fd=qmp_fd,
+                nic_fd=nic_fd,
+                platform=platform,
+                incoming=incoming,
+            )
+
+        try:
+            rotate_at_start(paths.console_log)
+            extra = () if nic_fd is None else (nic_fd,)
+            return spawn_qemu(argv, paths, self.qemu_identity, pass_fds=extra)
+        except (HMError, ValueError) as err:
+            await self._release(vm.id)
+            security.after_exit(paths)
+            self._set(vm.id, VmState.ERROR, f"QEMU could not be started: {err}")
+            return None
 
     async def _supervise(self, machine: Machine) -> None:
         self._machines[machine.vm_id] = machine

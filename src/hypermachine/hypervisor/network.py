@@ -3,9 +3,10 @@
 Pure: no I/O. At create, :func:`plan` fills in what the server chose (MAC, bridge,
 address in CIDR form) and describes the result (:class:`NetworkInfo`, reported in
 the VM's details); :func:`check_conflicts` refuses a MAC, static IP or forwarded
-port another VM already has. At launch, :func:`nic_args` builds ``-netdev`` and
-``-device`` as JSON and :func:`kernel_ip_param` the kernel's ``ip=`` for guests
-booted directly from a kernel (docs/networking.md).
+port another VM already has. At launch, :func:`nic_args` builds ``-netdev`` (a
+NAT VM's is a stream to its passt, :mod:`.passt`) and ``-device`` as JSON and
+:func:`kernel_ip_param` the kernel's ``ip=`` for guests booted directly from a
+kernel (docs/networking.md).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ __all__ = [
     "tap_name",
 ]
 
-# QEMU's user-mode network (slirp) defaults.
+# The addresses of QEMU's user-mode network (slirp), kept for NAT guests under passt.
 NAT_GUEST = ipaddress.IPv4Interface("10.0.2.15/24")
 NAT_GATEWAY = ipaddress.IPv4Address("10.0.2.2")
 NAT_DNS = ipaddress.IPv4Address("10.0.2.3")
@@ -244,19 +245,28 @@ def _info(vm: Vm) -> NetworkInfo:
     )
 
 
-def nic_args(vm: Vm) -> list[str]:
-    """``-netdev`` and ``-device`` (JSON) for the VM's NIC; nothing for ``none``."""
+def nic_args(vm: Vm, nic_fd: int | None = None) -> list[str]:
+    """``-netdev`` and ``-device`` (JSON) for the VM's NIC; nothing for ``none``.
+
+    A NAT VM's netdev is a stream over ``nic_fd``, its connected passt socket (passt
+    holds the port forwards).
+
+    Raises:
+        ValueError: a NAT VM without ``nic_fd``.
+    """
     info = _info(vm)
     if info.type == "none":
         return []
     netdev: dict[str, object]
     if info.type == "nat":
-        netdev = {"type": "user", "id": "net0"}
-        if info.forwards:
-            netdev["hostfwd"] = [
-                {"str": f"{f.protocol}:{f.host_address}:{f.host_port}-:{f.guest_port}"}
-                for f in info.forwards
-            ]
+        if nic_fd is None:
+            raise ValueError("a nat NIC needs its passt socket")
+        netdev = {
+            "type": "stream",
+            "id": "net0",
+            "server": False,
+            "addr": {"type": "fd", "str": str(int(nic_fd))},
+        }
     else:
         netdev = {
             "type": "tap",

@@ -1,21 +1,29 @@
-"""What a VM holds on the host besides its QEMU: NIC plan, tap, seed ISO, GPU.
+"""What a VM holds on the host besides its QEMU: NIC plan, passt, tap, seed ISO, GPU.
 
-The manager calls four hooks, and nothing else here:
+The manager calls these hooks, and nothing else here:
+
+* :meth:`HostResources.prepare` once, before any VM starts or is re-adopted — the
+  host rule keeping NAT guests off the host's own addresses (:mod:`.firewall`);
 
 * :meth:`HostResources.unsupported` and :meth:`admit` at create — refuse what the
   host cannot do, fill in the network plan, refuse conflicts (MAC, IP, ports);
-* :meth:`acquire` before QEMU starts — check forwarded ports are free, make the tap,
-  write the cloud-init seed, bind the GPU; on failure whatever was set up is undone
-  and the VM stays as it was;
+* :meth:`acquire` before QEMU starts — check forwarded ports are free, start a NAT
+  VM's passt, make a bridge VM's tap and its anti-spoofing rules, write the
+  cloud-init seed, bind the GPU; on failure whatever was set up is undone and the
+  VM stays as it was;
+* :meth:`adopt` when a restarted server finds QEMU still running — find its passt;
 * :meth:`release` once QEMU has exited (and on delete and re-adoption cleanup) —
-  delete the tap and give devices back. It is idempotent.
+  stop passt, remove the rules and the tap, give devices back. It is idempotent.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -23,13 +31,23 @@ import trio
 from ..config import Settings
 from ..errors import HypervisorError, PortInUse, Unsupported
 from ..models import HostDevices, Vm, VmSpec
-from . import cloudinit, hostnet, network
+from . import cloudinit, firewall, hostnet, network, passt
+from .confine import QemuIdentity, unprivileged_identity
 from .layout import VmPaths
 from .vfio import GpuAllocator
 
-__all__ = ["HostResources"]
+__all__ = ["Held", "HostResources"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Held:
+    """What :meth:`HostResources.acquire` set up: VM fields to record, and for a NAT
+    VM QEMU's end of its passt socket (QEMU gets it; the caller closes this copy)."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    nic: socket.socket | None = None
 
 
 class HostResources:
@@ -40,14 +58,38 @@ class HostResources:
         settings: Settings,
         stored_vms: Callable[[], Iterable[Vm]],
         *,
-        qemu_uid: int | None = None,
+        qemu_identity: QemuIdentity | None = None,
     ) -> None:
         self._settings = settings
         self._net = network.NetworkConfig.from_settings(settings)
+        budget = settings.host_command_timeout_s
         self._taps = hostnet.TapManager(
-            settings.ip_binary, settings.host_command_timeout_s, owner_uid=qemu_uid
+            settings.ip_binary, budget, owner_uid=qemu_identity.uid if qemu_identity else None
         )
-        self._gpus = GpuAllocator(settings.sysfs_root, stored_vms, settings.host_command_timeout_s)
+        self._nft = firewall.Nftables(settings.nft_binary, budget)
+        # passt never runs as root: as root it is the QEMU user even if QEMU is not.
+        self._passt_identity = qemu_identity
+        if qemu_identity is None and os.geteuid() == 0:
+            self._passt_identity = unprivileged_identity()
+        self._passt = passt.PasstProcesses(settings.passt_binary, budget, self._passt_identity)
+        self._gpus = GpuAllocator(settings.sysfs_root, stored_vms, budget)
+
+    async def prepare(self) -> None:
+        """Install the rule keeping NAT guests off the host (as root; else warn).
+
+        Raises:
+            HypervisorError: nft refused it (the server must not run without it).
+        """
+        if self._passt_identity is None:
+            log.warning(
+                "the server is not root: NAT guests cannot reach its loopback through "
+                "the gateway, but they can reach the host's other addresses (the host "
+                "rule needs root; docs/threat-model.md)"
+            )
+            return
+        guard = firewall.host_guard(self._passt_identity.uid, network.NAT_GUEST.network)
+        await self._nft.apply(guard)
+        log.info("NAT guests are kept off the host (nft table %s)", firewall.HOST_TABLE)
 
     # -- create ----------------------------------------------------------------
 
@@ -90,8 +132,8 @@ class HostResources:
 
     # -- start / exit ----------------------------------------------------------
 
-    async def acquire(self, vm: Vm, direct_kernel: bool, paths: VmPaths) -> dict[str, Any]:
-        """Set up the host side of ``vm``'s next boot; the VM fields to record.
+    async def acquire(self, vm: Vm, direct_kernel: bool, paths: VmPaths) -> Held:
+        """Set up the host side of ``vm``'s next boot.
 
         Raises:
             PortInUse, Unsupported, DeviceInUse, DeviceUnavailable, HypervisorError.
@@ -108,28 +150,51 @@ class HostResources:
             )
         paths.vm_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         await trio.to_thread.run_sync(cloudinit.write_seed, vm, direct_kernel, paths)
-        if info is not None and info.tap is not None and info.bridge is not None:
-            await self._taps.create(info.tap, info.bridge)
+        held = Held()
         try:
-            gpu = await self._gpus.acquire(vm)
+            if info is not None and info.type == "nat":
+                held.nic = await self._passt.start(info, paths)
+            if info is not None and info.tap is not None and info.bridge is not None:
+                await self._taps.create(info.tap, info.bridge)
+                await self._nft.apply(firewall.tap_guard(vm.id, info))
+            held.fields["gpu_assignment"] = await self._gpus.acquire(vm)
         except BaseException:
+            if held.nic is not None:
+                held.nic.close()
             with trio.CancelScope(shield=True):
-                await self._remove_tap(vm)
+                await self._release_network(vm, paths)
             raise
-        return {"gpu_assignment": gpu}
+        return held
 
-    async def release(self, vm: Vm) -> None:
-        """Delete the VM's tap and give its devices back (idempotent, never raises HM errors)."""
+    def adopt(self, vm: Vm, paths: VmPaths) -> None:
+        """On re-adoption, find the VM's passt again (it lives as long as QEMU does)."""
+        if vm.network.type != "nat":
+            return
+        pid = passt.find(passt.PasstPaths.for_vm(paths))
+        if pid is None:
+            log.warning("%s: its passt is gone; the guest has no network", vm.id)
+        else:
+            log.info("%s: re-adopted passt pid %d", vm.id, pid)
+
+    async def release(self, vm: Vm, paths: VmPaths) -> None:
+        """Stop passt, remove the tap and its rules, give devices back (idempotent,
+        never raises HM errors)."""
         with trio.CancelScope(shield=True):
-            await self._remove_tap(vm)
+            await self._release_network(vm, paths)
             if vm.gpu_assignment is not None:
                 try:
                     await self._gpus.release(vm.id, vm.gpu_assignment)
                 except HypervisorError as err:
                     log.error("%s: devices not fully given back: %s", vm.id, err.message)
 
-    async def _remove_tap(self, vm: Vm) -> None:
+    async def _release_network(self, vm: Vm, paths: VmPaths) -> None:
+        if vm.network.type == "nat":
+            await self._passt.stop(paths)
         if vm.network.type == "bridge":
+            try:
+                await self._nft.apply(firewall.unguard(firewall.tap_table(vm.id)))
+            except HypervisorError as err:
+                log.error("%s: its tap rules stay: %s %s", vm.id, err.message, err.details)
             with contextlib.suppress(HypervisorError):
                 await self._taps.remove(network.tap_name(vm.id))
 
