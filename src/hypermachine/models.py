@@ -446,6 +446,14 @@ class GuestAgentInfo(_Strict):
 
     connected: bool = False
     version: str | None = None
+    reason: str | None = Field(
+        default=None, description="Why it is not connected (None while connected)."
+    )
+    last_error: str | None = Field(
+        default=None,
+        description="The last protocol violation of this VM's agent (garbage it sent, or "
+        "a failure of the server's agent task), kept after it reconnects.",
+    )
 
 
 class Vm(VmSpec):
