@@ -714,6 +714,7 @@ class EventType(StrEnum):
     VM_STATE_CHANGED = "vm.state_changed"
     QEMU_EXITED = "vm.qemu_exited"
     GUEST_PANICKED = "vm.guest_panicked"
+    VM_FAULT = "vm.fault"
     GUEST_AGENT_CONNECTED = "guest_agent.connected"
     GUEST_AGENT_DISCONNECTED = "guest_agent.disconnected"
 
