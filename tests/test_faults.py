@@ -1,13 +1,19 @@
 """Containment (hypervisor/faults.py): a failing VM task is reported, never raised on;
-cancellation still passes. QMP events with odd fields are read without raising."""
+cancellation still passes; a VM task that fails in a real server ends only that VM.
+QMP events with odd fields are read without raising."""
 
 from __future__ import annotations
+
+import shutil
+from typing import Any
 
 import pytest
 import trio
 
+from hypermachine.api import Services
 from hypermachine.hypervisor.faults import contained
 from hypermachine.hypervisor.machine import qmp_event
+from hypermachine.models import EventType
 
 
 async def test_a_failure_goes_to_the_fault_handler_not_the_caller() -> None:
@@ -89,3 +95,23 @@ def test_qmp_events_with_odd_fields(
     message: dict[str, object], expected: tuple[str, dict[str, object]]
 ) -> None:
     assert qmp_event(message) == expected
+
+
+async def test_a_failing_vm_task_makes_only_that_vm_error(client: Any, services: Services) -> None:
+    """An unexpected error in a VM's provisioning (here: its folder cannot be made,
+    an OSError nobody translates) marks that VM error; the server carries on."""
+    vms_dir = services.settings.vms_dir
+    shutil.rmtree(vms_dir, ignore_errors=True)
+    vms_dir.write_text("not a folder")
+    body = {"name": "doomed", "image": "tiny", "memory_mb": 512, "disk_gb": 1}
+    response = await client.post("/api/v1/vms", json=body)
+    assert response.status_code == 201, await response.get_data()
+    vm_id = (await response.get_json())["id"]
+    response = await client.get(f"/api/v1/vms/{vm_id}/wait?state=error&timeout=30")
+    vm = await response.get_json()
+    assert response.status_code == 200, vm
+    assert vm["state_reason"].startswith("internal error in the VM's supervision: "), vm
+    faults = [e for e in services.manager.events.after(0) if e.type is EventType.VM_FAULT]
+    assert [(e.vm_id, e.data["part"]) for e in faults] == [(vm_id, "the VM's supervision")]
+    assert (await client.get("/health")).status_code == 200
+    vms_dir.unlink()  # let the fixture's teardown delete the VM

@@ -176,7 +176,6 @@ class GuestAgent:
         self._changed = trio.Event()
         self._trouble = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._fault: str | None = None  # set when this agent's own task failed
 
     @property
     def connected(self) -> bool:
@@ -207,7 +206,7 @@ class GuestAgent:
                     await self._session(_Channel(stream, self._timing.max_line_bytes))
                 except _Untrusted as err:
                     reason = str(err)
-                    self._distrust(reason)
+                    self._set_disconnected(reason, violation=True)
                 except AgentGone as err:
                     log.debug("%s: guest agent channel lost: %s", self.vm_id, err)
                 finally:
@@ -254,27 +253,24 @@ class GuestAgent:
         self.info = GuestAgentInfo(connected=True, version=version, last_error=self.info.last_error)
         self._announce(None)
 
-    def _set_disconnected(self, reason: str) -> None:
-        """Record why the agent is not usable: announced when it was connected; for an
-        agent that never connected, the first reason is kept (quietly)."""
+    def _set_disconnected(self, reason: str, *, violation: bool = False) -> None:
+        """Record why the agent is not usable; announced when it was connected.
+
+        While it stays disconnected the first reason is kept, unless this one is a
+        protocol ``violation`` (garbage from the guest), which also becomes
+        ``last_error`` and is kept across reconnects.
+        """
         self._channel = None
-        if self.info.connected:
-            self.info = self.info.model_copy(update={"connected": False, "reason": reason})
+        was_connected = self.info.connected
+        update: dict[str, object] = {"connected": False}
+        if was_connected or violation or self.info.reason is None:
+            update["reason"] = reason
+        if violation:
+            update["last_error"] = reason
+            log.warning("%s: %s", self.vm_id, reason)
+        self.info = self.info.model_copy(update=update)
+        if was_connected:
             self._announce(reason)
-        elif self.info.reason is None:
-            self.info = self.info.model_copy(update={"reason": reason})
-
-    def _distrust(self, reason: str) -> None:
-        """The guest sent garbage: remembered in ``last_error`` (kept across reconnects)."""
-        log.warning("%s: %s", self.vm_id, reason)
-        self.info = self.info.model_copy(update={"last_error": reason})
-        self._set_disconnected(reason)
-
-    def fault(self, reason: str) -> None:
-        """This agent's own task failed (see faults.py): unavailable for the VM's life."""
-        self._fault = reason
-        self._distrust(reason)
-        self.info = self.info.model_copy(update={"reason": reason})
 
     def _announce(self, reason: str | None) -> None:
         self._changed.set()
@@ -324,14 +320,14 @@ class GuestAgent:
                 ) from err
             except _Untrusted as err:
                 self._trouble.set()  # the upkeep task resyncs the channel
-                self._distrust(str(err))
+                self._set_disconnected(str(err), violation=True)
                 raise GuestAgentUnavailable(str(err), vm_id=self.vm_id) from err
             except AgentGone as err:
                 self._trouble.set()
                 raise self.unavailable() from err
 
     def unavailable(self) -> GuestAgentUnavailable:
-        return unavailable(self.vm_id, self._fault)
+        return unavailable(self.vm_id, self.info.reason)
 
     def start_soon(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Run ``fn`` as a task owned by this agent (cancelled when the VM stops)."""

@@ -229,15 +229,21 @@ class Manager:
 
     def _failed(self, vm_id: str) -> Callable[[str], Awaitable[None]]:
         async def handle(reason: str) -> None:
-            """The last line of defence: a VM task failed outside its machine's guards."""
+            """The last line of defence: a VM task failed outside its machine's guards.
+            Its QEMU (if any) is killed and the VM is ``error``; then what it held on
+            the host is given back (a failure there is logged by ``contained``)."""
             self.events.vm_fault(vm_id, _VM_TASKS, reason)
             machine = self._machines.pop(vm_id, None)
             if machine is not None and not machine.exited.is_set():
                 machine.kill()
-            with contextlib.suppress(VmNotFound):
-                if self._store.get_vm(vm_id).state is not VmState.DELETING:
-                    await self._release(vm_id)
-                    self._set(vm_id, VmState.ERROR, reason, pid=None)
+            try:
+                if self._store.get_vm(vm_id).state is VmState.DELETING:
+                    return
+            except VmNotFound:
+                return
+            self._set(vm_id, VmState.ERROR, reason, pid=None)
+            security.after_exit(self._paths(vm_id))
+            await self._release(vm_id)
 
         return handle
 
