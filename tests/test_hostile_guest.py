@@ -19,7 +19,7 @@ import pytest
 from hypermachine.api import Services
 from hypermachine.config import Settings
 from hypermachine.models import EventType
-from support import REPO, make_settings, wait_until
+from support import REPO, make_settings, tiny_kernel_image, wait_until
 
 pytestmark = pytest.mark.qemu
 
@@ -36,23 +36,12 @@ AGENT_STREAMS = {
 }
 STREAMS = [*AGENT_STREAMS, "console"]
 
-_IMAGE = """
-[[image]]
-name = "{name}"
-boot = "kernel"
-dir = "tiny"
-disk = "disk.qcow2"
-kernel = "vmlinux"
-initrd = "initrd.img"
-append = "console=ttyS0 quiet panic=-1{extra}"
-"""
-
 
 @pytest.fixture
 def settings(data_dir: Path, compile_cache: Path) -> Settings:
     catalogue = data_dir.parent / "catalogue.toml"
-    images = [_IMAGE.format(name="tiny", extra="")] + [
-        _IMAGE.format(name=f"tiny-hostile-{s}", extra=f" hm.hostile={s}") for s in STREAMS
+    images = [tiny_kernel_image("tiny")] + [
+        tiny_kernel_image(f"tiny-hostile-{s}", f"hm.hostile={s}") for s in STREAMS
     ]
     catalogue.write_text("".join(images))
     return make_settings(
