@@ -344,10 +344,9 @@ class GuestAgent:
 
 def unavailable(vm_id: str, reason: str | None = None) -> GuestAgentUnavailable:
     """The error for a VM whose agent does not answer, with what we know of why."""
-    if reason is not None:
-        return GuestAgentUnavailable(f"the guest agent is unavailable: {reason}", vm_id=vm_id)
+    why = f" ({reason})" if reason is not None else ""
     return GuestAgentUnavailable(
-        "no guest agent answers in this VM: install and start qemu-guest-agent in the "
+        f"no guest agent answers in this VM{why}: install and start qemu-guest-agent in the "
         "guest (virtio-serial port org.qemu.guest_agent.0), or pass ?wait_agent=SECONDS "
         "right after a boot",
         vm_id=vm_id,
