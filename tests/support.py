@@ -18,6 +18,21 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_DIR = REPO / "images" / "tiny"
 
 
+def tiny_kernel_image(name: str, switches: str = "") -> str:
+    """A catalogue entry booting the tiny image's kernel with extra command-line switches
+    (the tiny guest's ``hm.*`` test switches, docs/images.md)."""
+    return f"""
+[[image]]
+name = "{name}"
+boot = "kernel"
+dir = "tiny"
+disk = "disk.qcow2"
+kernel = "vmlinux"
+initrd = "initrd.img"
+append = "console=ttyS0 quiet panic=-1{" " + switches if switches else ""}"
+"""
+
+
 def require_tiny() -> None:
     if (TINY_DIR / "image.json").exists():
         return

@@ -248,6 +248,8 @@ async def test_exec_files_console_events_on_one_guest(client: Any, services: Ser
         assert vm["state"] == "running" and vm["guest_agent"] == {
             "connected": False,
             "version": None,
+            "reason": None,
+            "last_error": None,
         }
 
         await check_exec(client, vm_id)

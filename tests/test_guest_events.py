@@ -9,35 +9,21 @@ import pytest
 
 from hypermachine.api import Services
 from hypermachine.config import Settings
-from support import REPO, make_settings, wait_until
+from support import REPO, make_settings, tiny_kernel_image, wait_until
 
 pytestmark = pytest.mark.qemu
 
-CATALOGUE = """
-[[image]]
-name = "tiny-poweroff"
-boot = "kernel"
-dir = "tiny"
-disk = "disk.qcow2"
-kernel = "vmlinux"
-initrd = "initrd.img"
-append = "console=ttyS0 quiet panic=-1 hm.poweroff"
-
-[[image]]
-name = "tiny-panic"
-boot = "kernel"
-dir = "tiny"
-disk = "disk.qcow2"
-kernel = "vmlinux"
-initrd = "initrd.img"
-append = "console=ttyS0 quiet panic=-1 hm.panic"
-
+CATALOGUE = (
+    tiny_kernel_image("tiny-poweroff", "hm.poweroff")
+    + tiny_kernel_image("tiny-panic", "hm.panic")
+    + """
 [[image]]
 name = "tiny-bootdisk"
 boot = "disk"
 dir = "tiny"
 disk = "bootdisk.qcow2"
 """
+)
 
 
 @pytest.fixture

@@ -105,6 +105,9 @@ class Settings:
     guest_agent_command_timeout_s: float = 30.0
     guest_agent_ping_interval_s: float = 5.0
     guest_agent_retry_s: float = 1.0
+    # The longest line the agent may send: above qemu-ga's largest reply (guest-exec-status
+    # carries up to 16 MiB of output per stream, base64: 4/3 of that, twice).
+    guest_agent_max_line_bytes: int = 48 * 1024 * 1024
     exec_timeout_default_s: float = 300.0
     exec_timeout_max_s: float = 24 * 3600.0
     exec_poll_max_s: float = 0.5

@@ -59,6 +59,10 @@ class EventLog:
     def vm_deleted(self, vm_id: str) -> None:
         self.record(EventType.VM_DELETED, vm_id)
 
+    def vm_fault(self, vm_id: str, part: str, reason: str) -> None:
+        """A task of the VM failed and was contained (hypervisor/faults.py)."""
+        self.record(EventType.VM_FAULT, vm_id, part=part, reason=reason)
+
     def state_changed(self, vm: Vm, previous: VmState | None) -> None:
         if previous is vm.state:
             return

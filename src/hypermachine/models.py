@@ -468,6 +468,14 @@ class GuestAgentInfo(_Strict):
 
     connected: bool = False
     version: str | None = None
+    reason: str | None = Field(
+        default=None, description="Why it is not connected (None while connected)."
+    )
+    last_error: str | None = Field(
+        default=None,
+        description="The last protocol violation of this VM's agent (garbage it sent, or "
+        "a failure of the server's agent task), kept after it reconnects.",
+    )
 
 
 class Vm(VmSpec):
@@ -825,6 +833,7 @@ class EventType(StrEnum):
     VM_STATE_CHANGED = "vm.state_changed"
     QEMU_EXITED = "vm.qemu_exited"
     GUEST_PANICKED = "vm.guest_panicked"
+    VM_FAULT = "vm.fault"
     GUEST_AGENT_CONNECTED = "guest_agent.connected"
     GUEST_AGENT_DISCONNECTED = "guest_agent.disconnected"
     SNAPSHOT_STEP = "vm.snapshot"

@@ -4,10 +4,14 @@ Everything lives in registries owned by one :class:`Telemetry` (no global
 ``prometheus_client.REGISTRY``), so several servers or tests never share counts.
 VM figures (state counts, CPU, memory, disk, network) are gathered when
 ``/metrics`` is scraped, into a fresh registry, and appended to the counters.
+Each VM's figures are read on their own: one VM whose figures cannot be read
+(stopped meanwhile, agent gone, or anything unexpected, which is logged) is left
+out of that scrape, and every other VM is still reported.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -24,6 +28,8 @@ if TYPE_CHECKING:
     from .hypervisor.manager import Manager
 
 __all__ = ["CONTENT_TYPE", "Telemetry"]
+
+log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LIVE = (VmState.RUNNING, VmState.PAUSED)
@@ -97,6 +103,9 @@ class _VmSnapshot(Collector):
                     snapshot.network[vm.id] = await manager.guest.network_stats(vm.id)
             except HMError:
                 continue  # the VM stopped or its agent left meanwhile: no figures for it
+            except Exception:
+                log.exception("%s: its figures are left out of this scrape", vm.id)
+                snapshot.metrics.pop(vm.id, None)
         return snapshot
 
     def collect(self) -> Iterator[Metric]:

@@ -59,7 +59,16 @@ from ..models import (
     VmState,
 )
 from ..store import utcnow
-from .guest_agent import AgentRefused, AgentTiming, GuestAgent
+from .agent_protocol import (
+    Done,
+    ExecStarted,
+    ExecState,
+    FileChunk,
+    FilePosition,
+    Handle,
+    NetworkInterface,
+)
+from .guest_agent import AgentRefused, AgentTiming, GuestAgent, unavailable
 
 __all__ = ["GuestFileReader", "GuestService"]
 
@@ -199,15 +208,16 @@ class GuestFileReader:
         try:
             while True:
                 reply = await self._agent.call(
-                    "guest-file-read", {"handle": self._handle, "count": self._chunk}
+                    "guest-file-read",
+                    {"handle": self._handle, "count": self._chunk},
+                    reply=FileChunk,
                 )
-                data = base64.b64decode(reply.get("buf-b64", ""))
-                total += len(data)
+                total += len(reply.data)
                 if total > self._limit:
                     raise GuestFileTooLarge("the guest file grew past the size limit")
-                if data:
-                    yield data
-                if reply.get("eof") or not data:
+                if reply.data:
+                    yield reply.data
+                if reply.eof or not reply.data:
                     return
         except AgentRefused as err:
             raise GuestOperationFailed(f"reading the guest file failed: {err.desc}") from err
@@ -230,7 +240,9 @@ class GuestService:
             command_timeout_s=settings.guest_agent_command_timeout_s,
             ping_interval_s=settings.guest_agent_ping_interval_s,
             retry_s=settings.guest_agent_retry_s,
+            max_line_bytes=settings.guest_agent_max_line_bytes,
         )
+        self._faults: dict[str, GuestAgentInfo] = {}  # agents whose own task failed
         events.add_listener(lambda _event: self._announce())  # waiters see state changes too
 
     # -- agents --------------------------------------------------------------------
@@ -239,6 +251,7 @@ class GuestService:
         """The VM's companion task: keep its agent connected while QEMU runs."""
         agent = GuestAgent(vm_id, socket_path, self._timing, self._agent_changed)
         self._agents[vm_id] = agent
+        self._faults.pop(vm_id, None)
         self._announce()
         try:
             await agent.run()
@@ -246,6 +259,17 @@ class GuestService:
             if self._agents.get(vm_id) is agent:
                 del self._agents[vm_id]
             self._announce()
+
+    def agent_faulted(self, vm_id: str, reason: str) -> None:
+        """The fault handler of the VM's agent task (faults.py): the agent is unavailable
+        with ``reason`` until the VM next starts; the VM itself carries on."""
+        agent = self._agents.pop(vm_id, None)
+        info = agent.info if agent is not None else GuestAgentInfo()
+        self._faults[vm_id] = info.model_copy(
+            update={"connected": False, "reason": reason, "last_error": reason}
+        )
+        self._events.record(EventType.GUEST_AGENT_DISCONNECTED, vm_id, reason=reason)
+        self._announce()
 
     def _agent_changed(self, agent: GuestAgent, reason: str | None) -> None:
         if agent.connected:
@@ -262,11 +286,12 @@ class GuestService:
 
     def info(self, vm_id: str) -> GuestAgentInfo:
         agent = self._agents.get(vm_id)
-        return agent.info if agent is not None else GuestAgentInfo()
+        return agent.info if agent is not None else self._faults.get(vm_id, GuestAgentInfo())
 
     def forget(self, vm_id: str) -> None:
         """Drop the command records of a deleted VM."""
         self._jobs.pop(vm_id, None)
+        self._faults.pop(vm_id, None)
 
     async def agent(self, vm_id: str, wait_s: float = 0) -> GuestAgent:
         """The VM's connected agent, waiting up to ``wait_s`` for it.
@@ -294,9 +319,11 @@ class GuestService:
                     return agent
                 await changed.wait()
         agent = self._agents.get(vm_id)
-        if agent is None:
-            raise GuestAgentUnavailable("the VM's guest agent channel is not open", vm_id=vm_id)
-        raise agent.unavailable()
+        if agent is not None:
+            raise agent.unavailable()
+        if vm_id in self._faults:
+            raise unavailable(vm_id, self._faults[vm_id].reason)
+        raise GuestAgentUnavailable("the VM's guest agent channel is not open", vm_id=vm_id)
 
     # -- exec ------------------------------------------------------------------------
 
@@ -351,12 +378,12 @@ class GuestService:
 
     async def _guest_exec(self, agent: GuestAgent, arguments: dict[str, Any], shown: str) -> int:
         try:
-            reply = await agent.call("guest-exec", arguments)
+            reply = await agent.call("guest-exec", arguments, reply=ExecStarted)
         except AgentRefused as err:
             raise GuestOperationFailed(
                 f"the guest could not run {shown!r}: {err.desc}", program=shown
             ) from err
-        return int(reply["pid"])
+        return reply.pid
 
     async def _launch(self, agent: GuestAgent, request: ExecRequest) -> int:
         arguments = self._exec_arguments(request, list(request.command))
@@ -380,23 +407,29 @@ class GuestService:
 
     async def _open(self, agent: GuestAgent, path: str, mode: str) -> int:
         try:
-            return int(await agent.call("guest-file-open", {"path": path, "mode": mode}))
+            return await agent.call("guest-file-open", {"path": path, "mode": mode}, reply=Handle)
         except AgentRefused as err:
             raise _refusal(err, path) from err
 
     async def _follow(
         self, agent: GuestAgent, job: _Job, pid: int, files: list[_TailedFile]
     ) -> None:
-        """Poll the command until it ends (no event exists for that), then clean up."""
+        """Poll the command until it ends (no event exists for that), then clean up.
+
+        The job always ends: on a failure of this task too (its owner, the agent,
+        then reports the fault), so no waiter is left hanging.
+        """
         try:
             await self._poll(agent, job, pid, files)
         except GuestAgentUnavailable as err:
             job.finish(ExecStatus.FAILED, err.message)
         except AgentRefused as err:
             job.finish(ExecStatus.FAILED, f"the guest agent refused {err.command}: {err.desc}")
-        except trio.Cancelled:
-            job.finish(ExecStatus.FAILED, "the VM stopped before the command finished")
-            raise
+        finally:
+            job.finish(
+                ExecStatus.FAILED,
+                "the VM stopped, or its guest agent failed, before the command finished",
+            )
         if files:
             await self._remove_files(agent, files)
 
@@ -405,9 +438,9 @@ class GuestService:
         deadline = job.t0 + job.timeout_s
         killed_at: float | None = None
         while True:
-            status = await agent.call("guest-exec-status", {"pid": pid})
+            status = await agent.call("guest-exec-status", {"pid": pid}, reply=ExecState)
             grew = await self._drain(agent, files)
-            if status.get("exited"):
+            if status.exited:
                 self._take_exit(job, status, timed_out=killed_at is not None)
                 return
             now = trio.current_time()
@@ -422,15 +455,13 @@ class GuestService:
             await trio.sleep(min(interval, max(deadline - now, 0.01)))
             interval = min(interval * 2, self._settings.exec_poll_max_s)
 
-    def _take_exit(self, job: _Job, status: dict[str, Any], *, timed_out: bool) -> None:
-        if "out-data" in status:
-            job.stdout.add(base64.b64decode(status["out-data"]))
-        if "err-data" in status:
-            job.stderr.add(base64.b64decode(status["err-data"]))
-        job.stdout.truncated |= bool(status.get("out-truncated"))
-        job.stderr.truncated |= bool(status.get("err-truncated"))
-        job.exit_code = status.get("exitcode")
-        job.signal = status.get("signal")
+    def _take_exit(self, job: _Job, status: ExecState, *, timed_out: bool) -> None:
+        job.stdout.add(status.out_data)
+        job.stderr.add(status.err_data)
+        job.stdout.truncated |= status.out_truncated
+        job.stderr.truncated |= status.err_truncated
+        job.exit_code = status.exitcode
+        job.signal = status.signal
         if timed_out:
             job.finish(ExecStatus.TIMED_OUT, f"killed after timeout_s={job.timeout_s:g}")
         else:
@@ -442,11 +473,15 @@ class GuestService:
         chunk = self._settings.file_chunk_bytes
         for tailed in files:
             while not tailed.output.full:
-                await agent.call("guest-file-seek", _seek(tailed.handle, tailed.offset, "set"))
-                reply = await agent.call(
-                    "guest-file-read", {"handle": tailed.handle, "count": chunk}
+                await agent.call(
+                    "guest-file-seek",
+                    _seek(tailed.handle, tailed.offset, "set"),
+                    reply=FilePosition,
                 )
-                data = base64.b64decode(reply.get("buf-b64", ""))
+                reply = await agent.call(
+                    "guest-file-read", {"handle": tailed.handle, "count": chunk}, reply=FileChunk
+                )
+                data = reply.data
                 if not data:
                     break
                 tailed.output.add(data)
@@ -458,7 +493,9 @@ class GuestService:
 
     async def _kill(self, agent: GuestAgent, pid: int) -> None:
         try:
-            await agent.call("guest-exec", {"path": "kill", "arg": ["-KILL", str(pid)]})
+            await agent.call(
+                "guest-exec", {"path": "kill", "arg": ["-KILL", str(pid)]}, reply=ExecStarted
+            )
         except AgentRefused as err:
             log.warning("%s: could not kill guest pid %d: %s", agent.vm_id, pid, err.desc)
 
@@ -524,24 +561,17 @@ class GuestService:
         """
         agent = await self.agent(vm_id)
         try:
-            interfaces = await agent.call("guest-network-get-interfaces")
+            interfaces = await agent.call(
+                "guest-network-get-interfaces",
+                reply=list[NetworkInterface],
+            )
         except AgentRefused as err:
             raise GuestOperationFailed(f"the guest agent refused: {err.desc}") from err
-        found = []
-        for nic in interfaces if isinstance(interfaces, list) else []:
-            stats = nic.get("statistics") or {}
-            if nic.get("name") == "lo" or not stats:
-                continue
-            found.append(
-                InterfaceStats(
-                    name=str(nic.get("name")),
-                    rx_bytes=int(stats.get("rx-bytes", 0)),
-                    tx_bytes=int(stats.get("tx-bytes", 0)),
-                    rx_packets=int(stats.get("rx-packets", 0)),
-                    tx_packets=int(stats.get("tx-packets", 0)),
-                )
-            )
-        return found
+        return [
+            InterfaceStats(name=nic.name, **nic.statistics.model_dump())
+            for nic in interfaces
+            if nic.name != "lo" and nic.statistics is not None
+        ]
 
     # -- files -----------------------------------------------------------------------
 
@@ -557,12 +587,12 @@ class GuestService:
         agent = await self.agent(vm_id, wait_agent_s)
         handle = await self._open(agent, request.path, "r")
         try:
-            end = await agent.call("guest-file-seek", _seek(handle, 0, "end"))
-            await agent.call("guest-file-seek", _seek(handle, 0, "set"))
+            end = await agent.call("guest-file-seek", _seek(handle, 0, "end"), reply=FilePosition)
+            await agent.call("guest-file-seek", _seek(handle, 0, "set"), reply=FilePosition)
         except AgentRefused as err:
             await agent.close_quietly("guest-file-close", {"handle": handle})
             raise _refusal(err, request.path) from err
-        size = int(end.get("position", 0))
+        size = end.position
         limit = self._settings.file_max_bytes
         if size > limit:
             await agent.close_quietly("guest-file-close", {"handle": handle})
@@ -610,8 +640,10 @@ class GuestService:
         try:
             for start in range(0, len(data), chunk):
                 piece = data[start : start + chunk]
-                await agent.call("guest-file-write", {"handle": handle, "buf-b64": _b64(piece)})
-            await agent.call("guest-file-flush", {"handle": handle})
+                await agent.call(
+                    "guest-file-write", {"handle": handle, "buf-b64": _b64(piece)}, reply=Done
+                )
+            await agent.call("guest-file-flush", {"handle": handle}, reply=Done)
         except AgentRefused as err:
             raise _refusal(err, path) from err
         finally:

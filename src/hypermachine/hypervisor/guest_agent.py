@@ -11,6 +11,13 @@ different from QMP (and why ``qemu.qmp`` cannot be used, see qemu-notes §8):
 * every later command carries an ``id`` that the agent echoes, so a late reply
   to a command we gave up on is recognised and skipped.
 
+Whatever the guest writes is checked at one seam (``agent_protocol.py``): a line
+longer than ``max_line_bytes``, nested too deep, not a reply object, or a
+``return`` that does not fit the command's model is an :class:`AgentProtocolError`.
+That marks the agent unavailable with the reason (the caller gets
+``GuestAgentUnavailable`` saying so) and the upkeep task resyncs; it never
+raises out of the VM's tasks.
+
 :class:`GuestAgent` is one VM's agent: its :meth:`~GuestAgent.run` task lives in
 the VM's supervisor nursery (it ends when QEMU does), keeps the connection,
 syncs until the agent answers, pings it, and resyncs when it stops answering
@@ -27,25 +34,33 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from ..errors import GuestAgentUnavailable
 from ..models import GuestAgentInfo
+from .agent_protocol import AgentInfo, AgentProtocolError, Done, decode_reply, returned
 
-__all__ = ["AgentRefused", "AgentTiming", "GuestAgent"]
+__all__ = ["AgentProtocolError", "AgentRefused", "AgentTiming", "GuestAgent"]
 
 log = logging.getLogger(__name__)
 
 _DELIMITER = 0xFF
-_MAX_LINE = 64 * 1024 * 1024  # the agent's own JSON token limit
 _SYNC_BACKOFF_MAX_S = 10.0
 _FIRST_CONNECT_RETRY_S = 0.02
+T = TypeVar("T")
 
 
 class AgentGone(Exception):
     """The socket closed or broke (QEMU is exiting or the channel was reset)."""
+
+
+class _Untrusted(AgentGone):
+    """The channel carried garbage: it cannot be trusted until the next sync."""
+
+    def __init__(self, err: AgentProtocolError) -> None:
+        super().__init__(f"the guest agent sent {err}")
 
 
 class AgentRefused(Exception):
@@ -58,19 +73,21 @@ class AgentRefused(Exception):
 
 @dataclass(frozen=True)
 class AgentTiming:
-    """The named budgets (from Settings) of every wait on the agent."""
+    """The named budgets (from Settings) of every wait on the agent, and its line limit."""
 
     sync_timeout_s: float
     command_timeout_s: float
     ping_interval_s: float
     retry_s: float
+    max_line_bytes: int
 
 
 class _Channel:
     """Newline-delimited JSON over one stream; one command in flight at a time."""
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.Stream, max_line: int) -> None:
         self._stream = stream
+        self._max_line = max_line
         self._buffer = bytearray()
 
     async def _send(self, message: dict[str, Any], *, delimit: bool = False) -> None:
@@ -88,11 +105,12 @@ class _Channel:
         if not chunk:
             raise AgentGone("the guest agent channel closed")
         self._buffer += chunk
-        if len(self._buffer) > _MAX_LINE:
-            raise AgentGone("the guest agent sent an over-long line")
 
     async def _line(self) -> bytes:
         while (end := self._buffer.find(b"\n")) < 0:
+            if len(self._buffer) > self._max_line:
+                self._buffer.clear()
+                raise _Untrusted(AgentProtocolError(f"a line longer than {self._max_line} bytes"))
             await self._fill()
         line = bytes(self._buffer[:end])
         del self._buffer[: end + 1]
@@ -107,33 +125,35 @@ class _Channel:
                 self._buffer.clear()  # nothing before a delimiter is ours
                 await self._fill()
             del self._buffer[: start + 1]
-            reply = _parse(await self._line())
-            if reply is not None and reply.get("return") == sync_id:
-                return
+            line = (await self._line()).lstrip(bytes([_DELIMITER]))
+            with contextlib.suppress(AgentProtocolError):  # not ours: skip it
+                reply = decode_reply(line)
+                if reply.value == sync_id and type(reply.value) is int:
+                    return
 
-    async def call(self, msg_id: int, command: str, arguments: dict[str, Any] | None) -> Any:
+    async def call(
+        self, msg_id: int, command: str, arguments: dict[str, Any] | None, reply: type[T]
+    ) -> T:
+        """Send ``command`` and return its reply as ``reply``.
+
+        Raises:
+            AgentRefused: the agent answered with an error.
+            AgentGone: the channel broke, or carried garbage (``_Untrusted``).
+        """
         request: dict[str, Any] = {"execute": command, "id": msg_id}
         if arguments:
             request["arguments"] = arguments
         await self._send(request)
         while True:
-            reply = _parse(await self._line())
-            if reply is None or reply.get("id") != msg_id:
-                continue  # a stale reply to something we gave up on
-            if "error" in reply:
-                error = reply["error"] if isinstance(reply["error"], dict) else {}
-                raise AgentRefused(
-                    command, str(error.get("class", "")), str(error.get("desc", reply["error"]))
-                )
-            return reply.get("return")
-
-
-def _parse(line: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(line.lstrip(bytes([_DELIMITER])))
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
+            try:
+                answer = decode_reply(await self._line())
+                if answer.id != msg_id:
+                    continue  # a stale reply to something we gave up on
+                if answer.error_class is not None:
+                    raise AgentRefused(command, answer.error_class, answer.error_desc)
+                return returned(reply, answer.value, command)
+            except AgentProtocolError as err:
+                raise _Untrusted(err) from err
 
 
 class GuestAgent:
@@ -187,12 +207,16 @@ class GuestAgent:
                 continue
             delay = _FIRST_CONNECT_RETRY_S
             async with stream:
+                reason = "the guest agent channel closed"
                 try:
-                    await self._session(_Channel(stream))
+                    await self._session(_Channel(stream, self._timing.max_line_bytes))
+                except _Untrusted as err:
+                    reason = str(err)
+                    self._set_disconnected(reason, violation=True)
                 except AgentGone as err:
                     log.debug("%s: guest agent channel lost: %s", self.vm_id, err)
                 finally:
-                    self._set_disconnected("the guest agent channel closed")
+                    self._set_disconnected(reason)
             await trio.sleep(self._timing.retry_s)
 
     async def _session(self, channel: _Channel) -> None:
@@ -200,9 +224,8 @@ class GuestAgent:
             await self._sync_until_answered(channel)
             async with self._lock:
                 with trio.move_on_after(self._timing.command_timeout_s):
-                    info = await channel.call(next(self._ids), "guest-info", None)
-                    version = info.get("version") if isinstance(info, dict) else None
-                    self._set_connected(channel, str(version) if version else None)
+                    info = await channel.call(next(self._ids), "guest-info", None, AgentInfo)
+                    self._set_connected(channel, info.version)
             if self.connected:
                 await self._keep_alive(channel)
                 self._set_disconnected("the guest agent stopped answering")
@@ -226,20 +249,33 @@ class GuestAgent:
                 return
             async with self._lock:
                 with trio.move_on_after(self._timing.command_timeout_s):
-                    await channel.call(next(self._ids), "guest-ping", None)
+                    await channel.call(next(self._ids), "guest-ping", None, Done)
                     continue
             return
 
     def _set_connected(self, channel: _Channel, version: str | None) -> None:
         self._channel = channel
         self._trouble = trio.Event()  # trouble from before this sync is past
-        self.info = GuestAgentInfo(connected=True, version=version)
+        self.info = GuestAgentInfo(connected=True, version=version, last_error=self.info.last_error)
         self._announce(None)
 
-    def _set_disconnected(self, reason: str) -> None:
+    def _set_disconnected(self, reason: str, *, violation: bool = False) -> None:
+        """Record why the agent is not usable; announced when it was connected.
+
+        While it stays disconnected the first reason is kept, unless this one is a
+        protocol ``violation`` (garbage from the guest), which also becomes
+        ``last_error`` and is kept across reconnects.
+        """
         self._channel = None
-        if self.info.connected:
-            self.info = GuestAgentInfo(connected=False, version=self.info.version)
+        was_connected = self.info.connected
+        update: dict[str, object] = {"connected": False}
+        if was_connected or violation or self.info.reason is None:
+            update["reason"] = reason
+        if violation:
+            update["last_error"] = reason
+            log.warning("%s: %s", self.vm_id, reason)
+        self.info = self.info.model_copy(update=update)
+        if was_connected:
             self._announce(reason)
 
     def _announce(self, reason: str | None) -> None:
@@ -257,12 +293,18 @@ class GuestAgent:
         return self.connected
 
     async def call(
-        self, command: str, arguments: dict[str, Any] | None = None, *, timeout_s: float = 0
-    ) -> Any:
-        """Run one agent command.
+        self,
+        command: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        reply: type[T],
+        timeout_s: float = 0,
+    ) -> T:
+        """Run one agent command; its reply is checked against ``reply``.
 
         Raises:
-            GuestAgentUnavailable: not connected, the channel broke, or no reply in time.
+            GuestAgentUnavailable: not connected, the channel broke, the agent sent
+                garbage (the reason says what), or no reply in time.
             AgentRefused: the agent answered with an error.
         """
         timeout = timeout_s or self._timing.command_timeout_s
@@ -274,7 +316,7 @@ class GuestAgent:
                 raise self.unavailable()
             try:
                 with trio.fail_after(timeout):
-                    return await channel.call(next(self._ids), command, arguments)
+                    return await channel.call(next(self._ids), command, arguments, reply)
             except trio.TooSlowError as err:
                 self._trouble.set()
                 self._set_disconnected("the guest agent stopped answering")
@@ -282,17 +324,16 @@ class GuestAgent:
                     f"the guest agent did not answer {command} within {timeout:g} s",
                     vm_id=self.vm_id,
                 ) from err
+            except _Untrusted as err:
+                self._trouble.set()  # the upkeep task resyncs the channel
+                self._set_disconnected(str(err), violation=True)
+                raise GuestAgentUnavailable(str(err), vm_id=self.vm_id) from err
             except AgentGone as err:
                 self._trouble.set()
                 raise self.unavailable() from err
 
     def unavailable(self) -> GuestAgentUnavailable:
-        return GuestAgentUnavailable(
-            "no guest agent answers in this VM: install and start qemu-guest-agent in the "
-            "guest (virtio-serial port org.qemu.guest_agent.0), or pass ?wait_agent=SECONDS "
-            "right after a boot",
-            vm_id=self.vm_id,
-        )
+        return unavailable(self.vm_id, self.info.reason)
 
     def start_soon(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Run ``fn`` as a task owned by this agent (cancelled when the VM stops)."""
@@ -304,4 +345,15 @@ class GuestAgent:
         """Best-effort cleanup command (e.g. closing a file handle), even when cancelled."""
         quiet = contextlib.suppress(GuestAgentUnavailable, AgentRefused)
         with trio.CancelScope(shield=True), quiet:
-            await self.call(command, arguments, timeout_s=self._timing.sync_timeout_s)
+            await self.call(command, arguments, reply=Done, timeout_s=self._timing.sync_timeout_s)
+
+
+def unavailable(vm_id: str, reason: str | None = None) -> GuestAgentUnavailable:
+    """The error for a VM whose agent does not answer, with what we know of why."""
+    why = f" ({reason})" if reason is not None else ""
+    return GuestAgentUnavailable(
+        f"no guest agent answers in this VM{why}: install and start qemu-guest-agent in the "
+        "guest (virtio-serial port org.qemu.guest_agent.0), or pass ?wait_agent=SECONDS "
+        "right after a boot",
+        vm_id=vm_id,
+    )

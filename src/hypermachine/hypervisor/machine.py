@@ -4,11 +4,16 @@ A :class:`Machine` exists while a QEMU process does. Its :meth:`supervise` task
 (owned by the manager's nursery) turns QMP events and the process's exit into
 state reports through a callback; cancelling it only detaches — QEMU keeps
 running and a restarted server re-adopts it, as libvirt does.
+
+Each task of the supervision runs contained (faults.py): a failure of the QMP
+session or of a stop task ends this QEMU and makes the VM ``error`` with the
+reason (:meth:`Machine.fail`); a failing companion calls its own fault handler.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -24,10 +29,11 @@ import trio
 from ..errors import HypervisorError
 from ..models import VmState
 from .confine import QemuIdentity
+from .faults import FaultHandler, contained
 from .layout import VmPaths
 from .qmp import QmpBridge, QmpGone, QmpSession
 
-__all__ = ["ExitReport", "Machine", "adopt_pid", "spawn_qemu"]
+__all__ = ["Companion", "ExitReport", "Machine", "adopt_pid", "qmp_event", "spawn_qemu"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,24 @@ _SHUTDOWN_REASONS = {
     "host-signal": "QEMU was terminated by a signal",
     "guest-panic": "the guest kernel panicked",
 }
+
+
+@dataclass(frozen=True)
+class Companion:
+    """A task that lives exactly as long as a VM's supervision (guest agent, log rotation).
+
+    ``on_fault`` marks what it serves as broken when the task fails; the VM runs on.
+    """
+
+    name: str
+    run: Callable[[], Awaitable[None]]
+    on_fault: FaultHandler
+
+
+def qmp_event(message: dict[str, object]) -> tuple[str, dict[str, object]]:
+    """An event's name and data, whatever odd fields it carries (never raises)."""
+    name, data = message.get("event"), message.get("data")
+    return (name if isinstance(name, str) else "", data if isinstance(data, dict) else {})
 
 
 @dataclass
@@ -166,9 +190,9 @@ class Machine:
     exited: trio.Event = field(default_factory=trio.Event)
     finished: trio.Event = field(default_factory=trio.Event)  # the exit has been handled
     report: ExitReport = field(default_factory=ExitReport)
-    # Tasks that live exactly as long as this supervision (guest agent, log rotation).
-    companions: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    companions: list[Companion] = field(default_factory=list)
     on_qmp: Callable[[str, float], None] | None = None  # (command, seconds) for metrics
+    on_fault: Callable[[str, str], None] | None = None  # (part, reason), for the event log
     _nursery: trio.Nursery | None = None
     _process: psutil.Process | None = None
     _events_done: trio.Event = field(default_factory=trio.Event)
@@ -235,11 +259,28 @@ class Machine:
         self.kill()
         await self.exited.wait()
 
-    def start_soon(self, fn: Callable[[], Awaitable[None]]) -> None:
-        """Run ``fn`` as a task of this machine's supervisor (it ends with the VM)."""
+    def start_soon(self, part: str, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run ``fn`` as a task of this machine's supervisor (it ends with the VM); if it
+        fails, the VM fails (:meth:`fail`)."""
         if self._nursery is None:
             raise HypervisorError("the VM is not being supervised", vm_id=self.vm_id)
-        self._nursery.start_soon(fn)
+        self._nursery.start_soon(self._contained, part, fn, self.fail)
+
+    def fail(self, reason: str) -> None:
+        """Give up on this QEMU: kill it; its exit is reported as ``error`` with ``reason``."""
+        if self.report.failure is None:
+            self.report.failure = reason
+        self.kill()
+
+    async def _contained(
+        self, part: str, fn: Callable[[], Awaitable[None]], on_fault: FaultHandler
+    ) -> None:
+        def handle(reason: str) -> Awaitable[None] | None:
+            if self.on_fault is not None:
+                self.on_fault(part, reason)
+            return on_fault(reason)
+
+        await contained(self.vm_id, part, fn, handle)
 
     async def supervise(
         self,
@@ -259,9 +300,12 @@ class Machine:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._session, on_state, boot)
+                session = functools.partial(self._session, on_state, boot)
+                nursery.start_soon(self._contained, "the QMP session", session, self.fail)
                 for companion in self.companions:
-                    nursery.start_soon(companion)
+                    nursery.start_soon(
+                        self._contained, companion.name, companion.run, companion.on_fault
+                    )
                 task_status.started()
                 await trio.lowlevel.wait_readable(pidfd)
                 self._gone.set()
@@ -313,7 +357,7 @@ class Machine:
         if self.session is None:
             return
         async for event in self.session.events:
-            name, data = event.get("event"), event.get("data") or {}
+            name, data = qmp_event(event)
             log.debug("%s: QMP event %s %s", self.vm_id, name, data)
             if name == "SHUTDOWN":
                 self.report.shutdown_reason = str(data.get("reason"))

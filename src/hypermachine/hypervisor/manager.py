@@ -52,10 +52,11 @@ from . import capabilities, disks, layers, security
 from .cmdline import BootSource, build_argv
 from .confine import QemuIdentity
 from .console import ConsoleService, rotate_at_start
+from .faults import contained
 from .guest import GuestService
 from .host import HostFacts, check_supported
 from .layout import VmPaths
-from .machine import Machine, adopt_pid, spawn_qemu
+from .machine import Companion, Machine, adopt_pid, spawn_qemu
 from .qmp import QmpBridge
 from .resources import HostResources
 from .snapfiles import Resume
@@ -126,6 +127,20 @@ def _host_budget(settings: Settings) -> HostBudget:
 
 
 _ALL = VmQuery(limit=500)
+_VM_TASKS = "the VM's supervision"
+
+
+class _Started:
+    """A task status that remembers whether the task reported ready."""
+
+    def __init__(self, inner: trio.TaskStatus[None]) -> None:
+        self._inner = inner
+        self.reported = False
+
+    def started(self, value: None = None) -> None:
+        self.reported = True
+        self._inner.started()
+
 
 # States the server itself is driving; QEMU's events then don't override them.
 _SERVER_DRIVEN = frozenset(
@@ -200,10 +215,63 @@ class Manager:
             task_status.started()
             await trio.sleep_forever()
 
-    def _spawn(self, fn: Any, *args: Any) -> None:
+    def _spawn(self, vm_id: str, fn: Any, *args: Any) -> None:
+        """Start one VM's task in the manager's nursery, contained (see _vm_task)."""
         if self._nursery is None:
             raise HypervisorError("the VM manager is not running")
-        self._nursery.start_soon(fn, *args)
+        self._nursery.start_soon(
+            contained, vm_id, _VM_TASKS, partial(fn, *args), self._failed(vm_id)
+        )
+
+    async def start_task(self, fn: Any) -> None:
+        """``nursery.start`` a task that contains its own failures once it is ready (a
+        snapshot operation): a failure before that is the caller's error."""
+        if self._nursery is None:
+            raise HypervisorError("the VM manager is not running")
+        await self._nursery.start(fn)
+
+    async def _nursery_start(self, vm_id: str, fn: Any, *args: Any) -> None:
+        """``nursery.start`` one VM's task, contained (see _vm_task)."""
+        if self._nursery is None:
+            raise HypervisorError("the VM manager is not running")
+        await self._nursery.start(self._vm_task, vm_id, fn, *args)
+
+    async def _vm_task(
+        self,
+        vm_id: str,
+        fn: Any,
+        *args: Any,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run ``fn`` (which reports ready through ``task_status``) contained: its failure
+        makes this VM ``error``; it never reaches the manager's nursery. A task that
+        fails before it reported ready is reported for it, so the caller carries on."""
+        status = _Started(task_status)
+        await contained(
+            vm_id, _VM_TASKS, partial(fn, *args, task_status=status), self._failed(vm_id)
+        )
+        if not status.reported:
+            task_status.started()
+
+    def _failed(self, vm_id: str) -> Callable[[str], Awaitable[None]]:
+        async def handle(reason: str) -> None:
+            """The last line of defence: a VM task failed outside its machine's guards.
+            Its QEMU (if any) is killed and the VM is ``error``; then what it held on
+            the host is given back (a failure there is logged by ``contained``)."""
+            self.events.vm_fault(vm_id, _VM_TASKS, reason)
+            machine = self._machines.pop(vm_id, None)
+            if machine is not None and not machine.exited.is_set():
+                machine.kill()
+            try:
+                if self._store.get_vm(vm_id).state is VmState.DELETING:
+                    return
+            except VmNotFound:
+                return
+            self._set(vm_id, VmState.ERROR, reason, pid=None)
+            security.after_exit(self._paths(vm_id))
+            await self._release(vm_id)
+
+        return handle
 
     async def _recover(self, vm: Vm) -> None:
         paths = self._paths(vm.id)
@@ -417,15 +485,10 @@ class Manager:
             self._store.put_idempotency(idempotency_key, fingerprint(body), vm.id)
         self._announce()
         if not image.available:
-            self._spawn(self._pull_then_provision, vm.id, request.start)
+            self._spawn(vm.id, self._pull_then_provision, vm.id, request.start)
         else:
-            await self._nursery_start(self._provision, vm.id, image, request.start)
+            await self._nursery_start(vm.id, self._provision, vm.id, image, request.start)
         return _Created(vm, replayed=False)
-
-    async def _nursery_start(self, fn: Any, *args: Any) -> Any:
-        if self._nursery is None:
-            raise HypervisorError("the VM manager is not running")
-        return await self._nursery.start(fn, *args)
 
     def _replay(self, key: str, body_fingerprint: str) -> Vm | None:
         from ..errors import IdempotencyConflict
@@ -582,7 +645,7 @@ class Manager:
             self._set(vm_id, fallback, f"start refused: {err.message}")
             raise
         vm = self._store.update_vm(vm_id, **held.fields)
-        await self._nursery_start(self._launch, vm, _boot_source(image), held.nic, resume)
+        await self._nursery_start(vm_id, self._launch, vm, _boot_source(image), held.nic, resume)
         return vm
 
     async def _launch(
@@ -658,7 +721,7 @@ class Manager:
 
     async def _supervise(self, machine: Machine) -> None:
         self._machines[machine.vm_id] = machine
-        await self._nursery_start(self._supervise_here, machine)
+        await self._nursery_start(machine.vm_id, self._supervise_here, machine)
 
     async def _supervise_here(
         self,
@@ -672,10 +735,21 @@ class Manager:
                 await self._release(machine.vm_id)
             self._on_machine_state(machine, state, reason)
 
+        vm_id = machine.vm_id
         machine.on_qmp = self.telemetry.observe_qmp
+        machine.on_fault = partial(self.events.vm_fault, vm_id)
         machine.companions = [
-            partial(self.guest.attend, machine.vm_id, machine.paths.qga_socket),
-            partial(self.console.keep_rotated, machine.paths.console_log),
+            Companion(
+                "the guest agent client",
+                partial(self.guest.attend, vm_id, machine.paths.qga_socket),
+                partial(self.guest.agent_faulted, vm_id),
+            ),
+            # The log is left as it is (QEMU keeps writing it); the fault event says why.
+            Companion(
+                "console log rotation",
+                partial(self.console.keep_rotated, machine.paths.console_log),
+                lambda _reason: None,
+            ),
         ]
         try:
             await machine.supervise(on_state, boot=boot, task_status=task_status)
@@ -751,7 +825,7 @@ class Manager:
                     )
                 await machine.terminate(self._settings.kill_grace_s)
 
-            machine.start_soon(stop_machine)
+            machine.start_soon("stopping the VM", stop_machine)
         return vm
 
     @_owned

@@ -127,7 +127,9 @@ class SnapshotService:
                 outcome.done.set()
             begin()
 
-        await self._mgr._nursery_start(task)
+        # Not the manager's VM-task guard: a refusal before the task reports ready must
+        # reach the caller (NAME_TAKEN, 400s); after that, the task contains itself above.
+        await self._mgr.start_task(task)
         return outcome
 
     def _step(self, vm_id: str, step: str, **data: Any) -> None:
@@ -407,7 +409,7 @@ class SnapshotService:
         self._step(vm.id, "resumed", state=vm_state.value)
         info = vm.network_info
         if mac is not None and info is not None and info.mac not in (None, mac):
-            machine.start_soon(lambda: self._give_identity(vm, mac))
+            machine.start_soon("giving a fork its identity", lambda: self._give_identity(vm, mac))
         return vm_state
 
     async def _give_identity(self, vm: Vm, old_mac: str) -> None:
