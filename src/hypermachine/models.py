@@ -308,6 +308,13 @@ class SecuritySpec(_Strict):
 Labels = Annotated[dict[str, str], Field(max_length=_MAX_LABELS)]
 
 
+class DisplaySpec(_Strict):
+    """A graphical display: ``vnc`` gives the VM a VGA card whose screen the server
+    serves to a browser (noVNC) over a websocket; ``none`` (the default) has no display."""
+
+    type: Literal["none", "vnc"] = "none"
+
+
 class VmSpec(_Strict):
     """What a client asks for; stored with the VM and used to build its command line."""
 
@@ -328,6 +335,7 @@ class VmSpec(_Strict):
     )
     labels: Labels = Field(default_factory=dict)
     cloud_init: CloudInitSpec | None = None
+    display: DisplaySpec = Field(default_factory=DisplaySpec)
 
     @model_validator(mode="after")
     def _firmware_fits_security(self) -> VmSpec:
