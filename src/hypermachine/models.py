@@ -374,6 +374,20 @@ class CreateVmRequest(VmSpec):
     wait: bool = Field(default=False, description="Return only once the VM reached its state.")
 
 
+class ConsoleTokenRequest(_Strict):
+    kind: Literal["serial", "vnc"] = Field(
+        default="serial", description="Which console the token opens: serial or vnc (display)."
+    )
+
+
+class ConsoleToken(_Strict):
+    """A single-use token opening one console of one VM (``?token=`` on its websocket)."""
+
+    token: str
+    kind: Literal["serial", "vnc"]
+    expires_in: float = Field(description="Seconds the token stays valid (if unused).")
+
+
 class LifecycleRequest(_Strict):
     wait: bool = False
     timeout_s: float | None = Field(default=None, gt=0, le=3600)

@@ -15,7 +15,7 @@ from ..operations import Dispatcher, Registry
 from ..operations.catalogue import vm_operations
 from ..security.http import install_security
 from ..security.operations import security_operations
-from .console import console_view
+from .console import console_views
 from .errors import register_error_handlers
 from .metrics import install_request_metrics
 from .rest import mount
@@ -42,5 +42,5 @@ def create_app(services: Services) -> QuartTrio:
         install_security(app, services.security)  # keys, tenants, rate limits
     install_request_metrics(app)
     dispatcher = Dispatcher(build_registry(), services)
-    mount(app, dispatcher, {"open_vm_console": console_view, **mcp_views(dispatcher)})
+    mount(app, dispatcher, {**console_views(), **mcp_views(dispatcher)})
     return app

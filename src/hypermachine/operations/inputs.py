@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..models import (
+    ConsoleTokenRequest,
     CreateVmRequest,
     ExecRequest,
     FileReadRequest,
@@ -28,6 +29,8 @@ __all__ = [
     "AssetInput",
     "AuditPageInput",
     "ConsoleLogInput",
+    "ConsoleSessionInput",
+    "ConsoleTokenInput",
     "CreateVmInput",
     "DeleteVmInput",
     "EventsInput",
@@ -214,6 +217,18 @@ class UploadVmFileInput(_GuestCall, FileReadRequest):
 class ConsoleLogInput(VmIdInput):
     tail: int = Field(
         default=100, ge=0, le=10_000, description="Only the last N lines of the serial log."
+    )
+
+
+class ConsoleTokenInput(VmIdInput, ConsoleTokenRequest):
+    """A console token: the VM id plus the REST body (kind)."""
+
+
+class ConsoleSessionInput(VmIdInput):
+    token: str | None = Field(
+        default=None,
+        max_length=128,
+        description="A console token (create_console_token): how a browser authenticates.",
     )
 
 
