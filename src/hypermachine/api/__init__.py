@@ -15,6 +15,7 @@ from ..operations import Dispatcher, Registry
 from ..operations.catalogue import vm_operations
 from ..security.http import install_security
 from ..security.operations import security_operations
+from ..ui import ui_operations
 from .console import console_views
 from .errors import register_error_handlers
 from .metrics import install_request_metrics
@@ -26,7 +27,9 @@ __all__ = ["Services", "build_registry", "create_app"]
 
 def build_registry() -> Registry:
     """Every operation the server offers, in the order agents see the tools."""
-    return Registry([*vm_operations(), *security_operations(), *agent_operations()])
+    return Registry(
+        [*vm_operations(), *security_operations(), *agent_operations(), *ui_operations()]
+    )
 
 
 def create_app(services: Services) -> QuartTrio:

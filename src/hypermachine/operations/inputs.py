@@ -44,10 +44,13 @@ __all__ = [
     "ProviderInput",
     "QmpInput",
     "ReadVmFileInput",
+    "RootInput",
     "RunVmScriptInput",
     "StartVmInput",
     "StopVmInput",
     "ToolCallInput",
+    "UiAssetInput",
+    "UiViewInput",
     "UploadVmFileInput",
     "VmIdInput",
     "WaitForVmInput",
@@ -266,6 +269,22 @@ class ProviderInput(_Input):
 
 class AssetInput(_Input):
     filename: str = Field(max_length=64)
+
+
+class UiViewInput(_Input):
+    view: str = Field(default="", max_length=512, description="The app's own route (/ui/…).")
+
+
+class UiAssetInput(_Input):
+    asset: str = Field(
+        max_length=256,
+        pattern=r"^[A-Za-z0-9@_-][A-Za-z0-9@._/-]*$",
+        description="A file of the web console (its own or a vendored npm file).",
+    )
+
+
+class RootInput(_Input):
+    accept: str = Field(default="", max_length=4096, description="The Accept header.")
 
 
 class ToolCallInput(BaseModel):
