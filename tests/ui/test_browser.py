@@ -212,6 +212,13 @@ def test_graphical_console_shows_a_screen(site: Site) -> None:
         "return n;"
     )
     site.wait(60).until(lambda _: site.browser.execute_script(lit) > 100)
+    overflow = site.browser.execute_script(
+        "return document.documentElement.scrollWidth - window.innerWidth"
+    )
+    assert overflow <= 1, overflow  # readable at 1280 x 800: nothing wider than the window
+    site.browser.execute_script("document.getElementById('display').scrollIntoView()")
+    site.shot("vm-display")
+    site.browser.execute_script("window.scrollTo(0, 0)")
     site.shot("vm")
     # No request left the machine: every resource came from the server itself.
     urls = site.browser.execute_script(
