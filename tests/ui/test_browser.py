@@ -184,6 +184,8 @@ def test_create_from_the_form_and_see_it_run(site: Site) -> None:
 def test_serial_console_shows_the_guest_and_answers(site: Site) -> None:
     site.find(f'tr[data-vm-name="{VM_NAME}"] a').click()
     site.wait().until(EC.url_to_be(f"{site.server.url}/ui/vms/{site.vm_id}"))
+    spec = site.text("#overview dl")
+    assert "display\nvnc" in spec and "image\ntiny" in spec, spec
     site.find("#open-console").click()
     site.wait(BOOT_S).until(lambda _: "HM-READY" in site.terminal_text())
     site.wait(BOOT_S).until(lambda _: "hm-tiny# " in site.terminal_text())
