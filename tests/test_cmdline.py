@@ -182,3 +182,24 @@ def test_guest_agent_channel() -> None:
          "name": "org.qemu.guest_agent.0"}
     ]  # fmt: skip
     assert any(d["driver"] == "virtio-serial-pci" and d["id"] == "vser0" for d in devices)
+
+
+def test_no_display_by_default() -> None:
+    argv = argv_for(make_vm())
+    assert "-vnc" not in argv
+    assert not any("VGA" in d for d in option(argv, "-device"))
+
+
+def test_vnc_display_is_a_unix_socket_in_the_run_dir() -> None:
+    argv = argv_for(make_vm(display={"type": "vnc"}))
+    assert option(argv, "-vnc") == [f"unix:{PATHS.vnc_socket}"]
+    assert {"driver": "VGA", "id": "video0"} in [
+        json.loads(d) for d in option(argv, "-device") if d.startswith("{")
+    ]
+
+
+def test_vnc_socket_path_cannot_inject() -> None:
+    paths = VmPaths(vm_dir=Path("/data/vm"), run_dir=Path("/run/a,password=on/vm"))
+    vm = make_vm(display={"type": "vnc"})
+    argv = build_argv(vm, BootSource(), paths, qemu_binary="q", accelerator="tcg", qmp_fd=3)
+    assert option(argv, "-vnc") == ["unix:/run/a,,password=on/vm/vnc.sock"]

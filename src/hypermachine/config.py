@@ -118,6 +118,8 @@ class Settings:
     # Serial console log rotation
     console_log_max_bytes: int = 4 * 1024 * 1024
     console_log_check_s: float = 10.0
+    # A console token (a browser's ?token= for a console websocket) is good this long.
+    console_token_ttl_s: float = 30.0
     # Event log
     events_retained: int = 100_000
     sse_keepalive_s: float = 15.0

@@ -319,6 +319,13 @@ class SecuritySpec(_Strict):
 Labels = Annotated[dict[str, str], Field(max_length=_MAX_LABELS)]
 
 
+class DisplaySpec(_Strict):
+    """A graphical display: ``vnc`` gives the VM a VGA card whose screen the server
+    serves to a browser (noVNC) over a websocket; ``none`` (the default) has no display."""
+
+    type: Literal["none", "vnc"] = "none"
+
+
 class VmSpec(_Strict):
     """What a client asks for; stored with the VM and used to build its command line."""
 
@@ -339,6 +346,7 @@ class VmSpec(_Strict):
     )
     labels: Labels = Field(default_factory=dict)
     cloud_init: CloudInitSpec | None = None
+    display: DisplaySpec = Field(default_factory=DisplaySpec)
 
     @model_validator(mode="after")
     def _firmware_fits_security(self) -> VmSpec:
@@ -386,6 +394,20 @@ class SnapshotRef(_Strict):
 
     vm_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     snapshot: str = Field(pattern=NAME_PATTERN)
+
+
+class ConsoleTokenRequest(_Strict):
+    kind: Literal["serial", "vnc"] = Field(
+        default="serial", description="Which console the token opens: serial or vnc (display)."
+    )
+
+
+class ConsoleToken(_Strict):
+    """A single-use token opening one console of one VM (``?token=`` on its websocket)."""
+
+    token: str
+    kind: Literal["serial", "vnc"]
+    expires_in: float = Field(description="Seconds the token stays valid (if unused).")
 
 
 class LifecycleRequest(_Strict):

@@ -16,7 +16,8 @@ from ..operations.catalogue import vm_operations
 from ..operations.snapshots import snapshot_operations
 from ..security.http import install_security
 from ..security.operations import security_operations
-from .console import console_view
+from ..ui import ui_operations
+from .console import console_views
 from .errors import register_error_handlers
 from .metrics import install_request_metrics
 from .rest import generic_view, mount
@@ -29,7 +30,13 @@ __all__ = ["Services", "build_registry", "create_app"]
 def build_registry() -> Registry:
     """Every operation the server offers, in the order agents see the tools."""
     return Registry(
-        [*vm_operations(), *snapshot_operations(), *security_operations(), *agent_operations()]
+        [
+            *vm_operations(),
+            *snapshot_operations(),
+            *security_operations(),
+            *agent_operations(),
+            *ui_operations(),
+        ]
     )
 
 
@@ -49,7 +56,7 @@ def create_app(services: Services) -> QuartTrio:
     create = dispatcher.registry.get("create_vm")
     custom = {
         "create_vm": create_view(create, generic_view(create)),
-        "open_vm_console": console_view,
+        **console_views(),
         **mcp_views(dispatcher),
     }
     mount(app, dispatcher, custom)

@@ -1,13 +1,17 @@
-"""The console websocket: the one operation REST serves with a custom view.
+"""The console websockets: the operations REST serves with a custom view.
 
-The view checks the page's ``Origin`` (a foreign web page must not type into a
-VM), then asks the dispatcher for the ``open_vm_console`` operation — the same
-access check and audit as every route — and pumps bytes both ways: serial output
-as binary frames out, text or binary frames typed in. Refusals come before the
-upgrade, as ordinary error responses.
+``open_vm_console`` (the serial port) and ``open_vm_display`` (the VNC server of a
+VM with a display, which QEMU 7.2 offers only on a unix socket) share one view.
+It checks the page's ``Origin`` (a foreign web page must not type into a VM),
+then asks the dispatcher for the operation — the same access check and audit as
+every route; a browser's ``?token=`` is spent there — and pumps bytes both ways:
+the VM's bytes as binary frames out, text or binary frames in. Refusals come
+before the upgrade, as ordinary error responses.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import trio
 from pydantic import ValidationError
@@ -17,27 +21,39 @@ from ..errors import Forbidden, HMError
 from ..security.caller import current_caller
 from ..security.web import origin_allowed
 from .errors import error_response, validation_response
-from .rest import dispatcher
+from .rest import View, dispatcher, query_arguments
 
-__all__ = ["console_view"]
+__all__ = ["console_views"]
 
-_READ = 4096
+_READ = 16384
 
 
-async def console_view(vm_id: str) -> Response | None:
-    allowed = dispatcher().services.settings.allowed_origins
-    if not origin_allowed(websocket.headers.get("Origin"), allowed):
-        return error_response(Forbidden("this Origin may not open a console"))
-    try:
-        session = await dispatcher().call("open_vm_console", current_caller(), {"vm_id": vm_id})
-    except HMError as err:
-        return error_response(err)
-    except ValidationError as err:
-        return validation_response(err)
-    async with session as stream:  # type: ignore[attr-defined]
-        await websocket.accept()
-        await _pump(stream)
-    return None
+def console_views() -> Mapping[str, View]:
+    """The websocket view of each console operation, by name."""
+    return {name: _session_view(name) for name in ("open_vm_console", "open_vm_display")}
+
+
+def _session_view(name: str) -> View:
+    async def view(vm_id: str) -> Response | None:
+        ops = dispatcher()
+        if not origin_allowed(
+            websocket.headers.get("Origin"), ops.services.settings.allowed_origins
+        ):
+            return error_response(Forbidden("this Origin may not open a console"))
+        try:
+            arguments = {**query_arguments(ops.registry.get(name), websocket.args), "vm_id": vm_id}
+            session = await ops.call(name, current_caller(), arguments)
+        except HMError as err:
+            return error_response(err)
+        except ValidationError as err:
+            return validation_response(err)
+        async with session as stream:  # type: ignore[attr-defined]
+            await websocket.accept()
+            await _pump(stream)
+        return None
+
+    view.__name__ = name
+    return view
 
 
 async def _pump(stream: trio.SocketStream) -> None:

@@ -52,9 +52,10 @@ def dispatcher() -> Dispatcher:
     return found
 
 
-def quart_rule(path: str) -> str:
-    """``/api/v1/vms/{vm_id}`` as Quart writes it: ``/api/v1/vms/<vm_id>``."""
-    return re.sub(r"{(\w+)}", r"<\1>", path)
+def quart_rule(path: str, slashed: tuple[str, ...] = ()) -> str:
+    """``/api/v1/vms/{vm_id}`` as Quart writes it: ``/api/v1/vms/<vm_id>`` (a parameter
+    named in ``slashed`` may span segments: ``<path:name>``)."""
+    return re.sub(r"{(\w+)}", lambda m: f"<path:{m[1]}>" if m[1] in slashed else f"<{m[1]}>", path)
 
 
 def mount(app: QuartTrio, ops: Dispatcher, custom: Mapping[str, View]) -> None:
@@ -68,9 +69,8 @@ def mount(app: QuartTrio, ops: Dispatcher, custom: Mapping[str, View]) -> None:
         if route.websocket:
             app.add_websocket(quart_rule(route.path), endpoint=op.name, view_func=view)
         else:
-            app.add_url_rule(
-                quart_rule(route.path), endpoint=op.name, view_func=view, methods=[route.method]
-            )
+            rule = quart_rule(route.path, route.slashed)
+            app.add_url_rule(rule, endpoint=op.name, view_func=view, methods=[route.method])
     missing = set(custom) - {op.name for op in ops.registry if op.http is not None}
     if missing:
         raise ValueError(f"custom views for operations without a route: {sorted(missing)}")
@@ -228,6 +228,7 @@ def render(result: object, route: HttpRoute) -> Response:
         return response
     if isinstance(result, Document):
         response = Response(result.data, status=status, content_type=result.content_type)
+        response.headers.update(result.headers)
         if result.max_age is not None:
             response.cache_control.max_age = result.max_age
         return response

@@ -11,6 +11,7 @@ from quart import current_app
 from ..config import Settings
 from ..hypervisor.manager import Manager
 from ..sandbox.hostapi import ScriptService
+from ..security.tokens import ConsoleTokens
 
 __all__ = ["Services", "services"]
 
@@ -23,6 +24,12 @@ class Services:
     scripts: ScriptService
     security: Any = None  # hypermachine.security.Security; None: no auth layer (open)
     started_at: float = field(default_factory=trio.current_time)
+    console_tokens: ConsoleTokens | None = None
+    """Browser console tokens; built from the settings when not given."""
+
+    def __post_init__(self) -> None:
+        if self.console_tokens is None:
+            self.console_tokens = ConsoleTokens(self.settings.console_token_ttl_s)
 
 
 def services() -> Services:

@@ -113,6 +113,18 @@ def _consoles(paths: VmPaths, qmp_fd: int) -> list[str]:
     ]  # fmt: skip
 
 
+def _display(vm: Vm, paths: VmPaths) -> list[str]:
+    """No display, or a VGA card whose screen QEMU's VNC server offers on a unix socket
+    in the run dir (QEMU 7.2 refuses a VNC websocket on a unix socket: the server
+    proxies browsers to it itself)."""
+    if vm.display.type == "none":
+        return []
+    return [
+        "-device", _json({"driver": "VGA", "id": "video0"}),
+        "-vnc", f"unix:{_option_path(paths.vnc_socket)}",
+    ]  # fmt: skip
+
+
 def _guest_agent(paths: VmPaths) -> list[str]:
     """A virtio-serial port named ``org.qemu.guest_agent.0`` on a unix socket for qemu-ga."""
     chardev = f"socket,id=qga0,path={_option_path(paths.qga_socket)},server=on,wait=off"
@@ -267,6 +279,7 @@ def build_argv(
         "-smp", str(int(vm.cpus)),
         "-m", f"{int(vm.memory_mb)}M",
         "-nodefaults", "-no-user-config", "-display", "none",
+        *_display(vm, paths),
         "-pidfile", _plain_path(paths.pidfile),
         *_consoles(paths, qmp_fd),
         *_guest_agent(paths),

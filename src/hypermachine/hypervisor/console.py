@@ -119,13 +119,7 @@ class ConsoleService:
         Raises:
             VmNotFound, InvalidState (no QEMU), ConsoleBusy.
         """
-        vm = self._get_vm(vm_id)
-        if vm.state not in _LIVE:
-            raise InvalidState(
-                f"the console needs a running VM; it is {vm.state.value}",
-                current=vm.state.value,
-                allowed=[s.value for s in _LIVE],
-            )
+        vm = self._live_vm(vm_id)
         if vm_id in self._sessions:
             raise ConsoleBusy("another client holds this VM's console", vm_id=vm_id)
         self._sessions.add(vm_id)
@@ -139,6 +133,30 @@ class ConsoleService:
         except BaseException:
             self._sessions.discard(vm_id)
             raise
+
+    async def open_display(self, vm_id: str) -> trio.SocketStream:
+        """Connect to the VM's VNC server (any number of viewers may share it).
+
+        Raises:
+            VmNotFound, InvalidState (no QEMU, or a VM created without a display).
+        """
+        vm = self._live_vm(vm_id)
+        if vm.display.type != "vnc":
+            raise InvalidState("the VM was created without a display", current=vm.state.value)
+        try:
+            return await trio.open_unix_socket(str(self._paths(vm_id).vnc_socket))
+        except OSError as err:
+            raise InvalidState("the VM's display is not open", current=vm.state.value) from err
+
+    def _live_vm(self, vm_id: str) -> Vm:
+        vm = self._get_vm(vm_id)
+        if vm.state not in _LIVE:
+            raise InvalidState(
+                f"the console needs a running VM; it is {vm.state.value}",
+                current=vm.state.value,
+                allowed=[s.value for s in _LIVE],
+            )
+        return vm
 
     def release(self, vm_id: str) -> None:
         self._sessions.discard(vm_id)

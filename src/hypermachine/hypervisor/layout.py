@@ -53,6 +53,11 @@ class VmPaths:
         return self.run_dir / "qga.sock"
 
     @property
+    def vnc_socket(self) -> Path:
+        """QEMU's VNC server (a VM with a display); the server proxies browsers to it."""
+        return self.run_dir / "vnc.sock"
+
+    @property
     def pidfile(self) -> Path:
         return self.run_dir / "qemu.pid"
 
@@ -60,7 +65,7 @@ class VmPaths:
         """Create both folders (private to the server's user)."""
         for folder in (self.vm_dir, self.run_dir):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        sockets = (self.qmp_socket, self.serial_socket, self.qga_socket)
+        sockets = (self.qmp_socket, self.serial_socket, self.qga_socket, self.vnc_socket)
         longest = max(len(str(p)) for p in sockets)
         if longest > _SOCKET_PATH_MAX:
             raise ValueError(f"runtime dir {self.run_dir} is too long for unix sockets")

@@ -40,6 +40,8 @@ from ..errors import (
     WaitTimeout,
 )
 from ..models import (
+    ConsoleToken,
+    ConsoleTokenRequest,
     CreateVmRequest,
     Event,
     ExecRequest,
@@ -60,6 +62,7 @@ from ..models import (
     VmState,
 )
 from ..security.caller import Caller
+from ..security.tokens import ConsoleKind
 from ..store import VmQuery
 from ..telemetry import CONTENT_TYPE
 from .declare import (
@@ -77,6 +80,8 @@ from .declare import (
 from .inputs import (
     DEFAULT_WAIT_S,
     ConsoleLogInput,
+    ConsoleSessionInput,
+    ConsoleTokenInput,
     CreateVmInput,
     DeleteVmInput,
     EventsInput,
@@ -336,25 +341,48 @@ async def _console_log(ctx: Context, args: ConsoleLogInput) -> dict[str, object]
     return {"vm_id": args.vm_id, "lines": lines}
 
 
+async def _console_token(ctx: Context, args: ConsoleTokenInput) -> ConsoleToken:
+    if args.kind == "vnc" and ctx.vm.display.type != "vnc":
+        raise ValidationFailed("the VM was created without a display", field="kind")
+    tokens = ctx.services.console_tokens
+    token = tokens.issue(ctx.caller, args.vm_id, args.kind)
+    return ConsoleToken(token=token, kind=args.kind, expires_in=tokens.ttl_s)
+
+
+def _spend_token(ctx: Context, args: ConsoleSessionInput, kind: ConsoleKind) -> None:
+    if args.token is not None:
+        ctx.services.console_tokens.redeem(args.token, ctx.caller, args.vm_id, kind)
+
+
 async def _open_console(
-    ctx: Context, args: VmIdInput
+    ctx: Context, args: ConsoleSessionInput
 ) -> contextlib.AbstractAsyncContextManager[trio.SocketStream]:
     """The console, held for this caller until the face leaves the returned context."""
+    _spend_token(ctx, args, "serial")
     console = ctx.services.manager.console
     stream = await console.open(args.vm_id)
-    return _held_console(ctx, console, args.vm_id, stream)
+    return _held(ctx, "close_vm_console", args.vm_id, stream, lambda: console.release(args.vm_id))
+
+
+async def _open_display(
+    ctx: Context, args: ConsoleSessionInput
+) -> contextlib.AbstractAsyncContextManager[trio.SocketStream]:
+    """The VM's VNC server, until the face leaves the returned context."""
+    _spend_token(ctx, args, "vnc")
+    stream = await ctx.services.manager.console.open_display(args.vm_id)
+    return _held(ctx, "close_vm_display", args.vm_id, stream, lambda: None)
 
 
 @contextlib.asynccontextmanager
-async def _held_console(
-    ctx: Context, console: Any, vm_id: str, stream: trio.SocketStream
+async def _held(
+    ctx: Context, closing: str, vm_id: str, stream: trio.SocketStream, release: Callable[[], None]
 ) -> AsyncIterator[trio.SocketStream]:
     try:
         async with stream:
             yield stream
     finally:
-        console.release(vm_id)
-        ctx.audit("close_vm_console", vm_id, "ok", {})
+        release()
+        ctx.audit(closing, vm_id, "ok", {})
 
 
 # -- events ---------------------------------------------------------------------------
@@ -456,6 +484,9 @@ _WAIT_QUERY = (
 )
 _WAIT_AGENT = QueryParam(
     "wait_agent", "wait_agent_s", "Wait this long for the guest agent (after a boot)."
+)
+_CONSOLE_TOKEN = QueryParam(
+    "token", description="A console token (create_console_token), for browsers."
 )
 _GUEST_PATH = QueryParam("path", description="Absolute path in the guest.", required=True)
 _VM_RETURNS = "the VM object (id, name, state, state_reason, spec, pid, timestamps)."
@@ -900,13 +931,52 @@ def _guest() -> list[Operation]:
                 "you send typed in. One session at a time."
             ),
             returns="A websocket session.",
-            input=VmIdInput,
+            input=ConsoleSessionInput,
             handler=_open_console,
             access=Access.TENANT,
             mutates=True,
             errors=(VmNotFound, InvalidState, ConsoleBusy),
             tool=False,
-            http=HttpRoute("GET", f"{_VM}/console", status=101, websocket=True),
+            http=HttpRoute(
+                "GET", f"{_VM}/console", status=101, websocket=True, query=(_CONSOLE_TOKEN,)
+            ),
+        ),
+        Operation(
+            name="open_vm_display",
+            title="Graphical console (VNC)",
+            summary=(
+                "The screen of a VM created with display.type vnc: the RFB protocol of its "
+                "VNC server as binary websocket frames, for a VNC client such as noVNC."
+            ),
+            returns="A websocket session.",
+            input=ConsoleSessionInput,
+            handler=_open_display,
+            access=Access.TENANT,
+            mutates=True,
+            errors=(VmNotFound, InvalidState),
+            tool=False,
+            http=HttpRoute(
+                "GET", f"{_VM}/display", status=101, websocket=True, query=(_CONSOLE_TOKEN,)
+            ),
+        ),
+        Operation(
+            name="create_console_token",
+            title="A console token for a browser",
+            summary=(
+                "A short-lived, single-use token opening this VM's serial console or "
+                "display once: a browser passes it as ?token= on the websocket, which "
+                "cannot carry an Authorization header."
+            ),
+            returns="{token, kind, expires_in}.",
+            input=ConsoleTokenInput,
+            handler=_console_token,
+            access=Access.TENANT,
+            mutates=True,
+            audit_details=lambda args: {"kind": args.kind},
+            result=ConsoleToken,
+            errors=(VmNotFound,),
+            tool=False,
+            http=HttpRoute("POST", f"{_VM}/console/token", body=ConsoleTokenRequest),
         ),
     ]
 

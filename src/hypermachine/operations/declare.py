@@ -108,6 +108,7 @@ class Document:
     data: bytes | str
     content_type: str
     max_age: int | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,8 @@ class HttpRoute:
     """Other success statuses (202 for "accepted, not yet done")."""
     content: str = "application/json"
     websocket: bool = False
+    slashed: tuple[str, ...] = ()
+    """Path parameters whose value may contain ``/`` (a static file under a folder)."""
 
     @property
     def path_params(self) -> list[str]:

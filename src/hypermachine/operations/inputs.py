@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..models import (
     NAME_PATTERN,
+    ConsoleTokenRequest,
     CreateVmRequest,
     ExecRequest,
     FileReadRequest,
@@ -32,6 +33,8 @@ __all__ = [
     "AssetInput",
     "AuditPageInput",
     "ConsoleLogInput",
+    "ConsoleSessionInput",
+    "ConsoleTokenInput",
     "CreateVmInput",
     "DeleteVmInput",
     "EventsInput",
@@ -47,12 +50,15 @@ __all__ = [
     "QmpInput",
     "ReadVmFileInput",
     "RestoreSnapshotInput",
+    "RootInput",
     "RunVmScriptInput",
     "SnapshotNameInput",
     "StartVmInput",
     "StopVmInput",
     "TakeSnapshotInput",
     "ToolCallInput",
+    "UiAssetInput",
+    "UiViewInput",
     "UploadVmFileInput",
     "VmIdInput",
     "WaitForVmInput",
@@ -225,6 +231,18 @@ class ConsoleLogInput(VmIdInput):
     )
 
 
+class ConsoleTokenInput(VmIdInput, ConsoleTokenRequest):
+    """A console token: the VM id plus the REST body (kind)."""
+
+
+class ConsoleSessionInput(VmIdInput):
+    token: str | None = Field(
+        default=None,
+        max_length=128,
+        description="A console token (create_console_token): how a browser authenticates.",
+    )
+
+
 class EventsInput(_Input):
     vm_id: str | None = Field(
         default=None, max_length=64, description="Only this VM's events (also a deleted VM's)."
@@ -259,6 +277,22 @@ class ProviderInput(_Input):
 
 class AssetInput(_Input):
     filename: str = Field(max_length=64)
+
+
+class UiViewInput(_Input):
+    view: str = Field(default="", max_length=512, description="The app's own route (/ui/…).")
+
+
+class UiAssetInput(_Input):
+    asset: str = Field(
+        max_length=256,
+        pattern=r"^[A-Za-z0-9@_-][A-Za-z0-9@._/-]*$",
+        description="A file of the web console (its own or a vendored npm file).",
+    )
+
+
+class RootInput(_Input):
+    accept: str = Field(default="", max_length=4096, description="The Accept header.")
 
 
 class ToolCallInput(BaseModel):

@@ -28,7 +28,7 @@ def security() -> Security:
     return found
 
 
-def _admit(headers: Any, matched: bool) -> None:
+def _admit(headers: Any, matched: bool, token: str | None = None) -> None:
     guard = security()
     if guard.mode() == "open" and not host_allowed(
         headers.get("Host"), guard.settings.allowed_origins
@@ -40,6 +40,10 @@ def _admit(headers: Any, matched: bool) -> None:
             host=str(headers.get("Host"))[:200],
         )
     caller = guard.authenticate(headers)
+    if token is not None and caller is ANONYMOUS:
+        # A browser's console websocket: the token stands for the key that asked for
+        # it; the console operation spends it (bound to that VM and console kind).
+        caller = current_app.extensions["hypermachine"].console_tokens.caller_of(token)
     if not matched and caller is ANONYMOUS:
         raise Unauthorized("an API key is required (Authorization: Bearer hm_…)")
     set_caller(caller)
@@ -60,7 +64,7 @@ async def _before_request() -> None:
 
 async def _before_websocket() -> None:
     g.hm_rate = None
-    _admit(websocket.headers, websocket.url_rule is not None)
+    _admit(websocket.headers, websocket.url_rule is not None, websocket.args.get("token"))
 
 
 async def _after_request(response: Response) -> Response:
