@@ -47,7 +47,12 @@ class HostResources:
         self._taps = hostnet.TapManager(
             settings.ip_binary, settings.host_command_timeout_s, owner_uid=qemu_uid
         )
-        self._gpus = GpuAllocator(settings.sysfs_root, stored_vms, settings.host_command_timeout_s)
+        self._gpus = GpuAllocator(
+            settings.sysfs_root,
+            stored_vms,
+            settings.host_command_timeout_s,
+            allowed=settings.passthrough_allow,
+        )
 
     # -- create ----------------------------------------------------------------
 
