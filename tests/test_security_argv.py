@@ -178,7 +178,7 @@ async def platform_for(tmp_path: Path, boot: BootSource | None = None, **spec: A
     vm = make_vm(**spec)
     boot = boot or BootSource()
     return await security.launch_platform(
-        vm, boot, vm_paths(tmp_path), fake_host(tmp_path), settings_for(tmp_path)
+        vm, boot, vm_paths(tmp_path), fake_host(tmp_path), settings_for(tmp_path), None
     )
 
 
@@ -213,14 +213,14 @@ async def test_sev_falls_back_to_flash_firmware(tmp_path: Path) -> None:
     vm = make_vm(security={"memory_encryption": "sev"})
     platform = await security.launch_platform(
         vm, BootSource(), vm_paths(tmp_path), replace(host, capabilities=caps),
-        settings_for(tmp_path),
+        settings_for(tmp_path), None,
     )  # fmt: skip
     assert platform.firmware_code == Path("/fw/CODE.fd") and platform.firmware_vars is not None
     snp = make_vm(security={"memory_encryption": "sev_snp"})
     with pytest.raises(Unsupported):  # SNP cannot run from flash
         await security.launch_platform(
             snp, BootSource(), vm_paths(tmp_path), replace(host, capabilities=caps),
-            settings_for(tmp_path),
+            settings_for(tmp_path), None,
         )  # fmt: skip
 
 
@@ -236,7 +236,7 @@ async def test_no_sev_capabilities_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Unsupported):
         await security.launch_platform(
             vm, BootSource(), vm_paths(tmp_path), fake_host(tmp_path, sev=False),
-            settings_for(tmp_path),
+            settings_for(tmp_path), None,
         )  # fmt: skip
 
 

@@ -23,6 +23,7 @@ import trio
 
 from ..errors import HypervisorError
 from ..models import VmState
+from . import nofollow
 from .confine import QemuIdentity
 from .layout import VmPaths
 from .qmp import QmpBridge, QmpGone, QmpSession
@@ -111,7 +112,10 @@ def spawn_qemu(
     qmp = _listening_socket(paths.qmp_socket)
     try:
         argv = build_argv(qmp.fileno())
-        with open(paths.qemu_log, "ab") as out:
+        with (
+            nofollow.Folder(paths.vm_dir) as folder,
+            folder.open(paths.qemu_log.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT) as out,
+        ):
             return subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -122,7 +126,7 @@ def spawn_qemu(
                 close_fds=True,
                 **(identity.popen_kwargs() if identity is not None else {}),
             )
-    except OSError as err:
+    except OSError as err:  # the binary, or a qemu.log that is not a regular file
         raise HypervisorError(
             f"cannot start QEMU: {err.strerror}", argv0=str(err.filename)
         ) from err
@@ -133,7 +137,7 @@ def spawn_qemu(
 def adopt_pid(paths: VmPaths, vm_uuid: str) -> int | None:
     """The pid of this VM's QEMU if it is still running, checked by UUID on its command line."""
     try:
-        pid = int(paths.pidfile.read_text().strip())
+        pid = int(nofollow.read_file(paths.pidfile, limit=32).strip())
         cmdline = psutil.Process(pid).cmdline()
     except (OSError, ValueError, psutil.Error):
         return None
@@ -142,10 +146,7 @@ def adopt_pid(paths: VmPaths, vm_uuid: str) -> int | None:
 
 def _log_tail(path: Path, limit: int = 400) -> str:
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - limit))
-            text = f.read().decode(errors="replace")
+        text = nofollow.read_file(path, limit).decode(errors="replace")
     except OSError:
         return ""
     return " | ".join(line.strip() for line in text.splitlines() if line.strip())[-limit:]

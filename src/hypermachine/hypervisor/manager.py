@@ -441,7 +441,7 @@ class Manager:
                 self._set(vm_id, VmState.ERROR, f"disk creation failed: {err.message}")
                 return
             try:
-                await security.prepare(vm, paths, self.host, self._settings)
+                await security.prepare(vm, paths, self.host, self._settings, self.qemu_identity)
             except HMError as err:
                 self._set(vm_id, VmState.ERROR, f"firmware/TPM setup failed: {err.message}")
                 return
@@ -551,7 +551,9 @@ class Manager:
         paths = self._paths(vm.id)
         settings = self._settings
         try:
-            platform = await security.launch_platform(vm, boot, paths, self.host, settings)
+            platform = await security.launch_platform(
+                vm, boot, paths, self.host, settings, self.qemu_identity
+            )
         except HMError as err:
             self._set(vm.id, VmState.ERROR, f"firmware/TPM could not be prepared: {err.message}")
             task_status.started()
