@@ -183,8 +183,13 @@ async def platform_for(tmp_path: Path, boot: BootSource | None = None, **spec: A
 
 
 async def test_secure_boot_platform_copies_the_enrolled_vars(tmp_path: Path) -> None:
-    platform = await platform_for(tmp_path, security={"secure_boot": True}, firmware="uefi")
     vars_ = security.vars_file(vm_paths(tmp_path))
+    vars_.parent.mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"host file")
+    vars_.with_name(vars_.name + ".partial").symlink_to(outside)  # planted by the QEMU user
+    platform = await platform_for(tmp_path, security={"secure_boot": True}, firmware="uefi")
+    assert outside.read_bytes() == b"host file"  # the copy replaced the link
     assert platform == Platform(firmware_code=Path("/fw/CODE.ms.fd"), firmware_vars=vars_,
                                 secure_boot=True)  # fmt: skip
     assert vars_.read_bytes() == b"\x00" * 4096 and vars_.stat().st_mode & 0o777 == 0o600

@@ -133,3 +133,39 @@ def test_unreachable_folders_are_opened_to_the_qemu_user_alone(private_dir: Path
     assert resolve_qemu_identity("", [inner]) is None
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_qemu_identity("hm-no-such-user", [inner])
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("planted", ["tpm/tpm2-00.permall", "swtpm.log"])
+async def test_swtpm_does_not_follow_a_symlink_in_the_vms_folder(
+    private_dir: Path, compile_cache: Path, tiny: Path, planted: str
+) -> None:
+    """The TPM state and swtpm's log, swapped for links to a root file: swtpm (the QEMU
+    user) cannot open it, so it is neither read nor written, and the VM says so."""
+    outside = private_dir / "shadow"
+    outside.write_bytes(b"root's secret\n")
+    outside.chmod(0o600)
+    before = outside.stat()
+    settings = make_settings(private_dir / "data", compile_cache, qemu_user="auto")
+    async with open_services(settings) as svc:
+        try:
+            request = CreateVmRequest(
+                name="tpm-link", image="tiny", memory_mb=512, disk_gb=1, security={"vtpm": True}
+            )
+            vm = (await svc.manager.create(request)).vm
+            await svc.manager.wait_for(vm.id, {VmState.STOPPED}, 60)
+            paths = VmPaths.for_vm(settings.vms_dir, settings.runtime_dir, vm.id)
+            link = paths.vm_dir / planted
+            link.unlink()
+            link.symlink_to(outside)
+            await svc.manager.start(vm.id)
+            failed = await svc.manager.wait_for(vm.id, {VmState.ERROR}, 60)
+            assert failed.state_reason and "TPM" in failed.state_reason, failed.state_reason
+            assert outside.read_bytes() == b"root's secret\n"
+            after = outside.stat()
+            assert (after.st_mtime_ns, after.st_uid, after.st_mode) == (
+                before.st_mtime_ns, before.st_uid, before.st_mode
+            )  # fmt: skip
+        finally:
+            uuids = await remove_all_vms(svc)
+    assert qemu_pids_for(uuids) == []
