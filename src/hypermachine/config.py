@@ -173,6 +173,11 @@ class Settings:
         return self.data_dir / "images"
 
     @property
+    def qemu_folders(self) -> list[Path]:
+        """The folders QEMU (and swtpm) open files in: the QEMU user must reach them."""
+        return [self.vms_dir, self.runtime_dir, self.builtin_images_dir, self.images_store_dir]
+
+    @property
     def runtime_dir(self) -> Path:
         """Where per-VM sockets live: one folder per data dir, so servers never collide."""
         if self.run_dir is not None:

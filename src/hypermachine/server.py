@@ -96,9 +96,7 @@ def _prepare_folders(settings: Settings) -> QemuIdentity | None:
         claim_server_dir(folder)
     for folder in (settings.vms_dir, settings.images_store_dir):
         folder.mkdir(parents=True, exist_ok=True)
-    qemu_folders = [settings.vms_dir, runtime, settings.builtin_images_dir,
-                    settings.images_store_dir]  # fmt: skip
-    return resolve_qemu_identity(settings.qemu_user, qemu_folders)
+    return resolve_qemu_identity(settings.qemu_user, settings.qemu_folders)
 
 
 async def _until_signal() -> None:

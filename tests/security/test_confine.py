@@ -69,6 +69,10 @@ async def test_qemu_and_swtpm_run_as_the_unprivileged_user(
             assert identity is not None and identity.uid == user.pw_uid
             health = await (await create_app(svc).test_client().get("/health")).get_json()
             assert health["qemu_user"] == DEFAULT_QEMU_USER
+            # A chmod resets the ACL's mask (pytest does it to its tmp root at every
+            # session start): creating and starting a VM restores the entry.
+            private_dir.chmod(0o700)
+            assert not _reaches(DEFAULT_QEMU_USER, private_dir)
             request = CreateVmRequest(
                 name="jail", image="tiny", memory_mb=512, disk_gb=1, security={"vtpm": True}
             )

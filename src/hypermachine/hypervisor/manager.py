@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import psutil
 import trio
 
-from ..config import Settings
+from ..config import ConfigError, Settings
 from ..errors import HMError, HypervisorError, ImageNotFound, InvalidState, VmNotFound, WaitTimeout
 from ..events import EventLog
 from ..models import (
@@ -44,7 +44,7 @@ from ..store import Store, VmQuery, fingerprint, utcnow
 from ..telemetry import Telemetry
 from . import capabilities, disks, security
 from .cmdline import BootSource, build_argv
-from .confine import QemuIdentity
+from .confine import QemuIdentity, make_reachable
 from .console import ConsoleService, rotate_at_start
 from .guest import GuestService
 from .host import HostFacts, check_supported
@@ -242,6 +242,23 @@ class Manager:
         if self.host.capabilities is None:
             raise HypervisorError("the host's capabilities have not been probed yet")
         return self.host.capabilities
+
+    async def _reach_folders(self) -> None:
+        """Check again, before swtpm or QEMU runs as the QEMU user, that it can reach its
+        folders: their modes may have changed since start-up (a ``chmod 700`` resets an
+        ACL's mask), and the entry is then restored.
+
+        Raises:
+            HypervisorError: the folders cannot be opened to that user.
+        """
+        if self.qemu_identity is None:
+            return
+        try:
+            await trio.to_thread.run_sync(
+                make_reachable, self.qemu_identity, self._settings.qemu_folders
+            )
+        except ConfigError as err:
+            raise HypervisorError(str(err)) from err
 
     def _lock(self, vm_id: str) -> trio.Lock:
         return self._locks.setdefault(vm_id, trio.Lock())
@@ -441,6 +458,7 @@ class Manager:
                 self._set(vm_id, VmState.ERROR, f"disk creation failed: {err.message}")
                 return
             try:
+                await self._reach_folders()
                 await security.prepare(vm, paths, self.host, self._settings, self.qemu_identity)
             except HMError as err:
                 self._set(vm_id, VmState.ERROR, f"firmware/TPM setup failed: {err.message}")
@@ -551,6 +569,7 @@ class Manager:
         paths = self._paths(vm.id)
         settings = self._settings
         try:
+            await self._reach_folders()
             platform = await security.launch_platform(
                 vm, boot, paths, self.host, settings, self.qemu_identity
             )
