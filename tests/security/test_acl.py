@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypermachine.hypervisor.acl import (
     GROUP,
     GROUP_OBJ,
@@ -11,6 +13,8 @@ from hypermachine.hypervisor.acl import (
     USER_OBJ,
     decode,
     encode,
+    grant_search,
+    grants_search,
     with_search,
 )
 
@@ -37,3 +41,15 @@ def test_the_xattr_format_round_trips_in_kernel_order() -> None:
     data = encode(with_search(BASE, 999))
     assert data[:4] == b"\x02\x00\x00\x00"  # version 2, little-endian
     assert [tag for tag, _, _ in decode(data)] == [USER_OBJ, USER, GROUP_OBJ, MASK, OTHER]
+
+
+def test_a_chmod_masks_the_entry_and_a_grant_restores_it(tmp_path: Path) -> None:
+    folder = tmp_path / "private"
+    folder.mkdir(mode=0o700)
+    assert not grants_search(folder, 999)
+    grant_search(folder, 999)
+    assert grants_search(folder, 999) and folder.stat().st_mode & 0o777 == 0o710
+    folder.chmod(0o700)  # the mask becomes the group bits: ---
+    assert not grants_search(folder, 999) and not grants_search(folder, 1000)
+    grant_search(folder, 999)
+    assert grants_search(folder, 999)

@@ -20,7 +20,7 @@ import os
 import struct
 from pathlib import Path
 
-__all__ = ["decode", "encode", "grant_search", "with_search"]
+__all__ = ["decode", "encode", "grant_search", "grants_search", "with_search"]
 
 _XATTR = "system.posix_acl_access"
 _VERSION = 2
@@ -72,16 +72,28 @@ def with_search(entries: list[Entry], uid: int) -> list[Entry]:
     return [*kept, (USER, own | _SEARCH, uid), (MASK, mask | _SEARCH, _UNDEFINED_ID)]
 
 
+def _entries(folder: Path) -> list[Entry] | None:
+    try:
+        return decode(os.getxattr(folder, _XATTR, follow_symlinks=False))
+    except OSError as err:
+        if err.errno in (errno.ENODATA, errno.EOPNOTSUPP):
+            return None
+        raise
+
+
+def grants_search(folder: Path, uid: int) -> bool:
+    """Whether ``folder``'s ACL has a search entry for ``uid`` that its mask lets through."""
+    entries = _entries(folder) or []
+    own = next((e[1] for e in entries if e[0] == USER and e[2] == uid), 0)
+    mask = next((e[1] for e in entries if e[0] == MASK), 0)
+    return bool(own & mask & _SEARCH)
+
+
 def grant_search(folder: Path, uid: int) -> None:
     """Let ``uid`` pass through ``folder`` (an ACL entry; the folder's mode is otherwise kept).
 
     Raises:
         OSError: the file system refuses ACLs (``EOPNOTSUPP``) or the change.
     """
-    try:
-        entries = decode(os.getxattr(folder, _XATTR, follow_symlinks=False))
-    except OSError as err:
-        if err.errno != errno.ENODATA:
-            raise
-        entries = _from_mode(os.lstat(folder).st_mode)
+    entries = _entries(folder) or _from_mode(os.lstat(folder).st_mode)
     os.setxattr(folder, _XATTR, encode(with_search(entries, uid)), follow_symlinks=False)

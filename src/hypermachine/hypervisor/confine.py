@@ -77,7 +77,9 @@ class QemuIdentity:
 
 
 def _can_traverse(folder: Path, identity: QemuIdentity) -> bool:
-    """Whether the mode bits let ``identity`` search ``folder`` (ACLs aside)."""
+    """Whether the mode bits, or an ACL entry for it, let ``identity`` search ``folder``."""
+    if acl.grants_search(folder, identity.uid):
+        return True
     st = folder.stat()
     if st.st_uid == identity.uid:
         bit = stat.S_IXUSR
@@ -97,7 +99,8 @@ def _reaches(folder: Path, identity: QemuIdentity) -> bool:
 def make_reachable(identity: QemuIdentity, folders: list[Path]) -> None:
     """Let ``identity`` reach ``folders``: search permission (an ACL entry for that user
     alone, see :mod:`.acl`) on each folder above them that denies it, then check as
-    that user. Missing folders are skipped (the server creates them, traversable).
+    that user that the grant worked. Missing folders are skipped (the server creates
+    them, traversable).
 
     Raises:
         ConfigError: a folder could not be opened to the user; nothing falls back to root.
@@ -106,9 +109,11 @@ def make_reachable(identity: QemuIdentity, folders: list[Path]) -> None:
         if not target.exists():
             continue
         resolved = target.resolve()
+        granted = False
         for folder in reversed([resolved, *resolved.parents]):
             if _can_traverse(folder, identity):
                 continue
+            granted = True
             log.info("granting %s search permission on %s (ACL)", identity.name, folder)
             try:
                 acl.grant_search(folder, identity.uid)
@@ -119,7 +124,7 @@ def make_reachable(identity: QemuIdentity, folders: list[Path]) -> None:
                     f"({err.strerror}); use a data dir it can reach (e.g. /var/lib/hypermachine)"
                     ' or set qemu_user = "" to run QEMU as root'
                 ) from err
-        if not _reaches(target, identity):
+        if granted and not _reaches(target, identity):
             raise ConfigError(
                 f"the QEMU user {identity.name} still cannot reach {target}; use a data dir "
                 'it can reach (e.g. /var/lib/hypermachine) or set qemu_user = "" to run QEMU '

@@ -458,7 +458,8 @@ class Manager:
                 self._set(vm_id, VmState.ERROR, f"disk creation failed: {err.message}")
                 return
             try:
-                await self._reach_folders()
+                if vm.security.vtpm:  # swtpm_setup runs as the QEMU user
+                    await self._reach_folders()
                 await security.prepare(vm, paths, self.host, self._settings, self.qemu_identity)
             except HMError as err:
                 self._set(vm_id, VmState.ERROR, f"firmware/TPM setup failed: {err.message}")
