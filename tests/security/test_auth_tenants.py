@@ -10,6 +10,7 @@ import pytest
 from keyed import Keyed, assert_error, keyed_server
 
 from hypermachine.errors import VmNotFound
+from hypermachine.models import VmState
 
 PUBLIC = [
     "/health",
@@ -167,7 +168,8 @@ async def test_cross_tenant_is_indistinguishable_from_missing(keyed: Keyed) -> N
     status, _, _ = await keyed.call("GET", f"/api/v1/vms/{vm_id}", keyed.admin)
     assert status == 200
     # Nothing bob tried changed alice's VM.
-    assert keyed.services.manager.get(vm_id).state.value == "stopped"
+    # untouched by bob: its creation (started before his calls) ends in "stopped"
+    await keyed.services.manager.wait_for(vm_id, {VmState.STOPPED}, 30)
 
 
 async def test_cross_tenant_tool_calls_and_mcp(keyed: Keyed) -> None:
@@ -201,7 +203,8 @@ async def test_cross_tenant_tool_calls_and_mcp(keyed: Keyed) -> None:
         json={"name": "get_vm", "arguments": {"vm_id": vm_id}},
     )
     assert answer["result"]["id"] == vm_id
-    assert keyed.services.manager.get(vm_id).state.value == "stopped"
+    # untouched by bob: its creation (started before his calls) ends in "stopped"
+    await keyed.services.manager.wait_for(vm_id, {VmState.STOPPED}, 30)
 
 
 async def test_idempotency_keys_are_per_tenant(keyed: Keyed) -> None:
