@@ -99,7 +99,7 @@ def test_the_console_log_is_not_read_or_rotated_through_a_symlink(
 def test_qemu_log_and_pidfile_are_not_followed(paths: VmPaths, outside: Path) -> None:
     paths.qemu_log.symlink_to(outside)
     with pytest.raises(HypervisorError, match="cannot start QEMU"):
-        spawn_qemu(lambda fd: ["true"], paths)  # its output would be appended there
+        spawn_qemu(lambda qmp, tap: ["true"], paths)  # its output would be appended there
     assert untouched(outside)
 
     outside.write_text(f"{os.getpid()}\n")  # a pid of a process that does run

@@ -241,6 +241,7 @@ def build_argv(
     qemu_binary: str,
     accelerator: str,
     qmp_fd: int,
+    tap_fd: int | None = None,
     platform: Platform = Platform(),  # frozen: a shared default is safe
 ) -> list[str]:
     """The complete QEMU command line for ``vm``; QEMU starts paused (``-S``).
@@ -260,7 +261,7 @@ def build_argv(
         *_consoles(paths, qmp_fd),
         *_guest_agent(paths),
         *_disk(paths),
-        *network.nic_args(vm),
+        *network.nic_args(vm, tap_fd),
         *cloudinit.seed_args(vm, boot, paths),
         *vfio.device_args(vm),
         "-device", _json({"driver": "pvpanic", "id": "panic0"}),

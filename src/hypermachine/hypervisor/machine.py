@@ -23,7 +23,7 @@ import trio
 
 from ..errors import HypervisorError
 from ..models import VmState
-from . import nofollow
+from . import hostnet, nofollow
 from .confine import QemuIdentity
 from .layout import VmPaths
 from .qmp import QmpBridge, QmpGone, QmpSession
@@ -93,13 +93,15 @@ def _listening_socket(path: Path) -> socket.socket:
 
 
 def spawn_qemu(
-    build_argv: Callable[[int], list[str]],
+    build_argv: Callable[[int, int | None], list[str]],
     paths: VmPaths,
     identity: QemuIdentity | None = None,
+    tap: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start QEMU detached (own session) with a ready QMP listening socket.
 
-    ``build_argv`` receives the QMP socket's fd number. QEMU's output goes to
+    ``build_argv`` receives the QMP socket's fd number and that of the VM's ``tap``
+    (opened here, so QEMU needs no access to ``/dev/net/tun``), or None. QEMU's output goes to
     ``paths.qemu_log``. With ``identity`` QEMU runs as that user, owning the VM's
     folders; the QMP socket stays the server's (mode 0600 in a 0700 folder).
 
@@ -110,8 +112,10 @@ def spawn_qemu(
     if identity is not None:
         identity.own(paths.vm_dir, paths.run_dir)
     qmp = _listening_socket(paths.qmp_socket)
+    tap_fd = None
     try:
-        argv = build_argv(qmp.fileno())
+        tap_fd = hostnet.open_tap(tap) if tap is not None else None
+        argv = build_argv(qmp.fileno(), tap_fd)
         with (
             nofollow.Folder(paths.vm_dir) as folder,
             folder.open(paths.qemu_log.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT) as out,
@@ -121,7 +125,7 @@ def spawn_qemu(
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                pass_fds=(qmp.fileno(),),
+                pass_fds=(qmp.fileno(),) if tap_fd is None else (qmp.fileno(), tap_fd),
                 start_new_session=True,
                 close_fds=True,
                 **(identity.popen_kwargs() if identity is not None else {}),
@@ -131,7 +135,9 @@ def spawn_qemu(
             f"cannot start QEMU: {err.strerror}", argv0=str(err.filename)
         ) from err
     finally:
-        qmp.close()  # QEMU holds its own copy of the listening socket
+        qmp.close()  # QEMU holds its own copies of the listening socket and the tap
+        if tap_fd is not None:
+            os.close(tap_fd)
 
 
 def adopt_pid(paths: VmPaths, vm_uuid: str) -> int | None:

@@ -579,7 +579,7 @@ class Manager:
             task_status.started()
             return
 
-        def argv(qmp_fd: int) -> list[str]:
+        def argv(qmp_fd: int, tap_fd: int | None) -> list[str]:
             return build_argv(
                 vm,
                 boot,
@@ -587,12 +587,14 @@ class Manager:
                 qemu_binary=settings.qemu_binary,
                 accelerator=self.host.accelerator,
                 qmp_fd=qmp_fd,
+                tap_fd=tap_fd,
                 platform=platform,
             )
 
         try:
             rotate_at_start(paths.console_log)
-            child = spawn_qemu(argv, paths, self.qemu_identity)
+            tap = vm.network_info.tap if vm.network_info is not None else None
+            child = spawn_qemu(argv, paths, self.qemu_identity, tap)
         except (HMError, ValueError) as err:
             await self._release(vm.id)
             security.after_exit(paths)

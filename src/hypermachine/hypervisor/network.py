@@ -244,8 +244,14 @@ def _info(vm: Vm) -> NetworkInfo:
     )
 
 
-def nic_args(vm: Vm) -> list[str]:
-    """``-netdev`` and ``-device`` (JSON) for the VM's NIC; nothing for ``none``."""
+def nic_args(vm: Vm, tap_fd: int | None = None) -> list[str]:
+    """``-netdev`` and ``-device`` (JSON) for the VM's NIC; nothing for ``none``.
+
+    A bridge VM's tap is opened by the server and passed as ``tap_fd``.
+
+    Raises:
+        ValueError: a bridge VM without its tap's descriptor.
+    """
     info = _info(vm)
     if info.type == "none":
         return []
@@ -258,13 +264,9 @@ def nic_args(vm: Vm) -> list[str]:
                 for f in info.forwards
             ]
     else:
-        netdev = {
-            "type": "tap",
-            "id": "net0",
-            "ifname": info.tap,
-            "script": "no",
-            "downscript": "no",
-        }
+        if tap_fd is None:
+            raise ValueError("a bridge NIC needs the descriptor of its tap")
+        netdev = {"type": "tap", "id": "net0", "fd": str(tap_fd)}
     nic = {"driver": "virtio-net-pci", "netdev": "net0", "id": "nic0", "mac": info.mac}
     return ["-netdev", _json(netdev), "-device", _json(nic)]
 
