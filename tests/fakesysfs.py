@@ -14,7 +14,8 @@ The host it describes:
              0000:01:00.1  NVIDIA audio (snd_hda_intel)
     group 2  0000:00:02.0  Intel VGA (i915), mdev parent <- not passable (ISA bridge)
              0000:00:1f.0  ISA bridge (lpc_ich)
-    group 3  0000:05:00.0  Intel ethernet (igb)
+    group 3  0000:05:00.0  Intel ethernet (igb)       <- not a GPU: only if the operator allows
+    group 4  0000:06:00.0  Samsung NVMe (nvme)        <- not a GPU either
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ DEVICES = [
     ("0000:00:02.0", "8086", "3e92", "030000", "i915", "2"),
     ("0000:00:1f.0", "8086", "a306", "060100", "lpc_ich", "2"),
     ("0000:05:00.0", "8086", "1533", "020000", "igb", "3"),
+    ("0000:06:00.0", "144d", "a808", "010802", "nvme", "4"),
 ]
-DRIVERS = ["pcieport", "nouveau", "snd_hda_intel", "i915", "lpc_ich", "igb", "vfio-pci"]
+DRIVERS = ["pcieport", "nouveau", "snd_hda_intel", "i915", "lpc_ich", "igb", "nvme", "vfio-pci"]
 MDEV_PARENT = "0000:00:02.0"
 MDEV_TYPES = [
     # type id, name, available instances

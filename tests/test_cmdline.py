@@ -201,5 +201,7 @@ def test_vnc_display_is_a_unix_socket_in_the_run_dir() -> None:
 def test_vnc_socket_path_cannot_inject() -> None:
     paths = VmPaths(vm_dir=Path("/data/vm"), run_dir=Path("/run/a,password=on/vm"))
     vm = make_vm(display={"type": "vnc"})
-    argv = build_argv(vm, BootSource(), paths, qemu_binary="q", accelerator="tcg", qmp_fd=3)
+    argv = build_argv(
+        vm, BootSource(), paths, qemu_binary="q", accelerator="tcg", qmp_fd=3, nic_fd=8
+    )
     assert option(argv, "-vnc") == ["unix:/run/a,,password=on/vm/vnc.sock"]

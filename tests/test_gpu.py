@@ -18,13 +18,14 @@ import trio
 
 from fakesysfs import FakeSysfs
 from hypermachine.api import Services
-from hypermachine.config import Settings
+from hypermachine.config import ConfigError, Settings, load_settings
 from hypermachine.errors import DeviceInUse, DeviceUnavailable, Unsupported
 from hypermachine.hypervisor.vfio import GpuAllocator, device_args, mdev_uuid
 from hypermachine.models import GpuAssignment, Vm, VmState
 from support import make_settings
 
 GPU, AUDIO, BRIDGE = "0000:01:00.0", "0000:01:00.1", "0000:00:01.0"
+NIC, NVME = "0000:05:00.0", "0000:06:00.0"
 
 
 @pytest.fixture
@@ -161,6 +162,38 @@ def test_what_cannot_be_passed_through_says_why(sysfs: FakeSysfs, tmp_path: Path
     assert "no IOMMU groups" in str(no_iommu.unsupported(make_vm(1, {}).gpu))
 
 
+@pytest.mark.parametrize(("device", "what"), [(NIC, "Ethernet"), (NVME, "Non-Volatile memory")])
+async def test_only_display_devices_are_passed_through_unless_the_operator_allows(
+    sysfs: FakeSysfs, caplog: pytest.LogCaptureFixture, device: str, what: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="hypermachine.hypervisor.vfio")
+    vm = make_vm(1, {"device": device})
+    with pytest.raises(Unsupported) as refused:
+        await allocator(sysfs).acquire(vm)
+    reason = refused.value.details["unsupported"]["gpu"]
+    assert f"a {what} controller, not a display device" in reason and "passthrough_allow" in reason
+    assert sysfs_writes(caplog) == []  # the host driver keeps it
+    assert sysfs.override(device) == "(null)\n"
+    # the GPU and its IOMMU-group companion (the card's audio function) are meant for guests
+    assert allocator(sysfs).unsupported(make_vm(1, {"device": GPU}).gpu) is None
+    assert allocator(sysfs).unsupported(make_vm(1, {"device": AUDIO}).gpu) is None
+
+    allowed = GpuAllocator(sysfs.root, list, timeout_s=10, allowed=[device])
+    gpu = await allowed.acquire(vm)
+    assert gpu is not None and gpu.devices == [device]
+    assert sysfs.override(device) == "vfio-pci"
+
+
+def test_passthrough_allow_takes_pci_addresses(tmp_path: Path) -> None:
+    config = tmp_path / "hm.toml"
+    config.write_text(f'passthrough_allow = ["{NIC}"]\n')
+    assert load_settings(config_file=config, environ={}).passthrough_allow == (NIC,)
+    env = {"HM_PASSTHROUGH_ALLOW": f"{NIC}, {NVME}"}
+    assert load_settings(environ=env).passthrough_allow == (NIC, NVME)
+    with pytest.raises(ConfigError, match="not a PCI address"):
+        load_settings(environ={"HM_PASSTHROUGH_ALLOW": "eth0"})
+
+
 async def test_the_host_has_changed_since_create(sysfs: FakeSysfs) -> None:
     (sysfs.root / "bus/pci/drivers/vfio-pci/unbind").unlink()
     (sysfs.root / "bus/pci/drivers/vfio-pci/bind").unlink()
@@ -285,6 +318,12 @@ async def test_gpu_refused_at_create_names_the_reason(client: Any) -> None:
     error = (await response.get_json())["error"]
     assert (response.status_code, error["code"]) == (409, "CAPABILITY_UNAVAILABLE")
     assert "ISA bridge" in error["details"]["unsupported"]["gpu"]
+
+    body = {"name": "nic", "image": "tiny", "gpu": {"enabled": True, "device": NIC}}
+    response = await client.post("/api/v1/vms", json=body)
+    error = (await response.get_json())["error"]
+    assert (response.status_code, error["code"]) == (409, "CAPABILITY_UNAVAILABLE")
+    assert "not a display device" in error["details"]["unsupported"]["gpu"]
 
 
 async def test_this_host_lists_its_devices_and_why_none_can_be_passed() -> None:

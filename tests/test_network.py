@@ -117,13 +117,9 @@ def test_passt_without_forwards_forwards_nothing() -> None:
 def test_bridge_netdev_is_a_server_made_tap() -> None:
     vm = planned({"type": "bridge", "ip": "198.18.7.10"})
     assert vm.network.bridge == "hmtest0" and vm.network.ip == "198.18.7.10/24"
-    assert json.loads(nic_args(vm)[1]) == {
-        "type": "tap",
-        "id": "net0",
-        "ifname": "hmt0b6c1a9e7d7e",
-        "script": "no",
-        "downscript": "no",
-    }
+    assert json.loads(nic_args(vm, nic_fd=7)[1]) == {"type": "tap", "id": "net0", "fd": "7"}
+    with pytest.raises(ValueError, match="descriptor of its tap"):
+        nic_args(vm)
     assert kernel_ip_param(vm) == "ip=198.18.7.10::198.18.7.1:255.255.255.0::eth0:off"
 
 

@@ -179,13 +179,18 @@ async def platform_for(tmp_path: Path, boot: BootSource | None = None, **spec: A
     vm = make_vm(**spec)
     boot = boot or BootSource()
     return await security.launch_platform(
-        vm, boot, vm_paths(tmp_path), fake_host(tmp_path), settings_for(tmp_path)
+        vm, boot, vm_paths(tmp_path), fake_host(tmp_path), settings_for(tmp_path), None
     )
 
 
 async def test_secure_boot_platform_copies_the_enrolled_vars(tmp_path: Path) -> None:
-    platform = await platform_for(tmp_path, security={"secure_boot": True}, firmware="uefi")
     vars_ = security.vars_file(vm_paths(tmp_path))
+    vars_.parent.mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"host file")
+    vars_.with_name(vars_.name + ".partial").symlink_to(outside)  # planted by the QEMU user
+    platform = await platform_for(tmp_path, security={"secure_boot": True}, firmware="uefi")
+    assert outside.read_bytes() == b"host file"  # the copy replaced the link
     assert platform == Platform(firmware_code=Path("/fw/CODE.ms.fd"), firmware_vars=vars_,
                                 secure_boot=True)  # fmt: skip
     assert vars_.read_bytes() == b"\x00" * 4096 and vars_.stat().st_mode & 0o777 == 0o600
@@ -214,14 +219,14 @@ async def test_sev_falls_back_to_flash_firmware(tmp_path: Path) -> None:
     vm = make_vm(security={"memory_encryption": "sev"})
     platform = await security.launch_platform(
         vm, BootSource(), vm_paths(tmp_path), replace(host, capabilities=caps),
-        settings_for(tmp_path),
+        settings_for(tmp_path), None,
     )  # fmt: skip
     assert platform.firmware_code == Path("/fw/CODE.fd") and platform.firmware_vars is not None
     snp = make_vm(security={"memory_encryption": "sev_snp"})
     with pytest.raises(Unsupported):  # SNP cannot run from flash
         await security.launch_platform(
             snp, BootSource(), vm_paths(tmp_path), replace(host, capabilities=caps),
-            settings_for(tmp_path),
+            settings_for(tmp_path), None,
         )  # fmt: skip
 
 
@@ -237,7 +242,7 @@ async def test_no_sev_capabilities_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Unsupported):
         await security.launch_platform(
             vm, BootSource(), vm_paths(tmp_path), fake_host(tmp_path, sev=False),
-            settings_for(tmp_path),
+            settings_for(tmp_path), None,
         )  # fmt: skip
 
 

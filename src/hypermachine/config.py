@@ -52,6 +52,7 @@ def _default_run_root() -> Path:
 
 
 _IFACE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,9 @@ class Settings:
     forward_port_max: int = 65535
     # Where PCI devices, IOMMU groups and mediated devices are read and bound.
     sysfs_root: Path = Path("/sys")
+    # PCI addresses a VM's gpu.device may name besides display devices (class 0x03xx)
+    # and their IOMMU-group companions, e.g. ["0000:05:00.0"] (docs/threat-model.md).
+    passthrough_allow: tuple[str, ...] = ()
     ip_binary: str = "ip"
     # A NAT VM's network process, and the tool installing the VM network rules
     # (docs/networking.md).
@@ -190,6 +194,11 @@ class Settings:
     @property
     def images_store_dir(self) -> Path:
         return self.data_dir / "images"
+
+    @property
+    def qemu_folders(self) -> list[Path]:
+        """The folders QEMU (and swtpm) open files in: the QEMU user must reach them."""
+        return [self.vms_dir, self.runtime_dir, self.builtin_images_dir, self.images_store_dir]
 
     @property
     def runtime_dir(self) -> Path:
@@ -264,12 +273,28 @@ def _origins(raw: Any) -> tuple[str, ...]:
     return origins
 
 
+def _pci_addresses(raw: Any) -> tuple[str, ...]:
+    """A TOML list, or a comma-separated string (``HM_PASSTHROUGH_ALLOW``)."""
+    if isinstance(raw, str):
+        raw = [part.strip() for part in raw.split(",") if part.strip()]
+    if not isinstance(raw, list | tuple):
+        raise ConfigError("passthrough_allow must be a list of PCI addresses")
+    wrong = [str(a) for a in raw if not isinstance(a, str) or not _PCI_ADDRESS.match(a)]
+    if wrong:
+        raise ConfigError(
+            f"passthrough_allow: not a PCI address (0000:05:00.0): {', '.join(wrong)}"
+        )
+    return tuple(raw)
+
+
 def _coerce(name: str, raw: Any) -> Any:
     default = _FIELDS[name].default
     if name in _PATH_FIELDS:
         return Path(str(raw)).expanduser()
     if name == "bridges":
         return _bridges(raw)
+    if name == "passthrough_allow":
+        return _pci_addresses(raw)
     if name == "forward_address":
         return _address(raw)
     if name == "allowed_origins":

@@ -20,8 +20,9 @@ from hypercorn.trio.tcp_server import TCPServer
 
 from .api import Services, create_app
 from .config import Settings
-from .hypervisor.confine import resolve_qemu_identity
+from .hypervisor.confine import QemuIdentity, resolve_qemu_identity
 from .hypervisor.host import probe_host
+from .hypervisor.layout import claim_server_dir
 from .hypervisor.manager import Manager
 from .hypervisor.qmp import QmpBridge
 from .images import Catalogue
@@ -46,12 +47,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         security.store.close()
         raise
     host = await trio.to_thread.run_sync(probe_host, settings.qemu_binary, settings.accelerator)
-    qemu_folders = [settings.vms_dir, settings.runtime_dir, settings.builtin_images_dir,
-                    settings.images_store_dir]  # fmt: skip
     try:
-        identity = await trio.to_thread.run_sync(
-            resolve_qemu_identity, settings.qemu_user, qemu_folders
-        )
+        identity = await trio.to_thread.run_sync(_prepare_folders, settings)
     except BaseException:
         security.store.close()
         raise
@@ -87,6 +84,21 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         runtime.close()
         store.close()
         security.store.close()
+
+
+def _prepare_folders(settings: Settings) -> QemuIdentity | None:
+    """Create the server's folders, check the runtime dir is its own, and resolve who
+    QEMU runs as (making the folders it opens files in reachable to that user).
+
+    Raises:
+        ConfigError: a runtime dir that is not the server's; an unreachable folder.
+    """
+    runtime = settings.runtime_dir
+    for folder in [runtime] if settings.run_dir is not None else [runtime.parent, runtime]:
+        claim_server_dir(folder)
+    for folder in (settings.vms_dir, settings.images_store_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    return resolve_qemu_identity(settings.qemu_user, settings.qemu_folders)
 
 
 async def _until_signal() -> None:

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pycdlib
 
 from ..models import CloudInitSpec, NetworkInfo, Vm
+from . import nofollow
 from .layout import VmPaths
 
 if TYPE_CHECKING:
@@ -112,14 +112,16 @@ def build_iso(files: dict[str, bytes]) -> bytes:
 
 
 def write_seed(vm: Vm, direct_kernel: bool, paths: VmPaths) -> Path | None:
-    """Write the VM's seed ISO (atomically) when it needs one; remove a stale one otherwise."""
+    """Write the VM's seed ISO (atomically) when it needs one; remove a stale one otherwise.
+
+    The VM's folder may belong to the QEMU user: whatever has the seed's name (a
+    planted symlink included) is replaced by a fresh file, never written through."""
     target = paths.seed_iso
-    if not needs_seed(vm, direct_kernel):
-        target.unlink(missing_ok=True)
-        return None
-    partial = target.with_suffix(".partial")
-    partial.write_bytes(build_iso(seed_files(vm)))
-    os.replace(partial, target)
+    with nofollow.Folder(target.parent) as folder:
+        if not needs_seed(vm, direct_kernel):
+            folder.unlink(target.name)
+            return None
+        folder.write(target.name, build_iso(seed_files(vm)), 0o644)
     return target
 
 

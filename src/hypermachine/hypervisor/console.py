@@ -29,6 +29,7 @@ import trio
 from ..config import Settings
 from ..errors import ConsoleBusy, InvalidState
 from ..models import Vm, VmState
+from . import nofollow
 from .layout import VmPaths
 
 __all__ = ["ConsoleService", "rotate_at_start", "rotate_if_over", "tail_lines"]
@@ -41,38 +42,45 @@ def _previous(log: Path) -> Path:
 
 
 def rotate_at_start(log: Path) -> None:
-    """Move last boot's log aside (QEMU is not running, so nothing can be lost)."""
-    with contextlib.suppress(FileNotFoundError):
-        if log.stat().st_size > 0:
-            log.replace(_previous(log))
+    """Move last boot's log aside (QEMU is not running, so nothing can be lost).
+
+    A rename never follows a symlink: a planted one is moved aside like a log."""
+    with nofollow.Folder(log.parent) as folder, contextlib.suppress(FileNotFoundError):
+        if os.stat(log.name, dir_fd=folder.fd, follow_symlinks=False).st_size > 0:
+            folder.replace(log.name, _previous(log).name)
 
 
 def rotate_if_over(log: Path, max_bytes: int) -> bool:
-    """Copy-and-truncate a log QEMU is appending to, once it is over ``max_bytes``."""
-    try:
-        if log.stat().st_size <= max_bytes:
+    """Copy-and-truncate a log QEMU is appending to, once it is over ``max_bytes``.
+
+    Only a regular file is rotated: a symlink planted in its place is neither read
+    nor truncated (see :mod:`.nofollow`)."""
+    partial = log.name + ".1.partial"
+    with nofollow.Folder(log.parent) as folder:
+        try:
+            src = folder.open(log.name, os.O_RDWR)
+        except (FileNotFoundError, nofollow.NotRegularFile):
             return False
-    except FileNotFoundError:
-        return False
-    partial = log.with_name(log.name + ".1.partial")
-    with open(log, "r+b") as src, open(partial, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-        while chunk := src.read():  # catch up with what arrived during the copy
-            dst.write(chunk)
-        src.truncate(0)
-    partial.replace(_previous(log))
+        with src:
+            if os.fstat(src.fileno()).st_size <= max_bytes:
+                return False
+            with folder.create(partial, 0o600) as dst:
+                shutil.copyfileobj(src, dst)
+                while chunk := src.read():  # catch up with what arrived during the copy
+                    dst.write(chunk)
+                src.truncate(0)
+        folder.replace(partial, _previous(log).name)
     return True
 
 
 def _tail_of(path: Path, lines: int, max_bytes: int) -> list[bytes]:
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
+        with nofollow.Folder(path.parent) as folder, folder.open(path.name) as f:
+            size = os.fstat(f.fileno()).st_size
             f.seek(max(0, size - max_bytes))
             data = f.read()
-    except FileNotFoundError:
-        return []
+    except (FileNotFoundError, nofollow.NotRegularFile):
+        return []  # no log, or not one the server will read
     parts = data.split(b"\n")
     if size > max_bytes:
         parts = parts[1:]  # the first one is cut

@@ -2,26 +2,53 @@
 
 QEMU's bridge helper cannot run under the seccomp sandbox's ``spawn=deny``, so
 the server makes each bridge VM's tap itself (``ip tuntap add``, owned by the
-server's user so QEMU, running as that user, may open it) before QEMU starts,
-and deletes it after QEMU exits. Names and bridges come only from the server's
-own derivation and configuration, never from a client.
+QEMU user) before QEMU starts, and deletes it after QEMU exits. The server also
+opens it (:func:`open_tap`) and hands QEMU the descriptor (``-netdev tap,fd=``),
+as libvirt does: QEMU never needs ``/dev/net/tun``, which may be root's alone.
+Names and bridges come only from the server's own derivation and configuration,
+never from a client.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import socket
+import struct
 from pathlib import Path
 
 import trio
 
 from ..errors import HypervisorError
 
-__all__ = ["TapManager", "interface_exists", "is_bridge", "port_free"]
+__all__ = ["TapManager", "interface_exists", "is_bridge", "open_tap", "port_free"]
 
 log = logging.getLogger(__name__)
+
+
+_TUNSETIFF = 0x400454CA
+_IFF_TAP, _IFF_NO_PI, _IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
+
+
+def open_tap(name: str) -> int:
+    """A descriptor attached to the existing tap ``name``, for QEMU to inherit.
+
+    Raises:
+        HypervisorError: ``/dev/net/tun`` cannot be opened or the tap attached.
+    """
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as err:
+        raise HypervisorError(f"cannot open /dev/net/tun: {err.strerror}") from err
+    request = struct.pack("16sH22x", name.encode(), _IFF_TAP | _IFF_NO_PI | _IFF_VNET_HDR)
+    try:
+        fcntl.ioctl(fd, _TUNSETIFF, request)
+    except OSError as err:
+        os.close(fd)
+        raise HypervisorError(f"cannot attach to tap {name}: {err.strerror}", tap=name) from err
+    return fd
 
 
 def interface_exists(name: str) -> bool:

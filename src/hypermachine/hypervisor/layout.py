@@ -4,13 +4,48 @@ and pidfile under the short runtime dir (unix socket paths are capped at 108 byt
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["VmPaths"]
+from ..config import ConfigError
+
+__all__ = ["VmPaths", "claim_server_dir"]
 
 _SOCKET_PATH_MAX = 107
+
+
+def claim_server_dir(path: Path) -> None:
+    """Create ``path`` (0700) for the server, or check an existing one is the server's.
+
+    The runtime dir's default lives under a shared root (``/tmp`` for a non-root
+    server), where another user could create it first and plant symlinks; so an
+    existing folder must be a real directory of the server's user that nobody else
+    may write.
+
+    Raises:
+        ConfigError: it exists but is not the server's (owner, mode, a symlink).
+    """
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        path.mkdir(mode=0o700, parents=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{path} is not a directory (a symlink?); refusing to use it")
+    if st.st_uid != os.geteuid():
+        raise ConfigError(
+            f"{path} belongs to uid {st.st_uid}, not to the server's user (uid {os.geteuid()});"
+            " refusing to use it"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            f"{path} is writable by others (mode {stat.S_IMODE(st.st_mode):o}); refusing to use it"
+        )
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import trio
 
 from ..errors import HypervisorError
 from ..models import VmState
+from . import hostnet, nofollow
 from .confine import QemuIdentity
 from .faults import FaultHandler, contained
 from .layout import VmPaths
@@ -117,15 +118,17 @@ def _listening_socket(path: Path) -> socket.socket:
 
 
 def spawn_qemu(
-    build_argv: Callable[[int], list[str]],
+    build_argv: Callable[[int, int | None], list[str]],
     paths: VmPaths,
     identity: QemuIdentity | None = None,
+    tap: str | None = None,
     pass_fds: tuple[int, ...] = (),
 ) -> subprocess.Popen[bytes]:
     """Start QEMU detached (own session) with a ready QMP listening socket.
 
-    ``build_argv`` receives the QMP socket's fd number; ``pass_fds`` are further
-    descriptors QEMU inherits (a NAT VM's passt socket). QEMU's output goes to
+    ``build_argv`` receives the QMP socket's fd number and that of the VM's ``tap``
+    (opened here, so QEMU needs no access to ``/dev/net/tun``), or None; ``pass_fds``
+    are further descriptors QEMU inherits (a NAT VM's passt socket). QEMU's output goes to
     ``paths.qemu_log``. With ``identity`` QEMU runs as that user, owning the VM's
     folders; the QMP socket stays the server's (mode 0600 in a 0700 folder).
 
@@ -136,31 +139,38 @@ def spawn_qemu(
     if identity is not None:
         identity.own(paths.vm_dir, paths.run_dir)
     qmp = _listening_socket(paths.qmp_socket)
+    tap_fd = None
     try:
-        argv = build_argv(qmp.fileno())
-        with open(paths.qemu_log, "ab") as out:
+        tap_fd = hostnet.open_tap(tap) if tap is not None else None
+        argv = build_argv(qmp.fileno(), tap_fd)
+        with (
+            nofollow.Folder(paths.vm_dir) as folder,
+            folder.open(paths.qemu_log.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT) as out,
+        ):
             return subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                pass_fds=(qmp.fileno(), *pass_fds),
+                pass_fds=(qmp.fileno(), *pass_fds, *(() if tap_fd is None else (tap_fd,))),
                 start_new_session=True,
                 close_fds=True,
                 **(identity.popen_kwargs() if identity is not None else {}),
             )
-    except OSError as err:
+    except OSError as err:  # the binary, or a qemu.log that is not a regular file
         raise HypervisorError(
             f"cannot start QEMU: {err.strerror}", argv0=str(err.filename)
         ) from err
     finally:
-        qmp.close()  # QEMU holds its own copy of the listening socket
+        qmp.close()  # QEMU holds its own copies of the listening socket and the tap
+        if tap_fd is not None:
+            os.close(tap_fd)
 
 
 def adopt_pid(paths: VmPaths, vm_uuid: str) -> int | None:
     """The pid of this VM's QEMU if it is still running, checked by UUID on its command line."""
     try:
-        pid = int(paths.pidfile.read_text().strip())
+        pid = int(nofollow.read_file(paths.pidfile, limit=32).strip())
         cmdline = psutil.Process(pid).cmdline()
     except (OSError, ValueError, psutil.Error):
         return None
@@ -169,10 +179,7 @@ def adopt_pid(paths: VmPaths, vm_uuid: str) -> int | None:
 
 def _log_tail(path: Path, limit: int = 400) -> str:
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - limit))
-            text = f.read().decode(errors="replace")
+        text = nofollow.read_file(path, limit).decode(errors="replace")
     except OSError:
         return ""
     return " | ".join(line.strip() for line in text.splitlines() if line.strip())[-limit:]

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import psutil
 import trio
 
-from ..config import Settings
+from ..config import ConfigError, Settings
 from ..errors import HMError, HypervisorError, ImageNotFound, InvalidState, VmNotFound, WaitTimeout
 from ..events import EventLog
 from ..models import (
@@ -50,7 +50,7 @@ from ..store import Store, VmQuery, fingerprint, utcnow
 from ..telemetry import Telemetry
 from . import capabilities, disks, layers, security
 from .cmdline import BootSource, build_argv
-from .confine import QemuIdentity
+from .confine import QemuIdentity, make_reachable
 from .console import ConsoleService, rotate_at_start
 from .faults import contained
 from .guest import GuestService
@@ -345,6 +345,23 @@ class Manager:
             raise HypervisorError("the host's capabilities have not been probed yet")
         return self.host.capabilities
 
+    async def _reach_folders(self) -> None:
+        """Check again, before swtpm or QEMU runs as the QEMU user, that it can reach its
+        folders: their modes may have changed since start-up (a ``chmod 700`` resets an
+        ACL's mask), and the entry is then restored.
+
+        Raises:
+            HypervisorError: the folders cannot be opened to that user.
+        """
+        if self.qemu_identity is None:
+            return
+        try:
+            await trio.to_thread.run_sync(
+                make_reachable, self.qemu_identity, self._settings.qemu_folders
+            )
+        except ConfigError as err:
+            raise HypervisorError(str(err)) from err
+
     def _lock(self, vm_id: str) -> trio.Lock:
         return self._locks.setdefault(vm_id, trio.Lock())
 
@@ -538,7 +555,9 @@ class Manager:
                 self._set(vm_id, VmState.ERROR, f"disk creation failed: {err.message}")
                 return
             try:
-                await security.prepare(vm, paths, self.host, self._settings)
+                if vm.security.vtpm:  # swtpm_setup runs as the QEMU user
+                    await self._reach_folders()
+                await security.prepare(vm, paths, self.host, self._settings, self.qemu_identity)
             except HMError as err:
                 self._set(vm_id, VmState.ERROR, f"firmware/TPM setup failed: {err.message}")
                 return
@@ -689,14 +708,17 @@ class Manager:
         paths = self._paths(vm.id)
         settings = self._settings
         try:
-            platform = await security.launch_platform(vm, boot, paths, self.host, settings)
+            await self._reach_folders()
+            platform = await security.launch_platform(
+                vm, boot, paths, self.host, settings, self.qemu_identity
+            )
         except HMError as err:
             await self._release(vm.id)
             self._set(vm.id, VmState.ERROR, f"firmware/TPM could not be prepared: {err.message}")
             return None
         nic_fd = nic.fileno() if nic is not None else None
 
-        def argv(qmp_fd: int) -> list[str]:
+        def argv(qmp_fd: int, tap_fd: int | None) -> list[str]:
             return build_argv(
                 vm,
                 boot,
@@ -704,7 +726,7 @@ class Manager:
                 qemu_binary=settings.qemu_binary,
                 accelerator=self.host.accelerator,
                 qmp_fd=qmp_fd,
-                nic_fd=nic_fd,
+                nic_fd=nic_fd if nic_fd is not None else tap_fd,
                 platform=platform,
                 incoming=incoming,
             )
@@ -712,7 +734,8 @@ class Manager:
         try:
             rotate_at_start(paths.console_log)
             extra = () if nic_fd is None else (nic_fd,)
-            return spawn_qemu(argv, paths, self.qemu_identity, pass_fds=extra)
+            bridge_tap = vm.network_info.tap if vm.network_info is not None else None
+            return spawn_qemu(argv, paths, self.qemu_identity, bridge_tap, pass_fds=extra)
         except (HMError, ValueError) as err:
             await self._release(vm.id)
             security.after_exit(paths)

@@ -248,11 +248,11 @@ def _info(vm: Vm) -> NetworkInfo:
 def nic_args(vm: Vm, nic_fd: int | None = None) -> list[str]:
     """``-netdev`` and ``-device`` (JSON) for the VM's NIC; nothing for ``none``.
 
-    A NAT VM's netdev is a stream over ``nic_fd``, its connected passt socket (passt
-    holds the port forwards).
+    ``nic_fd`` is the NIC's backend, opened by the server: a NAT VM's connected passt
+    socket (passt holds the port forwards), a bridge VM's tap.
 
     Raises:
-        ValueError: a NAT VM without ``nic_fd``.
+        ValueError: a NIC without its descriptor.
     """
     info = _info(vm)
     if info.type == "none":
@@ -268,13 +268,9 @@ def nic_args(vm: Vm, nic_fd: int | None = None) -> list[str]:
             "addr": {"type": "fd", "str": str(int(nic_fd))},
         }
     else:
-        netdev = {
-            "type": "tap",
-            "id": "net0",
-            "ifname": info.tap,
-            "script": "no",
-            "downscript": "no",
-        }
+        if nic_fd is None:
+            raise ValueError("a bridge NIC needs the descriptor of its tap")
+        netdev = {"type": "tap", "id": "net0", "fd": str(int(nic_fd))}
     nic = {"driver": "virtio-net-pci", "netdev": "net0", "id": "nic0", "mac": info.mac}
     return ["-netdev", _json(netdev), "-device", _json(nic)]
 

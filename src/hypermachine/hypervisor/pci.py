@@ -2,14 +2,19 @@
 
 Every path is under one ``sysfs_root`` (``/sys`` on a real host, a temp tree in
 tests). Reading only: binding lives in :mod:`.vfio`. A device can be passed
-through when it has an IOMMU group, vfio-pci is loaded, and nothing in its group
-is a host or ISA bridge (the whole group goes to the guest's side of the IOMMU;
-PCI-to-PCI bridges are exempt, as in the kernel's vfio viability rule).
+through when it is meant to be — a display device (class 0x03xx), a function in
+the same IOMMU group as one (the GPU's audio function), or an address the operator
+lists in ``passthrough_allow`` — and it has an IOMMU group, vfio-pci is loaded,
+and nothing in its group is a host or ISA bridge (the whole group goes to the
+guest's side of the IOMMU; PCI-to-PCI bridges are exempt, as in the kernel's vfio
+viability rule). So a NIC or an NVMe controller is never unbound from its host
+driver because a client named it.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +75,7 @@ _KINDS = {
     0x12: "accelerator",
 }
 _PCI_BRIDGE = 0x0604
+_DISPLAY = 0x03
 
 
 @dataclass(frozen=True)
@@ -170,10 +176,35 @@ def vfio_pci_loaded(sysfs_root: Path) -> bool:
     return (sysfs_root / "bus" / "pci" / "drivers" / "vfio-pci").is_dir()
 
 
-def passthrough(sysfs_root: Path, function: PciFunction) -> Passthrough:
-    """Whether the function (with its whole IOMMU group) can be handed to a guest, and why not."""
+def _meant_for_guests(sysfs_root: Path, function: PciFunction, allowed: Collection[str]) -> bool:
+    """A display device, a companion in a display device's IOMMU group, or operator-listed."""
+    if function.address in allowed or function.class_code >> 16 == _DISPLAY:
+        return True
+    companions = group_members(sysfs_root, function.iommu_group) if function.iommu_group else []
+    return any(
+        (other := read_function(sysfs_root, member)) is not None
+        and other.class_code >> 16 == _DISPLAY
+        for member in companions
+    )
+
+
+def passthrough(
+    sysfs_root: Path, function: PciFunction, allowed: Collection[str] = ()
+) -> Passthrough:
+    """Whether the function (with its whole IOMMU group) can be handed to a guest, and why not.
+
+    ``allowed`` is ``passthrough_allow``: addresses the operator opened besides display
+    devices and their IOMMU-group companions.
+    """
     if function.class_code >> 16 == 0x06:
         return Passthrough(possible=False, reason="a bridge, not an endpoint device")
+    if not _meant_for_guests(sysfs_root, function, allowed):
+        return Passthrough(
+            possible=False,
+            reason=f"a {class_name(function.class_code)}, not a display device nor in a "
+            "display device's IOMMU group; only the host operator can allow it "
+            "(passthrough_allow)",
+        )
     if function.iommu_group is None:
         return Passthrough(
             possible=False, reason="no IOMMU group: the IOMMU is off or does not cover it"

@@ -72,7 +72,9 @@ class HostResources:
         if qemu_identity is None and os.geteuid() == 0:
             self._passt_identity = unprivileged_identity()
         self._passt = passt.PasstProcesses(settings.passt_binary, budget, self._passt_identity)
-        self._gpus = GpuAllocator(settings.sysfs_root, stored_vms, budget)
+        self._gpus = GpuAllocator(
+            settings.sysfs_root, stored_vms, budget, allowed=settings.passthrough_allow
+        )
 
     async def prepare(self) -> None:
         """Install the rule keeping NAT guests off the host (as root; else warn).

@@ -12,15 +12,15 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ..config import Settings
 from ..errors import NotConfidential, Unsupported
 from ..models import CreateVmRequest, FirmwareSet, Vm, VmSpec
-from . import tpm
+from . import nofollow, tpm
 from .cmdline import BootSource, Confidential, Platform
+from .confine import QemuIdentity
 from .firmware import firmware_for_confidential, pick
 from .host import HostFacts
 from .layout import VmPaths
@@ -105,27 +105,36 @@ def _firmware_set(vm: VmSpec, host: HostFacts) -> FirmwareSet | None:
 
 
 def _ensure_vars(fw: FirmwareSet | None, paths: VmPaths) -> Path | None:
+    """The VM's VARS file, copied from the template once (never through a symlink: the
+    VM's folder may be the QEMU user's by now; an existing name is left to QEMU)."""
     if fw is None or fw.device != "flash" or fw.vars_template is None:
         return None
     target = vars_file(paths)
-    if not target.exists():
-        paths.vm_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        partial = target.with_suffix(".partial")
-        shutil.copyfile(fw.vars_template, partial)
-        partial.chmod(0o600)
-        partial.rename(target)
+    paths.vm_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not nofollow.exists(target):
+        nofollow.write_file(target, Path(fw.vars_template).read_bytes(), 0o600)
     return target
 
 
-async def prepare(vm: Vm, paths: VmPaths, host: HostFacts, settings: Settings) -> None:
-    """At create: the VM's VARS copy and TPM state.
+def _hand_over(paths: VmPaths, identity: QemuIdentity | None) -> None:
+    """Give the VM's folders to the QEMU user before swtpm runs as that user."""
+    paths.make()
+    if identity is not None:
+        identity.own(paths.vm_dir, paths.run_dir)
+
+
+async def prepare(
+    vm: Vm, paths: VmPaths, host: HostFacts, settings: Settings, identity: QemuIdentity | None
+) -> None:
+    """At create: the VM's VARS copy and TPM state (made by ``identity``).
 
     Raises:
         Unsupported, HypervisorError (swtpm_setup failed).
     """
     _ensure_vars(_firmware_set(vm, host), paths)
     if vm.security.vtpm:
-        await tpm.setup(tpm.TpmPaths.for_vm(paths), settings)
+        _hand_over(paths, identity)
+        await tpm.setup(tpm.TpmPaths.for_vm(paths), settings, identity)
 
 
 def _confidential(vm: Vm, boot: BootSource, host: HostFacts) -> Confidential | None:
@@ -151,9 +160,14 @@ def _confidential(vm: Vm, boot: BootSource, host: HostFacts) -> Confidential | N
 
 
 async def launch_platform(
-    vm: Vm, boot: BootSource, paths: VmPaths, host: HostFacts, settings: Settings
+    vm: Vm,
+    boot: BootSource,
+    paths: VmPaths,
+    host: HostFacts,
+    settings: Settings,
+    identity: QemuIdentity | None,
 ) -> Platform:
-    """Everything firmware/TPM/SEV-shaped QEMU needs; starts the VM's swtpm.
+    """Everything firmware/TPM/SEV-shaped QEMU needs; starts the VM's swtpm (as ``identity``).
 
     Raises:
         Unsupported, HypervisorError (swtpm would not start).
@@ -164,7 +178,8 @@ async def launch_platform(
     socket = None
     if vm.security.vtpm:
         tpm_paths = tpm.TpmPaths.for_vm(paths)
-        pid = await tpm.start(tpm_paths, settings)
+        _hand_over(paths, identity)
+        pid = await tpm.start(tpm_paths, settings, identity)
         log.info("%s: swtpm pid %d", vm.id, pid)
         socket = tpm_paths.socket
     stateless = fw is not None and fw.device == "memory"

@@ -12,6 +12,13 @@ Life of a vTPM:
 * **restart of the server** — swtpm, like QEMU, is not our child: :func:`find`
   re-finds it from the pidfile, checking its command line names this VM's state dir.
 * **delete** — the state dir goes with the VM dir.
+
+When QEMU runs as an unprivileged user (:mod:`.confine`), so do ``swtpm`` and
+``swtpm_setup``: nothing in a folder that user owns is written by root. The EK and
+platform certificates are then signed by a local CA of this data dir
+(``<data dir>/swtpm/localca``, the user's), since the system's
+(``/var/lib/swtpm-localca``) is root's; the two config files pointing
+``swtpm_setup`` at it are root's, in a folder the user cannot write.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ import trio
 
 from ..config import Settings
 from ..errors import HypervisorError
+from . import nofollow
+from .confine import QemuIdentity
 from .layout import VmPaths
 
 __all__ = ["TpmPaths", "find", "setup", "start", "stop"]
@@ -66,11 +75,40 @@ def _swtpm_path(path: Path) -> str:
     return text
 
 
-async def _run(argv: list[str], timeout_s: float, what: str) -> None:
+def _localca_config(settings: Settings, identity: QemuIdentity) -> Path:
+    """The ``swtpm_setup`` config making ``identity``'s own local CA sign the certificates."""
+    folder = settings.data_dir / "swtpm"
+    folder.mkdir(mode=0o755, exist_ok=True)
+    os.chown(folder, 0, 0, follow_symlinks=False)
+    statedir = folder / "localca"
+    statedir.mkdir(mode=0o700, exist_ok=True)
+    os.chown(statedir, identity.uid, identity.gid, follow_symlinks=False)
+    ca = _swtpm_path(statedir)
+    localca = folder / "swtpm-localca.conf"
+    nofollow.write_file(
+        localca,
+        f"statedir = {ca}\nsigningkey = {ca}/signkey.pem\n"
+        f"issuercert = {ca}/issuercert.pem\ncertserial = {ca}/certserial\n".encode(),
+        0o644,
+    )
+    setup_conf = folder / "swtpm_setup.conf"
+    nofollow.write_file(
+        setup_conf,
+        "create_certs_tool = /usr/bin/swtpm_localca\n"
+        f"create_certs_tool_config = {_swtpm_path(localca)}\n"
+        "create_certs_tool_options = /etc/swtpm-localca.options\n"
+        "active_pcr_banks = sha256\n".encode(),
+        0o644,
+    )
+    return setup_conf
+
+
+async def _run(argv: list[str], timeout_s: float, what: str, identity: QemuIdentity | None) -> None:
+    as_user = identity.popen_kwargs() if identity is not None else {}
     try:
         with trio.fail_after(timeout_s):
             result = await trio.run_process(
-                argv, capture_stdout=True, capture_stderr=True, check=False
+                argv, capture_stdout=True, capture_stderr=True, check=False, **as_user
             )
     except trio.TooSlowError as err:
         raise HypervisorError(f"{what} did not finish within {timeout_s:g} s") from err
@@ -83,34 +121,39 @@ async def _run(argv: list[str], timeout_s: float, what: str) -> None:
         )
 
 
-async def setup(tpm: TpmPaths, settings: Settings) -> None:
-    """Create the TPM's state once; a VM that has it keeps it.
+async def setup(tpm: TpmPaths, settings: Settings, identity: QemuIdentity | None) -> None:
+    """Create the TPM's state once (as ``identity``, which owns the VM's folder by then);
+    a VM that has it keeps it.
 
     Raises:
         HypervisorError: swtpm_setup failed or took longer than its budget.
     """
     if tpm.initialised:
         return
-    tpm.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    config = [] if identity is None else ["--config", str(_localca_config(settings, identity))]
     argv = [
         settings.swtpm_setup_binary, "--tpm2",
         "--tpmstate", _swtpm_path(tpm.state_dir),
         "--create-ek-cert", "--create-platform-cert", "--lock-nvram",
         "--pcr-banks", "sha256", "--not-overwrite",
-        "--logfile", _swtpm_path(tpm.log),
+        "--logfile", _swtpm_path(tpm.log), *config,
     ]  # fmt: skip
-    await _run(argv, settings.swtpm_setup_timeout_s, "swtpm_setup")
+    with contextlib.suppress(FileExistsError):  # mkdir never follows a symlink
+        os.mkdir(tpm.state_dir, 0o700)
+        if identity is not None:
+            os.chown(tpm.state_dir, identity.uid, identity.gid, follow_symlinks=False)
+    await _run(argv, settings.swtpm_setup_timeout_s, "swtpm_setup", identity)
 
 
-async def start(tpm: TpmPaths, settings: Settings) -> int:
-    """Start the VM's swtpm (before QEMU); return its pid once its socket is there.
+async def start(tpm: TpmPaths, settings: Settings, identity: QemuIdentity | None) -> int:
+    """Start the VM's swtpm (before QEMU, as ``identity``, which owns the VM's folders by
+    then); return its pid once its socket is there.
 
     Raises:
         HypervisorError: it would not start within ``swtpm_start_timeout_s``.
     """
-    await setup(tpm, settings)  # a VM created before it asked for a vTPM
+    await setup(tpm, settings, identity)  # a VM created before it asked for a vTPM
     stop(tpm)  # a stale one from a crash would hold the state lock
-    tpm.socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     argv = [
         settings.swtpm_binary, "socket", "--tpm2",
         "--tpmstate", f"dir={_swtpm_path(tpm.state_dir)},mode=0600",
@@ -120,7 +163,7 @@ async def start(tpm: TpmPaths, settings: Settings) -> int:
         "--terminate", "--daemon",
     ]  # fmt: skip
     budget = settings.swtpm_start_timeout_s
-    await _run(argv, budget, "swtpm")  # --daemon: returns once it has forked
+    await _run(argv, budget, "swtpm", identity)  # --daemon: returns once it has forked
     # The daemon writes its pidfile and socket itself; nothing signals that: poll.
     with trio.move_on_after(budget):
         while (pid := find(tpm)) is None or not tpm.socket.exists():
@@ -133,7 +176,7 @@ async def start(tpm: TpmPaths, settings: Settings) -> int:
 def find(tpm: TpmPaths) -> int | None:
     """The pid of this VM's running swtpm, checked by its state dir on its command line."""
     try:
-        pid = int(tpm.pidfile.read_text().strip())
+        pid = int(nofollow.read_file(tpm.pidfile, limit=32).strip())
         process = psutil.Process(pid)
         cmdline = process.cmdline()
         zombie = process.status() == psutil.STATUS_ZOMBIE

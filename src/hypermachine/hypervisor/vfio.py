@@ -18,13 +18,13 @@ import contextlib
 import json
 import logging
 import uuid as uuidlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 
 import trio
 
 from ..errors import DeviceInUse, DeviceUnavailable, HypervisorError, Unsupported
-from ..models import GpuAssignment, GpuSpec, HostDevices, MdevType, PciDevice, Vm
+from ..models import GpuAssignment, GpuSpec, HostDevices, MdevType, Passthrough, PciDevice, Vm
 from . import pci
 
 __all__ = ["GpuAllocator", "device_args", "mdev_uuid"]
@@ -73,9 +73,14 @@ class GpuAllocator:
     """Hands GPUs to VMs and takes them back, against sysfs at ``sysfs_root``."""
 
     def __init__(
-        self, sysfs_root: Path, stored_vms: Callable[[], Iterable[Vm]], timeout_s: float
+        self,
+        sysfs_root: Path,
+        stored_vms: Callable[[], Iterable[Vm]],
+        timeout_s: float,
+        allowed: Collection[str] = (),
     ) -> None:
         self._root = sysfs_root
+        self._allowed = frozenset(allowed)  # passthrough_allow
         self._stored_vms = stored_vms
         self._timeout_s = timeout_s
         self._lock = trio.Lock()
@@ -112,7 +117,7 @@ class GpuAllocator:
                     driver=function.driver,
                     iommu_group=group,
                     iommu_group_members=pci.group_members(self._root, group) if group else [],
-                    passthrough=pci.passthrough(self._root, function),
+                    passthrough=self._verdict(function),
                     in_use_by=held.get(function.address),
                 )
             )
@@ -135,17 +140,20 @@ class GpuAllocator:
             function = pci.read_function(self._root, spec.device)
             if function is None:
                 return f"there is no PCI device {spec.device} on this host"
-            verdict = pci.passthrough(self._root, function)
+            verdict = self._verdict(function)
             return None if verdict.possible else f"{spec.device}: {verdict.reason}"
         if not self._candidates():
             return "this host has no GPU that can be passed through"
         return None
 
+    def _verdict(self, function: pci.PciFunction) -> Passthrough:
+        return pci.passthrough(self._root, function, self._allowed)
+
     def _candidates(self) -> list[pci.PciFunction]:
         return [
             f
             for f in pci.list_functions(self._root)
-            if pci.kind_of(f.class_code) == "gpu" and pci.passthrough(self._root, f).possible
+            if pci.kind_of(f.class_code) == "gpu" and self._verdict(f).possible
         ]
 
     # -- acquire / release -----------------------------------------------------
