@@ -31,6 +31,10 @@ pytestmark = [
 ]
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -73,9 +77,25 @@ class Site:
         return self.wait(timeout).until(EC.visibility_of_element_located((By.CSS_SELECTOR, css)))
 
     def text(self, css: str) -> str:
-        """The text of an element that is there (perhaps still empty, so not visible)."""
-        found = self.wait().until(EC.presence_of_element_located((By.CSS_SELECTOR, css)))
-        return str(found.text)
+        """The text of an element that is there (perhaps still empty, so not visible);
+        read again when a live update replaced the element while it was read."""
+
+        def read(driver: Any) -> tuple[str] | bool:
+            found = driver.find_elements(By.CSS_SELECTOR, css)
+            return (str(found[0].text),) if found else False
+
+        wait = WebDriverWait(self.browser, 30, ignored_exceptions=(StaleElementReferenceException,))
+        return wait.until(read)[0]  # type: ignore[index]
+
+    def click(self, css: str) -> None:
+        """Click an element, again if a live update replaced it under the pointer."""
+
+        def clicked(driver: Any) -> bool:
+            driver.find_element(By.CSS_SELECTOR, css).click()
+            return True
+
+        ignored = (StaleElementReferenceException, NoSuchElementException)
+        WebDriverWait(self.browser, 30, ignored_exceptions=ignored).until(clicked)
 
     def sign_in(self, who: str) -> None:
         self.open("/ui/sign-in")
@@ -176,13 +196,17 @@ def test_create_from_the_form_and_see_it_run(site: Site) -> None:
     site.find("#create-vm button[type=submit]").click()
     site.vm_state(VM_NAME, "running")
     assert site.browser.execute_script("return window.hmSamePage") is True
-    row = site.find(f'tr[data-vm-name="{VM_NAME}"]')
-    site.vm_id = row.get_attribute("data-vm-id")
+    row = f'tr[data-vm-name="{VM_NAME}"]'
+    site.find(row)
+    # Read in one script: a live update may replace the row between two driver calls.
+    site.vm_id = site.browser.execute_script(
+        "return document.querySelector(arguments[0]).dataset.vmId", row
+    )
     site.shot("vms")
 
 
 def test_serial_console_shows_the_guest_and_answers(site: Site) -> None:
-    site.find(f'tr[data-vm-name="{VM_NAME}"] a').click()
+    site.click(f'tr[data-vm-name="{VM_NAME}"] a')
     site.wait().until(EC.url_to_be(f"{site.server.url}/ui/vms/{site.vm_id}"))
     spec = site.text("#overview dl")
     assert "display\nvnc" in spec and "image\ntiny" in spec, spec
@@ -288,6 +312,6 @@ def test_admin_pages_and_phone_width(site: Site) -> None:
 
 def test_stop_with_confirmation(site: Site) -> None:
     site.sign_in("alice")
-    site.find(f'tr[data-vm-name="{VM_NAME}"] [data-action="stop"]').click()
+    site.click(f'tr[data-vm-name="{VM_NAME}"] [data-action="stop"]')
     site.find("#confirm-ok").click()
     site.vm_state(VM_NAME, "stopped", timeout=120)
