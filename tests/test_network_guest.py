@@ -3,12 +3,11 @@
 * nat: a forwarded host port on 127.0.0.1 reaches busybox httpd in the guest; the
   guest reaches a stand-in for the outside world (a netns) but neither the API nor
   a listener on the host's loopback nor one on a host address;
-* bridge anti-spoofing: a guest sending from its peer's IP or MAC gets nothing
-  through, and unspoofed the two talk;
 * bridge: two guests with static IPs on a scratch bridge answer pings from a peer
-  in the test's own network namespace and reach each other; their taps exist while
-  they run and are gone once QEMU has exited, after delete, and after a restarted
-  server finds the QEMU gone.
+  in the test's own network namespace and reach each other; one sending from its
+  peer's IP or MAC gets nothing through; their taps (and anti-spoofing tables) exist
+  while they run and are gone once QEMU has exited, after delete, and after a
+  restarted server finds the QEMU gone.
 """
 
 from __future__ import annotations
@@ -113,14 +112,16 @@ async def fetch_when_served(url: str, timeout: float) -> bytes:
     raise AssertionError(f"{url} never answered: {last!r}")
 
 
-async def test_forwarded_port_reaches_a_guest_service(client: Any, services: Services) -> None:
+async def test_nat_guest_is_forwarded_to_and_reaches_the_outside_but_not_the_host(
+    client: Any, services: Services, outside: ScratchOutside, tmp_path: Path
+) -> None:
     port = free_port()
-    vm = await boot(client, services, "web", {"ports": [{"host": port, "guest": 8080}]})
+    vm = await boot(client, services, "contained", {"ports": [{"host": port, "guest": 8080}]})
     assert vm["network_info"]["forwards"] == [
         {"protocol": "tcp", "host_address": "127.0.0.1", "host_port": port, "guest_port": 8080}
     ]
     assert "HM-NET eth0 10.0.2.15" in console_text(services, vm["id"])
-    async with console(services, vm["id"]) as con:
+    async with console(services, vm["id"]) as con:  # a service started from the console
         await con.type(
             "mkdir -p /www && echo hm-forward-ok > /www/index.html && "
             "httpd -p 8080 -h /www && echo HTTPD''-UP"
@@ -128,22 +129,6 @@ async def test_forwarded_port_reaches_a_guest_service(client: Any, services: Ser
         await wait_console(services, vm["id"], "HTTPD-UP", timeout=60)
     body = await fetch_when_served(f"http://127.0.0.1:{port}/index.html", timeout=60)
     assert body == b"hm-forward-ok\n"
-
-    stopped = await client.post(f"/api/v1/vms/{vm['id']}/stop", json={"force": True, "wait": True})
-    assert (await stopped.get_json())["state"] == "stopped"
-    assert port_free("127.0.0.1", port, "tcp"), "QEMU's forward outlived it"
-
-
-async def test_nat_guest_reaches_the_outside_but_not_the_host(
-    client: Any, services: Services, outside: ScratchOutside, tmp_path: Path
-) -> None:
-    port = free_port()
-    vm = await boot(client, services, "contained", {"ports": [{"host": port, "guest": 8080}]})
-    got = await guest_sh(
-        client, vm["id"], "mkdir -p /www && echo fwd > /www/i && httpd -p 8080 -h /www"
-    )
-    assert got["exit_code"] == 0, got
-    assert await fetch_when_served(f"http://127.0.0.1:{port}/i", timeout=60) == b"fwd\n"
 
     async with served(services) as api:
         api_port = urlsplit(api).port
@@ -165,8 +150,12 @@ async def test_nat_guest_reaches_the_outside_but_not_the_host(
                 got = await guest_sh(client, vm["id"], wget(url))
                 assert got["exit_code"] != 0 and got["stdout"] == "", (url, got)
             assert loopback.seen() == [] and host_address.seen() == []
-    # The forward still serves after the refusals.
-    assert await fetch_when_served(f"http://127.0.0.1:{port}/i", timeout=10) == b"fwd\n"
+    # The forward still serves after the refusals, and ends with the VM.
+    body = await fetch_when_served(f"http://127.0.0.1:{port}/index.html", timeout=10)
+    assert body == b"hm-forward-ok\n"
+    stopped = await client.post(f"/api/v1/vms/{vm['id']}/stop", json={"force": True, "wait": True})
+    assert (await stopped.get_json())["state"] == "stopped"
+    assert port_free("127.0.0.1", port, "tcp"), "the VM's forward outlived it"
 
 
 def tap_master(tap: str) -> str | None:
@@ -174,41 +163,6 @@ def tap_master(tap: str) -> str | None:
         return os.path.basename(os.readlink(f"/sys/class/net/{tap}/master"))
     except OSError:
         return None
-
-
-async def test_bridge_guests_answer_on_their_static_ips(
-    client: Any, services: Services, bridge: ScratchBridge
-) -> None:
-    a_ip, b_ip = bridge.host(10), bridge.host(11)
-    a = await boot(client, services, "a", {"type": "bridge", "ip": a_ip})
-    b = await boot(client, services, "b", {"type": "bridge", "ip": b_ip})
-    taps = [a["network_info"]["tap"], b["network_info"]["tap"]]
-    assert [tap_master(t) for t in taps] == [bridge.name, bridge.name]
-    for vm, address in ((a, a_ip), (b, b_ip)):
-        await wait_console(services, vm["id"], f"HM-NET eth0 {address}")
-        await wait_until(
-            lambda address=address: bridge.ping(address),
-            timeout=60,
-            what=f"{address} to answer ping from the peer namespace",
-        )
-    neighbours = bridge.in_netns("ip", "neigh", "show", a_ip).stdout
-    assert a["network"]["mac"] in neighbours  # the MAC the server chose is the guest's
-
-    async with console(services, a["id"]) as con:
-        await con.type(f"ping -c 2 -W 2 {b_ip} && echo PING''-OK")
-        await wait_console(services, a["id"], "PING-OK", timeout=60)
-
-    for vm in (a, b):
-        stop = await client.post(f"/api/v1/vms/{vm['id']}/stop", json={"force": True, "wait": True})
-        assert (await stop.get_json())["state"] == "stopped"
-    assert not any(interface_exists(t) for t in taps), "a tap outlived its QEMU"
-
-    # Started again, the VM gets a fresh tap; deleting it removes that too.
-    again = await client.post(f"/api/v1/vms/{a['id']}/start", json={"wait": True})
-    assert (await again.get_json())["state"] == "running"
-    assert tap_master(taps[0]) == bridge.name
-    assert (await client.delete(f"/api/v1/vms/{a['id']}?force=true")).status_code == 204
-    assert not interface_exists(taps[0])
 
 
 def set_mac(mac: str) -> str:
@@ -219,12 +173,30 @@ def set_ip(address: str) -> str:
     return f"ifconfig eth0 {address} netmask 255.255.255.0"
 
 
-async def test_a_bridge_guest_spoofing_its_peer_gets_nothing_through(
-    client: Any, services: Services, bridge: ScratchBridge, tmp_path: Path
+async def _static_ips_answer(services: Services, bridge: ScratchBridge, a: Any, b: Any) -> None:
+    """Each guest answers a ping from the peer namespace on its static IP, with the MAC
+    the server chose, and the two reach each other."""
+    for vm in (a, b):
+        address = vm["network"]["ip"].split("/")[0]
+        await wait_console(services, vm["id"], f"HM-NET eth0 {address}")
+        await wait_until(
+            lambda address=address: bridge.ping(address),
+            timeout=60,
+            what=f"{address} to answer ping from the peer namespace",
+        )
+    a_ip, b_ip = (vm["network"]["ip"].split("/")[0] for vm in (a, b))
+    neighbours = bridge.in_netns("ip", "neigh", "show", a_ip).stdout
+    assert a["network"]["mac"] in neighbours
+    async with console(services, a["id"]) as con:
+        await con.type(f"ping -c 2 -W 2 {b_ip} && echo PING''-OK")
+        await wait_console(services, a["id"], "PING-OK", timeout=60)
+
+
+async def _spoofing_gets_nothing_through(
+    client: Any, bridge: ScratchBridge, tmp_path: Path, a: Any, b: Any
 ) -> None:
+    """a sending from b's IP or b's MAC reaches nobody; honest, it reaches b and the peer."""
     a_ip, b_ip, peer = bridge.host(10), bridge.host(11), bridge.host(1)
-    a = await boot(client, services, "honest", {"type": "bridge", "ip": a_ip})
-    b = await boot(client, services, "victim", {"type": "bridge", "ip": b_ip})
     a_mac, b_mac = a["network"]["mac"], b["network"]["mac"]
     got = await guest_sh(
         client, b["id"], "mkdir -p /www && echo b > /www/i && httpd -p 8080 -h /www"
@@ -253,11 +225,37 @@ async def test_a_bridge_guest_spoofing_its_peer_gets_nothing_through(
         assert ports.isdisjoint({"9002", "9003"}), wire.seen()
         assert {line.split()[0] for line in wire.seen()} == {a_mac}, wire.seen()
 
-    table = f"hm_{a['id'].removeprefix('vm-')}"
-    assert subprocess.run(["nft", "list", "table", "bridge", table], check=False).returncode == 0
-    assert (await client.delete(f"/api/v1/vms/{a['id']}?force=true")).status_code == 204
+
+def _nft_table_exists(table: str) -> bool:
     listed = subprocess.run(["nft", "list", "table", "bridge", table], capture_output=True)
-    assert listed.returncode != 0, "the VM's anti-spoofing table outlived it"
+    return listed.returncode == 0
+
+
+async def test_two_bridge_guests_on_static_ips_cannot_spoof_each_other(
+    client: Any, services: Services, bridge: ScratchBridge, tmp_path: Path
+) -> None:
+    a = await boot(client, services, "honest", {"type": "bridge", "ip": bridge.host(10)})
+    b = await boot(client, services, "victim", {"type": "bridge", "ip": bridge.host(11)})
+    taps = [a["network_info"]["tap"], b["network_info"]["tap"]]
+    assert [tap_master(t) for t in taps] == [bridge.name, bridge.name]
+    await _static_ips_answer(services, bridge, a, b)
+    await _spoofing_gets_nothing_through(client, bridge, tmp_path, a, b)
+    table = f"hm_{a['id'].removeprefix('vm-')}"
+    assert _nft_table_exists(table)
+
+    for vm in (a, b):
+        stop = await client.post(f"/api/v1/vms/{vm['id']}/stop", json={"force": True, "wait": True})
+        assert (await stop.get_json())["state"] == "stopped"
+    assert not any(interface_exists(t) for t in taps), "a tap outlived its QEMU"
+
+    # Started again, the VM gets a fresh tap; deleting it removes that and its table.
+    again = await client.post(f"/api/v1/vms/{a['id']}/start", json={"wait": True})
+    assert (await again.get_json())["state"] == "running"
+    assert tap_master(taps[0]) == bridge.name
+    assert _nft_table_exists(table)
+    assert (await client.delete(f"/api/v1/vms/{a['id']}?force=true")).status_code == 204
+    assert not interface_exists(taps[0])
+    assert not _nft_table_exists(table), "the VM's anti-spoofing table outlived it"
 
 
 async def test_tap_of_a_vm_that_died_while_the_server_was_away_is_removed(

@@ -6,7 +6,6 @@
 * ``system_powerdown`` (ACPI power button) makes the guest power off: SHUTDOWN, guest-shutdown;
 * ``hm.poweroff`` powers off by itself; ``hm.panic`` + pvpanic gives GUEST_PANICKED;
 * ``reboot -f`` typed on the console resets the machine (RESET event, second HM-READY);
-* the BIOS boot disk (tiny-bootdisk) boots under SeaBIOS to the marker.
 
 Skipped when images/tiny has not been built (``tools/build-tiny-image``).
 """
@@ -304,21 +303,3 @@ def test_hm_panic_switch_gives_guest_panicked(boot: Any, machine: str, device: s
     events = asyncio.run(_qmp_until(g, {"GUEST_PANICKED"}))
     assert MARKER in g.serial_text()
     assert any(e["event"] == "GUEST_PANICKED" for e in events), events
-
-
-def test_bootdisk_boots_under_seabios(tiny: Any, tmp_path: Path) -> None:
-    disk = _catalogue(tmp_path).get("tiny-bootdisk")
-    if not disk.available:
-        pytest.skip("images/tiny/bootdisk.qcow2 is not built")
-    overlay = tmp_path / "boot.qcow2"
-    subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(disk.disk),
-         str(overlay)],
-        check=True,
-    )  # fmt: skip
-    g = Guest(tmp_path, ["-machine", "pc", "-drive", f"file={overlay},if=virtio,format=qcow2"])
-    try:
-        ready = g.wait_serial(MARKER)
-        print(f"bootdisk ready in {ready:.1f} s")
-    finally:
-        g.close()
