@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from hypermachine.errors import GuestAgentUnavailable
-from hypermachine.hypervisor.agent_protocol import (
+from hypermachine.hypervisor.guest.agent_protocol import (
     MAX_DEPTH,
     AgentProtocolError,
     ExecStarted,
@@ -29,7 +29,7 @@ from hypermachine.hypervisor.agent_protocol import (
     decode_reply,
     returned,
 )
-from hypermachine.hypervisor.guest_agent import AgentTiming, GuestAgent
+from hypermachine.hypervisor.guest.guest_agent import AgentTiming, GuestAgent
 
 
 def _table(names: str, rows: list[tuple[Any, ...]]) -> pytest.MarkDecorator:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from hypermachine.errors import NotConfidential
-from hypermachine.hypervisor.security import attestation
+from hypermachine.hypervisor.platform.vmplatform import attestation
 from hypermachine.models import Vm, VmState
 
 QUERY_SEV = {"enabled": True, "api-major": 1, "api-minor": 51, "build-id": 3, "policy": 1,

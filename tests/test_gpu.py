@@ -20,7 +20,7 @@ from fakesysfs import FakeSysfs
 from hypermachine.api import Services
 from hypermachine.config import ConfigError, Settings, load_settings
 from hypermachine.errors import DeviceInUse, DeviceUnavailable, Unsupported
-from hypermachine.hypervisor.vfio import GpuAllocator, device_args, mdev_uuid
+from hypermachine.hypervisor.devices.vfio import GpuAllocator, device_args, mdev_uuid
 from hypermachine.models import GpuAssignment, Vm, VmState
 from support import make_settings
 
@@ -67,7 +67,7 @@ def sysfs_writes(caplog: pytest.LogCaptureFixture) -> list[str]:
 async def test_passthrough_binds_the_whole_group_and_gives_it_back(
     sysfs: FakeSysfs, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="hypermachine.hypervisor.vfio")
+    caplog.set_level(logging.INFO, logger="hypermachine.hypervisor.devices.vfio")
     gpus = allocator(sysfs)
     vm = make_vm(1, {"device": GPU})
     gpu = await gpus.acquire(vm)
@@ -166,7 +166,7 @@ def test_what_cannot_be_passed_through_says_why(sysfs: FakeSysfs, tmp_path: Path
 async def test_only_display_devices_are_passed_through_unless_the_operator_allows(
     sysfs: FakeSysfs, caplog: pytest.LogCaptureFixture, device: str, what: str
 ) -> None:
-    caplog.set_level(logging.INFO, logger="hypermachine.hypervisor.vfio")
+    caplog.set_level(logging.INFO, logger="hypermachine.hypervisor.devices.vfio")
     vm = make_vm(1, {"device": device})
     with pytest.raises(Unsupported) as refused:
         await allocator(sysfs).acquire(vm)

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from hypermachine.api import Services
 from hypermachine.config import BridgeConfig, ConfigError, Settings, load_settings
 from hypermachine.errors import AddressInUse, PortInUse, Unsupported, ValidationFailed
-from hypermachine.hypervisor import network, passt
-from hypermachine.hypervisor.network import NetworkConfig, kernel_ip_param, nic_args, plan
+from hypermachine.hypervisor.devices import network, passt
+from hypermachine.hypervisor.devices.network import NetworkConfig, kernel_ip_param, nic_args, plan
 from hypermachine.models import NetworkSpec, Vm, VmState
 from hypermachine.store import VmQuery
 from support import make_settings

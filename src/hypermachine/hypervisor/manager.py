@@ -48,19 +48,20 @@ from ..security.caller import current_caller
 from ..states import LIVE_STATES, Action, transition
 from ..store import Store, VmQuery, fingerprint, utcnow
 from ..telemetry import Telemetry
-from . import capabilities, disks, layers, security
-from .cmdline import BootSource, build_argv
-from .confine import QemuIdentity, make_reachable
-from .console import ConsoleService, rotate_at_start
-from .faults import contained
-from .guest import GuestService
-from .host import HostFacts, check_supported
-from .layout import VmPaths
-from .machine import Companion, Machine, adopt_pid, spawn_qemu
-from .qmp import QmpBridge
-from .resources import HostResources
-from .snapfiles import Resume
+from .devices.resources import HostResources
+from .guest.console import ConsoleService, rotate_at_start
+from .guest.service import GuestService
+from .platform import capabilities, vmplatform
+from .platform.host import HostFacts, check_supported
+from .qemu.argv import BootSource, build_argv
+from .qemu.faults import contained
+from .qemu.machine import Companion, Machine, adopt_pid, spawn_qemu
+from .qemu.qmp import QmpBridge
 from .snapshot_service import SnapshotService
+from .storage import disks, layers
+from .storage.snapfiles import Resume
+from .vmfiles.confine import QemuIdentity, make_reachable
+from .vmfiles.layout import VmPaths
 
 __all__ = ["CatalogueLike", "ImageLike", "Manager"]
 
@@ -268,7 +269,7 @@ class Manager:
             except VmNotFound:
                 return
             self._set(vm_id, VmState.ERROR, reason, pid=None)
-            security.after_exit(self._paths(vm_id))
+            vmplatform.after_exit(self._paths(vm_id))
             await self._release(vm_id)
 
         return handle
@@ -286,11 +287,11 @@ class Manager:
                 pid = None
             if pid is None:
                 await self._release(vm.id)
-                security.after_exit(paths)
+                vmplatform.after_exit(paths)
                 paths.clear_runtime()
                 self._set(vm.id, *self.snapshots.gone_state(vm))
                 return
-            security.adopt(vm, paths)
+            vmplatform.adopt(vm, paths)
             self._resources.adopt(vm, paths)
             await self._adopt(vm, pid, paths, resume_guest=prior is VmState.RUNNING)
         elif vm.state is VmState.CREATING:
@@ -480,7 +481,7 @@ class Manager:
             if replay is not None:
                 return _Created(replay, replayed=True)
         image = self._catalogue.get(request.image)
-        request = security.resolve_firmware(request, image.firmware)
+        request = vmplatform.resolve_firmware(request, image.firmware)
         check_supported(request, self.host, also=self._resources.unsupported(request))
         now = utcnow()
         vm_uuid = str(uuidlib.uuid4())
@@ -490,7 +491,7 @@ class Manager:
             id=f"vm-{vm_uuid.replace('-', '')[:12]}",
             uuid=vm_uuid,
             state=VmState.CREATING,
-            security_notes=security.security_notes(spec, direct_kernel=image.kernel is not None),
+            security_notes=vmplatform.security_notes(spec, direct_kernel=image.kernel is not None),
             created_at=now,
             updated_at=now,
             tenant=tenant,
@@ -557,7 +558,7 @@ class Manager:
             try:
                 if vm.security.vtpm:  # swtpm_setup runs as the QEMU user
                     await self._reach_folders()
-                await security.prepare(vm, paths, self.host, self._settings, self.qemu_identity)
+                await vmplatform.prepare(vm, paths, self.host, self._settings, self.qemu_identity)
             except HMError as err:
                 self._set(vm_id, VmState.ERROR, f"firmware/TPM setup failed: {err.message}")
                 return
@@ -614,7 +615,7 @@ class Manager:
             self._store.update_vm(vm_id, gpu_assignment=None)
 
     def _finish_delete(self, vm_id: str) -> None:
-        security.after_exit(self._paths(vm_id))
+        vmplatform.after_exit(self._paths(vm_id))
         self._paths(vm_id).remove()
         self._store.delete_vm(vm_id)
         self._locks.pop(vm_id, None)
@@ -709,7 +710,7 @@ class Manager:
         settings = self._settings
         try:
             await self._reach_folders()
-            platform = await security.launch_platform(
+            platform = await vmplatform.launch_platform(
                 vm, boot, paths, self.host, settings, self.qemu_identity
             )
         except HMError as err:
@@ -738,7 +739,7 @@ class Manager:
             return spawn_qemu(argv, paths, self.qemu_identity, bridge_tap, pass_fds=extra)
         except (HMError, ValueError) as err:
             await self._release(vm.id)
-            security.after_exit(paths)
+            vmplatform.after_exit(paths)
             self._set(vm.id, VmState.ERROR, f"QEMU could not be started: {err}")
             return None
 
@@ -793,7 +794,7 @@ class Manager:
                 panicked=report.panic is not None or report.shutdown_reason == "guest-panic",
                 shutdown_reason=report.shutdown_reason,
             )
-            security.after_exit(machine.paths)
+            vmplatform.after_exit(machine.paths)
             if current is VmState.DELETING:
                 return
             machine.paths.clear_runtime()
@@ -877,7 +878,7 @@ class Manager:
         return await self._machine(vm_id).execute(command, arguments)
 
     async def attestation(self, vm_id: str) -> dict[str, object]:
-        """What QEMU reports about a running confidential VM (see security.attestation).
+        """What QEMU reports about a running confidential VM (see vmplatform.attestation).
 
         Raises:
             VmNotFound, NotConfidential, InvalidState (not running).
@@ -887,7 +888,7 @@ class Manager:
         async def execute(command: str) -> object:
             return await self._machine(vm_id).execute(command)
 
-        return await security.attestation(vm, execute)
+        return await vmplatform.attestation(vm, execute)
 
     # -- snapshots, fork, hibernate (snapshot_service.py) ------------------------
 

@@ -50,9 +50,10 @@ from ..models import (
 )
 from ..states import Action, transition
 from ..store import utcnow
-from . import hostnet, layers, snapfiles, snapshots
-from .machine import Machine
-from .snapfiles import Resume, SnapshotDir
+from .devices import hostnet
+from .qemu.machine import Machine
+from .storage import layers, snapfiles, snapshots
+from .storage.snapfiles import Resume, SnapshotDir
 
 if TYPE_CHECKING:
     from .manager import Manager

@@ -33,11 +33,11 @@ from pathlib import Path
 import psutil
 import trio
 
-from ..config import Settings
-from ..errors import HypervisorError
-from . import nofollow
-from .confine import QemuIdentity
-from .layout import VmPaths
+from ...config import Settings
+from ...errors import HypervisorError
+from ..vmfiles import nofollow
+from ..vmfiles.confine import QemuIdentity
+from ..vmfiles.layout import VmPaths
 
 __all__ = ["TpmPaths", "find", "setup", "start", "stop"]
 

@@ -39,7 +39,7 @@ from qemu.qmp import (
 )
 from qemu.qmp.error import QMPError
 
-from ..errors import HypervisorError
+from ...errors import HypervisorError
 
 __all__ = ["QmpBridge", "QmpGone", "QmpSession"]
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import psutil
 
-from ..config import Accelerator
-from ..errors import Unsupported
-from ..models import HostCapabilities, VmSpec
+from ...config import Accelerator
+from ...errors import Unsupported
+from ...models import HostCapabilities, VmSpec
 
 __all__ = ["HostFacts", "check_supported", "choose_accelerator", "probe_host"]
 

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..errors import HypervisorError
+from ...errors import HypervisorError
 from . import disks
 
 __all__ = [

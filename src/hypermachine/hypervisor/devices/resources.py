@@ -28,12 +28,12 @@ from typing import Any
 
 import trio
 
-from ..config import Settings
-from ..errors import HypervisorError, PortInUse, Unsupported
-from ..models import HostDevices, Vm, VmSpec
+from ...config import Settings
+from ...errors import HypervisorError, PortInUse, Unsupported
+from ...models import HostDevices, Vm, VmSpec
+from ..vmfiles.confine import QemuIdentity, unprivileged_identity
+from ..vmfiles.layout import VmPaths
 from . import cloudinit, firewall, hostnet, network, passt
-from .confine import QemuIdentity, unprivileged_identity
-from .layout import VmPaths
 from .vfio import GpuAllocator
 
 __all__ = ["Held", "HostResources"]

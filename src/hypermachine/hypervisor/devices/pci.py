@@ -18,7 +18,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..models import MdevType, Passthrough
+from ...models import MdevType, Passthrough
 
 __all__ = [
     "PciFunction",

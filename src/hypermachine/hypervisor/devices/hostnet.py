@@ -21,7 +21,7 @@ from pathlib import Path
 
 import trio
 
-from ..errors import HypervisorError
+from ...errors import HypervisorError
 
 __all__ = ["TapManager", "interface_exists", "is_bridge", "open_tap", "port_free"]
 

@@ -17,9 +17,9 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ..config import BridgeConfig, Settings
-from ..errors import AddressInUse, PortInUse, Unsupported, ValidationFailed
-from ..models import ForwardInfo, NetworkInfo, NetworkSpec, Vm
+from ...config import BridgeConfig, Settings
+from ...errors import AddressInUse, PortInUse, Unsupported, ValidationFailed
+from ...models import ForwardInfo, NetworkInfo, NetworkSpec, Vm
 
 __all__ = [
     "NAT_DNS",

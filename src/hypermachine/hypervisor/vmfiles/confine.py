@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ...config import ConfigError
 from . import acl, nofollow
 
 __all__ = [

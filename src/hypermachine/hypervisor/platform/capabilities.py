@@ -31,8 +31,8 @@ from typing import Any
 import psutil
 import trio
 
-from ..config import Settings
-from ..models import Capability, CapabilityMap, FirmwareSet, HostCapabilities, SevCapabilities
+from ...config import Settings
+from ...models import Capability, CapabilityMap, FirmwareSet, HostCapabilities, SevCapabilities
 from .firmware import (
     CONFIDENTIAL_FEATURES,
     DESCRIPTOR_DIRS,

@@ -29,8 +29,8 @@ import re
 
 import trio
 
-from ..errors import HypervisorError
-from ..models import NetworkInfo
+from ...errors import HypervisorError
+from ...models import NetworkInfo
 
 __all__ = [
     "HOST_TABLE",

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 
 import pycdlib
 
-from ..models import CloudInitSpec, NetworkInfo, Vm
-from . import nofollow
-from .layout import VmPaths
+from ...models import CloudInitSpec, NetworkInfo, Vm
+from ..vmfiles import nofollow
+from ..vmfiles.layout import VmPaths
 
 if TYPE_CHECKING:
-    from .cmdline import BootSource
+    from ..qemu.argv import BootSource
 
 __all__ = ["VOLUME_LABEL", "build_iso", "needs_seed", "seed_args", "seed_files", "write_seed"]
 

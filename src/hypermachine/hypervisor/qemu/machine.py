@@ -26,12 +26,13 @@ from pathlib import Path
 import psutil
 import trio
 
-from ..errors import HypervisorError
-from ..models import VmState
-from . import hostnet, nofollow
-from .confine import QemuIdentity
+from ...errors import HypervisorError
+from ...models import VmState
+from ..devices import hostnet
+from ..vmfiles import nofollow
+from ..vmfiles.confine import QemuIdentity
+from ..vmfiles.layout import VmPaths
 from .faults import FaultHandler, contained
-from .layout import VmPaths
 from .qmp import QmpBridge, QmpGone, QmpSession
 
 __all__ = ["Companion", "ExitReport", "Machine", "adopt_pid", "qmp_event", "spawn_qemu"]

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..models import FirmwareSet
+from ...models import FirmwareSet
 
 __all__ = [
     "BIOS",

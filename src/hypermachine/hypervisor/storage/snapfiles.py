@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..models import Snapshot, VmState
+from ...models import Snapshot, VmState
 
 __all__ = [
     "Resume",

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import trio
 
-from ..config import Settings
-from ..errors import ConsoleBusy, InvalidState
-from ..models import Vm, VmState
-from . import nofollow
-from .layout import VmPaths
+from ...config import Settings
+from ...errors import ConsoleBusy, InvalidState
+from ...models import Vm, VmState
+from ..vmfiles import nofollow
+from ..vmfiles.layout import VmPaths
 
 __all__ = ["ConsoleService", "rotate_at_start", "rotate_if_over", "tail_lines"]
 

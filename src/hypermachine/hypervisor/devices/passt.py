@@ -38,10 +38,10 @@ from pathlib import Path
 import psutil
 import trio
 
-from ..errors import HypervisorError
-from ..models import ForwardInfo, NetworkInfo
-from .confine import QemuIdentity
-from .layout import VmPaths
+from ...errors import HypervisorError
+from ...models import ForwardInfo, NetworkInfo
+from ..vmfiles.confine import QemuIdentity
+from ..vmfiles.layout import VmPaths
 
 __all__ = ["PasstPaths", "PasstProcesses", "argv", "find"]
 

@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..models import Vm
-from . import cloudinit, network, vfio
-from .layout import VmPaths
-from .network import mac_address
+from ...models import Vm
+from ..devices import cloudinit, network, vfio
+from ..devices.network import mac_address
+from ..vmfiles.layout import VmPaths
 
 __all__ = ["BootSource", "Confidential", "Platform", "build_argv", "escape_option", "mac_address"]
 

@@ -15,15 +15,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from ..config import Settings
-from ..errors import NotConfidential, Unsupported
-from ..models import CreateVmRequest, FirmwareSet, Vm, VmSpec
-from . import nofollow, tpm
-from .cmdline import BootSource, Confidential, Platform
-from .confine import QemuIdentity
+from ...config import Settings
+from ...errors import NotConfidential, Unsupported
+from ...models import CreateVmRequest, FirmwareSet, Vm, VmSpec
+from ..qemu.argv import BootSource, Confidential, Platform
+from ..vmfiles import nofollow
+from ..vmfiles.confine import QemuIdentity
+from ..vmfiles.layout import VmPaths
+from . import tpm
 from .firmware import firmware_for_confidential, pick
 from .host import HostFacts
-from .layout import VmPaths
 
 __all__ = [
     "DEFAULT_POLICY",

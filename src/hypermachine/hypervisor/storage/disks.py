@@ -7,7 +7,7 @@ from pathlib import Path
 
 import trio
 
-from ..errors import HypervisorError, ValidationFailed
+from ...errors import HypervisorError, ValidationFailed
 
 __all__ = ["create_blank", "create_overlay", "qcow2_virtual_size", "qemu_img", "virtual_size"]
 

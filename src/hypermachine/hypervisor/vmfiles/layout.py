@@ -10,7 +10,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError
+from ...config import ConfigError
 
 __all__ = ["VmPaths", "claim_server_dir"]
 

@@ -32,8 +32,8 @@ from typing import Any
 
 import trio
 
-from ..config import Settings
-from ..errors import (
+from ...config import Settings
+from ...errors import (
     ExecNotFound,
     GuestAgentUnavailable,
     GuestFileTooLarge,
@@ -42,8 +42,8 @@ from ..errors import (
     InvalidState,
     ValidationFailed,
 )
-from ..events import EventLog
-from ..models import (
+from ...events import EventLog
+from ...models import (
     EventType,
     ExecOutput,
     ExecRequest,
@@ -58,7 +58,7 @@ from ..models import (
     Vm,
     VmState,
 )
-from ..store import utcnow
+from ...store import utcnow
 from .agent_protocol import (
     Done,
     ExecStarted,

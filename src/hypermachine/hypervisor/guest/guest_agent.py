@@ -38,8 +38,8 @@ from typing import Any, TypeVar
 
 import trio
 
-from ..errors import GuestAgentUnavailable
-from ..models import GuestAgentInfo
+from ...errors import GuestAgentUnavailable
+from ...models import GuestAgentInfo
 from .agent_protocol import AgentInfo, AgentProtocolError, Done, decode_reply, returned
 
 __all__ = ["AgentProtocolError", "AgentRefused", "AgentTiming", "GuestAgent"]

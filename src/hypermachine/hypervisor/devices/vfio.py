@@ -23,8 +23,8 @@ from pathlib import Path
 
 import trio
 
-from ..errors import DeviceInUse, DeviceUnavailable, HypervisorError, Unsupported
-from ..models import GpuAssignment, GpuSpec, HostDevices, MdevType, Passthrough, PciDevice, Vm
+from ...errors import DeviceInUse, DeviceUnavailable, HypervisorError, Unsupported
+from ...models import GpuAssignment, GpuSpec, HostDevices, MdevType, Passthrough, PciDevice, Vm
 from . import pci
 
 __all__ = ["GpuAllocator", "device_args", "mdev_uuid"]

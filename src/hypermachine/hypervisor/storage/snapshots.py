@@ -20,10 +20,10 @@ from typing import Any
 
 import trio
 
-from ..errors import HypervisorError, SnapshotRefused
-from ..models import Vm
+from ...errors import HypervisorError, SnapshotRefused
+from ...models import Vm
+from ..qemu.machine import Machine
 from . import layers
-from .machine import Machine
 
 __all__ = [
     "freeze_live",

@@ -1,0 +1,1 @@
+"""Reaching into the guest: its agent, exec, files and the serial console."""

@@ -1,0 +1,1 @@
+"""The platform a VM runs on: host facts, capabilities, firmware, vTPM, memory encryption."""

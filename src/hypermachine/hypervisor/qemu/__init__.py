@@ -1,0 +1,1 @@
+"""The QEMU process: its command line, QMP, launching and supervising it."""
