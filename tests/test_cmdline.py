@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hypermachine.hypervisor.qemu.argv import BootSource, build_argv, escape_option, mac_address
+from hypermachine.hypervisor.devices.network import mac_address
+from hypermachine.hypervisor.qemu.argv import BootSource, escape_option
+from hypermachine.hypervisor.vm_argv import build_argv
 from hypermachine.hypervisor.vmfiles.layout import VmPaths
 from hypermachine.models import NAME_PATTERN, Vm, VmState
 

@@ -41,7 +41,7 @@ def objects(argv: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def build(platform: Platform, accel: str = "kvm", **vm: Any) -> list[str]:
-    from hypermachine.hypervisor.qemu.argv import build_argv
+    from hypermachine.hypervisor.vm_argv import build_argv
 
     return build_argv(
         make_vm(**vm),

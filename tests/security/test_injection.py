@@ -25,7 +25,8 @@ from pydantic import ValidationError
 from hypermachine.config import BridgeConfig
 from hypermachine.errors import HMError
 from hypermachine.hypervisor.devices import network
-from hypermachine.hypervisor.qemu.argv import BootSource, Platform, build_argv
+from hypermachine.hypervisor.qemu.argv import BootSource, Platform
+from hypermachine.hypervisor.vm_argv import build_argv
 from hypermachine.hypervisor.vmfiles.layout import VmPaths
 from hypermachine.models import CreateVmRequest, GpuAssignment, Vm, VmState
 

@@ -53,13 +53,14 @@ from .guest.console import ConsoleService, rotate_at_start
 from .guest.service import GuestService
 from .platform import capabilities, vmplatform
 from .platform.host import HostFacts, check_supported
-from .qemu.argv import BootSource, build_argv
+from .qemu.argv import BootSource
 from .qemu.faults import contained
 from .qemu.machine import Companion, Machine, adopt_pid, spawn_qemu
 from .qemu.qmp import QmpBridge
 from .snapshot_service import SnapshotService
 from .storage import disks, layers
 from .storage.snapfiles import Resume
+from .vm_argv import build_argv
 from .vmfiles.confine import QemuIdentity, make_reachable
 from .vmfiles.layout import VmPaths
 
@@ -164,9 +165,7 @@ class _Created:
 
 
 def _boot_source(image: ImageLike) -> BootSource:
-    return BootSource(
-        disk_format=image.format, kernel=image.kernel, initrd=image.initrd, append=image.append
-    )
+    return BootSource(kernel=image.kernel, initrd=image.initrd, append=image.append)
 
 
 class Manager:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pycdlib
 
@@ -25,10 +24,7 @@ from ...models import CloudInitSpec, NetworkInfo, Vm
 from ..vmfiles import nofollow
 from ..vmfiles.layout import VmPaths
 
-if TYPE_CHECKING:
-    from ..qemu.argv import BootSource
-
-__all__ = ["VOLUME_LABEL", "build_iso", "needs_seed", "seed_args", "seed_files", "write_seed"]
+__all__ = ["VOLUME_LABEL", "build_iso", "needs_seed", "seed_files", "write_seed"]
 
 VOLUME_LABEL = "cidata"
 
@@ -123,23 +119,3 @@ def write_seed(vm: Vm, direct_kernel: bool, paths: VmPaths) -> Path | None:
             return None
         folder.write(target.name, build_iso(seed_files(vm)), 0o644)
     return target
-
-
-def seed_args(vm: Vm, boot: BootSource, paths: VmPaths) -> list[str]:
-    """``-blockdev``/``-device`` (JSON) attaching the seed read-only, when there is one."""
-    if not needs_seed(vm, boot.kernel is not None):
-        return []
-    path = str(paths.seed_iso)
-    if not paths.seed_iso.is_absolute() or any(ord(c) < 32 for c in path):
-        raise ValueError(f"seed path must be absolute and printable: {path!r}")
-    file_node = {"driver": "file", "node-name": "seed0-file", "filename": path, "read-only": True}
-    raw_node = {"driver": "raw", "node-name": "seed0", "file": "seed0-file", "read-only": True}
-    device = {"driver": "virtio-blk-pci", "drive": "seed0", "id": "seed0", "serial": "cidata"}
-    return [
-        "-blockdev",
-        json.dumps(file_node, separators=(",", ":")),
-        "-blockdev",
-        json.dumps(raw_node, separators=(",", ":")),
-        "-device",
-        json.dumps(device, separators=(",", ":")),
-    ]

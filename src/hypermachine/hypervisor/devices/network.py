@@ -3,8 +3,8 @@
 Pure: no I/O. At create, :func:`plan` fills in what the server chose (MAC, bridge,
 address in CIDR form) and describes the result (:class:`NetworkInfo`, reported in
 the VM's details); :func:`check_conflicts` refuses a MAC, static IP or forwarded
-port another VM already has. At launch, :func:`nic_args` builds ``-netdev`` (a
-NAT VM's is a stream to its passt, :mod:`.passt`) and ``-device`` as JSON and
+port another VM already has. At launch, :func:`nic` gives the argv builder the NIC (a
+NAT VM's backend is a stream to its passt, :mod:`.passt`; a bridge VM's its tap) and
 :func:`kernel_ip_param` the kernel's ``ip=`` for guests booted directly from a
 kernel (docs/networking.md).
 """
@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ...config import BridgeConfig, Settings
 from ...errors import AddressInUse, PortInUse, Unsupported, ValidationFailed
 from ...models import ForwardInfo, NetworkInfo, NetworkSpec, Vm
+from ..qemu import argv
 
 __all__ = [
     "NAT_DNS",
@@ -29,7 +29,7 @@ __all__ = [
     "check_conflicts",
     "kernel_ip_param",
     "mac_address",
-    "nic_args",
+    "nic",
     "plan",
     "tap_name",
 ]
@@ -228,10 +228,6 @@ def _host(cidr: str) -> ipaddress.IPv4Address:
     return ipaddress.IPv4Interface(cidr).ip
 
 
-def _json(obj: Mapping[str, object]) -> str:
-    return json.dumps(obj, separators=(",", ":"))
-
-
 def _info(vm: Vm) -> NetworkInfo:
     """What :func:`plan` recorded, or (for a VM recorded without it) the spec's defaults."""
     if vm.network_info is not None:
@@ -245,8 +241,8 @@ def _info(vm: Vm) -> NetworkInfo:
     )
 
 
-def nic_args(vm: Vm, nic_fd: int | None = None) -> list[str]:
-    """``-netdev`` and ``-device`` (JSON) for the VM's NIC; nothing for ``none``.
+def nic(vm: Vm, nic_fd: int | None = None) -> argv.Nic | None:
+    """The VM's NIC for the argv builder; None for ``none``.
 
     ``nic_fd`` is the NIC's backend, opened by the server: a NAT VM's connected passt
     socket (passt holds the port forwards), a bridge VM's tap.
@@ -256,23 +252,14 @@ def nic_args(vm: Vm, nic_fd: int | None = None) -> list[str]:
     """
     info = _info(vm)
     if info.type == "none":
-        return []
-    netdev: dict[str, object]
+        return None
     if info.type == "nat":
         if nic_fd is None:
             raise ValueError("a nat NIC needs its passt socket")
-        netdev = {
-            "type": "stream",
-            "id": "net0",
-            "server": False,
-            "addr": {"type": "fd", "str": str(int(nic_fd))},
-        }
-    else:
-        if nic_fd is None:
-            raise ValueError("a bridge NIC needs the descriptor of its tap")
-        netdev = {"type": "tap", "id": "net0", "fd": str(int(nic_fd))}
-    nic = {"driver": "virtio-net-pci", "netdev": "net0", "id": "nic0", "mac": info.mac}
-    return ["-netdev", _json(netdev), "-device", _json(nic)]
+        return argv.Nic("stream", nic_fd, info.mac)
+    if nic_fd is None:
+        raise ValueError("a bridge NIC needs the descriptor of its tap")
+    return argv.Nic("tap", nic_fd, info.mac)
 
 
 def kernel_ip_param(vm: Vm) -> str | None:

@@ -9,25 +9,25 @@ the driver each had; ``release`` gives them back. vGPU writes a UUID stable per 
 to the type's ``create`` and ``1`` to the instance's ``remove``. Every sysfs write
 is logged (``sysfs: PATH <- VALUE``), since it changes the host.
 
-:func:`device_args` (pure) turns a VM's assignment into ``-device`` JSON.
+:func:`gpu` (pure) turns a VM's assignment into the argv builder's :class:`~..qemu.argv.Gpu`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import uuid as uuidlib
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 import trio
 
 from ...errors import DeviceInUse, DeviceUnavailable, HypervisorError, Unsupported
 from ...models import GpuAssignment, GpuSpec, HostDevices, MdevType, Passthrough, PciDevice, Vm
+from ..qemu import argv
 from . import pci
 
-__all__ = ["GpuAllocator", "device_args", "mdev_uuid"]
+__all__ = ["GpuAllocator", "gpu", "mdev_uuid"]
 
 log = logging.getLogger(__name__)
 
@@ -39,34 +39,19 @@ def mdev_uuid(vm_uuid: str) -> str:
     return str(uuidlib.uuid5(uuidlib.UUID(vm_uuid), "hypermachine/vgpu0"))
 
 
-def _json(obj: Mapping[str, object]) -> str:
-    return json.dumps(obj, separators=(",", ":"))
+def gpu(assignment: GpuAssignment | None) -> argv.Gpu | None:
+    """A VM's GPU assignment for the argv builder: the mdev, or the PCI functions.
 
-
-def device_args(vm: Vm) -> list[str]:
-    """``-device`` JSON for the VM's GPU: its functions behind one root port, or the mdev."""
-    gpu = vm.gpu_assignment
-    if gpu is None:
-        return []
-    if gpu.type == "vgpu":
-        if gpu.sysfsdev is None:
+    Raises:
+        ValueError: a vGPU assignment without its sysfs device.
+    """
+    if assignment is None:
+        return None
+    if assignment.type == "vgpu":
+        if assignment.sysfsdev is None:
             raise ValueError("a vGPU assignment needs its sysfs device")
-        return ["-device", _json({"driver": _VFIO, "sysfsdev": gpu.sysfsdev, "id": "gpu0"})]
-    port = {"driver": "pcie-root-port", "id": "gpu-rp0", "bus": "pcie.0", "chassis": 64}
-    argv = ["-device", _json(port)]
-    for index, address in enumerate(gpu.devices):
-        function = int(address.rsplit(".", 1)[1])
-        device: dict[str, object] = {
-            "driver": _VFIO,
-            "host": address,
-            "id": f"gpu0-{index}",
-            "bus": "gpu-rp0",
-            "addr": f"00.{function}",
-        }
-        if len(gpu.devices) > 1 and function == 0:
-            device["multifunction"] = True
-        argv += ["-device", _json(device)]
-    return argv
+        return argv.Gpu(mdev_sysfsdev=assignment.sysfsdev)
+    return argv.Gpu(functions=tuple(assignment.devices))
 
 
 class GpuAllocator:

@@ -33,6 +33,7 @@ import trio
 
 from ...config import Settings
 from ...models import Capability, CapabilityMap, FirmwareSet, HostCapabilities, SevCapabilities
+from ..qemu.argv import probe_argv
 from .firmware import (
     CONFIDENTIAL_FEATURES,
     DESCRIPTOR_DIRS,
@@ -121,8 +122,7 @@ def parse_qmp_replies(replies: Sequence[dict[str, Any]]) -> QemuProbe:
 
 def probe_qemu(qemu_binary: str, accelerator: str, timeout_s: float) -> QemuProbe:
     """Ask a short-lived QEMU (no guest, ``-machine none``) what it can do."""
-    argv = [qemu_binary, "-machine", "none", "-accel", accelerator, "-nodefaults",
-            "-display", "none", "-S", "-qmp", "stdio"]  # fmt: skip
+    argv = probe_argv(qemu_binary, accelerator)
     script = "".join(json.dumps({"execute": cmd, "id": i}) + "\n" for i, cmd in _PROBE_COMMANDS)
     try:
         out = subprocess.run(

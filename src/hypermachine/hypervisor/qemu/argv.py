@@ -1,9 +1,12 @@
-"""VM spec + host facts -> QEMU argv. Pure: no I/O, clock, environment or globals.
+"""Plain data -> QEMU argv: the one place that formats QEMU's command line. Pure: no
+I/O, clock, environment or globals, and no knowledge of the models: the callers fill
+in the plain types below (:mod:`..vm_argv` does it for a VM record).
 
 Every value that reaches QEMU from a client is either validated by the models
 or placed where QEMU cannot read it as more options: ``-blockdev``/``-device``/
-``-netdev`` are JSON, and the few comma-parsed options escape ``,`` as ``,,``.
-Host paths come only from the server's own layout and catalogue.
+``-netdev``/``-object`` are JSON (:func:`_json`), and the few comma-parsed options
+escape ``,`` as ``,,`` (:func:`escape_option`). Host paths come only from the
+server's own layout and catalogue.
 """
 
 from __future__ import annotations
@@ -12,23 +15,66 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from ...models import Vm
-from ..devices import cloudinit, network, vfio
-from ..devices.network import mac_address
 from ..vmfiles.layout import VmPaths
 
-__all__ = ["BootSource", "Confidential", "Platform", "build_argv", "escape_option", "mac_address"]
+__all__ = [
+    "BootSource",
+    "Confidential",
+    "Gpu",
+    "Guest",
+    "Nic",
+    "Platform",
+    "build_argv",
+    "escape_option",
+    "gpu_args",
+    "launched_for",
+    "nic_args",
+    "probe_argv",
+    "seed_args",
+]
+
+
+@dataclass(frozen=True)
+class Guest:
+    """Who the guest is and how big: the parts of a VM record QEMU sees directly."""
+
+    id: str
+    name: str
+    uuid: str
+    cpus: int
+    memory_mb: int
+    generation_id: str | None = None  # None: QEMU picks one ("auto")
+    display: bool = False  # a VGA card whose screen QEMU's VNC server offers
 
 
 @dataclass(frozen=True)
 class BootSource:
     """How the guest boots: a disk image (``kernel`` None) or a direct kernel."""
 
-    disk_format: str = "qcow2"
     kernel: Path | None = None
     initrd: Path | None = None
     append: str = ""
+
+
+@dataclass(frozen=True)
+class Nic:
+    """The VM's NIC and its backend descriptor, opened by the server: a NAT VM's
+    connected passt socket (``stream``), a bridge VM's tap (``tap``)."""
+
+    backend: Literal["stream", "tap"]
+    fd: int
+    mac: str | None
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """A GPU for the guest: a mediated device (``mdev_sysfsdev``) or whole PCI
+    functions (``functions``, PCI addresses) behind one root port."""
+
+    functions: tuple[str, ...] = ()
+    mdev_sysfsdev: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +125,11 @@ def _option_path(path: Path) -> str:
 
 
 def _json(obj: Mapping[str, object]) -> str:
+    """An option value as compact JSON (QEMU reads a value starting with ``{`` as JSON)."""
     return json.dumps(obj, separators=(",", ":"))
+
+
+_VFIO = "vfio-pci"
 
 
 def _machine(accelerator: str, properties: str = "") -> list[str]:
@@ -113,11 +163,11 @@ def _consoles(paths: VmPaths, qmp_fd: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _display(vm: Vm, paths: VmPaths) -> list[str]:
+def _display(guest: Guest, paths: VmPaths) -> list[str]:
     """No display, or a VGA card whose screen QEMU's VNC server offers on a unix socket
     in the run dir (QEMU 7.2 refuses a VNC websocket on a unix socket: the server
     proxies browsers to it itself)."""
-    if vm.display.type == "none":
+    if not guest.display:
         return []
     return [
         "-device", _json({"driver": "VGA", "id": "video0"}),
@@ -141,17 +191,16 @@ def _guest_agent(paths: VmPaths) -> list[str]:
     ]  # fmt: skip
 
 
-def _generation_id(vm: Vm) -> list[str]:
+def _generation_id(guest: Guest) -> list[str]:
     """QEMU's vmgenid: a new GUID after a restore or fork tells the guest to reseed."""
-    device = {"driver": "vmgenid", "id": "vmgenid0", "guid": vm.generation_id or "auto"}
+    device = {"driver": "vmgenid", "id": "vmgenid0", "guid": guest.generation_id or "auto"}
     return ["-device", _json(device)]
 
 
-def _kernel(boot: BootSource, vm: Vm) -> list[str]:
+def _kernel(boot: BootSource) -> list[str]:
     if boot.kernel is None:
         return []
-    # The guest's address reaches a directly booted kernel as ip= (docs/networking.md).
-    append = " ".join(filter(None, (boot.append, network.kernel_ip_param(vm))))
+    append = boot.append
     if "\n" in append or len(append) > 2048:
         raise ValueError("kernel command line has a newline or is too long")
     argv = ["-kernel", _plain_path(boot.kernel)]
@@ -243,56 +292,124 @@ def _confidential(platform: Platform, memory_mb: int, accelerator: str) -> list[
     return argv
 
 
-def _platform(platform: Platform, vm: Vm, accelerator: str) -> list[str]:
+def _platform(platform: Platform, memory_mb: int, accelerator: str) -> list[str]:
     return [
         *_firmware(platform),
         *_tpm(platform),
-        *_confidential(platform, vm.memory_mb, accelerator),
+        *_confidential(platform, memory_mb, accelerator),
     ]
 
 
+def nic_args(nic: Nic | None) -> list[str]:
+    """``-netdev`` and ``-device`` (JSON) for the VM's NIC; nothing without one."""
+    if nic is None:
+        return []
+    netdev: dict[str, object]
+    if nic.backend == "stream":
+        netdev = {
+            "type": "stream",
+            "id": "net0",
+            "server": False,
+            "addr": {"type": "fd", "str": str(int(nic.fd))},
+        }
+    else:
+        netdev = {"type": "tap", "id": "net0", "fd": str(int(nic.fd))}
+    device = {"driver": "virtio-net-pci", "netdev": "net0", "id": "nic0", "mac": nic.mac}
+    return ["-netdev", _json(netdev), "-device", _json(device)]
+
+
+def seed_args(seed: Path | None) -> list[str]:
+    """``-blockdev``/``-device`` (JSON) attaching the cloud-init seed read-only."""
+    if seed is None:
+        return []
+    file_node = {
+        "driver": "file",
+        "node-name": "seed0-file",
+        "filename": _plain_path(seed),
+        "read-only": True,
+    }
+    raw_node = {"driver": "raw", "node-name": "seed0", "file": "seed0-file", "read-only": True}
+    device = {"driver": "virtio-blk-pci", "drive": "seed0", "id": "seed0", "serial": "cidata"}
+    return ["-blockdev", _json(file_node), "-blockdev", _json(raw_node), "-device", _json(device)]
+
+
+def gpu_args(gpu: Gpu | None) -> list[str]:
+    """``-device`` JSON for the VM's GPU: its functions behind one root port, or the mdev."""
+    if gpu is None:
+        return []
+    if gpu.mdev_sysfsdev is not None:
+        return ["-device", _json({"driver": _VFIO, "sysfsdev": gpu.mdev_sysfsdev, "id": "gpu0"})]
+    port = {"driver": "pcie-root-port", "id": "gpu-rp0", "bus": "pcie.0", "chassis": 64}
+    argv = ["-device", _json(port)]
+    for index, address in enumerate(gpu.functions):
+        function = int(address.rsplit(".", 1)[1])
+        device: dict[str, object] = {
+            "driver": _VFIO,
+            "host": address,
+            "id": f"gpu0-{index}",
+            "bus": "gpu-rp0",
+            "addr": f"00.{function}",
+        }
+        if len(gpu.functions) > 1 and function == 0:
+            device["multifunction"] = True
+        argv += ["-device", _json(device)]
+    return argv
+
+
 def build_argv(
-    vm: Vm,
+    guest: Guest,
     boot: BootSource,
     paths: VmPaths,
     *,
     qemu_binary: str,
     accelerator: str,
     qmp_fd: int,
-    nic_fd: int | None = None,
+    nic: Nic | None = None,
+    seed: Path | None = None,
+    gpu: Gpu | None = None,
     platform: Platform = Platform(),  # frozen: a shared default is safe
     incoming: bool = False,
 ) -> list[str]:
-    """The complete QEMU command line for ``vm``; QEMU starts paused (``-S``).
+    """The complete QEMU command line for ``guest``; QEMU starts paused (``-S``).
 
     ``incoming``: QEMU waits for a saved RAM state (``migrate-incoming``) instead of booting.
-    ``nic_fd`` is a NAT VM's end of its passt socket (inherited by QEMU).
 
     Raises:
         ValueError: a value that would be unsafe or that this builder cannot express.
     """
     return [
         qemu_binary,
-        "-name", f"guest={escape_option(vm.name)},process=hm-{vm.id},debug-threads=on",
-        "-uuid", vm.uuid,
+        "-name", f"guest={escape_option(guest.name)},process=hm-{guest.id},debug-threads=on",
+        "-uuid", guest.uuid,
         *_machine(accelerator, _machine_properties(platform)),
-        "-smp", str(int(vm.cpus)),
-        "-m", f"{int(vm.memory_mb)}M",
+        "-smp", str(int(guest.cpus)),
+        "-m", f"{int(guest.memory_mb)}M",
         "-nodefaults", "-no-user-config", "-display", "none",
-        *_display(vm, paths),
+        *_display(guest, paths),
         "-pidfile", _plain_path(paths.pidfile),
         *_consoles(paths, qmp_fd),
         *_guest_agent(paths),
         *_disk(paths),
-        *network.nic_args(vm, nic_fd),
-        *cloudinit.seed_args(vm, boot, paths),
-        *vfio.device_args(vm),
+        *nic_args(nic),
+        *seed_args(seed),
+        *gpu_args(gpu),
         "-device", _json({"driver": "pvpanic", "id": "panic0"}),
-        *_generation_id(vm),
+        *_generation_id(guest),
         "-action", "panic=shutdown",
-        *_kernel(boot, vm),
-        *_platform(platform, vm, accelerator),
+        *_kernel(boot),
+        *_platform(platform, guest.memory_mb, accelerator),
         "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         "-S",
         *(["-incoming", "defer"] if incoming else []),
     ]  # fmt: skip
+
+
+def probe_argv(qemu_binary: str, accelerator: str) -> list[str]:
+    """A QEMU with no guest (``-machine none``) answering QMP on its stdin/stdout."""
+    return [qemu_binary, "-machine", "none", "-accel", accelerator, "-nodefaults",
+            "-display", "none", "-S", "-qmp", "stdio"]  # fmt: skip
+
+
+def launched_for(cmdline: list[str], uuid: str) -> bool:
+    """Whether a process's command line is a QEMU :func:`build_argv` made for ``uuid``."""
+    return uuid in cmdline and "-uuid" in cmdline

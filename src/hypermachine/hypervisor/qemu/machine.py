@@ -32,6 +32,7 @@ from ..devices import hostnet
 from ..vmfiles import nofollow
 from ..vmfiles.confine import QemuIdentity
 from ..vmfiles.layout import VmPaths
+from .argv import launched_for
 from .faults import FaultHandler, contained
 from .qmp import QmpBridge, QmpGone, QmpSession
 
@@ -175,7 +176,7 @@ def adopt_pid(paths: VmPaths, vm_uuid: str) -> int | None:
         cmdline = psutil.Process(pid).cmdline()
     except (OSError, ValueError, psutil.Error):
         return None
-    return pid if vm_uuid in cmdline and "-uuid" in cmdline else None
+    return pid if launched_for(cmdline, vm_uuid) else None
 
 
 def _log_tail(path: Path, limit: int = 400) -> str:
