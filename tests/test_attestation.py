@@ -31,11 +31,12 @@ def vm(kind: str) -> Vm:
 
 
 def fake_qmp(answers: dict[str, Any], asked: list[str]) -> Any:
-    async def execute(command: str) -> object:
-        asked.append(command)
-        return answers[command]
+    class Qemu:
+        async def execute(self, command: str, arguments: object = None) -> object:
+            asked.append(command)
+            return answers[command]
 
-    return execute
+    return Qemu
 
 
 @pytest.mark.parametrize("kind", ["sev", "sev_es"])

@@ -53,6 +53,7 @@ from .guest.console import ConsoleService, rotate_at_start
 from .guest.service import GuestService
 from .platform import capabilities, vmplatform
 from .platform.host import HostFacts, check_supported
+from .qemu import qmp_commands
 from .qemu.argv import BootSource
 from .qemu.faults import contained
 from .qemu.machine import Companion, Machine, adopt_pid, spawn_qemu
@@ -304,21 +305,21 @@ class Manager:
         machine = Machine(vm_id=vm.id, pid=pid, paths=paths)
         try:
             await machine.connect(self._bridge, self._settings.qmp_connect_timeout_s)
-            status = await machine.execute("query-status")
+            status = await qmp_commands.query_status(machine)
         except HypervisorError as err:
             log.error("%s: cannot re-adopt QEMU pid %d: %s", vm.id, pid, err.message)
             machine.kill()
             self._set(vm.id, VmState.ERROR, f"could not re-adopt QEMU: {err.message}")
             return
-        run_state = status.get("status") if isinstance(status, dict) else None
+        run_state = status.status
         if run_state == "inmigrate":  # we died while it loaded saved RAM: start again later
             machine.kill()
             self._set(vm.id, *self.snapshots.gone_state(vm))
             return
         if run_state == "prelaunch" or (resume_guest and run_state in _SNAPSHOT_PAUSED):
             with contextlib.suppress(HypervisorError):  # a RAM save still going
-                await machine.execute("migrate_cancel")
-            await machine.execute("cont")  # we died between launch (or a pause) and `cont`
+                await qmp_commands.migrate_cancel(machine)
+            await qmp_commands.cont(machine)  # we died between launch (or a pause) and `cont`
             run_state = "running"
         state = VmState.PAUSED if run_state == "paused" else VmState.RUNNING
         self._set(vm.id, state, None, pid=pid)
@@ -692,7 +693,7 @@ class Manager:
         async def bring_up() -> None:
             await machine.connect(self._bridge, settings.qmp_connect_timeout_s)
             if resume is None:
-                await machine.execute("cont")
+                await qmp_commands.cont(machine)
                 state = VmState.RUNNING
             else:
                 state = await self.snapshots.resume_into(machine, vm, resume)
@@ -853,22 +854,28 @@ class Manager:
 
     @_owned
     async def pause(self, vm_id: str) -> Vm:
-        return await self._simple(vm_id, Action.PAUSE, "stop", VmState.PAUSED)
+        return await self._simple(vm_id, Action.PAUSE, qmp_commands.stop, VmState.PAUSED)
 
     @_owned
     async def resume(self, vm_id: str) -> Vm:
-        return await self._simple(vm_id, Action.RESUME, "cont", VmState.RUNNING)
+        return await self._simple(vm_id, Action.RESUME, qmp_commands.cont, VmState.RUNNING)
 
     @_owned
     async def reboot(self, vm_id: str) -> Vm:
         """Hard reset of the guest (QMP ``system_reset``); the VM stays running."""
-        return await self._simple(vm_id, Action.REBOOT, "system_reset", VmState.RUNNING)
+        return await self._simple(vm_id, Action.REBOOT, qmp_commands.system_reset, VmState.RUNNING)
 
-    async def _simple(self, vm_id: str, action: Action, command: str, target: VmState) -> Vm:
+    async def _simple(
+        self,
+        vm_id: str,
+        action: Action,
+        command: Callable[[Machine], Awaitable[None]],
+        target: VmState,
+    ) -> Vm:
         async with self._lock(vm_id):
             vm = self._store.get_vm(vm_id)
             transition(vm.state, action)
-            await self._machine(vm_id).execute(command)
+            await command(self._machine(vm_id))
             return self._set(vm_id, target, None)
 
     async def qmp(self, vm_id: str, command: str, arguments: dict[str, Any] | None) -> object:
@@ -883,11 +890,7 @@ class Manager:
             VmNotFound, NotConfidential, InvalidState (not running).
         """
         vm = self.get(vm_id)
-
-        async def execute(command: str) -> object:
-            return await self._machine(vm_id).execute(command)
-
-        return await vmplatform.attestation(vm, execute)
+        return await vmplatform.attestation(vm, lambda: self._machine(vm_id))
 
     # -- snapshots, fork, hibernate (snapshot_service.py) ------------------------
 
@@ -950,8 +953,10 @@ class Manager:
                 allowed=["paused", "running"],
             )
         machine = self._machine(vm_id)
-        stats = await machine.execute("query-blockstats")
-        disks_ = [_disk_stats(entry) for entry in stats] if isinstance(stats, list) else []
+        disks_ = [
+            DiskStats(**dataclasses.asdict(entry))
+            for entry in await qmp_commands.query_blockstats(machine)
+        ]
         cpu, rss, cpu_s = 0.0, 0, 0.0
         process = machine.process
         if process is not None:
@@ -996,17 +1001,6 @@ async def _press_power_button(machine: Machine) -> None:
     """Press until QEMU exits (the caller bounds the whole wait)."""
     while not machine.exited.is_set():
         with contextlib.suppress(HypervisorError):  # QEMU may be exiting already
-            await machine.execute("system_powerdown")
+            await qmp_commands.system_powerdown(machine)
         with trio.move_on_after(_POWER_BUTTON_REPEAT_S):
             await machine.exited.wait()
-
-
-def _disk_stats(entry: dict[str, Any]) -> DiskStats:
-    stats = entry.get("stats", {})
-    return DiskStats(
-        device=str(entry.get("qdev") or entry.get("device") or entry.get("node-name") or "?"),
-        read_bytes=int(stats.get("rd_bytes", 0)),
-        write_bytes=int(stats.get("wr_bytes", 0)),
-        read_ops=int(stats.get("rd_operations", 0)),
-        write_ops=int(stats.get("wr_operations", 0)),
-    )

@@ -51,6 +51,7 @@ from ..models import (
 from ..states import Action, transition
 from ..store import utcnow
 from .devices import hostnet
+from .qemu import qmp_commands
 from .qemu.machine import Machine
 from .storage import layers, snapfiles, snapshots
 from .storage.snapfiles import Resume, SnapshotDir
@@ -263,7 +264,7 @@ class SnapshotService:
         paused = memory and before is S.RUNNING and machine is not None
         try:
             if paused and machine is not None:
-                await machine.execute("stop")
+                await qmp_commands.stop(machine)
                 self._step(vm.id, "paused", snapshot=name)
             if machine is not None:
                 layer = await snapshots.freeze_live(
@@ -299,7 +300,7 @@ class SnapshotService:
     ) -> None:
         if paused and machine is not None:
             with contextlib.suppress(HypervisorError):
-                await machine.execute("cont")
+                await qmp_commands.cont(machine)
             self._step(vm_id, "resumed")
         if not (machine is not None and machine.exited.is_set()):
             self._mgr._set(vm_id, state, None)
@@ -405,7 +406,7 @@ class SnapshotService:
             machine, resume.memory, timeout_s=self._settings.snapshot_timeout_s
         )
         if vm_state is S.RUNNING:
-            await machine.execute("cont")
+            await qmp_commands.cont(machine)
         resume.discard()
         self._step(vm.id, "resumed", state=vm_state.value)
         info = vm.network_info
@@ -475,7 +476,7 @@ class SnapshotService:
         self._step(vm.id, "hibernate_started")
         try:
             if before is S.RUNNING:
-                await machine.execute("stop")
+                await qmp_commands.stop(machine)
             await snapshots.save_memory(
                 machine,
                 staged.memory,

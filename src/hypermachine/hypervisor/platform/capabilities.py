@@ -26,13 +26,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import psutil
 import trio
 
 from ...config import Settings
 from ...models import Capability, CapabilityMap, FirmwareSet, HostCapabilities, SevCapabilities
+from ..qemu import qmp_commands
 from ..qemu.argv import probe_argv
 from .firmware import (
     CONFIDENTIAL_FEATURES,
@@ -59,12 +59,6 @@ RELEVANT_TYPES = frozenset(
      "memory-backend-memfd"}
 )  # fmt: skip
 _QOM_TYPE = {"sev": "sev-guest", "sev_es": "sev-guest", "sev_snp": "sev-snp-guest"}
-_PROBE_COMMANDS = (
-    ("negotiate", "qmp_capabilities"),
-    ("types", "qom-list-types"),
-    ("sev", "query-sev-capabilities"),
-    ("quit", "quit"),
-)
 
 
 @dataclass(frozen=True)
@@ -99,31 +93,22 @@ class _Facts:
 # -- probing QEMU --------------------------------------------------------------
 
 
-def parse_qmp_replies(replies: Sequence[dict[str, Any]]) -> QemuProbe:
+def parse_qmp_replies(replies: Sequence[object]) -> QemuProbe:
     """Facts from the probe's QMP answers (matched by ``id``)."""
-    by_id = {r["id"]: r for r in replies if isinstance(r, dict) and "id" in r}
-    types_reply = by_id.get("types", {})
-    if not isinstance(types_reply.get("return"), list):
-        return QemuProbe(failure=f"qom-list-types gave no list: {types_reply or 'no answer'}")
-    types = frozenset(
-        t["name"] for t in types_reply["return"] if isinstance(t, dict) and "name" in t
-    )
-    sev_reply = by_id.get("sev", {})
-    answer = sev_reply.get("return")
-    if isinstance(answer, dict) and "cbitpos" in answer:
-        sev = SevCapabilities(
-            cbitpos=int(answer["cbitpos"]), reduced_phys_bits=int(answer["reduced-phys-bits"])
-        )
-        return QemuProbe(types=types, sev=sev)
-    error = sev_reply.get("error", {})
-    desc = error.get("desc") if isinstance(error, dict) else None
-    return QemuProbe(types=types, sev_error=str(desc or "no answer"))
+    answers = qmp_commands.parse_probe_replies(replies)
+    if answers.types is None:
+        return QemuProbe(failure=answers.failure)
+    if answers.sev is None:
+        return QemuProbe(types=answers.types, sev_error=answers.sev_error)
+    cbitpos, reduced_phys_bits = answers.sev
+    sev = SevCapabilities(cbitpos=cbitpos, reduced_phys_bits=reduced_phys_bits)
+    return QemuProbe(types=answers.types, sev=sev)
 
 
 def probe_qemu(qemu_binary: str, accelerator: str, timeout_s: float) -> QemuProbe:
     """Ask a short-lived QEMU (no guest, ``-machine none``) what it can do."""
     argv = probe_argv(qemu_binary, accelerator)
-    script = "".join(json.dumps({"execute": cmd, "id": i}) + "\n" for i, cmd in _PROBE_COMMANDS)
+    script = qmp_commands.probe_requests()
     try:
         out = subprocess.run(
             argv, input=script, capture_output=True, text=True, timeout=timeout_s, check=False

@@ -12,12 +12,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 from ...config import Settings
 from ...errors import NotConfidential, Unsupported
 from ...models import CreateVmRequest, FirmwareSet, Vm, VmSpec
+from ..qemu import qmp_commands
 from ..qemu.argv import BootSource, Confidential, Platform
 from ..vmfiles import nofollow
 from ..vmfiles.confine import QemuIdentity
@@ -210,16 +211,7 @@ def adopt(vm: Vm, paths: VmPaths) -> None:
         log.info("%s: re-adopted swtpm pid %d", vm.id, pid)
 
 
-# What QEMU can tell about a confidential guest, per variant (QMP commands).
-_ATTESTATION_QUERIES = {
-    "sev": ("query-sev", "query-sev-launch-measure"),
-    "sev_es": ("query-sev", "query-sev-launch-measure"),
-    "sev_snp": ("query-sev",),
-    "tdx": (),
-}
-
-
-async def attestation(vm: Vm, execute: Callable[[str], Awaitable[object]]) -> dict[str, object]:
+async def attestation(vm: Vm, machine: Callable[[], qmp_commands.Target]) -> dict[str, object]:
     """What QEMU reports about ``vm``'s memory encryption, for an attesting client.
 
     SEV/SEV-ES: the platform state and the launch measurement; SNP: the state (its
@@ -236,8 +228,7 @@ async def attestation(vm: Vm, execute: Callable[[str], Awaitable[object]]) -> di
             memory_encryption=kind,
         )
     report: dict[str, object] = {"vm_id": vm.id, "memory_encryption": kind}
-    for command in _ATTESTATION_QUERIES[kind]:
-        report[command.removeprefix("query-").replace("-", "_")] = await execute(command)
+    report.update(await qmp_commands.attestation_queries(machine, kind))
     if kind in ("sev_snp", "tdx"):
         report["note"] = (
             "attestation reports for this variant are requested from inside the guest "

@@ -20,6 +20,7 @@ from typing import Literal
 from ..vmfiles.layout import VmPaths
 
 __all__ = [
+    "DISK_DEVICE",
     "BootSource",
     "Confidential",
     "Gpu",
@@ -130,6 +131,7 @@ def _json(obj: Mapping[str, object]) -> str:
 
 
 _VFIO = "vfio-pci"
+DISK_DEVICE = "vd0"  # the id of the VM's disk device (snapshots find its node by it)
 
 
 def _machine(accelerator: str, properties: str = "") -> list[str]:
@@ -143,7 +145,7 @@ def _machine(accelerator: str, properties: str = "") -> list[str]:
 def _disk(paths: VmPaths) -> list[str]:
     file_node = {"driver": "file", "node-name": "disk0-file", "filename": str(paths.disk)}
     fmt_node = {"driver": "qcow2", "node-name": "disk0", "file": "disk0-file"}
-    device = {"driver": "virtio-blk-pci", "drive": "disk0", "id": "vd0", "bootindex": 1}
+    device = {"driver": "virtio-blk-pci", "drive": "disk0", "id": DISK_DEVICE, "bootindex": 1}
     _plain_path(paths.disk)
     return ["-blockdev", _json(file_node), "-blockdev", _json(fmt_node), "-device", _json(device)]
 

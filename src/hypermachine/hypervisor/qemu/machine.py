@@ -32,6 +32,7 @@ from ..devices import hostnet
 from ..vmfiles import nofollow
 from ..vmfiles.confine import QemuIdentity
 from ..vmfiles.layout import VmPaths
+from . import qmp_commands
 from .argv import launched_for
 from .faults import FaultHandler, contained
 from .qmp import QmpBridge, QmpGone, QmpSession
@@ -237,8 +238,8 @@ class Machine:
             if self.on_qmp is not None:
                 self.on_qmp(command, trio.current_time() - started)
 
-    async def send_fd(self, fd: int, name: str) -> None:
-        """Hand QEMU a copy of ``fd`` named ``name`` (for ``fd:NAME`` URIs).
+    async def execute_with_fd(self, command: str, arguments: dict[str, object], fd: int) -> None:
+        """Run ``command`` with a copy of ``fd`` passed alongside it.
 
         Raises:
             HypervisorError: QMP is not connected, QEMU refused it or went away.
@@ -246,7 +247,7 @@ class Machine:
         if self.session is None:
             raise HypervisorError("QMP is not connected", vm_id=self.vm_id)
         try:
-            await self.session.send_fd(fd, name)
+            await self.session.execute_with_fd(command, arguments, fd)
         except QmpGone as err:
             raise HypervisorError("QEMU went away while taking a descriptor") from err
 
@@ -262,7 +263,7 @@ class Machine:
         """``quit`` over QMP, SIGKILL after ``grace_s``; returns once QEMU is gone."""
         with trio.move_on_after(grace_s):
             with contextlib.suppress(HypervisorError):
-                await self.execute("quit")
+                await qmp_commands.quit_qemu(self)
             await self.exited.wait()
             return
         self.kill()
@@ -380,8 +381,8 @@ class Machine:
 
     async def _report_run_state(self, on_state: StateReport) -> None:
         try:
-            status = await self.execute("query-status")
+            run_state = await qmp_commands.query_status(self)
         except HypervisorError:
             return  # QEMU is exiting; the exit report explains it
-        if isinstance(status, dict) and status.get("status") == "paused":
+        if run_state.status == "paused":
             await on_state(VmState.PAUSED, None)

@@ -5,7 +5,7 @@
 
     bridge = QmpBridge()                       # starts the loop thread
     session = await bridge.connect(path, name="vm-1")
-    await session.execute("cont")              # awaits an asyncio future from Trio
+    await session.execute("query-status")      # awaits an asyncio future from Trio
     async for event in session.events: ...     # events arrive on a Trio channel,
                                                # which ends when the connection does
     await session.close()
@@ -170,21 +170,21 @@ class QmpSession:
         except (ExecInterruptedError, StateError, EOFError, OSError, QMPError) as err:
             raise QmpGone(f"QMP connection lost during {command}: {err}") from err
 
-    async def send_fd(self, fd: int, name: str) -> None:
-        """Hand QEMU a copy of ``fd`` under ``name`` (``getfd``), e.g. for ``fd:NAME``
-        migration URIs. The descriptor and the command that names it travel together on
-        the loop thread, so no other command can come between them.
+    async def execute_with_fd(self, command: str, arguments: dict[str, Any], fd: int) -> None:
+        """Run ``command`` with a copy of ``fd`` passed alongside (e.g. ``getfd`` for
+        ``fd:NAME`` migration URIs). The descriptor and the command that names it travel
+        together on the loop thread, so no other command can come between them.
 
         Raises:
-            HypervisorError: QEMU refused the descriptor.
+            HypervisorError: QEMU refused the command or the descriptor.
             QmpGone: the connection dropped.
         """
 
         async def send() -> None:
             self._client.send_fd_scm(fd)
-            await self._client.execute("getfd", {"fdname": name})
+            await self._client.execute(command, arguments)
 
-        await self._call("getfd", send())
+        await self._call(command, send())
 
     async def close(self) -> None:
         """Disconnect; QEMU keeps running. Safe to call twice."""

@@ -16,12 +16,13 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from ...errors import HypervisorError, SnapshotRefused
 from ...models import Vm
+from ..qemu import qmp_commands
+from ..qemu.argv import DISK_DEVICE
 from ..qemu.machine import Machine
 from . import layers
 
@@ -34,7 +35,6 @@ __all__ = [
     "save_memory",
 ]
 
-_DISK_DEVICE = "vd0"
 _FD_NAME = "hm-snapshot"
 # query-migrate has no event without the `events` capability, and an incoming load runs
 # before the VM's event follower: poll it in short steps under the operation's budget.
@@ -43,9 +43,7 @@ _POLL_S = 0.01
 
 async def migration_blockers(machine: Machine) -> list[str]:
     """What QEMU says prevents saving this VM's RAM (empty: nothing)."""
-    status = await machine.execute("query-migrate")
-    reasons = status.get("blocked-reasons", []) if isinstance(status, dict) else []
-    return [str(reason) for reason in reasons]
+    return list((await qmp_commands.query_migrate(machine)).blocked_reasons)
 
 
 def refuse_memory(vm: Vm, blockers: list[str]) -> None:
@@ -68,13 +66,13 @@ def refuse_memory(vm: Vm, blockers: list[str]) -> None:
 
 
 async def _top_node(machine: Machine) -> str:
-    devices = await machine.execute("query-block")
-    for device in devices if isinstance(devices, list) else []:
-        if device.get("qdev") == _DISK_DEVICE or device.get("device") == _DISK_DEVICE:
-            return str(device["inserted"]["node-name"])
-        if str(device.get("qdev", "")).endswith(f"/{_DISK_DEVICE}/virtio-backend"):
-            return str(device["inserted"]["node-name"])
-    raise HypervisorError("QEMU reports no disk to snapshot", device=_DISK_DEVICE)
+    for device in await qmp_commands.query_block(machine):
+        ours = DISK_DEVICE in (device.qdev, device.device) or device.qdev.endswith(
+            f"/{DISK_DEVICE}/virtio-backend"
+        )
+        if ours and device.node_name is not None:
+            return device.node_name
+    raise HypervisorError("QEMU reports no disk to snapshot", device=DISK_DEVICE)
 
 
 async def freeze_stopped(qemu_img: str, vm_dir: Path) -> str:
@@ -101,16 +99,8 @@ async def freeze_live(
         os.chown(vm_dir / new, *owner)
     layers.point_top(vm_dir, new)
     overlay = new.removesuffix(".qcow2")
-    await machine.execute(
-        "blockdev-add",
-        {
-            "driver": "qcow2",
-            "node-name": overlay,
-            "file": {"driver": "file", "filename": str(vm_dir / new)},
-            "backing": None,
-        },
-    )
-    await machine.execute("blockdev-snapshot", {"node": node, "overlay": overlay})
+    await qmp_commands.blockdev_add_qcow2(machine, overlay, str(vm_dir / new))
+    await qmp_commands.blockdev_snapshot(machine, node, overlay)
     return frozen
 
 
@@ -118,20 +108,17 @@ async def _wait_migration(machine: Machine, timeout_s: float) -> None:
     try:
         with trio.fail_after(timeout_s):
             while True:
-                answer = await machine.execute("query-migrate")
-                status: dict[str, Any] = answer if isinstance(answer, dict) else {}
-                state = status.get("status")
-                if state == "completed":
+                status = await qmp_commands.query_migrate(machine)
+                if status.status == "completed":
                     return
-                if state in ("failed", "cancelled"):
+                if status.status in ("failed", "cancelled"):
                     raise HypervisorError(
-                        f"QEMU's migration stream {state}",
-                        reason=str(status.get("error-desc", "")),
+                        f"QEMU's migration stream {status.status}", reason=status.error_desc
                     )
                 await trio.sleep(_POLL_S)
     except trio.TooSlowError as err:
         with contextlib.suppress(HypervisorError):
-            await machine.execute("migrate_cancel")
+            await qmp_commands.migrate_cancel(machine)
         raise HypervisorError(f"saving or loading RAM took longer than {timeout_s:g} s") from err
 
 
@@ -144,15 +131,13 @@ async def save_memory(
     Raises:
         HypervisorError: QEMU refused or failed, or the budget ran out.
     """
-    await machine.execute(
-        "migrate-set-parameters", {"max-bandwidth": bandwidth_mib_s * 1024 * 1024}
-    )
+    await qmp_commands.migrate_set_bandwidth(machine, bandwidth_mib_s * 1024 * 1024)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        await machine.send_fd(fd, _FD_NAME)
+        await qmp_commands.getfd(machine, fd, _FD_NAME)
     finally:
         os.close(fd)  # QEMU holds its own copy
-    await machine.execute("migrate", {"uri": f"fd:{_FD_NAME}"})
+    await qmp_commands.migrate(machine, _FD_NAME)
     await _wait_migration(machine, timeout_s)
     with open(target, "rb") as f:
         os.fsync(f.fileno())
@@ -166,8 +151,8 @@ async def load_memory(machine: Machine, source: Path, *, timeout_s: float) -> No
     """
     fd = os.open(source, os.O_RDONLY)
     try:
-        await machine.send_fd(fd, _FD_NAME)
+        await qmp_commands.getfd(machine, fd, _FD_NAME)
     finally:
         os.close(fd)
-    await machine.execute("migrate-incoming", {"uri": f"fd:{_FD_NAME}"})
+    await qmp_commands.migrate_incoming(machine, _FD_NAME)
     await _wait_migration(machine, timeout_s)
