@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -24,15 +24,25 @@ from .errors import HMError
 from .models import Event, InterfaceStats, Vm, VmMetrics, VmState
 from .store import VmQuery
 
-if TYPE_CHECKING:
-    from .hypervisor.manager import Manager
-
-__all__ = ["CONTENT_TYPE", "Telemetry"]
+__all__ = ["CONTENT_TYPE", "Telemetry", "VmFigures"]
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LIVE = (VmState.RUNNING, VmState.PAUSED)
+
+
+class _NetworkStats(Protocol):
+    async def network_stats(self, vm_id: str) -> list[InterfaceStats]: ...
+
+
+class VmFigures(Protocol):
+    """Where a scrape reads VM figures from (the manager)."""
+
+    @property
+    def guest(self) -> _NetworkStats: ...
+    def list(self, query: VmQuery = ...) -> tuple[list[Vm], str | None]: ...
+    async def metrics(self, vm_id: str) -> VmMetrics: ...
 
 
 class Telemetry:
@@ -76,7 +86,7 @@ class Telemetry:
         """For the script runner: ``ok``, ``syntax_error``, ``runtime_error``, ``limit``."""
         self._scripts.labels(outcome).inc()
 
-    async def render(self, manager: Manager) -> bytes:
+    async def render(self, manager: VmFigures) -> bytes:
         snapshot = await _VmSnapshot.gather(manager)
         scraped = CollectorRegistry()
         scraped.register(snapshot)
@@ -92,7 +102,7 @@ class _VmSnapshot(Collector):
     network: dict[str, list[InterfaceStats]] = field(default_factory=dict)
 
     @classmethod
-    async def gather(cls, manager: Manager) -> _VmSnapshot:
+    async def gather(cls, manager: VmFigures) -> _VmSnapshot:
         snapshot = cls(vms=list(_all_vms(manager)))
         for vm in snapshot.vms:
             if vm.state not in _LIVE:
@@ -188,7 +198,7 @@ def _family(
     return family
 
 
-def _all_vms(manager: Manager) -> Iterator[Vm]:
+def _all_vms(manager: VmFigures) -> Iterator[Vm]:
     cursor: str | None = None
     while True:
         page, cursor = manager.list(VmQuery(limit=500, cursor=cursor))

@@ -1,9 +1,11 @@
-"""All VMs: the operations the API, agent tools and scripts call.
+"""All VMs: the operations the API, agent tools and scripts call, and their lifecycle.
 
 Ownership: ``Manager.run`` is started with ``nursery.start`` by the server; it
-re-adopts every QEMU still running before it reports ready, and owns one
-supervisor task per live VM plus the provisioning tasks of VMs being created.
-Every state change is written to the store first and then announced to waiters.
+re-adopts every QEMU still running before it reports ready (:mod:`.readopt`), and
+owns one supervisor task per live VM plus the provisioning tasks of VMs being
+created (:mod:`.provision`). Snapshots are delegated to :mod:`.snapshot_service`,
+a live VM's figures read by :mod:`.metrics`. Every state change is written to the
+store first and then announced to waiters.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import psutil
 import trio
@@ -32,7 +33,6 @@ from ..events import EventLog
 from ..models import (
     CreateFromSnapshotRequest,
     CreateVmRequest,
-    DiskStats,
     ForkRequest,
     HostCapabilities,
     HostDevices,
@@ -45,60 +45,32 @@ from ..models import (
 )
 from ..security.admission import HostBudget, admit
 from ..security.caller import current_caller
-from ..states import LIVE_STATES, Action, transition
+from ..states import LIVE_STATES, Action, check, transition
 from ..store import Store, VmQuery, fingerprint, utcnow
 from ..telemetry import Telemetry
 from .devices.resources import HostResources
 from .guest.console import ConsoleService, rotate_at_start
 from .guest.service import GuestService
+from .metrics import require_live, vm_metrics
 from .platform import capabilities, vmplatform
 from .platform.host import HostFacts, check_supported
+from .ports import CatalogueLike, GuardLike, ImageLike
+from .provision import Provisioning
 from .qemu import qmp_commands
 from .qemu.argv import BootSource
 from .qemu.faults import contained
-from .qemu.machine import Companion, Machine, adopt_pid, spawn_qemu
+from .qemu.machine import Companion, Machine, spawn_qemu
 from .qemu.qmp import QmpBridge
+from .readopt import Readoption
 from .snapshot_service import SnapshotService
-from .storage import disks, layers
 from .storage.snapfiles import Resume
 from .vm_argv import build_argv
 from .vmfiles.confine import QemuIdentity, make_reachable
 from .vmfiles.layout import VmPaths
 
-__all__ = ["CatalogueLike", "ImageLike", "Manager"]
+__all__ = ["Manager"]
 
 log = logging.getLogger(__name__)
-
-
-class ImageLike(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def format(self) -> str: ...
-    @property
-    def disk(self) -> Path | None: ...
-    @property
-    def kernel(self) -> Path | None: ...
-    @property
-    def initrd(self) -> Path | None: ...
-    @property
-    def append(self) -> str: ...
-    @property
-    def available(self) -> bool: ...
-    @property
-    def firmware(self) -> str: ...
-
-
-class CatalogueLike(Protocol):
-    def get(self, name: str) -> ImageLike: ...
-    def pull(self, name: str) -> ImageLike: ...
-
-
-class GuardLike(Protocol):
-    """The security layer as the manager sees it (``hypermachine.security.Security``)."""
-
-    def vm_quota(self) -> int: ...
-    def storage_quota_bytes(self) -> int: ...
 
 
 _Op = Callable[..., Awaitable[Any]]
@@ -155,8 +127,6 @@ _SERVER_DRIVEN = frozenset(
         VmState.RESTORING,
     }
 )
-# QEMU run states in which a snapshot had paused the guest (the server died meanwhile).
-_SNAPSHOT_PAUSED = frozenset({"paused", "postmigrate", "finish-migrate"})
 
 
 @dataclass(frozen=True)
@@ -202,6 +172,8 @@ class Manager:
         self.events.add_listener(self.telemetry.on_event)
         self._resources = HostResources(settings, store.all_vms, qemu_identity=qemu_identity)
         self.snapshots = SnapshotService(self)
+        self._readoption = Readoption(self)
+        self._provisioning = Provisioning(self)
 
     # -- life of the manager ---------------------------------------------------
 
@@ -212,7 +184,7 @@ class Manager:
             self.host = await capabilities.refresh(self.host, self._settings)
             await self._resources.prepare()
             for vm in list(self._store.all_vms()):
-                await self._recover(vm)
+                await self._readoption.recover(vm)
             task_status.started()
             await trio.sleep_forever()
 
@@ -273,60 +245,6 @@ class Manager:
             await self._release(vm_id)
 
         return handle
-
-    async def _recover(self, vm: Vm) -> None:
-        paths = self._paths(vm.id)
-        prior = None
-        if vm.state in (VmState.SNAPSHOTTING, VmState.RESTORING):
-            prior = self.snapshots.recover_prior_state(vm)
-        if vm.state in LIVE_STATES:
-            pid = adopt_pid(paths, vm.uuid)
-            if pid is not None and self.snapshots.hibernation_written(vm):
-                with contextlib.suppress(psutil.Error):
-                    psutil.Process(pid).kill()  # finish the hibernation it was in
-                pid = None
-            if pid is None:
-                await self._release(vm.id)
-                vmplatform.after_exit(paths)
-                paths.clear_runtime()
-                self._set(vm.id, *self.snapshots.gone_state(vm))
-                return
-            vmplatform.adopt(vm, paths)
-            self._resources.adopt(vm, paths)
-            await self._adopt(vm, pid, paths, resume_guest=prior is VmState.RUNNING)
-        elif vm.state is VmState.CREATING:
-            self._set(vm.id, VmState.ERROR, "creation was interrupted by a server restart")
-        elif vm.state is VmState.DELETING:
-            await self._release(vm.id)
-            self._finish_delete(vm.id)
-
-    async def _adopt(self, vm: Vm, pid: int, paths: VmPaths, *, resume_guest: bool = False) -> None:
-        """Supervise a QEMU found running; ``resume_guest``: a snapshot had paused it."""
-        machine = Machine(vm_id=vm.id, pid=pid, paths=paths)
-        try:
-            await machine.connect(self._bridge, self._settings.qmp_connect_timeout_s)
-            status = await qmp_commands.query_status(machine)
-        except HypervisorError as err:
-            log.error("%s: cannot re-adopt QEMU pid %d: %s", vm.id, pid, err.message)
-            machine.kill()
-            self._set(vm.id, VmState.ERROR, f"could not re-adopt QEMU: {err.message}")
-            return
-        run_state = status.status
-        if run_state == "inmigrate":  # we died while it loaded saved RAM: start again later
-            machine.kill()
-            self._set(vm.id, *self.snapshots.gone_state(vm))
-            return
-        if run_state == "prelaunch" or (resume_guest and run_state in _SNAPSHOT_PAUSED):
-            with contextlib.suppress(HypervisorError):  # a RAM save still going
-                await qmp_commands.migrate_cancel(machine)
-            await qmp_commands.cont(machine)  # we died between launch (or a pause) and `cont`
-            run_state = "running"
-        state = VmState.PAUSED if run_state == "paused" else VmState.RUNNING
-        self._set(vm.id, state, None, pid=pid)
-        await self._supervise(machine)
-        log.info("%s: re-adopted QEMU pid %d (%s)", vm.id, pid, state.value)
-        if vm.state is VmState.STOPPING:
-            await self.stop(vm.id, force=True)
 
     # -- state bookkeeping -----------------------------------------------------
 
@@ -503,9 +421,11 @@ class Manager:
             self._store.put_idempotency(idempotency_key, fingerprint(body), vm.id)
         self._announce()
         if not image.available:
-            self._spawn(vm.id, self._pull_then_provision, vm.id, request.start)
+            self._spawn(vm.id, self._provisioning.pull_then_provision, vm.id, request.start)
         else:
-            await self._nursery_start(vm.id, self._provision, vm.id, image, request.start)
+            await self._nursery_start(
+                vm.id, self._provisioning.provision, vm.id, image, request.start
+            )
         return _Created(vm, replayed=False)
 
     def _replay(self, key: str, body_fingerprint: str) -> Vm | None:
@@ -523,69 +443,6 @@ class Manager:
         except VmNotFound:
             return None
 
-    async def _pull_then_provision(self, vm_id: str, start: bool) -> None:
-        vm = self._store.get_vm(vm_id)
-        try:
-            image = await trio.to_thread.run_sync(self._catalogue.pull, vm.image)
-        except HMError as err:
-            with contextlib.suppress(VmNotFound):  # deleted while pulling
-                self._set(vm_id, VmState.ERROR, f"image {vm.image!r} could not be pulled: {err}")
-            return
-        await self._provision(vm_id, image, start)
-
-    async def _provision(
-        self,
-        vm_id: str,
-        image: ImageLike,
-        start: bool,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        async with self._lock(vm_id):
-            task_status.started()  # the lock is held: lifecycle calls now queue behind us
-            try:
-                vm = self._store.get_vm(vm_id)
-            except VmNotFound:
-                return  # deleted while its image was being pulled
-            if vm.state is not VmState.CREATING:
-                return
-            paths = self._paths(vm_id)
-            try:
-                await self._make_disk(vm, image, paths)
-            except HMError as err:
-                self._set(vm_id, VmState.ERROR, f"disk creation failed: {err.message}")
-                return
-            try:
-                if vm.security.vtpm:  # swtpm_setup runs as the QEMU user
-                    await self._reach_folders()
-                await vmplatform.prepare(vm, paths, self.host, self._settings, self.qemu_identity)
-            except HMError as err:
-                self._set(vm_id, VmState.ERROR, f"firmware/TPM setup failed: {err.message}")
-                return
-            # Straight on to starting, with no checkpoint in between: nobody sees a
-            # VM created with start=true sitting in "stopped".
-            self._set(vm_id, VmState.STOPPED, None)
-            if start:
-                with contextlib.suppress(HMError):
-                    await self._start_locked(vm_id)
-
-    async def _make_disk(self, vm: Vm, image: ImageLike, paths: VmPaths) -> None:
-        """The first layer of the VM's disk chain, named by ``disk.qcow2`` (layers.py)."""
-        paths.vm_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        binary = self._settings.qemu_img_binary
-        first = paths.vm_dir / layers.FIRST
-        if image.disk is None:
-            await disks.create_blank(binary, overlay=first, size_gb=vm.disk_gb)
-        else:
-            await disks.create_overlay(
-                binary,
-                base=image.disk,
-                base_format=image.format,
-                overlay=first,
-                size_gb=vm.disk_gb,
-            )
-        layers.point_top(paths.vm_dir, layers.FIRST)
-
     @_owned
     async def delete(self, vm_id: str, *, force: bool = False) -> None:
         """Remove the VM, its disk and files. ``force`` kills a live QEMU first.
@@ -595,8 +452,8 @@ class Manager:
         """
         async with self._lock(vm_id):
             vm = self._store.get_vm(vm_id)
-            transition(vm.state, Action.FORCE_DELETE if force else Action.DELETE)
-            self._set(vm_id, VmState.DELETING, None)
+            deleting = transition(vm.state, Action.FORCE_DELETE if force else Action.DELETE)
+            self._set(vm_id, deleting, None)
             machine = self._machines.get(vm_id)
             if machine is not None:
                 machine.report.stop_requested = "deleted"
@@ -643,7 +500,7 @@ class Manager:
         resumes it (state ``restoring``) instead of booting."""
         vm = self._store.get_vm(vm_id)
         if not resuming:
-            transition(vm.state, Action.START)
+            check(vm.state, Action.START)
         resume = self.snapshots.pending_resume(vm)
         if resume is not None and not (resuming or vm.state is VmState.HIBERNATED):
             resume = None  # a stale image (the VM was discarded or booted since)
@@ -828,13 +685,13 @@ class Manager:
         """
         async with self._lock(vm_id):
             vm = self._store.get_vm(vm_id)
-            transition(vm.state, Action.STOP)
+            stopping = transition(vm.state, Action.STOP)
             if vm.state is VmState.HIBERNATED:
                 return self.snapshots.discard(vm_id)
             machine = self._machine(vm_id)
             graceful = not force and vm.state is VmState.RUNNING
             machine.report.stop_requested = "quit on request"
-            vm = self._set(vm_id, VmState.STOPPING, None)
+            vm = self._set(vm_id, stopping, None)
             timeout = timeout_s or self._settings.stop_timeout_s
 
             async def stop_machine() -> None:
@@ -854,27 +711,26 @@ class Manager:
 
     @_owned
     async def pause(self, vm_id: str) -> Vm:
-        return await self._simple(vm_id, Action.PAUSE, qmp_commands.stop, VmState.PAUSED)
+        return await self._simple(vm_id, Action.PAUSE, qmp_commands.stop)
 
     @_owned
     async def resume(self, vm_id: str) -> Vm:
-        return await self._simple(vm_id, Action.RESUME, qmp_commands.cont, VmState.RUNNING)
+        return await self._simple(vm_id, Action.RESUME, qmp_commands.cont)
 
     @_owned
     async def reboot(self, vm_id: str) -> Vm:
         """Hard reset of the guest (QMP ``system_reset``); the VM stays running."""
-        return await self._simple(vm_id, Action.REBOOT, qmp_commands.system_reset, VmState.RUNNING)
+        return await self._simple(vm_id, Action.REBOOT, qmp_commands.system_reset)
 
     async def _simple(
         self,
         vm_id: str,
         action: Action,
         command: Callable[[Machine], Awaitable[None]],
-        target: VmState,
     ) -> Vm:
         async with self._lock(vm_id):
             vm = self._store.get_vm(vm_id)
-            transition(vm.state, action)
+            target = transition(vm.state, action)
             await command(self._machine(vm_id))
             return self._set(vm_id, target, None)
 
@@ -946,39 +802,8 @@ class Manager:
     async def metrics(self, vm_id: str) -> VmMetrics:
         """Raises: VmNotFound, InvalidState (no QEMU process)."""
         vm = self.get(vm_id)
-        if vm.state not in (VmState.RUNNING, VmState.PAUSED):
-            raise InvalidState(
-                f"metrics need a running VM; it is {vm.state.value}",
-                current=vm.state.value,
-                allowed=["paused", "running"],
-            )
-        machine = self._machine(vm_id)
-        disks_ = [
-            DiskStats(**dataclasses.asdict(entry))
-            for entry in await qmp_commands.query_blockstats(machine)
-        ]
-        cpu, rss, cpu_s = 0.0, 0, 0.0
-        process = machine.process
-        if process is not None:
-            with contextlib.suppress(psutil.Error):
-                cpu, rss = process.cpu_percent(None), process.memory_info().rss
-                times = process.cpu_times()
-                cpu_s = times.user + times.system
-        started = vm.started_at or vm.updated_at
-        return VmMetrics(
-            vm_id=vm_id,
-            vcpus=vm.cpus,
-            cpu_percent=cpu,
-            memory_rss_bytes=rss,
-            memory_configured_bytes=vm.memory_mb * 1024 * 1024,
-            disk=disks_,
-            disk_read_bytes=sum(d.read_bytes for d in disks_),
-            disk_write_bytes=sum(d.write_bytes for d in disks_),
-            disk_read_ops=sum(d.read_ops for d in disks_),
-            disk_write_ops=sum(d.write_ops for d in disks_),
-            uptime_seconds=max(0.0, (utcnow() - started).total_seconds()),
-            cpu_seconds_total=cpu_s,
-        )
+        require_live(vm)
+        return await vm_metrics(vm, self._machine(vm_id))
 
     # -- host ------------------------------------------------------------------
 
