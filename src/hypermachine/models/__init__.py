@@ -27,7 +27,7 @@ from .guest import (
 )
 from .host import Capability, CapabilityMap, FirmwareSet, HostCapabilities, SevCapabilities
 from .images import ImageInfo
-from .scripts import ScriptRequest, ScriptResponse
+from .scripts import ScriptLimits, ScriptRequest, ScriptResponse
 from .snapshots import (
     CreateFromSnapshotRequest,
     ForkRequest,
@@ -112,6 +112,7 @@ __all__ = [
     "PciDevice",
     "PortForward",
     "RestoreRequest",
+    "ScriptLimits",
     "ScriptRequest",
     "ScriptResponse",
     "SecuritySpec",

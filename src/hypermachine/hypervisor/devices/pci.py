@@ -24,6 +24,7 @@ __all__ = [
     "PciFunction",
     "class_name",
     "iommu_enabled",
+    "iommu_group_count",
     "kind_of",
     "list_functions",
     "list_mdev_types",
@@ -165,11 +166,16 @@ def group_members(sysfs_root: Path, group: str) -> list[str]:
         return []
 
 
-def iommu_enabled(sysfs_root: Path) -> bool:
+def iommu_group_count(sysfs_root: Path) -> int:
+    """How many IOMMU groups the kernel made (0: no IOMMU, or it is off)."""
     try:
-        return any(True for _ in (sysfs_root / "kernel" / "iommu_groups").iterdir())
+        return sum(1 for _ in (sysfs_root / "kernel" / "iommu_groups").iterdir())
     except OSError:
-        return False
+        return 0
+
+
+def iommu_enabled(sysfs_root: Path) -> bool:
+    return iommu_group_count(sysfs_root) > 0
 
 
 def vfio_pci_loaded(sysfs_root: Path) -> bool:

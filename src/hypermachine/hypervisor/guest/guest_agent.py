@@ -174,7 +174,6 @@ class GuestAgent:
         self._channel: _Channel | None = None
         self._lock = trio.Lock()
         self._ids = itertools.count(random.randrange(1, 1 << 30))
-        self._changed = trio.Event()
         self._trouble = trio.Event()
         self._nursery: trio.Nursery | None = None
 
@@ -279,18 +278,9 @@ class GuestAgent:
             self._announce(reason)
 
     def _announce(self, reason: str | None) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
         self._on_change(self, reason)
 
     # -- use -----------------------------------------------------------------------
-
-    async def wait_connected(self, timeout_s: float) -> bool:
-        """True once the agent answers; False if it has not within ``timeout_s``."""
-        with trio.move_on_after(timeout_s):
-            while not self.connected:
-                await self._changed.wait()
-        return self.connected
 
     async def call(
         self,

@@ -32,6 +32,7 @@ import trio
 
 from ...config import Settings
 from ...models import Capability, CapabilityMap, FirmwareSet, HostCapabilities, SevCapabilities
+from ..devices import pci
 from ..qemu import qmp_commands
 from ..qemu.argv import probe_argv
 from .firmware import (
@@ -242,15 +243,8 @@ def _vtpm(facts: _Facts) -> Capability:
     return _capability(missing, f"{facts.swtpm.reason}, QEMU tpm-crb + tpm-emulator")
 
 
-def _iommu_groups(sysfs_root: Path) -> int:
-    try:
-        return sum(1 for _ in (sysfs_root / "kernel" / "iommu_groups").iterdir())
-    except OSError:
-        return 0
-
-
 def _iommu(facts: _Facts) -> Capability:
-    groups = _iommu_groups(facts.sysfs_root)
+    groups = pci.iommu_group_count(facts.sysfs_root)
     if groups == 0:
         return _capability(
             ["no IOMMU groups in /sys/kernel/iommu_groups (no IOMMU, or it is off: "
@@ -260,7 +254,7 @@ def _iommu(facts: _Facts) -> Capability:
 
 
 def _vfio(facts: _Facts) -> Capability:
-    missing = [] if _iommu_groups(facts.sysfs_root) else ["no IOMMU groups"]
+    missing = [] if pci.iommu_enabled(facts.sysfs_root) else ["no IOMMU groups"]
     if not (facts.sysfs_root / "module" / "vfio_pci").is_dir():
         missing.append("the vfio_pci module is not loaded")
     if not (facts.dev_root / "vfio" / "vfio").exists():

@@ -32,7 +32,6 @@ class HostFacts:
     qemu_version: str
     cpu_count: int
     memory_bytes: int
-    iommu_groups: int = 0
     capabilities: HostCapabilities | None = None
 
 
@@ -91,15 +90,7 @@ def probe_host(qemu_binary: str, wanted: Accelerator) -> HostFacts:
         qemu_version=_qemu_version(qemu_binary),
         cpu_count=os.cpu_count() or 1,
         memory_bytes=psutil.virtual_memory().total,
-        iommu_groups=_count_iommu_groups(Path("/sys")),
     )
-
-
-def _count_iommu_groups(sysfs_root: Path) -> int:
-    try:
-        return sum(1 for _ in (sysfs_root / "kernel" / "iommu_groups").iterdir())
-    except OSError:
-        return 0
 
 
 def check_supported(spec: VmSpec, host: HostFacts, also: Mapping[str, str] | None = None) -> None:
