@@ -12,7 +12,7 @@ out of that scrape, and every other VM is still reported.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -156,32 +156,45 @@ class _VmSnapshot(Collector):
         return _family(CounterMetricFamily, name, doc, rows)
 
     def _disks(self) -> Iterator[Metric]:
-        for field_, doc in (
-            ("read_bytes", "Bytes read from the disk"),
-            ("write_bytes", "Bytes written to the disk"),
-            ("read_ops", "Disk read operations"),
-            ("write_ops", "Disk write operations"),
-        ):
-            rows = [
-                (vm_id, float(getattr(disk, field_)), {"device": disk.device})
-                for vm_id, m in self.metrics.items()
-                for disk in m.disk
-            ]
-            yield self._counter(f"hypermachine_vm_disk_{field_}", doc, rows)
+        devices = [
+            (vm_id, disk, {"device": disk.device})
+            for vm_id, m in self.metrics.items()
+            for disk in m.disk
+        ]
+        yield from self._counters("hypermachine_vm_disk", _DISK_FIGURES, devices)
 
     def _network(self) -> Iterator[Metric]:
-        for field_, doc in (
-            ("rx_bytes", "Bytes received by the guest interface (from qemu-ga)"),
-            ("tx_bytes", "Bytes sent by the guest interface (from qemu-ga)"),
-            ("rx_packets", "Packets received by the guest interface (from qemu-ga)"),
-            ("tx_packets", "Packets sent by the guest interface (from qemu-ga)"),
-        ):
-            rows = [
-                (vm_id, float(getattr(nic, field_)), {"interface": nic.name})
-                for vm_id, nics in self.network.items()
-                for nic in nics
-            ]
-            yield self._counter(f"hypermachine_vm_network_{field_}", doc, rows)
+        devices = [
+            (vm_id, nic, {"interface": nic.name})
+            for vm_id, nics in self.network.items()
+            for nic in nics
+        ]
+        yield from self._counters("hypermachine_vm_network", _NETWORK_FIGURES, devices)
+
+    def _counters(
+        self,
+        prefix: str,
+        figures: tuple[tuple[str, str], ...],
+        devices: Sequence[tuple[str, object, dict[str, str]]],
+    ) -> Iterator[Metric]:
+        """One counter per figure (an attribute of each device), a row per device."""
+        for field_, doc in figures:
+            rows = [(vm_id, float(getattr(dev, field_)), labels) for vm_id, dev, labels in devices]
+            yield self._counter(f"{prefix}_{field_}", doc, rows)
+
+
+_DISK_FIGURES = (
+    ("read_bytes", "Bytes read from the disk"),
+    ("write_bytes", "Bytes written to the disk"),
+    ("read_ops", "Disk read operations"),
+    ("write_ops", "Disk write operations"),
+)
+_NETWORK_FIGURES = (
+    ("rx_bytes", "Bytes received by the guest interface (from qemu-ga)"),
+    ("tx_bytes", "Bytes sent by the guest interface (from qemu-ga)"),
+    ("rx_packets", "Packets received by the guest interface (from qemu-ga)"),
+    ("tx_packets", "Packets sent by the guest interface (from qemu-ga)"),
+)
 
 
 def _family(
