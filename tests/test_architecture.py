@@ -5,6 +5,7 @@ and QMP's command names written in one, and every package saying what lives in i
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,6 +218,20 @@ def test_qemu_options_are_written_only_in_the_argv_module() -> None:
     assert found == []
 
 
+@pytest.mark.parametrize(
+    ("source", "caught"),
+    [
+        ('ARGV = ["-device", "{}"]\n', True),
+        ('def f(p):\n    return ["-chardev", f"socket,path={p}"]\n', True),
+        ('CMD = ["qemu-img", "create", "-f", "qcow2"]\n', False),  # not QEMU's options
+        ('def f():\n    """Adds -device."""\n', False),  # prose
+    ],
+)
+def test_the_option_check_catches_an_option(source: str, caught: bool) -> None:
+    module = Module("hypermachine.x", Path("x.py"), False, ast.parse(source))
+    assert any(text in _option_names() for _, text in _strings(module)) is caught
+
+
 def test_the_vocabulary_declares_the_commands_it_sends() -> None:
     commands = _qmp_commands()
     assert {"query-status", "cont", "migrate", "query-blockstats", "getfd"} <= commands
@@ -260,19 +275,85 @@ def test_the_qmp_check_catches_a_command_name(source: str, caught: bool) -> None
     assert bool(hits) is caught
 
 
-# -- every package says what lives in it -----------------------------------------
+# -- every package says what lives in it and what it may import ------------------
+
+
+def _folders() -> list[Path]:
+    found = (p.parent for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
+    return sorted(set(found))
 
 
 def test_every_package_has_a_docstring() -> None:
-    folders = sorted(
-        p.parent
-        for p in PACKAGE.rglob("*.py")
-        if "static" not in p.parts and "__pycache__" not in p.parts
-    )
     missing = []
-    for folder in dict.fromkeys(folders):
+    for folder in _folders():
         init = folder / "__init__.py"
         doc = ast.get_docstring(ast.parse(init.read_text())) if init.exists() else None
-        if not doc or not doc.strip():
+        if not doc or not doc.strip() or "May import:" not in doc:
             missing.append(str(folder.relative_to(SRC)))
     assert missing == []
+
+
+def _may_import(doc: str) -> set[str]:
+    """The names in double backticks of the docstring's ``May import:`` paragraph."""
+    paragraph = doc[doc.index("May import:") :].split("\n\n")[0]
+    return {f"hypermachine.{name}" for name in re.findall(r"``([a-z_.]+)``", paragraph)}
+
+
+def _rules() -> dict[str, set[str]]:
+    """Package -> what its modules may import besides the package itself (the root
+    package, the composition root, has no rule)."""
+    return {
+        module.name: _may_import(ast.get_docstring(module.tree) or "")
+        for module in MODULES.values()
+        if module.is_package and module.name != "hypermachine"
+    }
+
+
+def _direct_imports(module: Module) -> Iterator[tuple[int, str]]:
+    """Each hypermachine module an import statement names (``from .qemu import argv``
+    names ``...qemu.argv``, not the package ``...qemu``)."""
+    package = module.name if module.is_package else module.name.rpartition(".")[0]
+    for node in ast.walk(module.tree):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                target = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                target = node.module or ""
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                yield node.lineno, sub if sub in MODULES else target
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _breaches(rules: dict[str, set[str]]) -> list[str]:
+    found = []
+    for module in MODULES.values():
+        owners = [p for p in rules if _within(module.name, p)]
+        if not owners:
+            continue
+        room = max(owners, key=len)  # the deepest package with a rule
+        allowed = rules[room]
+        for line, target in _direct_imports(module):
+            if not target.startswith("hypermachine") or _within(target, room):
+                continue
+            if _within(module.name, target):  # its own packages (``from .. import x``)
+                continue
+            if not any(_within(target, name) for name in allowed):
+                found.append(f"{module.path.relative_to(SRC)}:{line}: {target} ({room})")
+    return found
+
+
+def test_every_package_imports_only_what_its_docstring_allows() -> None:
+    assert _breaches(_rules()) == []
+
+
+def test_the_import_rules_catch_a_breach() -> None:
+    rules = _rules()
+    rules["hypermachine.hypervisor.vmfiles"] = set()  # vmfiles may not even import config
+    assert any("vmfiles" in breach for breach in _breaches(rules))

@@ -48,6 +48,7 @@ from ..security.caller import current_caller
 from ..states import LIVE_STATES, Action, check, transition
 from ..store import Store, VmQuery, fingerprint, utcnow
 from ..telemetry import Telemetry
+from .devices import hostnet
 from .devices.resources import HostResources
 from .guest.console import ConsoleService, rotate_at_start
 from .guest.service import GuestService
@@ -593,7 +594,8 @@ class Manager:
             rotate_at_start(paths.console_log)
             extra = () if nic_fd is None else (nic_fd,)
             bridge_tap = vm.network_info.tap if vm.network_info is not None else None
-            return spawn_qemu(argv, paths, self.qemu_identity, bridge_tap, pass_fds=extra)
+            tap_fd = hostnet.open_tap(bridge_tap) if bridge_tap is not None else None
+            return spawn_qemu(argv, paths, self.qemu_identity, tap_fd, pass_fds=extra)
         except (HMError, ValueError) as err:
             await self._release(vm.id)
             vmplatform.after_exit(paths)

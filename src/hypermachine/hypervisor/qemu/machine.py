@@ -28,7 +28,6 @@ import trio
 
 from ...errors import HypervisorError
 from ...models import VmState
-from ..devices import hostnet
 from ..vmfiles import nofollow
 from ..vmfiles.confine import QemuIdentity
 from ..vmfiles.layout import VmPaths
@@ -124,13 +123,14 @@ def spawn_qemu(
     build_argv: Callable[[int, int | None], list[str]],
     paths: VmPaths,
     identity: QemuIdentity | None = None,
-    tap: str | None = None,
+    tap_fd: int | None = None,
     pass_fds: tuple[int, ...] = (),
 ) -> subprocess.Popen[bytes]:
     """Start QEMU detached (own session) with a ready QMP listening socket.
 
-    ``build_argv`` receives the QMP socket's fd number and that of the VM's ``tap``
-    (opened here, so QEMU needs no access to ``/dev/net/tun``), or None; ``pass_fds``
+    ``build_argv`` receives the QMP socket's fd number and ``tap_fd``, the VM's tap
+    opened by the server (so QEMU needs no access to ``/dev/net/tun``; closed here once
+    QEMU holds its copy), or None; ``pass_fds``
     are further descriptors QEMU inherits (a NAT VM's passt socket). QEMU's output goes to
     ``paths.qemu_log``. With ``identity`` QEMU runs as that user, owning the VM's
     folders; the QMP socket stays the server's (mode 0600 in a 0700 folder).
@@ -138,13 +138,16 @@ def spawn_qemu(
     Raises:
         HypervisorError: the binary could not be executed.
     """
-    paths.make()
-    if identity is not None:
-        identity.own(paths.vm_dir, paths.run_dir)
-    qmp = _listening_socket(paths.qmp_socket)
-    tap_fd = None
     try:
-        tap_fd = hostnet.open_tap(tap) if tap is not None else None
+        paths.make()
+        if identity is not None:
+            identity.own(paths.vm_dir, paths.run_dir)
+        qmp = _listening_socket(paths.qmp_socket)
+    except BaseException:
+        if tap_fd is not None:
+            os.close(tap_fd)
+        raise
+    try:
         argv = build_argv(qmp.fileno(), tap_fd)
         with (
             nofollow.Folder(paths.vm_dir) as folder,
