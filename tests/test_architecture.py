@@ -41,19 +41,24 @@ def _modules() -> dict[str, Module]:
 MODULES = _modules()
 
 
+def _from_target(module: Module, node: ast.ImportFrom) -> str:
+    """The absolute module a ``from … import`` statement of ``module`` imports from."""
+    if not node.level:
+        return node.module or ""
+    package = module.name if module.is_package else module.name.rpartition(".")[0]
+    parts = package.split(".")
+    base = parts[: len(parts) - (node.level - 1)]
+    return ".".join([*base, *([node.module] if node.module else [])])
+
+
 def _imported(module: Module) -> Iterator[str]:
     """Every hypermachine module ``module`` imports, wherever the import statement is
     (top level, ``if TYPE_CHECKING:``, a function body)."""
-    package = module.name if module.is_package else module.name.rpartition(".")[0]
     for node in ast.walk(module.tree):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                target = ".".join([*base, *([node.module] if node.module else [])])
-            else:
-                target = node.module or ""
+            target = _from_target(module, node)
             yield target
             yield from (f"{target}.{alias.name}" for alias in node.names)
 
@@ -156,16 +161,7 @@ def _qmp_commands() -> set[str]:
     """The QMP commands the vocabulary sends: the first argument of its ``execute`` and
     ``execute_with_fd`` calls, and the names in its tables of commands."""
     module = MODULES[QMP_VOCABULARY]
-    names = set()
-    for node in ast.walk(module.tree):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr in ("execute", "execute_with_fd")
-            and node.args
-            and isinstance(node.args[0], ast.Constant)
-        ):
-            names.add(node.args[0].value)
+    names = {name for _, name in _executed_names(module)}
     for node in module.tree.body:
         if not isinstance(node, ast.Assign):
             continue
@@ -312,16 +308,11 @@ def _rules() -> dict[str, set[str]]:
 def _direct_imports(module: Module) -> Iterator[tuple[int, str]]:
     """Each hypermachine module an import statement names (``from .qemu import argv``
     names ``...qemu.argv``, not the package ``...qemu``)."""
-    package = module.name if module.is_package else module.name.rpartition(".")[0]
     for node in ast.walk(module.tree):
         if isinstance(node, ast.Import):
             yield from ((node.lineno, alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                target = ".".join([*base, *([node.module] if node.module else [])])
-            else:
-                target = node.module or ""
+            target = _from_target(module, node)
             for alias in node.names:
                 sub = f"{target}.{alias.name}"
                 yield node.lineno, sub if sub in MODULES else target
