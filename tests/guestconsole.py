@@ -13,7 +13,7 @@ from pathlib import Path
 import trio
 
 from hypermachine.api import Services
-from hypermachine.hypervisor.layout import VmPaths
+from hypermachine.hypervisor.vmfiles.layout import VmPaths
 from support import wait_until
 
 PROMPT = "hm-tiny# "

@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from hypermachine.errors import GuestAgentUnavailable
-from hypermachine.hypervisor.agent_protocol import (
+from hypermachine.hypervisor.guest.agent_protocol import (
     MAX_DEPTH,
     AgentProtocolError,
     ExecStarted,
@@ -29,7 +29,7 @@ from hypermachine.hypervisor.agent_protocol import (
     decode_reply,
     returned,
 )
-from hypermachine.hypervisor.guest_agent import AgentTiming, GuestAgent
+from hypermachine.hypervisor.guest.guest_agent import AgentTiming, GuestAgent
 
 
 def _table(names: str, rows: list[tuple[Any, ...]]) -> pytest.MarkDecorator:
@@ -149,6 +149,27 @@ async def _hostile_peer(stream: trio.SocketStream, hostile: bytes) -> None:
                 await stream.send_all(json.dumps(reply).encode() + b"\n")
 
 
+class AgentChanges:
+    """The agent's change callback, as something to wait on."""
+
+    def __init__(self) -> None:
+        self._changed = trio.Event()
+
+    def __call__(self, _agent: GuestAgent, _reason: str | None) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def connected(self, agent: GuestAgent, timeout_s: float = 10) -> bool:
+        """True once the agent answers; False if it has not within ``timeout_s``."""
+        with trio.move_on_after(timeout_s):
+            while not agent.connected:
+                await self._changed.wait()
+        return agent.connected
+
+
+CHANGES: dict[str, AgentChanges] = {}
+
+
 @pytest.fixture
 async def agent_against(tmp_path: Path) -> AsyncIterator[Callable[[bytes], Any]]:
     async with trio.open_nursery() as nursery:
@@ -161,9 +182,10 @@ async def agent_against(tmp_path: Path) -> AsyncIterator[Callable[[bytes], Any]]
             listeners = [trio.SocketListener(listener)]
             handler = lambda stream: _hostile_peer(stream, hostile)  # noqa: E731
             nursery.start_soon(trio.serve_listeners, handler, listeners)
-            agent = GuestAgent("vm-test", path, TIMING, lambda _agent, _reason: None)
+            changes = CHANGES["vm-test"] = AgentChanges()
+            agent = GuestAgent("vm-test", path, TIMING, changes)
             nursery.start_soon(agent.run)
-            assert await agent.wait_connected(10), "the agent never connected"
+            assert await changes.connected(agent), "the agent never connected"
             return agent
 
         yield start
@@ -179,7 +201,7 @@ async def test_hostile_reply_is_an_agent_error_and_the_agent_recovers(
         await agent.call("guest-exec-status", {"pid": 1}, reply=ExecState)
     assert agent.info.last_error is not None and why in agent.info.last_error
     # The channel is resynced and the agent answers again; the reason stays on record.
-    assert await agent.wait_connected(10), agent.info
+    assert await CHANGES["vm-test"].connected(agent), agent.info
     state = await agent.call("guest-exec-status", {"pid": 1}, reply=ExecState)
     assert (state.exited, state.exitcode) == (True, 0)
     assert agent.info.connected and why in (agent.info.last_error or "")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from hypermachine.errors import NotConfidential
-from hypermachine.hypervisor.security import attestation
+from hypermachine.hypervisor.platform.vmplatform import attestation
 from hypermachine.models import Vm, VmState
 
 QUERY_SEV = {"enabled": True, "api-major": 1, "api-minor": 51, "build-id": 3, "policy": 1,
@@ -31,11 +31,12 @@ def vm(kind: str) -> Vm:
 
 
 def fake_qmp(answers: dict[str, Any], asked: list[str]) -> Any:
-    async def execute(command: str) -> object:
-        asked.append(command)
-        return answers[command]
+    class Qemu:
+        async def execute(self, command: str, arguments: object = None) -> object:
+            asked.append(command)
+            return answers[command]
 
-    return execute
+    return Qemu
 
 
 @pytest.mark.parametrize("kind", ["sev", "sev_es"])

@@ -17,13 +17,13 @@ import pytest
 
 from hypermachine.config import Settings, load_settings
 from hypermachine.errors import Unsupported
-from hypermachine.hypervisor.capabilities import (
+from hypermachine.hypervisor.platform.capabilities import (
     parse_qmp_replies,
     probe_capabilities,
     probe_qemu,
 )
-from hypermachine.hypervisor.firmware import find_firmware, firmware_for_confidential
-from hypermachine.hypervisor.host import HostFacts, check_supported
+from hypermachine.hypervisor.platform.firmware import find_firmware, firmware_for_confidential
+from hypermachine.hypervisor.platform.host import HostFacts, check_supported
 from hypermachine.models import HostCapabilities, VmSpec
 
 SEV_CAPS = {"pdh": "AAAA", "cert-chain": "BBBB", "cpu0-id": "CCCC", "cbitpos": 51,

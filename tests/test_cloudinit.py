@@ -15,7 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from hypermachine.api import Services
-from hypermachine.hypervisor import cloudinit
+from hypermachine.hypervisor.devices import cloudinit
 from hypermachine.models import CloudInitSpec, NetworkInfo, Vm, VmState
 
 UUID = "3f2a0c4e-1111-4222-8333-444455556666"

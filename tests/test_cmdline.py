@@ -10,8 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hypermachine.hypervisor.cmdline import BootSource, build_argv, escape_option, mac_address
-from hypermachine.hypervisor.layout import VmPaths
+from hypermachine.hypervisor.devices.network import mac_address
+from hypermachine.hypervisor.qemu.argv import BootSource, escape_option
+from hypermachine.hypervisor.vm_argv import build_argv
+from hypermachine.hypervisor.vmfiles.layout import VmPaths
 from hypermachine.models import NAME_PATTERN, Vm, VmState
 
 UUID = "0b6c1a9e-7d7e-4b8e-9a53-1d2f3e4a5b6c"

@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from hypermachine.events import EventLog
-from hypermachine.hypervisor.console import rotate_at_start, rotate_if_over, tail_lines
+from hypermachine.hypervisor.guest.console import rotate_at_start, rotate_if_over, tail_lines
 from hypermachine.models import EventType
 from hypermachine.store import Store
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from hypermachine.hypervisor.disks import virtual_size
+from hypermachine.hypervisor.storage.disks import virtual_size
 
 
 async def test_virtual_size_matches_qemu_img(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from hypermachine.api import Services
-from hypermachine.hypervisor.faults import contained
-from hypermachine.hypervisor.machine import qmp_event
+from hypermachine.hypervisor.qemu.faults import contained
+from hypermachine.hypervisor.qemu.machine import qmp_event
 from hypermachine.models import EventType
 
 

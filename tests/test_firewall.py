@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from hypermachine.hypervisor import firewall
+from hypermachine.hypervisor.devices import firewall
 from hypermachine.models import NetworkInfo
 
 NFT = firewall.Nftables("nft", timeout_s=10)

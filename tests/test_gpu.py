@@ -20,7 +20,9 @@ from fakesysfs import FakeSysfs
 from hypermachine.api import Services
 from hypermachine.config import ConfigError, Settings, load_settings
 from hypermachine.errors import DeviceInUse, DeviceUnavailable, Unsupported
-from hypermachine.hypervisor.vfio import GpuAllocator, device_args, mdev_uuid
+from hypermachine.hypervisor.devices.vfio import GpuAllocator, mdev_uuid
+from hypermachine.hypervisor.devices.vfio import gpu as gpu_of
+from hypermachine.hypervisor.qemu.argv import gpu_args
 from hypermachine.models import GpuAssignment, Vm, VmState
 from support import make_settings
 
@@ -67,7 +69,7 @@ def sysfs_writes(caplog: pytest.LogCaptureFixture) -> list[str]:
 async def test_passthrough_binds_the_whole_group_and_gives_it_back(
     sysfs: FakeSysfs, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="hypermachine.hypervisor.vfio")
+    caplog.set_level(logging.INFO, logger="hypermachine.hypervisor.devices.vfio")
     gpus = allocator(sysfs)
     vm = make_vm(1, {"device": GPU})
     gpu = await gpus.acquire(vm)
@@ -106,7 +108,7 @@ def test_passthrough_argv_puts_the_card_behind_a_root_port() -> None:
     vm = make_vm(
         1, {}, GpuAssignment(type="passthrough", devices=[GPU, AUDIO], host_drivers={GPU: None})
     )
-    devices = [json.loads(a) for a in device_args(vm)[1::2]]
+    devices = [json.loads(a) for a in gpu_args(gpu_of(vm.gpu_assignment))[1::2]]
     assert devices == [
         {"driver": "pcie-root-port", "id": "gpu-rp0", "bus": "pcie.0", "chassis": 64},
         {"driver": "vfio-pci", "host": GPU, "id": "gpu0-0", "bus": "gpu-rp0", "addr": "00.0",
@@ -166,7 +168,7 @@ def test_what_cannot_be_passed_through_says_why(sysfs: FakeSysfs, tmp_path: Path
 async def test_only_display_devices_are_passed_through_unless_the_operator_allows(
     sysfs: FakeSysfs, caplog: pytest.LogCaptureFixture, device: str, what: str
 ) -> None:
-    caplog.set_level(logging.INFO, logger="hypermachine.hypervisor.vfio")
+    caplog.set_level(logging.INFO, logger="hypermachine.hypervisor.devices.vfio")
     vm = make_vm(1, {"device": device})
     with pytest.raises(Unsupported) as refused:
         await allocator(sysfs).acquire(vm)
@@ -219,7 +221,7 @@ async def test_vgpu_creates_and_removes_a_stable_instance(sysfs: FakeSysfs) -> N
         "i915-GVTg_V5_4",
         str(sysfs.root / "bus/mdev/devices" / instance),
     )
-    assert json.loads(device_args(vm.model_copy(update={"gpu_assignment": gpu}))[1]) == {
+    assert json.loads(gpu_args(gpu_of(gpu))[1]) == {
         "driver": "vfio-pci",
         "sysfsdev": gpu.sysfsdev,
         "id": "gpu0",

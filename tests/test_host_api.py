@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from hypermachine.api import Services
-from hypermachine.hypervisor import tpm
-from hypermachine.hypervisor.layout import VmPaths
-from hypermachine.hypervisor.security import vars_file
+from hypermachine.hypervisor.platform import tpm
+from hypermachine.hypervisor.platform.vmplatform import vars_file
+from hypermachine.hypervisor.vmfiles.layout import VmPaths
 from hypermachine.models import HostCapabilities
 
 CAPABILITIES = {"uefi", "secure_boot", "vtpm", "sev", "sev_es", "sev_snp", "tdx", "iommu", "vfio"}

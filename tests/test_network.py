@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 from hypermachine.api import Services
 from hypermachine.config import BridgeConfig, ConfigError, Settings, load_settings
 from hypermachine.errors import AddressInUse, PortInUse, Unsupported, ValidationFailed
-from hypermachine.hypervisor import network, passt
-from hypermachine.hypervisor.network import NetworkConfig, kernel_ip_param, nic_args, plan
+from hypermachine.hypervisor.devices import network, passt
+from hypermachine.hypervisor.devices.network import NetworkConfig, kernel_ip_param, nic, plan
+from hypermachine.hypervisor.qemu.argv import nic_args
 from hypermachine.models import NetworkSpec, Vm, VmState
 from hypermachine.store import VmQuery
 from support import make_settings
@@ -77,7 +78,7 @@ def test_nat_defaults_report_the_user_network() -> None:
 
 def test_nat_netdev_is_a_stream_to_passt() -> None:
     vm = planned({"ports": [{"host": 2222, "guest": 22}]})
-    argv = nic_args(vm, nic_fd=9)
+    argv = nic_args(nic(vm, nic_fd=9))
     assert json.loads(argv[1]) == {
         "type": "stream",
         "id": "net0",
@@ -86,7 +87,7 @@ def test_nat_netdev_is_a_stream_to_passt() -> None:
     }
     assert json.loads(argv[3])["mac"] == vm.network.mac
     with pytest.raises(ValueError):
-        nic_args(vm)  # no passt socket: no NIC that would silently have no network
+        nic_args(nic(vm))  # no passt socket: no NIC that would silently have no network
 
 
 def test_passt_keeps_the_guest_off_the_host_and_binds_forwards_on_the_forward_address() -> None:
@@ -117,9 +118,9 @@ def test_passt_without_forwards_forwards_nothing() -> None:
 def test_bridge_netdev_is_a_server_made_tap() -> None:
     vm = planned({"type": "bridge", "ip": "198.18.7.10"})
     assert vm.network.bridge == "hmtest0" and vm.network.ip == "198.18.7.10/24"
-    assert json.loads(nic_args(vm, nic_fd=7)[1]) == {"type": "tap", "id": "net0", "fd": "7"}
+    assert json.loads(nic_args(nic(vm, nic_fd=7))[1]) == {"type": "tap", "id": "net0", "fd": "7"}
     with pytest.raises(ValueError, match="descriptor of its tap"):
-        nic_args(vm)
+        nic_args(nic(vm))
     assert kernel_ip_param(vm) == "ip=198.18.7.10::198.18.7.1:255.255.255.0::eth0:off"
 
 
@@ -136,7 +137,7 @@ def test_bridge_without_ip_leaves_the_guest_to_configure_itself() -> None:
 
 def test_none_has_no_nic() -> None:
     vm = planned({"type": "none"})
-    assert nic_args(vm) == [] and kernel_ip_param(vm) is None
+    assert nic_args(nic(vm)) == [] and kernel_ip_param(vm) is None
 
 
 def test_tap_names_fit_ifnamsiz() -> None:

@@ -28,7 +28,7 @@ import trio
 from guestconsole import console, console_text, wait_console
 from hypermachine.api import Services
 from hypermachine.config import Settings
-from hypermachine.hypervisor.hostnet import interface_exists, port_free
+from hypermachine.hypervisor.devices.hostnet import interface_exists, port_free
 from hypermachine.models import CreateVmRequest, VmState
 from hypermachine.server import open_services
 from livehttp import served

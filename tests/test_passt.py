@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from hypermachine.errors import HypervisorError
-from hypermachine.hypervisor import passt
-from hypermachine.hypervisor.confine import unprivileged_identity
-from hypermachine.hypervisor.hostnet import port_free
-from hypermachine.hypervisor.layout import VmPaths
+from hypermachine.hypervisor.devices import passt
+from hypermachine.hypervisor.devices.hostnet import port_free
+from hypermachine.hypervisor.vmfiles.confine import unprivileged_identity
+from hypermachine.hypervisor.vmfiles.layout import VmPaths
 from hypermachine.models import ForwardInfo, NetworkInfo
 from realserver import free_port
 from support import process_gone, wait_until

@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from hypermachine.config import Settings
-from hypermachine.hypervisor import passt
-from hypermachine.hypervisor.layout import VmPaths
+from hypermachine.hypervisor.devices import passt
+from hypermachine.hypervisor.vmfiles.layout import VmPaths
 from hypermachine.models import CreateVmRequest, VmState
 from hypermachine.server import open_services
 from realserver import Server

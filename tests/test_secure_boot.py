@@ -18,9 +18,9 @@ import trio
 
 from hypermachine.api import Services
 from hypermachine.config import Settings
-from hypermachine.hypervisor import tpm
-from hypermachine.hypervisor.layout import VmPaths
-from hypermachine.hypervisor.security import vars_file
+from hypermachine.hypervisor.platform import tpm
+from hypermachine.hypervisor.platform.vmplatform import vars_file
+from hypermachine.hypervisor.vmfiles.layout import VmPaths
 from hypermachine.models import CreateVmRequest, SecuritySpec, VmState
 from hypermachine.server import open_services
 from support import REPO, make_settings, process_gone, qemu_pids_for, remove_all_vms, wait_until

@@ -13,10 +13,10 @@ from pydantic import ValidationError
 
 from hypermachine.config import Settings, load_settings
 from hypermachine.errors import Unsupported
-from hypermachine.hypervisor import security
-from hypermachine.hypervisor.cmdline import BootSource, Confidential, Platform
-from hypermachine.hypervisor.host import HostFacts
-from hypermachine.hypervisor.layout import VmPaths
+from hypermachine.hypervisor.platform import vmplatform
+from hypermachine.hypervisor.platform.host import HostFacts
+from hypermachine.hypervisor.qemu.argv import BootSource, Confidential, Platform
+from hypermachine.hypervisor.vmfiles.layout import VmPaths
 from hypermachine.models import (
     Capability,
     CapabilityMap,
@@ -41,7 +41,7 @@ def objects(argv: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def build(platform: Platform, accel: str = "kvm", **vm: Any) -> list[str]:
-    from hypermachine.hypervisor.cmdline import build_argv
+    from hypermachine.hypervisor.vm_argv import build_argv
 
     return build_argv(
         make_vm(**vm),
@@ -178,13 +178,13 @@ def vm_paths(tmp_path: Path) -> VmPaths:
 async def platform_for(tmp_path: Path, boot: BootSource | None = None, **spec: Any) -> Platform:
     vm = make_vm(**spec)
     boot = boot or BootSource()
-    return await security.launch_platform(
+    return await vmplatform.launch_platform(
         vm, boot, vm_paths(tmp_path), fake_host(tmp_path), settings_for(tmp_path), None
     )
 
 
 async def test_secure_boot_platform_copies_the_enrolled_vars(tmp_path: Path) -> None:
-    vars_ = security.vars_file(vm_paths(tmp_path))
+    vars_ = vmplatform.vars_file(vm_paths(tmp_path))
     vars_.parent.mkdir(parents=True)
     outside = tmp_path / "outside"
     outside.write_bytes(b"host file")
@@ -217,14 +217,14 @@ async def test_sev_falls_back_to_flash_firmware(tmp_path: Path) -> None:
     flash_only = [f for f in host.capabilities.firmware if f.device == "flash"]
     caps = host.capabilities.model_copy(update={"firmware": flash_only})
     vm = make_vm(security={"memory_encryption": "sev"})
-    platform = await security.launch_platform(
+    platform = await vmplatform.launch_platform(
         vm, BootSource(), vm_paths(tmp_path), replace(host, capabilities=caps),
         settings_for(tmp_path), None,
     )  # fmt: skip
     assert platform.firmware_code == Path("/fw/CODE.fd") and platform.firmware_vars is not None
     snp = make_vm(security={"memory_encryption": "sev_snp"})
     with pytest.raises(Unsupported):  # SNP cannot run from flash
-        await security.launch_platform(
+        await vmplatform.launch_platform(
             snp, BootSource(), vm_paths(tmp_path), replace(host, capabilities=caps),
             settings_for(tmp_path), None,
         )  # fmt: skip
@@ -240,7 +240,7 @@ async def test_explicit_policy_and_tdx(tmp_path: Path) -> None:
 async def test_no_sev_capabilities_is_refused(tmp_path: Path) -> None:
     vm = make_vm(security={"memory_encryption": "sev"})
     with pytest.raises(Unsupported):
-        await security.launch_platform(
+        await vmplatform.launch_platform(
             vm, BootSource(), vm_paths(tmp_path), fake_host(tmp_path, sev=False),
             settings_for(tmp_path), None,
         )  # fmt: skip
@@ -294,11 +294,11 @@ def test_firmware_defaults(
     asked: str | None, security_: dict[str, Any], image: str, resolved: str
 ) -> None:
     request = CreateVmRequest(name="a", image="x", firmware=asked, security=security_)
-    assert security.resolve_firmware(request, image).firmware == resolved
+    assert vmplatform.resolve_firmware(request, image).firmware == resolved
 
 
 def test_direct_kernel_secure_boot_is_called_out() -> None:
     spec = VmSpec(name="a", image="tiny", security={"secure_boot": True})
-    notes = security.security_notes(spec, direct_kernel=True)
+    notes = vmplatform.security_notes(spec, direct_kernel=True)
     assert len(notes) == 1 and "does not verify this VM's kernel" in notes[0]
-    assert security.security_notes(spec, direct_kernel=False) == []
+    assert vmplatform.security_notes(spec, direct_kernel=False) == []

@@ -19,8 +19,8 @@ import trio
 from hypermachine.api import Services
 from hypermachine.config import Settings
 from hypermachine.errors import QuotaExceeded, SnapshotRefused, VmNotFound
-from hypermachine.hypervisor import layers, snapfiles
-from hypermachine.hypervisor.snapshots import refuse_memory
+from hypermachine.hypervisor.storage import layers, snapfiles
+from hypermachine.hypervisor.storage.snapshots import refuse_memory
 from hypermachine.models import (
     CreateFromSnapshotRequest,
     CreateVmRequest,

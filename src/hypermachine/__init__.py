@@ -1,4 +1,13 @@
-"""HyperMachine: QEMU virtual machines over QMP for people and AI agents."""
+"""HyperMachine: QEMU virtual machines over QMP for people and AI agents.
+
+The shared modules at this level (``config``, ``errors``, ``states``, ``store``,
+``events``, ``telemetry``, ``images``) sit under the packages; ``server``, ``cli``,
+``hostcli`` and ``scriptcli`` assemble the packages into programs. Each package
+says in its own docstring what it may import (tests/test_architecture.py holds
+them to it, and to no import cycle anywhere).
+
+May import: every package below (this level is the composition root).
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 

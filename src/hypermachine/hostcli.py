@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from .config import Settings
-from .hypervisor.capabilities import probe_capabilities
-from .hypervisor.host import probe_host
+from .hypervisor.platform.capabilities import probe_capabilities
+from .hypervisor.platform.host import probe_host
 from .models import HostCapabilities
 
 __all__ = ["format_capabilities", "host_report"]

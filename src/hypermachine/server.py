@@ -20,11 +20,11 @@ from hypercorn.trio.tcp_server import TCPServer
 
 from .api import Services, create_app
 from .config import Settings
-from .hypervisor.confine import QemuIdentity, resolve_qemu_identity
-from .hypervisor.host import probe_host
-from .hypervisor.layout import claim_server_dir
 from .hypervisor.manager import Manager
-from .hypervisor.qmp import QmpBridge
+from .hypervisor.platform.host import probe_host
+from .hypervisor.qemu.qmp import QmpBridge
+from .hypervisor.vmfiles.confine import QemuIdentity, resolve_qemu_identity
+from .hypervisor.vmfiles.layout import claim_server_dir
 from .images import Catalogue
 from .sandbox import Limits, RhaiRuntime
 from .sandbox.hostapi import ScriptService

@@ -66,17 +66,26 @@ def allowed_from(action: Action) -> frozenset[VmState]:
     return _TABLE[action][0]
 
 
-def transition(current: VmState, action: Action) -> VmState:
-    """The state ``action`` moves a VM in ``current`` into.
+def check(current: VmState, action: Action) -> None:
+    """Refuse ``action`` on a VM in ``current`` unless the table allows it.
 
     Raises:
         InvalidState: the action is not allowed in ``current``.
     """
-    sources, target = _TABLE[action]
+    sources = _TABLE[action][0]
     if current not in sources:
         raise InvalidState(
             f"cannot {action.value.replace('_', ' ')} a VM that is {current.value}",
             current=current.value,
             allowed=sorted(s.value for s in sources),
         )
-    return target
+
+
+def transition(current: VmState, action: Action) -> VmState:
+    """The state ``action`` moves a VM in ``current`` into.
+
+    Raises:
+        InvalidState: the action is not allowed in ``current``.
+    """
+    check(current, action)
+    return _TABLE[action][1]

@@ -21,7 +21,7 @@ from typing import Any
 from .errors import BadRequest, NameTaken, VmNotFound
 from .models import Event, EventType, Vm, VmState
 
-__all__ = ["IdempotencyRecord", "Store", "VmQuery", "fingerprint", "utcnow"]
+__all__ = ["IdempotencyRecord", "Store", "VmQuery", "fingerprint", "open_database", "utcnow"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vms (
@@ -89,15 +89,25 @@ def _decode_cursor(cursor: str) -> int:
         raise BadRequest("cursor is not one this server handed out", cursor=cursor) from err
 
 
+def open_database(path: Path, schema: str) -> sqlite3.Connection:
+    """The server's way of opening an SQLite file (this store, the keys and audit
+    log): autocommit, WAL (NORMAL sync keeps it consistent), a short wait for a lock
+    another process holds (``hypermachine key`` next to a running server), then
+    ``schema`` (idempotent ``CREATE … IF NOT EXISTS``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA busy_timeout=5000")
+    db.executescript(schema)
+    return db
+
+
 class Store:
-    """The one owner of SQL in the project."""
+    """VM documents, idempotency keys and the event log."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(path, _SCHEMA)
 
     def close(self) -> None:
         self._db.close()
@@ -140,9 +150,6 @@ class Store:
     def all_vms(self) -> Iterator[Vm]:
         for (doc,) in self._db.execute("SELECT doc FROM vms ORDER BY seq").fetchall():
             yield Vm.model_validate_json(doc)
-
-    def count_vms(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM vms").fetchone()[0])
 
     def list_vms(self, query: VmQuery) -> tuple[list[Vm], str | None]:
         """One page of VMs in creation order, and the cursor of the next page."""

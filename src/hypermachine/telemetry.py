@@ -12,9 +12,9 @@ out of that scrape, and every other VM is still reported.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -24,15 +24,25 @@ from .errors import HMError
 from .models import Event, InterfaceStats, Vm, VmMetrics, VmState
 from .store import VmQuery
 
-if TYPE_CHECKING:
-    from .hypervisor.manager import Manager
-
-__all__ = ["CONTENT_TYPE", "Telemetry"]
+__all__ = ["CONTENT_TYPE", "Telemetry", "VmFigures"]
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LIVE = (VmState.RUNNING, VmState.PAUSED)
+
+
+class _NetworkStats(Protocol):
+    async def network_stats(self, vm_id: str) -> list[InterfaceStats]: ...
+
+
+class VmFigures(Protocol):
+    """Where a scrape reads VM figures from (the manager)."""
+
+    @property
+    def guest(self) -> _NetworkStats: ...
+    def list(self, query: VmQuery = ...) -> tuple[list[Vm], str | None]: ...
+    async def metrics(self, vm_id: str) -> VmMetrics: ...
 
 
 class Telemetry:
@@ -76,7 +86,7 @@ class Telemetry:
         """For the script runner: ``ok``, ``syntax_error``, ``runtime_error``, ``limit``."""
         self._scripts.labels(outcome).inc()
 
-    async def render(self, manager: Manager) -> bytes:
+    async def render(self, manager: VmFigures) -> bytes:
         snapshot = await _VmSnapshot.gather(manager)
         scraped = CollectorRegistry()
         scraped.register(snapshot)
@@ -92,7 +102,7 @@ class _VmSnapshot(Collector):
     network: dict[str, list[InterfaceStats]] = field(default_factory=dict)
 
     @classmethod
-    async def gather(cls, manager: Manager) -> _VmSnapshot:
+    async def gather(cls, manager: VmFigures) -> _VmSnapshot:
         snapshot = cls(vms=list(_all_vms(manager)))
         for vm in snapshot.vms:
             if vm.state not in _LIVE:
@@ -146,32 +156,45 @@ class _VmSnapshot(Collector):
         return _family(CounterMetricFamily, name, doc, rows)
 
     def _disks(self) -> Iterator[Metric]:
-        for field_, doc in (
-            ("read_bytes", "Bytes read from the disk"),
-            ("write_bytes", "Bytes written to the disk"),
-            ("read_ops", "Disk read operations"),
-            ("write_ops", "Disk write operations"),
-        ):
-            rows = [
-                (vm_id, float(getattr(disk, field_)), {"device": disk.device})
-                for vm_id, m in self.metrics.items()
-                for disk in m.disk
-            ]
-            yield self._counter(f"hypermachine_vm_disk_{field_}", doc, rows)
+        devices = [
+            (vm_id, disk, {"device": disk.device})
+            for vm_id, m in self.metrics.items()
+            for disk in m.disk
+        ]
+        yield from self._counters("hypermachine_vm_disk", _DISK_FIGURES, devices)
 
     def _network(self) -> Iterator[Metric]:
-        for field_, doc in (
-            ("rx_bytes", "Bytes received by the guest interface (from qemu-ga)"),
-            ("tx_bytes", "Bytes sent by the guest interface (from qemu-ga)"),
-            ("rx_packets", "Packets received by the guest interface (from qemu-ga)"),
-            ("tx_packets", "Packets sent by the guest interface (from qemu-ga)"),
-        ):
-            rows = [
-                (vm_id, float(getattr(nic, field_)), {"interface": nic.name})
-                for vm_id, nics in self.network.items()
-                for nic in nics
-            ]
-            yield self._counter(f"hypermachine_vm_network_{field_}", doc, rows)
+        devices = [
+            (vm_id, nic, {"interface": nic.name})
+            for vm_id, nics in self.network.items()
+            for nic in nics
+        ]
+        yield from self._counters("hypermachine_vm_network", _NETWORK_FIGURES, devices)
+
+    def _counters(
+        self,
+        prefix: str,
+        figures: tuple[tuple[str, str], ...],
+        devices: Sequence[tuple[str, object, dict[str, str]]],
+    ) -> Iterator[Metric]:
+        """One counter per figure (an attribute of each device), a row per device."""
+        for field_, doc in figures:
+            rows = [(vm_id, float(getattr(dev, field_)), labels) for vm_id, dev, labels in devices]
+            yield self._counter(f"{prefix}_{field_}", doc, rows)
+
+
+_DISK_FIGURES = (
+    ("read_bytes", "Bytes read from the disk"),
+    ("write_bytes", "Bytes written to the disk"),
+    ("read_ops", "Disk read operations"),
+    ("write_ops", "Disk write operations"),
+)
+_NETWORK_FIGURES = (
+    ("rx_bytes", "Bytes received by the guest interface (from qemu-ga)"),
+    ("tx_bytes", "Bytes sent by the guest interface (from qemu-ga)"),
+    ("rx_packets", "Packets received by the guest interface (from qemu-ga)"),
+    ("tx_packets", "Packets sent by the guest interface (from qemu-ga)"),
+)
 
 
 def _family(
@@ -188,7 +211,7 @@ def _family(
     return family
 
 
-def _all_vms(manager: Manager) -> Iterator[Vm]:
+def _all_vms(manager: VmFigures) -> Iterator[Vm]:
     cursor: str | None = None
     while True:
         page, cursor = manager.list(VmQuery(limit=500, cursor=cursor))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hypermachine.hypervisor.acl import (
+from hypermachine.hypervisor.vmfiles.acl import (
     GROUP,
     GROUP_OBJ,
     MASK,

@@ -16,9 +16,9 @@ import pytest
 
 from hypermachine.api import create_app
 from hypermachine.config import ConfigError
-from hypermachine.hypervisor import tpm
-from hypermachine.hypervisor.confine import DEFAULT_QEMU_USER, resolve_qemu_identity
-from hypermachine.hypervisor.layout import VmPaths
+from hypermachine.hypervisor.platform import tpm
+from hypermachine.hypervisor.vmfiles.confine import DEFAULT_QEMU_USER, resolve_qemu_identity
+from hypermachine.hypervisor.vmfiles.layout import VmPaths
 from hypermachine.models import CreateVmRequest, VmState
 from hypermachine.server import open_services
 from support import make_settings, qemu_pids_for, remove_all_vms, wait_until

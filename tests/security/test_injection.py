@@ -24,9 +24,10 @@ from pydantic import ValidationError
 
 from hypermachine.config import BridgeConfig
 from hypermachine.errors import HMError
-from hypermachine.hypervisor import network
-from hypermachine.hypervisor.cmdline import BootSource, Platform, build_argv
-from hypermachine.hypervisor.layout import VmPaths
+from hypermachine.hypervisor.devices import network
+from hypermachine.hypervisor.qemu.argv import BootSource, Platform
+from hypermachine.hypervisor.vm_argv import build_argv
+from hypermachine.hypervisor.vmfiles.layout import VmPaths
 from hypermachine.models import CreateVmRequest, GpuAssignment, Vm, VmState
 
 PATHS = VmPaths(vm_dir=Path("/var/lib/hm/vms/vm-1"), run_dir=Path("/run/hm/vm-1"))

@@ -15,10 +15,10 @@ import pytest
 
 from hypermachine.config import ConfigError
 from hypermachine.errors import HypervisorError
-from hypermachine.hypervisor import cloudinit
-from hypermachine.hypervisor.console import rotate_at_start, rotate_if_over, tail_lines
-from hypermachine.hypervisor.layout import VmPaths, claim_server_dir
-from hypermachine.hypervisor.machine import adopt_pid, spawn_qemu
+from hypermachine.hypervisor.devices import cloudinit
+from hypermachine.hypervisor.guest.console import rotate_at_start, rotate_if_over, tail_lines
+from hypermachine.hypervisor.qemu.machine import adopt_pid, spawn_qemu
+from hypermachine.hypervisor.vmfiles.layout import VmPaths, claim_server_dir
 from hypermachine.models import Vm, VmState
 from hypermachine.server import open_services
 from support import make_settings

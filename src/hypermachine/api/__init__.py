@@ -3,7 +3,9 @@
 Each declared operation with a REST route gets one (:mod:`.rest`); the console
 websocket and MCP have custom views, still dispatched through the same access
 check. The app holds no global state: it is built around running services.
-May import every other package (it is the composition root).
+
+May import: ``agentic``, ``config``, ``errors``, ``hypervisor``, ``models``,
+``operations``, ``sandbox``, ``security``, ``ui`` (it assembles the app from them).
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""All VMs: the operations the API, agent tools and scripts call.
+"""All VMs: the operations the API, agent tools and scripts call, and their lifecycle.
 
 Ownership: ``Manager.run`` is started with ``nursery.start`` by the server; it
-re-adopts every QEMU still running before it reports ready, and owns one
-supervisor task per live VM plus the provisioning tasks of VMs being created.
-Every state change is written to the store first and then announced to waiters.
+re-adopts every QEMU still running before it reports ready (:mod:`.readopt`), and
+owns one supervisor task per live VM plus the provisioning tasks of VMs being
+created (:mod:`.provision`). Snapshots are delegated to :mod:`.snapshot_service`,
+a live VM's figures read by :mod:`.metrics`. Every state change is written to the
+store first and then announced to waiters.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import psutil
 import trio
@@ -32,7 +33,6 @@ from ..events import EventLog
 from ..models import (
     CreateFromSnapshotRequest,
     CreateVmRequest,
-    DiskStats,
     ForkRequest,
     HostCapabilities,
     HostDevices,
@@ -45,57 +45,33 @@ from ..models import (
 )
 from ..security.admission import HostBudget, admit
 from ..security.caller import current_caller
-from ..states import LIVE_STATES, Action, transition
+from ..states import LIVE_STATES, Action, check, transition
 from ..store import Store, VmQuery, fingerprint, utcnow
 from ..telemetry import Telemetry
-from . import capabilities, disks, layers, security
-from .cmdline import BootSource, build_argv
-from .confine import QemuIdentity, make_reachable
-from .console import ConsoleService, rotate_at_start
-from .faults import contained
-from .guest import GuestService
-from .host import HostFacts, check_supported
-from .layout import VmPaths
-from .machine import Companion, Machine, adopt_pid, spawn_qemu
-from .qmp import QmpBridge
-from .resources import HostResources
-from .snapfiles import Resume
+from .devices import hostnet
+from .devices.resources import HostResources
+from .guest.console import ConsoleService, rotate_at_start
+from .guest.service import GuestService
+from .metrics import require_live, vm_metrics
+from .platform import capabilities, vmplatform
+from .platform.host import HostFacts, check_supported
+from .ports import CatalogueLike, GuardLike, ImageLike
+from .provision import Provisioning
+from .qemu import qmp_commands
+from .qemu.argv import BootSource
+from .qemu.faults import contained
+from .qemu.machine import Companion, Machine, spawn_qemu
+from .qemu.qmp import QmpBridge
+from .readopt import Readoption
 from .snapshot_service import SnapshotService
+from .storage.snapfiles import Resume
+from .vm_argv import build_argv
+from .vmfiles.confine import QemuIdentity, make_reachable
+from .vmfiles.layout import VmPaths
 
-__all__ = ["CatalogueLike", "ImageLike", "Manager"]
+__all__ = ["Manager"]
 
 log = logging.getLogger(__name__)
-
-
-class ImageLike(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def format(self) -> str: ...
-    @property
-    def disk(self) -> Path | None: ...
-    @property
-    def kernel(self) -> Path | None: ...
-    @property
-    def initrd(self) -> Path | None: ...
-    @property
-    def append(self) -> str: ...
-    @property
-    def available(self) -> bool: ...
-    @property
-    def firmware(self) -> str: ...
-
-
-class CatalogueLike(Protocol):
-    def get(self, name: str) -> ImageLike: ...
-    def pull(self, name: str) -> ImageLike: ...
-
-
-class GuardLike(Protocol):
-    """The security layer as the manager sees it (``hypermachine.security.Security``)."""
-
-    def vm_quota(self) -> int: ...
-    def storage_quota_bytes(self) -> int: ...
 
 
 _Op = Callable[..., Awaitable[Any]]
@@ -152,8 +128,6 @@ _SERVER_DRIVEN = frozenset(
         VmState.RESTORING,
     }
 )
-# QEMU run states in which a snapshot had paused the guest (the server died meanwhile).
-_SNAPSHOT_PAUSED = frozenset({"paused", "postmigrate", "finish-migrate"})
 
 
 @dataclass(frozen=True)
@@ -163,9 +137,7 @@ class _Created:
 
 
 def _boot_source(image: ImageLike) -> BootSource:
-    return BootSource(
-        disk_format=image.format, kernel=image.kernel, initrd=image.initrd, append=image.append
-    )
+    return BootSource(kernel=image.kernel, initrd=image.initrd, append=image.append)
 
 
 class Manager:
@@ -201,6 +173,8 @@ class Manager:
         self.events.add_listener(self.telemetry.on_event)
         self._resources = HostResources(settings, store.all_vms, qemu_identity=qemu_identity)
         self.snapshots = SnapshotService(self)
+        self._readoption = Readoption(self)
+        self._provisioning = Provisioning(self)
 
     # -- life of the manager ---------------------------------------------------
 
@@ -211,7 +185,7 @@ class Manager:
             self.host = await capabilities.refresh(self.host, self._settings)
             await self._resources.prepare()
             for vm in list(self._store.all_vms()):
-                await self._recover(vm)
+                await self._readoption.recover(vm)
             task_status.started()
             await trio.sleep_forever()
 
@@ -268,64 +242,10 @@ class Manager:
             except VmNotFound:
                 return
             self._set(vm_id, VmState.ERROR, reason, pid=None)
-            security.after_exit(self._paths(vm_id))
+            vmplatform.after_exit(self._paths(vm_id))
             await self._release(vm_id)
 
         return handle
-
-    async def _recover(self, vm: Vm) -> None:
-        paths = self._paths(vm.id)
-        prior = None
-        if vm.state in (VmState.SNAPSHOTTING, VmState.RESTORING):
-            prior = self.snapshots.recover_prior_state(vm)
-        if vm.state in LIVE_STATES:
-            pid = adopt_pid(paths, vm.uuid)
-            if pid is not None and self.snapshots.hibernation_written(vm):
-                with contextlib.suppress(psutil.Error):
-                    psutil.Process(pid).kill()  # finish the hibernation it was in
-                pid = None
-            if pid is None:
-                await self._release(vm.id)
-                security.after_exit(paths)
-                paths.clear_runtime()
-                self._set(vm.id, *self.snapshots.gone_state(vm))
-                return
-            security.adopt(vm, paths)
-            self._resources.adopt(vm, paths)
-            await self._adopt(vm, pid, paths, resume_guest=prior is VmState.RUNNING)
-        elif vm.state is VmState.CREATING:
-            self._set(vm.id, VmState.ERROR, "creation was interrupted by a server restart")
-        elif vm.state is VmState.DELETING:
-            await self._release(vm.id)
-            self._finish_delete(vm.id)
-
-    async def _adopt(self, vm: Vm, pid: int, paths: VmPaths, *, resume_guest: bool = False) -> None:
-        """Supervise a QEMU found running; ``resume_guest``: a snapshot had paused it."""
-        machine = Machine(vm_id=vm.id, pid=pid, paths=paths)
-        try:
-            await machine.connect(self._bridge, self._settings.qmp_connect_timeout_s)
-            status = await machine.execute("query-status")
-        except HypervisorError as err:
-            log.error("%s: cannot re-adopt QEMU pid %d: %s", vm.id, pid, err.message)
-            machine.kill()
-            self._set(vm.id, VmState.ERROR, f"could not re-adopt QEMU: {err.message}")
-            return
-        run_state = status.get("status") if isinstance(status, dict) else None
-        if run_state == "inmigrate":  # we died while it loaded saved RAM: start again later
-            machine.kill()
-            self._set(vm.id, *self.snapshots.gone_state(vm))
-            return
-        if run_state == "prelaunch" or (resume_guest and run_state in _SNAPSHOT_PAUSED):
-            with contextlib.suppress(HypervisorError):  # a RAM save still going
-                await machine.execute("migrate_cancel")
-            await machine.execute("cont")  # we died between launch (or a pause) and `cont`
-            run_state = "running"
-        state = VmState.PAUSED if run_state == "paused" else VmState.RUNNING
-        self._set(vm.id, state, None, pid=pid)
-        await self._supervise(machine)
-        log.info("%s: re-adopted QEMU pid %d (%s)", vm.id, pid, state.value)
-        if vm.state is VmState.STOPPING:
-            await self.stop(vm.id, force=True)
 
     # -- state bookkeeping -----------------------------------------------------
 
@@ -480,7 +400,7 @@ class Manager:
             if replay is not None:
                 return _Created(replay, replayed=True)
         image = self._catalogue.get(request.image)
-        request = security.resolve_firmware(request, image.firmware)
+        request = vmplatform.resolve_firmware(request, image.firmware)
         check_supported(request, self.host, also=self._resources.unsupported(request))
         now = utcnow()
         vm_uuid = str(uuidlib.uuid4())
@@ -490,7 +410,7 @@ class Manager:
             id=f"vm-{vm_uuid.replace('-', '')[:12]}",
             uuid=vm_uuid,
             state=VmState.CREATING,
-            security_notes=security.security_notes(spec, direct_kernel=image.kernel is not None),
+            security_notes=vmplatform.security_notes(spec, direct_kernel=image.kernel is not None),
             created_at=now,
             updated_at=now,
             tenant=tenant,
@@ -502,9 +422,11 @@ class Manager:
             self._store.put_idempotency(idempotency_key, fingerprint(body), vm.id)
         self._announce()
         if not image.available:
-            self._spawn(vm.id, self._pull_then_provision, vm.id, request.start)
+            self._spawn(vm.id, self._provisioning.pull_then_provision, vm.id, request.start)
         else:
-            await self._nursery_start(vm.id, self._provision, vm.id, image, request.start)
+            await self._nursery_start(
+                vm.id, self._provisioning.provision, vm.id, image, request.start
+            )
         return _Created(vm, replayed=False)
 
     def _replay(self, key: str, body_fingerprint: str) -> Vm | None:
@@ -522,69 +444,6 @@ class Manager:
         except VmNotFound:
             return None
 
-    async def _pull_then_provision(self, vm_id: str, start: bool) -> None:
-        vm = self._store.get_vm(vm_id)
-        try:
-            image = await trio.to_thread.run_sync(self._catalogue.pull, vm.image)
-        except HMError as err:
-            with contextlib.suppress(VmNotFound):  # deleted while pulling
-                self._set(vm_id, VmState.ERROR, f"image {vm.image!r} could not be pulled: {err}")
-            return
-        await self._provision(vm_id, image, start)
-
-    async def _provision(
-        self,
-        vm_id: str,
-        image: ImageLike,
-        start: bool,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        async with self._lock(vm_id):
-            task_status.started()  # the lock is held: lifecycle calls now queue behind us
-            try:
-                vm = self._store.get_vm(vm_id)
-            except VmNotFound:
-                return  # deleted while its image was being pulled
-            if vm.state is not VmState.CREATING:
-                return
-            paths = self._paths(vm_id)
-            try:
-                await self._make_disk(vm, image, paths)
-            except HMError as err:
-                self._set(vm_id, VmState.ERROR, f"disk creation failed: {err.message}")
-                return
-            try:
-                if vm.security.vtpm:  # swtpm_setup runs as the QEMU user
-                    await self._reach_folders()
-                await security.prepare(vm, paths, self.host, self._settings, self.qemu_identity)
-            except HMError as err:
-                self._set(vm_id, VmState.ERROR, f"firmware/TPM setup failed: {err.message}")
-                return
-            # Straight on to starting, with no checkpoint in between: nobody sees a
-            # VM created with start=true sitting in "stopped".
-            self._set(vm_id, VmState.STOPPED, None)
-            if start:
-                with contextlib.suppress(HMError):
-                    await self._start_locked(vm_id)
-
-    async def _make_disk(self, vm: Vm, image: ImageLike, paths: VmPaths) -> None:
-        """The first layer of the VM's disk chain, named by ``disk.qcow2`` (layers.py)."""
-        paths.vm_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        binary = self._settings.qemu_img_binary
-        first = paths.vm_dir / layers.FIRST
-        if image.disk is None:
-            await disks.create_blank(binary, overlay=first, size_gb=vm.disk_gb)
-        else:
-            await disks.create_overlay(
-                binary,
-                base=image.disk,
-                base_format=image.format,
-                overlay=first,
-                size_gb=vm.disk_gb,
-            )
-        layers.point_top(paths.vm_dir, layers.FIRST)
-
     @_owned
     async def delete(self, vm_id: str, *, force: bool = False) -> None:
         """Remove the VM, its disk and files. ``force`` kills a live QEMU first.
@@ -594,8 +453,8 @@ class Manager:
         """
         async with self._lock(vm_id):
             vm = self._store.get_vm(vm_id)
-            transition(vm.state, Action.FORCE_DELETE if force else Action.DELETE)
-            self._set(vm_id, VmState.DELETING, None)
+            deleting = transition(vm.state, Action.FORCE_DELETE if force else Action.DELETE)
+            self._set(vm_id, deleting, None)
             machine = self._machines.get(vm_id)
             if machine is not None:
                 machine.report.stop_requested = "deleted"
@@ -614,7 +473,7 @@ class Manager:
             self._store.update_vm(vm_id, gpu_assignment=None)
 
     def _finish_delete(self, vm_id: str) -> None:
-        security.after_exit(self._paths(vm_id))
+        vmplatform.after_exit(self._paths(vm_id))
         self._paths(vm_id).remove()
         self._store.delete_vm(vm_id)
         self._locks.pop(vm_id, None)
@@ -642,7 +501,7 @@ class Manager:
         resumes it (state ``restoring``) instead of booting."""
         vm = self._store.get_vm(vm_id)
         if not resuming:
-            transition(vm.state, Action.START)
+            check(vm.state, Action.START)
         resume = self.snapshots.pending_resume(vm)
         if resume is not None and not (resuming or vm.state is VmState.HIBERNATED):
             resume = None  # a stale image (the VM was discarded or booted since)
@@ -692,7 +551,7 @@ class Manager:
         async def bring_up() -> None:
             await machine.connect(self._bridge, settings.qmp_connect_timeout_s)
             if resume is None:
-                await machine.execute("cont")
+                await qmp_commands.cont(machine)
                 state = VmState.RUNNING
             else:
                 state = await self.snapshots.resume_into(machine, vm, resume)
@@ -709,7 +568,7 @@ class Manager:
         settings = self._settings
         try:
             await self._reach_folders()
-            platform = await security.launch_platform(
+            platform = await vmplatform.launch_platform(
                 vm, boot, paths, self.host, settings, self.qemu_identity
             )
         except HMError as err:
@@ -735,10 +594,11 @@ class Manager:
             rotate_at_start(paths.console_log)
             extra = () if nic_fd is None else (nic_fd,)
             bridge_tap = vm.network_info.tap if vm.network_info is not None else None
-            return spawn_qemu(argv, paths, self.qemu_identity, bridge_tap, pass_fds=extra)
+            tap_fd = hostnet.open_tap(bridge_tap) if bridge_tap is not None else None
+            return spawn_qemu(argv, paths, self.qemu_identity, tap_fd, pass_fds=extra)
         except (HMError, ValueError) as err:
             await self._release(vm.id)
-            security.after_exit(paths)
+            vmplatform.after_exit(paths)
             self._set(vm.id, VmState.ERROR, f"QEMU could not be started: {err}")
             return None
 
@@ -793,7 +653,7 @@ class Manager:
                 panicked=report.panic is not None or report.shutdown_reason == "guest-panic",
                 shutdown_reason=report.shutdown_reason,
             )
-            security.after_exit(machine.paths)
+            vmplatform.after_exit(machine.paths)
             if current is VmState.DELETING:
                 return
             machine.paths.clear_runtime()
@@ -827,13 +687,13 @@ class Manager:
         """
         async with self._lock(vm_id):
             vm = self._store.get_vm(vm_id)
-            transition(vm.state, Action.STOP)
+            stopping = transition(vm.state, Action.STOP)
             if vm.state is VmState.HIBERNATED:
                 return self.snapshots.discard(vm_id)
             machine = self._machine(vm_id)
             graceful = not force and vm.state is VmState.RUNNING
             machine.report.stop_requested = "quit on request"
-            vm = self._set(vm_id, VmState.STOPPING, None)
+            vm = self._set(vm_id, stopping, None)
             timeout = timeout_s or self._settings.stop_timeout_s
 
             async def stop_machine() -> None:
@@ -853,22 +713,27 @@ class Manager:
 
     @_owned
     async def pause(self, vm_id: str) -> Vm:
-        return await self._simple(vm_id, Action.PAUSE, "stop", VmState.PAUSED)
+        return await self._simple(vm_id, Action.PAUSE, qmp_commands.stop)
 
     @_owned
     async def resume(self, vm_id: str) -> Vm:
-        return await self._simple(vm_id, Action.RESUME, "cont", VmState.RUNNING)
+        return await self._simple(vm_id, Action.RESUME, qmp_commands.cont)
 
     @_owned
     async def reboot(self, vm_id: str) -> Vm:
         """Hard reset of the guest (QMP ``system_reset``); the VM stays running."""
-        return await self._simple(vm_id, Action.REBOOT, "system_reset", VmState.RUNNING)
+        return await self._simple(vm_id, Action.REBOOT, qmp_commands.system_reset)
 
-    async def _simple(self, vm_id: str, action: Action, command: str, target: VmState) -> Vm:
+    async def _simple(
+        self,
+        vm_id: str,
+        action: Action,
+        command: Callable[[Machine], Awaitable[None]],
+    ) -> Vm:
         async with self._lock(vm_id):
             vm = self._store.get_vm(vm_id)
-            transition(vm.state, action)
-            await self._machine(vm_id).execute(command)
+            target = transition(vm.state, action)
+            await command(self._machine(vm_id))
             return self._set(vm_id, target, None)
 
     async def qmp(self, vm_id: str, command: str, arguments: dict[str, Any] | None) -> object:
@@ -877,17 +742,13 @@ class Manager:
         return await self._machine(vm_id).execute(command, arguments)
 
     async def attestation(self, vm_id: str) -> dict[str, object]:
-        """What QEMU reports about a running confidential VM (see security.attestation).
+        """What QEMU reports about a running confidential VM (see vmplatform.attestation).
 
         Raises:
             VmNotFound, NotConfidential, InvalidState (not running).
         """
         vm = self.get(vm_id)
-
-        async def execute(command: str) -> object:
-            return await self._machine(vm_id).execute(command)
-
-        return await security.attestation(vm, execute)
+        return await vmplatform.attestation(vm, lambda: self._machine(vm_id))
 
     # -- snapshots, fork, hibernate (snapshot_service.py) ------------------------
 
@@ -943,37 +804,8 @@ class Manager:
     async def metrics(self, vm_id: str) -> VmMetrics:
         """Raises: VmNotFound, InvalidState (no QEMU process)."""
         vm = self.get(vm_id)
-        if vm.state not in (VmState.RUNNING, VmState.PAUSED):
-            raise InvalidState(
-                f"metrics need a running VM; it is {vm.state.value}",
-                current=vm.state.value,
-                allowed=["paused", "running"],
-            )
-        machine = self._machine(vm_id)
-        stats = await machine.execute("query-blockstats")
-        disks_ = [_disk_stats(entry) for entry in stats] if isinstance(stats, list) else []
-        cpu, rss, cpu_s = 0.0, 0, 0.0
-        process = machine.process
-        if process is not None:
-            with contextlib.suppress(psutil.Error):
-                cpu, rss = process.cpu_percent(None), process.memory_info().rss
-                times = process.cpu_times()
-                cpu_s = times.user + times.system
-        started = vm.started_at or vm.updated_at
-        return VmMetrics(
-            vm_id=vm_id,
-            vcpus=vm.cpus,
-            cpu_percent=cpu,
-            memory_rss_bytes=rss,
-            memory_configured_bytes=vm.memory_mb * 1024 * 1024,
-            disk=disks_,
-            disk_read_bytes=sum(d.read_bytes for d in disks_),
-            disk_write_bytes=sum(d.write_bytes for d in disks_),
-            disk_read_ops=sum(d.read_ops for d in disks_),
-            disk_write_ops=sum(d.write_ops for d in disks_),
-            uptime_seconds=max(0.0, (utcnow() - started).total_seconds()),
-            cpu_seconds_total=cpu_s,
-        )
+        require_live(vm)
+        return await vm_metrics(vm, self._machine(vm_id))
 
     # -- host ------------------------------------------------------------------
 
@@ -996,17 +828,6 @@ async def _press_power_button(machine: Machine) -> None:
     """Press until QEMU exits (the caller bounds the whole wait)."""
     while not machine.exited.is_set():
         with contextlib.suppress(HypervisorError):  # QEMU may be exiting already
-            await machine.execute("system_powerdown")
+            await qmp_commands.system_powerdown(machine)
         with trio.move_on_after(_POWER_BUTTON_REPEAT_S):
             await machine.exited.wait()
-
-
-def _disk_stats(entry: dict[str, Any]) -> DiskStats:
-    stats = entry.get("stats", {})
-    return DiskStats(
-        device=str(entry.get("qdev") or entry.get("device") or entry.get("node-name") or "?"),
-        read_bytes=int(stats.get("rd_bytes", 0)),
-        write_bytes=int(stats.get("wr_bytes", 0)),
-        read_ops=int(stats.get("rd_operations", 0)),
-        write_ops=int(stats.get("wr_operations", 0)),
-    )

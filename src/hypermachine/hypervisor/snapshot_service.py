@@ -19,12 +19,13 @@ import contextlib
 import logging
 import os
 import uuid as uuidlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
+from ..config import Settings
 from ..errors import (
     AddressInUse,
     HMError,
@@ -35,6 +36,7 @@ from ..errors import (
     SnapshotNotFound,
     ValidationFailed,
 )
+from ..events import EventLog
 from ..models import (
     EventType,
     ExecRequest,
@@ -48,16 +50,20 @@ from ..models import (
     VmSpec,
     VmState,
 )
-from ..states import Action, transition
-from ..store import utcnow
-from . import hostnet, layers, snapfiles, snapshots
-from .machine import Machine
-from .snapfiles import Resume, SnapshotDir
+from ..states import Action, check
+from ..store import Store, utcnow
+from .devices import hostnet
+from .devices.resources import HostResources
+from .guest.service import GuestService
+from .ports import GuardLike
+from .qemu import qmp_commands
+from .qemu.machine import Machine
+from .storage import layers, snapfiles, snapshots
+from .storage.snapfiles import Resume, SnapshotDir
+from .vmfiles.confine import QemuIdentity
+from .vmfiles.layout import VmPaths
 
-if TYPE_CHECKING:
-    from .manager import Manager
-
-__all__ = ["SnapshotService"]
+__all__ = ["SnapshotHost", "SnapshotService"]
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +91,31 @@ class _Outcome(Generic[T]):
         return self.value
 
 
+class SnapshotHost(Protocol):
+    """The manager as the snapshot service sees it."""
+
+    _settings: Settings
+    _store: Store
+    _guard: GuardLike | None
+    _resources: HostResources
+    _machines: dict[str, Machine]
+    events: EventLog
+    guest: GuestService
+    qemu_identity: QemuIdentity | None
+
+    def _paths(self, vm_id: str) -> VmPaths: ...
+    def _lock(self, vm_id: str) -> trio.Lock: ...
+    def _machine(self, vm_id: str) -> Machine: ...
+    def _set(self, vm_id: str, state: VmState, reason: str | None, **extra: Any) -> Vm: ...
+    async def _start_locked(self, vm_id: str, *, resuming: bool = False) -> Vm: ...
+    async def start_task(self, fn: Any) -> None: ...
+    async def wait_for(self, vm_id: str, states: Collection[VmState], timeout_s: float) -> Vm: ...
+
+
 class SnapshotService:
     """Snapshots, restore, fork and hibernation of the manager's VMs."""
 
-    def __init__(self, manager: Manager) -> None:
+    def __init__(self, manager: SnapshotHost) -> None:
         self._mgr = manager
         self._settings = manager._settings
 
@@ -202,7 +229,7 @@ class SnapshotService:
         """
 
         async def steps(vm: Vm, begin: Callable[[], None]) -> Snapshot:
-            transition(vm.state, Action.SNAPSHOT)
+            check(vm.state, Action.SNAPSHOT)
             vm_dir = self._vm_dir(vm.id)
             if snapfiles.snapshot_dir(vm_dir, request.name).path.exists():
                 raise NameTaken(
@@ -262,7 +289,7 @@ class SnapshotService:
         paused = memory and before is S.RUNNING and machine is not None
         try:
             if paused and machine is not None:
-                await machine.execute("stop")
+                await qmp_commands.stop(machine)
                 self._step(vm.id, "paused", snapshot=name)
             if machine is not None:
                 layer = await snapshots.freeze_live(
@@ -298,7 +325,7 @@ class SnapshotService:
     ) -> None:
         if paused and machine is not None:
             with contextlib.suppress(HypervisorError):
-                await machine.execute("cont")
+                await qmp_commands.cont(machine)
             self._step(vm_id, "resumed")
         if not (machine is not None and machine.exited.is_set()):
             self._mgr._set(vm_id, state, None)
@@ -327,7 +354,7 @@ class SnapshotService:
         """
 
         async def steps(vm: Vm, begin: Callable[[], None]) -> Vm:
-            transition(vm.state, Action.RESTORE)
+            check(vm.state, Action.RESTORE)
             folder = self._dir(vm.id, name)
             begin()
             self._mgr._set(vm.id, S.RESTORING, None)
@@ -404,7 +431,7 @@ class SnapshotService:
             machine, resume.memory, timeout_s=self._settings.snapshot_timeout_s
         )
         if vm_state is S.RUNNING:
-            await machine.execute("cont")
+            await qmp_commands.cont(machine)
         resume.discard()
         self._step(vm.id, "resumed", state=vm_state.value)
         info = vm.network_info
@@ -452,7 +479,7 @@ class SnapshotService:
         """
 
         async def steps(vm: Vm, begin: Callable[[], None]) -> Vm:
-            transition(vm.state, Action.HIBERNATE)
+            check(vm.state, Action.HIBERNATE)
             machine = self._mgr._machine(vm.id)
             snapshots.refuse_memory(vm, await snapshots.migration_blockers(machine))
             self._check_storage(vm)
@@ -474,7 +501,7 @@ class SnapshotService:
         self._step(vm.id, "hibernate_started")
         try:
             if before is S.RUNNING:
-                await machine.execute("stop")
+                await qmp_commands.stop(machine)
             await snapshots.save_memory(
                 machine,
                 staged.memory,
@@ -524,7 +551,7 @@ class SnapshotService:
                 begin()
                 folder = self._dir(parent.id, request.snapshot)
                 return await self._clone(parent, folder, names, ips=request.ips, start=True)
-            transition(parent.state, Action.SNAPSHOT)
+            check(parent.state, Action.SNAPSHOT)
             machine = self._mgr._machine(parent.id)
             snapshots.refuse_memory(parent, await snapshots.migration_blockers(machine))
             begin()

@@ -7,9 +7,10 @@ server operations, and :mod:`.dispatch` the only way to run one: validate,
 check access in the caller's scope, run, audit, redact. REST (``api``), the
 agent faces (``agentic``), MCP and scripts (``sandbox``) all dispatch through it.
 
-May import ``models``, ``errors``, ``store`` (query types), ``telemetry`` and
-``security.caller``; handlers reach the hypervisor only through the services of
-their context.
+May import: ``models``, ``errors``, ``store`` (query types), ``telemetry``,
+``security.caller``, ``security.tokens`` and ``hypervisor.qemu.qmp_commands`` (the
+raw QMP operation's allowlist: QMP's command names live only there); handlers
+reach the hypervisor only through the services of their context.
 """
 
 from .declare import (

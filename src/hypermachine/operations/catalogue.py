@@ -39,6 +39,7 @@ from ..errors import (
     VmNotFound,
     WaitTimeout,
 )
+from ..hypervisor.qemu.qmp_commands import READ_ONLY_QMP
 from ..models import (
     ConsoleToken,
     ConsoleTokenRequest,
@@ -102,32 +103,9 @@ from .inputs import (
     WriteVmFileInput,
 )
 
-__all__ = ["READ_ONLY_QMP", "visibility", "vm_operations"]
+__all__ = ["visibility", "vm_operations"]
 
 _VM = "/api/v1/vms/{vm_id}"
-
-# QMP commands a script may send: queries with no side effects that reveal no host
-# paths (so not query-block or query-chardev). Nothing that writes host files or
-# spawns processes (migrate, screendump, dump-guest-memory …) can ever be reached.
-READ_ONLY_QMP = frozenset(
-    {
-        "query-status",
-        "query-name",
-        "query-uuid",
-        "query-version",
-        "query-kvm",
-        "query-cpus-fast",
-        "query-blockstats",
-        "query-memory-size-summary",
-        "query-commands",
-        "query-events",
-        "query-target",
-        "query-machines",
-        "query-hotpluggable-cpus",
-        "query-balloon",
-        "query-tpm",
-    }
-)
 
 
 # -- VMs ------------------------------------------------------------------------------

@@ -19,11 +19,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import wasmtime
+
+from ..models.scripts import ScriptLimits
 
 __all__ = [
     "HARD_LIMITS",
@@ -39,17 +41,7 @@ __all__ = [
 WASM_PATH = Path(__file__).with_name("rhai.wasm")
 
 #: Values above these are refused even when a caller asks for them.
-HARD_LIMITS: dict[str, int] = {
-    "max_operations": 1_000_000_000,
-    "max_call_depth": 256,
-    "max_expr_depth": 256,
-    "max_string_size": 16 * 1024 * 1024,
-    "max_array_size": 10_000_000,
-    "max_map_size": 10_000_000,
-    "max_output_bytes": 16 * 1024 * 1024,
-    "memory_bytes": 1024 * 1024 * 1024,
-    "timeout_ms": 600_000,
-}
+HARD_LIMITS: dict[str, int] = ScriptLimits.hard_maxima()
 
 _ENOSYS = 52
 _TICK_MS = 5
@@ -57,57 +49,8 @@ _MAX_WASM_STACK = 2 * 1024 * 1024
 _CONFIG_TAG = f"epoch;stack={_MAX_WASM_STACK};opt=speed"
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Resource limits of one script run. Defaults are the ceilings for a request."""
-
-    max_operations: int = 50_000_000
-    max_call_depth: int = 64
-    max_expr_depth: int = 64
-    max_string_size: int = 1024 * 1024
-    max_array_size: int = 100_000
-    max_map_size: int = 100_000
-    max_output_bytes: int = 1024 * 1024
-    memory_bytes: int = 256 * 1024 * 1024
-    timeout_ms: int = 10_000
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"limit {f.name} must be an integer, got {value!r}")
-            if value < 1:
-                raise ValueError(f"limit {f.name} must be >= 1, got {value}")
-            if value > HARD_LIMITS[f.name]:
-                raise ValueError(
-                    f"limit {f.name}={value} is above the hard maximum {HARD_LIMITS[f.name]}"
-                )
-
-    def lowered(self, **overrides: int) -> Limits:
-        """Return a copy with some limits lowered; raising a limit is refused."""
-        names = {f.name for f in fields(self)}
-        values: dict[str, int] = {}
-        for name, value in overrides.items():
-            if name not in names:
-                raise ValueError(f"unknown limit {name!r}")
-            current = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"limit {name} must be an integer >= 1, got {value!r}")
-            if value > current:
-                raise ValueError(f"limit {name}={value} is above the current value {current}")
-            values[name] = value
-        return Limits(**{**{n: getattr(self, n) for n in names}, **values})
-
-    def to_wasm(self) -> dict[str, int]:
-        return {
-            "max_operations": self.max_operations,
-            "max_call_depth": self.max_call_depth,
-            "max_expr_depth": self.max_expr_depth,
-            "max_string_size": self.max_string_size,
-            "max_array_size": self.max_array_size,
-            "max_map_size": self.max_map_size,
-            "max_output_bytes": self.max_output_bytes,
-        }
+Limits = ScriptLimits  # the resource limits of one run (hypermachine.models.ScriptLimits)
+_DEFAULT_LIMITS = Limits()
 
 
 @dataclass(frozen=True)
@@ -382,7 +325,7 @@ class RhaiRuntime:
         code: str,
         *,
         args: dict[str, Any] | None = None,
-        limits: Limits = Limits(),
+        limits: Limits = _DEFAULT_LIMITS,
         objects: Mapping[str, HostObject] | None = None,
         functions: Collection[str] = (),
         host_call: HostCall | None = None,

@@ -1,5 +1,9 @@
 """Who may call the server and how much: API keys, tenants, rate limits, quotas,
-host admission and the audit log (threat model: docs/threat-model.md)."""
+host admission and the audit log (threat model: docs/threat-model.md).
+
+May import: ``config``, ``errors``, ``models``, ``store`` (its SQLite opener),
+``operations`` (to declare the key and audit operations).
+"""
 
 from .caller import ANONYMOUS, SYSTEM, Caller, Tier, acting_as, current_caller
 from .db import SecurityStore

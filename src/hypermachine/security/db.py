@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import sqlite3
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import KeyNotFound
+from ..store import open_database
 from .caller import Caller, Tier
 from .models import AuditEntry, CreatedKey, KeyInfo
 
@@ -69,12 +69,7 @@ class SecurityStore:
     """Keys and audit entries; short synchronous calls from the Trio thread."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # as the VM store: WAL stays consistent
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(path, _SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(audit)")}
         if "details" not in columns:  # a database from before audit details
             self._db.execute("ALTER TABLE audit ADD COLUMN details TEXT NOT NULL DEFAULT '{}'")

@@ -7,6 +7,8 @@ packages it uses, vendored byte for byte under ``static/vendor/`` by
 ``tools/vendor-ui`` (CI checks they match). No request leaves the machine. The
 pages are public; everything they show comes from the API with the key the person
 signs in with (kept in the tab's ``sessionStorage``).
+
+May import: ``errors``, ``operations``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,42 @@
+"""What the manager needs from outside the hypervisor layer, as protocols: an image
+of the catalogue, the catalogue itself, and the security layer's quotas. The server
+hands in the real ones (``images.Catalogue``, ``security.Security``); tests may hand
+in their own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+__all__ = ["CatalogueLike", "GuardLike", "ImageLike"]
+
+
+class ImageLike(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def disk(self) -> Path | None: ...
+    @property
+    def kernel(self) -> Path | None: ...
+    @property
+    def initrd(self) -> Path | None: ...
+    @property
+    def append(self) -> str: ...
+    @property
+    def available(self) -> bool: ...
+    @property
+    def firmware(self) -> str: ...
+
+
+class CatalogueLike(Protocol):
+    def get(self, name: str) -> ImageLike: ...
+    def pull(self, name: str) -> ImageLike: ...
+
+
+class GuardLike(Protocol):
+    """The security layer as the manager sees it (``hypermachine.security.Security``)."""
+
+    def vm_quota(self) -> int: ...
+    def storage_quota_bytes(self) -> int: ...

@@ -1,0 +1,139 @@
+"""A VM's disk as a chain of qcow2 layers in its folder; ``disk.qcow2`` names the top.
+
+    <vm dir>/disk-0001.qcow2   backed by the catalogue image (absolute path)
+    <vm dir>/disk-0002.qcow2   backed by "disk-0001.qcow2" (a bare name: same folder)
+    <vm dir>/disk.qcow2 -> disk-0002.qcow2   (a symlink: the layer QEMU writes)
+
+A snapshot freezes the top layer (it is never written again) and puts a new empty one
+above it. Because layers name their backing file by a bare name, a chain is portable:
+a fork hard-links the frozen layers into the child's folder under the same names and
+puts the child's own top above them, so parent and child share the frozen blocks and
+either can be deleted without the other (a layer's data lives while one link does).
+The symlink lives in the same folder as the layers, so QEMU resolves the relative
+backing names the same way whether it opens the link or the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from ...errors import HypervisorError
+from . import disks
+
+__all__ = [
+    "FIRST",
+    "TOP",
+    "backing_of",
+    "chain",
+    "collect",
+    "create_above",
+    "current",
+    "link_chain",
+    "point_top",
+    "settle_legacy",
+]
+
+TOP = "disk.qcow2"
+FIRST = "disk-0001.qcow2"
+_LAYER = re.compile(r"^disk-(\d{4,})\.qcow2$")
+_QCOW2_MAGIC = b"QFI\xfb"
+
+
+def _number(name: str) -> int:
+    match = _LAYER.match(name)
+    return int(match.group(1)) if match else 0
+
+
+def _layers(vm_dir: Path) -> list[str]:
+    return sorted((p.name for p in vm_dir.iterdir() if _LAYER.match(p.name)), key=_number)
+
+
+def current(vm_dir: Path) -> str:
+    """The layer ``disk.qcow2`` points to (the one QEMU writes)."""
+    return os.readlink(vm_dir / TOP)
+
+
+def settle_legacy(vm_dir: Path) -> None:
+    """A disk made before layers (a plain ``disk.qcow2``) becomes layer 1 under the link.
+
+    Its backing file is the catalogue image's absolute path, so the rename changes nothing
+    for QEMU, which holds the file open.
+    """
+    top = vm_dir / TOP
+    if top.is_symlink() or not top.exists():
+        return
+    top.rename(vm_dir / FIRST)
+    point_top(vm_dir, FIRST)
+
+
+def point_top(vm_dir: Path, name: str) -> None:
+    """Make ``disk.qcow2`` name ``name`` in one step (a half-switched link cannot be seen)."""
+    staged = vm_dir / f".{TOP}.{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        staged.unlink()
+    staged.symlink_to(name)
+    staged.replace(vm_dir / TOP)
+
+
+def backing_of(image: Path) -> str | None:
+    """The backing file name written in a qcow2 header, or None (none, or not qcow2)."""
+    with open(image, "rb") as f:
+        header = f.read(20)
+        if len(header) < 20 or header[:4] != _QCOW2_MAGIC:
+            return None
+        offset = int.from_bytes(header[8:16], "big")
+        size = int.from_bytes(header[16:20], "big")
+        if offset == 0 or size == 0:
+            return None
+        f.seek(offset)
+        return f.read(size).decode(errors="replace")
+
+
+def chain(vm_dir: Path, name: str) -> list[str]:
+    """``name`` and the layers below it in ``vm_dir``, top first (the catalogue image,
+    outside the folder, ends the walk)."""
+    found: list[str] = []
+    while name and _LAYER.match(name) and (vm_dir / name).exists() and name not in found:
+        found.append(name)
+        name = backing_of(vm_dir / name) or ""
+    return found
+
+
+async def create_above(qemu_img: str, vm_dir: Path, below: str) -> str:
+    """A new empty top layer backed by ``below``; returns its name (not yet the top).
+
+    ``qemu-img -u`` does not open ``below``, which a running QEMU holds locked.
+
+    Raises:
+        HypervisorError: qemu-img failed.
+    """
+    size = disks.qcow2_virtual_size(vm_dir / below)
+    if size is None:
+        raise HypervisorError(f"disk layer {below} is not a qcow2 image")
+    name = f"disk-{max(map(_number, _layers(vm_dir)), default=0) + 1:04d}.qcow2"
+    await disks.qemu_img(
+        qemu_img, "create", "-q", "-f", "qcow2", "-u",
+        "-b", below, "-F", "qcow2", str(vm_dir / name), str(size),
+    )  # fmt: skip
+    return name
+
+
+def link_chain(source_dir: Path, name: str, target_dir: Path) -> None:
+    """Hard-link ``name`` and the layers below it into ``target_dir`` (same names)."""
+    target_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for layer in chain(source_dir, name):
+        os.link(source_dir / layer, target_dir / layer)
+
+
+def collect(vm_dir: Path, keep: Iterable[str]) -> list[str]:
+    """Delete the layers no chain in ``keep`` (the top, the snapshots' layers) reaches;
+    returns their names."""
+    wanted = {layer for name in keep for layer in chain(vm_dir, name)}
+    dropped = [name for name in _layers(vm_dir) if name not in wanted]
+    for name in dropped:
+        (vm_dir / name).unlink()
+    return dropped
