@@ -116,16 +116,10 @@ class _Channel:
         del self._buffer[: end + 1]
         return line
 
-    async def sync(self, sync_id: int, then: tuple[int, str] | None = None) -> None:
-        """Resynchronise: returns once the agent answered this very ``sync_id``.
-
-        ``then`` (id, command) is sent right behind the sync, before its answer, saving a
-        round trip; its reply is read with :meth:`receive`.
-        """
+    async def sync(self, sync_id: int) -> None:
+        """Resynchronise: returns once the agent answered this very ``sync_id``."""
         request = {"execute": "guest-sync-delimited", "arguments": {"id": sync_id}}
         await self._send(request, delimit=True)
-        if then is not None:
-            await self._send({"execute": then[1], "id": then[0]})
         while True:
             while (start := self._buffer.find(bytes([_DELIMITER]))) < 0:
                 self._buffer.clear()  # nothing before a delimiter is ours
@@ -150,14 +144,6 @@ class _Channel:
         if arguments:
             request["arguments"] = arguments
         await self._send(request)
-        return await self.receive(msg_id, command, reply)
-
-    async def receive(self, msg_id: int, command: str, reply: type[T]) -> T:
-        """The reply to the ``command`` sent as ``msg_id``.
-
-        Raises:
-            AgentRefused, AgentGone (as :meth:`call`).
-        """
         while True:
             try:
                 answer = decode_reply(await self._line())
@@ -235,25 +221,22 @@ class GuestAgent:
 
     async def _session(self, channel: _Channel) -> None:
         while True:
-            info_id = await self._sync_until_answered(channel)
+            await self._sync_until_answered(channel)
             async with self._lock:
                 with trio.move_on_after(self._timing.command_timeout_s):
-                    info = await channel.receive(info_id, "guest-info", AgentInfo)
+                    info = await channel.call(next(self._ids), "guest-info", None, AgentInfo)
                     self._set_connected(channel, info.version)
             if self.connected:
                 await self._keep_alive(channel)
                 self._set_disconnected("the guest agent stopped answering")
 
-    async def _sync_until_answered(self, channel: _Channel) -> int:
-        """Sync, each attempt followed by a ``guest-info``; returns the id of the one
-        sent behind the answered sync (earlier ones' late replies are skipped by id)."""
+    async def _sync_until_answered(self, channel: _Channel) -> None:
         wait = self._timing.sync_timeout_s
         while True:
-            info_id = next(self._ids)
             async with self._lock:
                 with trio.move_on_after(wait):
-                    await channel.sync(next(self._ids), then=(info_id, "guest-info"))
-                    return info_id
+                    await channel.sync(next(self._ids))
+                    return
             wait = min(wait * 2, _SYNC_BACKOFF_MAX_S)
 
     async def _keep_alive(self, channel: _Channel) -> None:
