@@ -7,6 +7,7 @@ one of the test's VM UUIDs survives.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,13 +19,27 @@ from hypermachine.api import Services, create_app
 from hypermachine.config import Settings
 from hypermachine.server import open_services
 from realserver import Server, free_port
-from support import TINY_DIR, make_settings, qemu_pids_for, remove_all_vms, require_tiny
+from support import REPO, TINY_DIR, make_settings, qemu_pids_for, remove_all_vms, require_tiny
 
 
 @pytest.fixture
 def tiny() -> Path:
     require_tiny()
     return TINY_DIR
+
+
+EFI_DIR = REPO / "images" / "tiny-efi"
+
+
+@pytest.fixture
+def efi_image(tiny: Path) -> Path:
+    """images/tiny-efi (tools/build-efi-image): the tiny guest behind shim + GRUB on OVMF."""
+    if not (EFI_DIR / "esp-unsigned.qcow2").exists():
+        message = "images/tiny-efi is not built: run tools/build-efi-image (make test does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return EFI_DIR
 
 
 @pytest.fixture

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import psutil
@@ -103,3 +104,34 @@ async def remove_all_vms(svc: Services) -> set[str]:
         uuids.add(vm.uuid)
         await svc.manager.delete(vm.id, force=True)
     return uuids
+
+
+async def wait_until_read(
+    read: Callable[[], Awaitable[object]], expected: object, timeout: float = 90
+) -> None:
+    """Re-read what ``read`` returns (a guest's state that a server task sets) until it
+    is ``expected``."""
+    last = None
+    with trio.move_on_after(timeout):
+        while (last := await read()) != expected:
+            await trio.sleep(0.2)
+        return
+    raise AssertionError(f"read {last!r} for {timeout} s, expected {expected!r}")
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=3) as answer:
+        return bytes(answer.read())
+
+
+async def fetch_when_served(url: str, timeout: float) -> bytes:
+    """GET ``url`` until the guest's server answers (slirp accepts before it listens)."""
+    last: Exception | None = None
+    with trio.move_on_after(timeout):
+        while True:
+            try:
+                return await trio.to_thread.run_sync(_get, url)
+            except OSError as err:
+                last = err
+                await trio.sleep(0.25)
+    raise AssertionError(f"{url} never answered: {last!r}")

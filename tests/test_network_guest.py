@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,14 @@ from hypermachine.hypervisor.devices.hostnet import interface_exists, port_free
 from hypermachine.models import CreateVmRequest, VmState
 from hypermachine.server import open_services
 from livehttp import served
-from support import make_settings, process_gone, remove_all_vms, wait_until
+from support import (
+    fetch_when_served,
+    make_settings,
+    process_gone,
+    remove_all_vms,
+    wait_until,
+    wait_until_read,
+)
 from testnet import (
     ScratchBridge,
     ScratchOutside,
@@ -92,24 +98,6 @@ async def boot(client: Any, services: Services, name: str, network: dict[str, An
     assert response.status_code == 201 and vm["state"] == "running", vm
     await wait_console(services, vm["id"], "HM-READY tiny", timeout=BOOT_S)
     return vm
-
-
-def _get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=3) as answer:
-        return bytes(answer.read())
-
-
-async def fetch_when_served(url: str, timeout: float) -> bytes:
-    """GET ``url`` until the guest's server answers (slirp accepts before it listens)."""
-    last: Exception | None = None
-    with trio.move_on_after(timeout):
-        while True:
-            try:
-                return await trio.to_thread.run_sync(_get, url)
-            except OSError as err:
-                last = err
-                await trio.sleep(0.25)
-    raise AssertionError(f"{url} never answered: {last!r}")
 
 
 async def test_nat_guest_is_forwarded_to_and_reaches_the_outside_but_not_the_host(
@@ -285,3 +273,80 @@ async def test_tap_of_a_vm_that_died_while_the_server_was_away_is_removed(
         finally:
             with trio.CancelScope(shield=True):
                 await remove_all_vms(svc)
+
+
+async def guest_identity(client: Any, vm_id: str) -> str:
+    """What the guest's eth0 says it is: "MAC ADDRESS/PREFIX default-gateway"."""
+    got = await guest_sh(
+        client,
+        vm_id,
+        "echo $(cat /sys/class/net/eth0/address) "
+        "$(ip -4 -o addr show dev eth0 | awk '{print $4}') "
+        "$(ip route | awk '/^default/ {print $3}')",
+    )
+    return str(got["stdout"]).strip()
+
+
+async def test_fork_children_on_a_bridge_get_their_own_address_and_mac(
+    client: Any, services: Services, bridge: ScratchBridge, tmp_path: Path
+) -> None:
+    """A memory fork of a static-IP bridge guest: refused without new addresses; with
+    them, each child gets its own MAC, address and anti-spoofing table, its guest takes
+    them (default route kept), the peer reaches all three, and a child sending as the
+    parent (the identity its RAM came with) gets nothing through."""
+    parent_ip, peer = bridge.host(20), bridge.host(1)
+    parent = await boot(client, services, "parent", {"type": "bridge", "ip": parent_ip})
+    await wait_console(services, parent["id"], f"HM-NET eth0 {parent_ip}")
+    snap = await client.post(
+        f"/api/v1/vms/{parent['id']}/snapshots", json={"name": "s1", "memory": True}
+    )
+    assert snap.status_code == 201, await snap.get_json()
+    fork_url = f"/api/v1/vms/{parent['id']}/fork"
+
+    for ips in (None, [bridge.host(21)], [parent_ip, bridge.host(21)],
+                [bridge.host(21), f"{bridge.host(21)}/24"]):  # fmt: skip
+        body = {"name": "twin", "snapshot": "s1", "count": 2, "ips": ips}
+        refused = await client.post(fork_url, json=body)
+        got = await refused.get_json()
+        assert (refused.status_code, got["error"]["code"]) == (409, "ADDRESS_IN_USE"), (ips, got)
+    assert [vm.name for vm in services.manager.list()[0]] == ["parent"]  # none half-made
+
+    child_ips = [bridge.host(21), bridge.host(22)]
+    body = {"name": "child", "snapshot": "s1", "count": 2, "ips": child_ips, "wait": True}
+    forked = await client.post(fork_url, json=body)
+    children = (await forked.get_json())["vms"]
+    assert forked.status_code == 201 and [c["state"] for c in children] == ["running"] * 2
+    gateway = bridge.host(1)
+    for child, ip in zip(children, child_ips, strict=True):
+        info = child["network_info"]
+        assert (info["ip"], info["gateway"], info["bridge"]) == (f"{ip}/24", gateway, bridge.name)
+        assert info["mac"] != parent["network"]["mac"]
+        table = subprocess.run(
+            ["nft", "list", "table", "bridge", f"hm_{child['id'].removeprefix('vm-')}"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert f"ether saddr != {info['mac']} drop" in table and f"saddr != {ip} drop" in table
+        expected = f"{info['mac']} {ip}/24 {gateway}"
+        await wait_until_read(lambda c=child: guest_identity(client, c["id"]), expected)
+    assert len({c["network_info"]["mac"] for c in children}) == 2
+    for address in (parent_ip, *child_ips):
+        await wait_until(lambda a=address: bridge.ping(a), timeout=60, what=f"{address} to answer")
+    for child, ip in zip(children, child_ips, strict=True):
+        neighbours = bridge.in_netns("ip", "neigh", "show", ip).stdout
+        assert child["network_info"]["mac"] in neighbours, neighbours
+
+    first = children[0]
+    first_ip, first_mac = child_ips[0], first["network_info"]["mac"]
+    parent_mac = parent["network"]["mac"]
+    assert bridge.netns is not None and bridge.peer_iface is not None
+    with sniffer(bridge.netns, bridge.peer_iface, tmp_path) as wire:
+        await guest_sh(client, first["id"], wget(f"http://{peer}:9011/"))
+        await wait_until(lambda: f"{first_mac} {first_ip} 9011" in wire.seen(), what="child")
+        as_parent = (
+            f"{set_mac(parent_mac)}; {set_ip(parent_ip)}; {wget(f'http://{peer}:9012/')}; "
+            f"{set_mac(first_mac)}; {set_ip(first_ip)}"
+        )
+        await guest_sh(client, first["id"], as_parent)
+        await guest_sh(client, first["id"], wget(f"http://{peer}:9013/"))
+        await wait_until(lambda: f"{first_mac} {first_ip} 9013" in wire.seen(), what="again")
+        assert "9012" not in {line.split()[2] for line in wire.seen()}, wire.seen()

@@ -8,7 +8,6 @@ Its twin ``esp-unsigned.qcow2`` has shim's signature stripped.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +26,9 @@ from support import REPO, make_settings, process_gone, qemu_pids_for, remove_all
 
 pytestmark = pytest.mark.qemu
 
-EFI_DIR = REPO / "images" / "tiny-efi"
 BOOT_S = 240.0  # OVMF + shim + GRUB + a bzImage under TCG on a busy 2-core host (~40 s idle)
 MS_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
 VAR_GUID = "3f6c2a5e-1b7d-4c9e-8f10-2a3b4c5d6e7f"
-
-
-@pytest.fixture
-def efi_image(tiny: Path) -> Path:
-    if not (EFI_DIR / "esp-unsigned.qcow2").exists():
-        message = "images/tiny-efi is not built: run tools/build-efi-image (make test does)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return EFI_DIR
 
 
 @pytest.fixture

@@ -34,7 +34,13 @@ from hypermachine.models import (
 from hypermachine.security.caller import Caller, acting_as
 from hypermachine.server import open_services
 from realserver import Server, free_port
-from support import process_gone, qemu_pids_for, remove_all_vms
+from support import (
+    fetch_when_served,
+    process_gone,
+    qemu_pids_for,
+    remove_all_vms,
+    wait_until_read,
+)
 
 pytestmark = pytest.mark.qemu
 
@@ -149,18 +155,19 @@ async def check_fork(client: Any, services: Services, parent_id: str) -> list[di
     assert all(len(p) == 1 for p in ports) and len({p[0] for p in ports}) == 3, ports
     for vm in vms:  # the children's guests took their own MAC through the agent
         mac = vm["network"]["mac"]
-        await wait_until_async(lambda v=vm, m=mac: guest_mac(client, v["id"]), mac)
+        await wait_until_read(lambda v=vm: guest_mac(client, v["id"]), mac, timeout=60)
+    # The remap is reported as each child is made, and each host port reaches its own guest.
+    forking = [e.data for e in services.manager.events.after(0, vm_id=parent_id)
+               if e.type == "vm.snapshot" and e.data["step"] == "forking"]  # fmt: skip
+    assert [f["forwards"] for f in forking] == [c["network_info"]["forwards"] for c in children]
+    for vm in vms:
+        await sh(
+            client, vm["id"], f"mkdir -p /www && echo {vm['id']} > /www/who && httpd -p 22 -h /www"
+        )
+    for vm, (port,) in zip(vms, ports, strict=True):
+        served = await fetch_when_served(f"http://127.0.0.1:{port}/who", timeout=60)
+        assert served == f"{vm['id']}\n".encode()
     return children
-
-
-async def wait_until_async(read: Any, expected: str, timeout: float = 60) -> None:
-    """The guest's MAC is set by a task after the agent answers: re-read it until then."""
-    last = None
-    with trio.move_on_after(timeout):
-        while (last := await read()) != expected:
-            await trio.sleep(0.2)
-        return
-    raise AssertionError(f"guest MAC stayed {last!r}, expected {expected!r}")
 
 
 async def check_template(client: Any, parent_id: str) -> None:

@@ -16,6 +16,7 @@ a failed resume leaves the VM ``hibernated`` and restorable.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import uuid as uuidlib
@@ -378,11 +379,11 @@ class SnapshotService:
         snapshots) resume the saved RAM."""
         snapshot, layer = folder.meta()
         name = snapshot.name
-        await self._end_qemu(vm.id, "restoring a snapshot")
         vm_dir = self._vm_dir(vm.id)
-        layers.point_top(
-            vm_dir, await layers.create_above(self._settings.qemu_img_binary, vm_dir, layer)
-        )
+        async with trio.open_nursery() as nursery:  # the new top is made while QEMU quits
+            nursery.start_soon(self._end_qemu, vm.id, "restoring a snapshot")
+            top = await layers.create_above(self._settings.qemu_img_binary, vm_dir, layer)
+        layers.point_top(vm_dir, top)
         snapfiles.copy_platform(vm_dir, folder.path, to_vm=True)
         layers.collect(vm_dir, self._keep_layers(vm_dir))
         Resume.of(vm_dir).discard()
@@ -402,8 +403,9 @@ class SnapshotService:
             return
         machine.report.keep_state = True
         machine.report.stop_requested = why
-        await machine.terminate(self._settings.kill_grace_s)
-        await machine.finished.wait()
+        with trio.CancelScope(shield=True):  # never left half-way: QEMU ends or is killed
+            await machine.terminate(self._settings.kill_grace_s)
+            await machine.finished.wait()
 
     @staticmethod
     def _stage_resume(vm_dir: Any, folder: SnapshotDir, vm_state: VmState, info: Any) -> None:
@@ -444,13 +446,17 @@ class SnapshotService:
         set its own through the guest agent, once it answers."""
         info = vm.network_info
         assert info is not None and info.mac is not None
+        # Flushing the address drops the routes through it: the default one is put back.
         script = (
             'for i in /sys/class/net/*; do [ "$(cat $i/address)" = "$1" ] || continue; '
-            'ip link set dev "${i##*/}" address "$2"; '
-            '[ -n "$3" ] && ip addr flush dev "${i##*/}" && ip addr add "$3" dev "${i##*/}"; '
+            'd="${i##*/}"; ip link set dev "$d" address "$2" || exit 1; '
+            '[ -n "$3" ] || continue; ip addr flush dev "$d" && ip addr add "$3" dev "$d" '
+            '&& { [ -z "$4" ] || ip route replace default via "$4" dev "$d"; } || exit 1; '
             "done"
         )
-        command = ["sh", "-c", script, "sh", old_mac, info.mac, info.ip or ""]
+        address = info.ip if info.type == "bridge" else None  # NAT children keep passt's
+        gateway = info.gateway if address is not None else None
+        command = ["sh", "-c", script, "sh", old_mac, info.mac, address or "", gateway or ""]
         try:
             result = await self._mgr.guest.exec(
                 vm.id, ExecRequest(command=command), wait_agent_s=_IDENTITY_AGENT_WAIT_S
@@ -458,7 +464,12 @@ class SnapshotService:
         except HMError as err:
             self._step(vm.id, "identity_failed", reason=err.message, mac=old_mac)
             return
-        self._step(vm.id, "identity_set", mac=info.mac, ip=info.ip, exit_code=result.exit_code)
+        if result.exit_code != 0:
+            stderr = (result.stderr or "").strip()[-200:]
+            reason = f"the guest's ip command failed: {stderr}"
+            self._step(vm.id, "identity_failed", reason=reason, mac=old_mac)
+            return
+        self._step(vm.id, "identity_set", mac=info.mac, ip=address)
 
     def settle_exit(
         self, vm_id: str, current: VmState, state: VmState, reason: str | None
@@ -580,6 +591,9 @@ class SnapshotService:
             )
         if request.ips is not None and len(request.ips) != request.count:
             raise AddressInUse("give one address in ips per child", field="ips")
+        hosts = [ipaddress.IPv4Interface(ip).ip for ip in request.ips or []]
+        if len(set(hosts)) != len(hosts):
+            raise AddressInUse("each child needs an address of its own in ips", field="ips")
         if request.ips is not None and parent.network.type != "bridge":
             raise ValidationFailed("static addresses need network type 'bridge'", field="ips")
         if parent.network.ports and request.ports == "refuse":
@@ -603,10 +617,27 @@ class SnapshotService:
         (one with saved RAM resumes it, one without boots)."""
         snapshot, layer = folder.meta()
         ref = SnapshotRef(vm_id=parent.id, snapshot=snapshot.name)
-        children = []
+        # Every child is planned (MAC, address, ports) before any is stored: a refusal
+        # of the last leaves no half-made sibling behind.
+        planned: list[Vm] = []
         for index, name in enumerate(names):
-            child = self._new_child(parent, name, ref, ips[index] if ips else None)
-            self._step(parent.id, "forking", child=child.id, snapshot=snapshot.name)
+            planned.append(
+                self._plan_child(parent, name, ref, ips[index] if ips else None, planned)
+            )
+        children = []
+        for child in planned:
+            self._mgr._store.insert_vm(child)
+            self._mgr.events.vm_created(child)
+            info = child.network_info
+            self._step(
+                parent.id,
+                "forking",
+                child=child.id,
+                snapshot=snapshot.name,
+                mac=info.mac if info is not None else None,
+                ip=info.ip if info is not None else None,
+                forwards=[f.model_dump() for f in info.forwards] if info is not None else [],
+            )
             children.append(await self._populate(parent, child, folder, layer, snapshot))
         if start:
             started = []
@@ -617,12 +648,19 @@ class SnapshotService:
         self._step(parent.id, "forked", children=[c.id for c in children], snapshot=snapshot.name)
         return children
 
-    def _new_child(self, parent: Vm, name: str, ref: SnapshotRef, ip: str | None) -> Vm:
-        """The child's record (state ``creating``), with its own network plan."""
+    def _plan_child(
+        self, parent: Vm, name: str, ref: SnapshotRef, ip: str | None, siblings: list[Vm]
+    ) -> Vm:
+        """The child's record (state ``creating``, not stored yet), with a network plan of
+        its own: no MAC, address or host port of a VM or of a sibling planned before it.
+
+        Raises: AddressInUse, PortInUse, ValidationFailed.
+        """
         vm_uuid = str(uuidlib.uuid4())
         now = utcnow()
         spec = parent.model_dump(include=set(VmSpec.model_fields))
-        ports = self._remap_ports(parent)
+        others = [*self._mgr._store.all_vms(), *siblings]
+        ports = self._remap_ports(parent, others)
         spec["network"] = NetworkSpec.model_validate(
             {**spec["network"], "mac": None, "ip": ip, "ports": ports}
         ).model_dump()
@@ -641,16 +679,13 @@ class SnapshotService:
                 "security_notes": parent.security_notes,
             }
         )
-        child = self._mgr._resources.admit(child, self._mgr._store.all_vms())
-        self._mgr._store.insert_vm(child)
-        self._mgr.events.vm_created(child)
-        return child
+        return self._mgr._resources.admit(child, others)
 
-    def _remap_ports(self, parent: Vm) -> list[dict[str, Any]]:
+    def _remap_ports(self, parent: Vm, others: list[Vm]) -> list[dict[str, Any]]:
         """Each forwarded port of the parent on a free host port of the allowed range."""
         taken = {
             (f.protocol, f.host_port)
-            for vm in self._mgr._store.all_vms()
+            for vm in others
             for f in (vm.network_info.forwards if vm.network_info else [])
         }
         remapped = []
