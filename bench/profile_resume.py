@@ -27,17 +27,11 @@ import trio
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from hypermachine.hypervisor import (  # noqa: E402
-    cloudinit,
-    guest_agent,
-    layers,
-    machine,
-    manager,
-    passt,
-    resources,
-    snapshot_service,
-    snapshots,
-)
+from hypermachine.hypervisor import manager, snapshot_service  # noqa: E402
+from hypermachine.hypervisor.devices import cloudinit, passt, resources  # noqa: E402
+from hypermachine.hypervisor.guest import guest_agent  # noqa: E402
+from hypermachine.hypervisor.qemu import machine  # noqa: E402
+from hypermachine.hypervisor.storage import layers, snapshots  # noqa: E402
 from hypermachine.models import (  # noqa: E402
     CreateVmRequest,
     ExecRequest,
@@ -88,12 +82,14 @@ def instrument() -> None:
     _timed_async(passt.PasstProcesses, "start", lambda *a, **k: "passt started")
     _timed_sync(cloudinit, "write_seed", "cloud-init seed written")
     _timed_async(resources.HostResources, "acquire", lambda *a, **k: "host resources held")
-    _timed_async(manager.security, "launch_platform", lambda *a, **k: "firmware/TPM ready")
+    _timed_async(manager.vmplatform, "launch_platform", lambda *a, **k: "firmware/TPM ready")
     _timed_sync(manager, "build_argv", "argv built")
     _timed_sync(manager, "spawn_qemu", "QEMU process started")
     _timed_async(machine.Machine, "connect", lambda *a, **k: "QMP connected")
     _timed_async(machine.Machine, "execute", lambda self, command, *a, **k: f"qmp {command}")
-    _timed_async(machine.Machine, "send_fd", lambda *a, **k: "qmp getfd")
+    _timed_async(
+        machine.Machine, "execute_with_fd", lambda self, command, *a, **k: f"qmp {command} + fd"
+    )
     _timed_async(snapshots, "load_memory", lambda *a, **k: "stream loaded")
     _timed_async(guest_agent._Channel, "sync", lambda *a, **k: "agent synced")
     _timed_async(

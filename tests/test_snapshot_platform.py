@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 from hypermachine.api import Services
-from hypermachine.hypervisor import tpm
-from hypermachine.hypervisor.layout import VmPaths
-from hypermachine.hypervisor.security import vars_file
+from hypermachine.hypervisor.platform import tpm
+from hypermachine.hypervisor.platform.vmplatform import vars_file
+from hypermachine.hypervisor.vmfiles.layout import VmPaths
 from hypermachine.models import (
     CreateVmRequest,
     ExecRequest,
