@@ -12,11 +12,12 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel
 from rich.console import Console
+from rich.filesize import decimal
 from rich.markup import escape
 from rich.table import Table
 
 from ..errors import HMError
-from ..models import Event, Vm, VmMetrics, VmState
+from ..models import Event, Snapshot, Vm, VmMetrics, VmState
 
 __all__ = ["Output", "age", "memory"]
 
@@ -95,6 +96,37 @@ class Output:
             table.add_row(
                 vm.id, escape(vm.name), _state(vm.state), str(vm.cpus), memory(vm.memory_mb),
                 _ip(vm), age(vm.created_at),
+            )  # fmt: skip
+        return table
+
+    def snapshots(self, snapshots: Iterable[Snapshot]) -> None:
+        """Snapshots: the table, a JSON array, or (``-q``) one name a line."""
+        rows = list(snapshots)
+        if self.json:
+            self._dump([s.model_dump(mode="json") for s in rows])
+        elif self.quiet:
+            for snapshot in rows:
+                self.out.out(snapshot.name)
+        else:
+            self.out.print(self._snapshot_table(rows))
+
+    def snapshot(self, snapshot: Snapshot) -> None:
+        """One snapshot: its JSON, its name, or a row of the table."""
+        if self.json:
+            self.model(snapshot)
+        else:
+            self.snapshots([snapshot])
+
+    @staticmethod
+    def _snapshot_table(snapshots: list[Snapshot]) -> Table:
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in ("NAME", "VM", "MEMORY", "SIZE", "VM STATE", "AGE"):
+            table.add_column(column, no_wrap=True)
+        for s in snapshots:
+            size = decimal(s.size_bytes) if s.complete else "(writing)"
+            table.add_row(
+                escape(s.name), s.vm_id, "yes" if s.memory else "no", size, _state(s.vm_state),
+                age(s.created_at),
             )  # fmt: skip
         return table
 
