@@ -1,4 +1,4 @@
-"""The client's retry policy, against scripted transports (a real server neither resets
+"""The client's retry policy and paths, against scripted transports (a real server neither resets
 connections nor answers 429 with a short Retry-After on demand).
 
 Also: importing the SDK brings in none of the server's dependencies.
@@ -19,6 +19,7 @@ from hypermachine.client import (
     Client,
     Conflict,
     RateLimited,
+    ValidationFailed,
     Vm,
     VmHandle,
     VmNotFound,
@@ -135,6 +136,22 @@ def test_a_vm_from_a_snapshot_sends_no_idempotency_key_and_is_not_resent() -> No
         with pytest.raises(ValueError, match="Idempotency-Key"):
             hm.vms.create(name="two", from_snapshot=("vm-1", "s1"), idempotency_key="k")
     assert len(seen) == 1  # refused before anything was sent
+
+
+def test_dot_segments_stay_in_their_place() -> None:
+    """An HTTP client resolves ``.`` and ``..`` in a path: unescaped, deleting the
+    snapshot ``..`` would be ``DELETE /api/v1/vms/vm-1``, the VM itself."""
+    handle, seen = scripted(*[error(400, "VALIDATION_ERROR")] * 4)
+    vm = VmHandle(client(handle), Vm.model_validate(VM))
+    for name in (".", "..", "a/../..", ".."):
+        with pytest.raises(ValidationFailed):
+            vm.snapshots.delete(name)
+    assert [r.url.raw_path.decode() for r in seen] == [
+        "/api/v1/vms/vm-1/snapshots/%2E", "/api/v1/vms/vm-1/snapshots/%2E%2E",
+        "/api/v1/vms/vm-1/snapshots/a%2F..%2F..", "/api/v1/vms/vm-1/snapshots/%2E%2E",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="empty"):
+        vm.snapshots.get("")
 
 
 def test_an_unknown_code_gets_a_class_under_its_status() -> None:
