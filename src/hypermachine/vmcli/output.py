@@ -7,8 +7,9 @@ honours ``NO_COLOR``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from pydantic import BaseModel
 from rich.console import Console
@@ -20,6 +21,8 @@ from ..errors import HMError
 from ..models import Event, Snapshot, Vm, VmMetrics, VmState
 
 __all__ = ["Output", "age", "memory"]
+
+M = TypeVar("M", bound=BaseModel)
 
 _STATE_STYLE = {
     VmState.RUNNING: "green",
@@ -68,16 +71,20 @@ class Output:
     def model(self, model: BaseModel) -> None:
         self._dump(model.model_dump(mode="json"))
 
-    def vms(self, vms: Iterable[Vm]) -> None:
-        """A list: the table, a JSON array or one id a line."""
-        rows = list(vms)
+    def _listing(
+        self, rows: list[M], ident: Callable[[M], str], table: Callable[[list[M]], Table]
+    ) -> None:
+        """A list: the table, a JSON array or (``-q``) one ``ident`` a line."""
         if self.json:
-            self._dump([vm.model_dump(mode="json") for vm in rows])
+            self._dump([row.model_dump(mode="json") for row in rows])
         elif self.quiet:
-            for vm in rows:
-                self.out.out(vm.id)
+            for row in rows:
+                self.out.out(ident(row))
         else:
-            self.out.print(self._table(rows))
+            self.out.print(table(rows))
+
+    def vms(self, vms: Iterable[Vm]) -> None:
+        self._listing(list(vms), lambda vm: vm.id, self._table)
 
     def vm(self, vm: Vm) -> None:
         """One VM: its JSON, its id, or a row of the table."""
@@ -100,15 +107,8 @@ class Output:
         return table
 
     def snapshots(self, snapshots: Iterable[Snapshot]) -> None:
-        """Snapshots: the table, a JSON array, or (``-q``) one name a line."""
-        rows = list(snapshots)
-        if self.json:
-            self._dump([s.model_dump(mode="json") for s in rows])
-        elif self.quiet:
-            for snapshot in rows:
-                self.out.out(snapshot.name)
-        else:
-            self.out.print(self._snapshot_table(rows))
+        """``-q``: their names."""
+        self._listing(list(snapshots), lambda snapshot: snapshot.name, self._snapshot_table)
 
     def snapshot(self, snapshot: Snapshot) -> None:
         """One snapshot: its JSON, its name, or a row of the table."""
