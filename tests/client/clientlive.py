@@ -1,7 +1,9 @@
-"""What the client tests share: the live server's keys and waiting for a console line."""
+"""What the client tests share: the live server's keys, running the CLI as a user would,
+waiting for a console line."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -12,6 +14,7 @@ from hypermachine.client import Client, VmHandle
 from realserver import Server
 
 FREE_TIER_LIMIT = 3  # requests per minute for the free-tier key
+CLI = [sys.executable, "-m", "hypermachine.cli"]
 
 
 @dataclass
@@ -46,3 +49,21 @@ def wait_for_log(vm: VmHandle, text: str, timeout: float = 120) -> list[str]:
             return lines
         time.sleep(0.2)
     raise AssertionError(f"{text!r} not on {vm.name}'s console after {timeout} s: {lines[-20:]}")
+
+
+def env(live: Live) -> dict[str, str]:
+    return {**os.environ, "HM_SERVER": live.url, "HM_API_KEY": live.key}
+
+
+def hm(live: Live, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``hypermachine ARGS…`` against the live server, its output captured."""
+    return subprocess.run(
+        [*CLI, *args], input=stdin, capture_output=True, text=True, env=env(live), timeout=300
+    )
+
+
+def ok(live: Live, *args: str, stdin: str | None = None) -> str:
+    """``hypermachine ARGS…``, which must succeed: its stdout."""
+    done = hm(live, *args, stdin=stdin)
+    assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return done.stdout

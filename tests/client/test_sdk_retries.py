@@ -1,4 +1,4 @@
-"""The client's retry policy, against scripted transports (a real server neither resets
+"""The client's retry policy and paths, against scripted transports (a real server neither resets
 connections nor answers 429 with a short Retry-After on demand).
 
 Also: importing the SDK brings in none of the server's dependencies.
@@ -10,11 +10,21 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
 
-from hypermachine.client import Client, Conflict, RateLimited, VmNotFound, error_class
+from hypermachine.client import (
+    Client,
+    Conflict,
+    RateLimited,
+    ValidationFailed,
+    Vm,
+    VmHandle,
+    VmNotFound,
+    error_class,
+)
 
 VM = {
     "id": "vm-1", "uuid": "u-1", "name": "one", "image": "tiny", "state": "running",
@@ -82,6 +92,66 @@ def test_create_resends_its_idempotency_key() -> None:
         hm.vms.create(name="one", image="tiny")
     keys = [r.headers["Idempotency-Key"] for r in seen]
     assert len(keys) == 2 and keys[0] == keys[1] and len(keys[0]) == 32
+
+
+SNAPSHOT = {
+    "name": "s1", "vm_id": "vm-1", "created_at": "2026-01-01T00:00:00Z", "memory": True,
+    "size_bytes": 1, "vm_state": "running",
+}  # fmt: skip
+
+
+def test_snapshot_reads_are_retried_and_what_changes_state_is_sent_once() -> None:
+    handle, seen = scripted(
+        httpx.ReadError, httpx.Response(200, json={"snapshots": [SNAPSHOT]}),
+        httpx.ReadError, httpx.Response(200, json=SNAPSHOT),
+    )  # fmt: skip
+    vm = VmHandle(client(handle), Vm.model_validate(VM))
+    assert [s.name for s in vm.snapshots.list()] == ["s1"]
+    assert vm.snapshots.get("s1").memory is True
+    assert len(seen) == 4
+    acts: list[Callable[[VmHandle], Any]] = [
+        lambda vm: vm.snapshots.create("s2", memory=True),
+        lambda vm: vm.snapshots.restore("s1"),
+        lambda vm: vm.fork("kid", snapshot="s1"),
+        lambda vm: vm.hibernate(),
+    ]
+    for act in acts:
+        handle, seen = scripted(httpx.ReadError)
+        with pytest.raises(httpx.ReadError):
+            act(VmHandle(client(handle), Vm.model_validate(VM)))
+        assert len(seen) == 1, seen  # a second one could restore, fork or snapshot twice
+
+
+def test_a_vm_from_a_snapshot_sends_no_idempotency_key_and_is_not_resent() -> None:
+    handle, seen = scripted(httpx.ReadError)
+    with client(handle) as hm, pytest.raises(httpx.ReadError):
+        hm.vms.create(name="two", from_snapshot=("vm-1", "s1"))
+    assert len(seen) == 1 and "Idempotency-Key" not in seen[0].headers
+    assert json.loads(seen[0].content)["from_snapshot"] == {"vm_id": "vm-1", "snapshot": "s1"}
+    with client(handle) as hm:
+        with pytest.raises(ValueError, match="not both"):
+            hm.vms.create(name="two", image="tiny", from_snapshot=("vm-1", "s1"))
+        with pytest.raises(ValueError, match="not both"):
+            hm.vms.create(name="two")
+        with pytest.raises(ValueError, match="Idempotency-Key"):
+            hm.vms.create(name="two", from_snapshot=("vm-1", "s1"), idempotency_key="k")
+    assert len(seen) == 1  # refused before anything was sent
+
+
+def test_dot_segments_stay_in_their_place() -> None:
+    """An HTTP client resolves ``.`` and ``..`` in a path: unescaped, deleting the
+    snapshot ``..`` would be ``DELETE /api/v1/vms/vm-1``, the VM itself."""
+    handle, seen = scripted(*[error(400, "VALIDATION_ERROR")] * 4)
+    vm = VmHandle(client(handle), Vm.model_validate(VM))
+    for name in (".", "..", "a/../..", ".."):
+        with pytest.raises(ValidationFailed):
+            vm.snapshots.delete(name)
+    assert [r.url.raw_path.decode() for r in seen] == [
+        "/api/v1/vms/vm-1/snapshots/%2E", "/api/v1/vms/vm-1/snapshots/%2E%2E",
+        "/api/v1/vms/vm-1/snapshots/a%2F..%2F..", "/api/v1/vms/vm-1/snapshots/%2E%2E",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="empty"):
+        vm.snapshots.get("")
 
 
 def test_an_unknown_code_gets_a_class_under_its_status() -> None:

@@ -10,7 +10,6 @@ import json
 import os
 import select
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,28 +18,11 @@ from typing import Any
 import pexpect
 import pytest
 
-from clientlive import Live, wait_for_log
+from clientlive import CLI, Live, env, hm, ok, wait_for_log
 
 pytestmark = pytest.mark.qemu
 
-CLI = [sys.executable, "-m", "hypermachine.cli"]
 NAME = "cli-vm"
-
-
-def env(live: Live) -> dict[str, str]:
-    return {**os.environ, "HM_SERVER": live.url, "HM_API_KEY": live.key}
-
-
-def hm(live: Live, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args], input=stdin, capture_output=True, text=True, env=env(live), timeout=300
-    )
-
-
-def ok(live: Live, *args: str, stdin: str | None = None) -> str:
-    done = hm(live, *args, stdin=stdin)
-    assert done.returncode == 0, (args, done.stdout, done.stderr)
-    return done.stdout
 
 
 def read_until(proc: subprocess.Popen[bytes], text: bytes, timeout: float = 60) -> bytes:

@@ -28,21 +28,29 @@ from ..models import (
     HostCapabilities,
     ImageInfo,
     ScriptResponse,
+    Snapshot,
     Vm,
     VmMetrics,
     VmSpec,
     VmState,
 )
-from .async_client import AsyncClient, AsyncConsoleSession, AsyncFiles, AsyncVmHandle
+from .async_client import (
+    AsyncClient,
+    AsyncConsoleSession,
+    AsyncFiles,
+    AsyncSnapshots,
+    AsyncVmHandle,
+)
 from .base import DEFAULT_SERVER
 from .errors import error_class
-from .sync_client import Client, ConsoleSession, Files, VmHandle
+from .sync_client import Client, ConsoleSession, Files, Snapshots, VmHandle
 
 __all__ = [
     "DEFAULT_SERVER",
     "AsyncClient",
     "AsyncConsoleSession",
     "AsyncFiles",
+    "AsyncSnapshots",
     "AsyncVmHandle",
     "Client",
     "ConsoleSession",
@@ -55,6 +63,8 @@ __all__ = [
     "HostCapabilities",
     "ImageInfo",
     "ScriptResponse",
+    "Snapshot",
+    "Snapshots",
     "Vm",
     "VmHandle",
     "VmMetrics",

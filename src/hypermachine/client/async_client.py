@@ -6,11 +6,10 @@ what to send and how to read the answer comes from ``routes`` and ``base``.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import anyio
 import httpx
@@ -24,7 +23,6 @@ from httpx_ws import (
 
 from ..errors import VmNotFound
 from ..models import (
-    CreateVmRequest,
     Event,
     ExecOutput,
     ExecResult,
@@ -32,8 +30,11 @@ from ..models import (
     HostCapabilities,
     ImageInfo,
     LifecycleRequest,
+    RestoreRequest,
     ScriptRequest,
     ScriptResponse,
+    Snapshot,
+    SnapshotRequest,
     StopRequest,
     Vm,
     VmMetrics,
@@ -43,7 +44,14 @@ from . import routes
 from .base import BaseClient, VmHandleBase, aread_error_body, frame_bytes
 from .errors import error_from_response
 
-__all__ = ["AsyncClient", "AsyncConsoleSession", "AsyncFiles", "AsyncImages", "AsyncVmHandle"]
+__all__ = [
+    "AsyncClient",
+    "AsyncConsoleSession",
+    "AsyncFiles",
+    "AsyncImages",
+    "AsyncSnapshots",
+    "AsyncVmHandle",
+]
 
 T = TypeVar("T")
 
@@ -154,15 +162,18 @@ class AsyncVms:
         self,
         *,
         name: str,
-        image: str,
+        image: str | None = None,
         start: bool = False,
         wait: bool = False,
+        from_snapshot: routes.SnapshotSource | None = None,
         idempotency_key: str | None = None,
         **spec: Any,
     ) -> AsyncVmHandle:
-        request = CreateVmRequest(name=name, image=image, start=start, wait=wait, **spec)
-        key = idempotency_key or uuid.uuid4().hex
-        return AsyncVmHandle(self._client, await self._client._run(routes.create_vm(request, key)))
+        call = routes.new_vm(
+            name, image, start=start, wait=wait, from_snapshot=from_snapshot,
+            idempotency_key=idempotency_key, spec=spec,
+        )  # fmt: skip
+        return AsyncVmHandle(self._client, await self._client._run(call))
 
     async def list(
         self,
@@ -203,6 +214,7 @@ class AsyncVmHandle(VmHandleBase):
         super().__init__(info)
         self._client = client
         self.files = AsyncFiles(client, self)
+        self.snapshots = AsyncSnapshots(client, self)
 
     async def refresh(self) -> Vm:
         return self._update(await self._client._run(routes.get_vm(self.id)))
@@ -234,6 +246,24 @@ class AsyncVmHandle(VmHandleBase):
 
     async def metrics(self) -> VmMetrics:
         return await self._client._run(routes.vm_metrics(self.id))
+
+    async def fork(
+        self,
+        name: str,
+        *,
+        snapshot: str | None = None,
+        count: int = 1,
+        wait: bool = False,
+        timeout: float | None = None,
+        ports: Literal["remap", "refuse"] = "remap",
+        ips: list[str] | None = None,
+    ) -> list[AsyncVmHandle]:
+        request = routes.fork_request(name, snapshot, count, wait, timeout, ports, ips)
+        children = await self._client._run(routes.fork_vm(self.id, request))
+        return [AsyncVmHandle(self._client, vm) for vm in children]
+
+    async def hibernate(self) -> Vm:
+        return self._update(await self._client._run(routes.hibernate(self.id)))
 
     async def exec(
         self,
@@ -305,6 +335,28 @@ class AsyncFiles:
         self, path: str, data: bytes | str, *, wait_agent: float | None = None
     ) -> FileWritten:
         return await self._client._run(routes.write_file(self._vm.id, path, data, wait_agent))
+
+
+class AsyncSnapshots:
+    def __init__(self, client: AsyncClient, vm: AsyncVmHandle) -> None:
+        self._client, self._vm = client, vm
+
+    async def create(self, name: str, *, memory: bool = False, wait: bool = True) -> Snapshot:
+        request = SnapshotRequest(name=name, memory=memory, wait=wait)
+        return await self._client._run(routes.take_snapshot(self._vm.id, request))
+
+    async def list(self) -> list[Snapshot]:
+        return await self._client._run(routes.list_snapshots(self._vm.id))
+
+    async def get(self, name: str) -> Snapshot:
+        return await self._client._run(routes.get_snapshot(self._vm.id, name))
+
+    async def delete(self, name: str) -> None:
+        await self._client._run(routes.delete_snapshot(self._vm.id, name))
+
+    async def restore(self, name: str, *, wait: bool = True) -> Vm:
+        call = routes.restore_snapshot(self._vm.id, name, RestoreRequest(wait=wait))
+        return self._vm._update(await self._client._run(call))
 
 
 class AsyncConsoleSession:

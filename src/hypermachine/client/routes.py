@@ -8,33 +8,42 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from ..models import (
+    CreateFromSnapshotRequest,
     CreateVmRequest,
     Event,
     ExecOutput,
     ExecRequest,
     ExecResult,
     FileWritten,
+    ForkRequest,
+    ForkResult,
     HostCapabilities,
     ImageInfo,
     LifecycleRequest,
+    RestoreRequest,
     ScriptRequest,
     ScriptResponse,
+    Snapshot,
+    SnapshotList,
+    SnapshotRef,
+    SnapshotRequest,
     Vm,
     VmList,
     VmMetrics,
     VmState,
 )
 
-__all__ = ["Call", "Stream", "exec_piece", "parse_event"]
+__all__ = ["Call", "SnapshotSource", "Stream", "exec_piece", "parse_event"]
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -44,6 +53,7 @@ API = "/api/v1"
 _MARGIN_S = 30.0
 _SERVER_WAIT_S = 60.0  # what the server waits on create/start/stop with wait=true
 _EXEC_DEFAULT_S = 300.0  # the server's default exec timeout
+_SNAPSHOT_WAIT_S = 300.0  # the server's snapshot_timeout_s: writing or loading saved RAM
 
 
 @dataclass(frozen=True)
@@ -82,8 +92,24 @@ def _content(response: httpx.Response) -> bytes:
     return response.content
 
 
+def segment(text: str) -> str:
+    """``text`` as one path segment, whatever it holds.
+
+    ``/`` is escaped, and so are the segments ``.`` and ``..``, which an HTTP client
+    resolves before sending (``snapshots/..`` would be the VM itself: a DELETE of it
+    would delete the VM).
+
+    Raises:
+        ValueError: ``text`` is empty (the path would name the collection).
+    """
+    if not text:
+        raise ValueError("an empty name or id")
+    quoted = quote(text, safe="")
+    return quoted.replace(".", "%2E") if not quoted.strip(".") else quoted
+
+
 def vm_path(vm_id: str, *rest: str) -> str:
-    return "/".join([f"{API}/vms", quote(vm_id, safe=""), *rest])
+    return "/".join([f"{API}/vms", segment(vm_id), *rest])
 
 
 def _wait_agent(wait_agent: float | None) -> list[tuple[str, str]]:
@@ -91,6 +117,49 @@ def _wait_agent(wait_agent: float | None) -> list[tuple[str, str]]:
 
 
 # -- VMs -------------------------------------------------------------------------
+
+
+SnapshotSource = tuple[str, str] | Snapshot
+"""A snapshot to make a VM from: ``(vm_id, snapshot_name)`` or a :class:`Snapshot`."""
+
+
+def new_vm(
+    name: str,
+    image: str | None,
+    *,
+    start: bool,
+    wait: bool,
+    from_snapshot: SnapshotSource | None,
+    idempotency_key: str | None,
+    spec: dict[str, Any],
+) -> Call[Vm]:
+    """``client.vms.create``'s request: from an image (with an ``Idempotency-Key``, a
+    fresh one unless given) or from a snapshot; validated before anything is sent.
+
+    Raises:
+        ValueError: neither or both of ``image`` and ``from_snapshot``; an
+            ``idempotency_key`` with ``from_snapshot``.
+        pydantic.ValidationError: a field the request does not have or a bad value.
+    """
+    if (image is None) == (from_snapshot is None):
+        raise ValueError("give image= (a catalogue image) or from_snapshot=, not both")
+    if image is not None:
+        request = CreateVmRequest(name=name, image=image, start=start, wait=wait, **spec)
+        return create_vm(request, idempotency_key or uuid.uuid4().hex)
+    if idempotency_key is not None:
+        raise ValueError("the server keeps no Idempotency-Key for a VM made from a snapshot")
+    assert from_snapshot is not None
+    vm_id, snapshot = (
+        (from_snapshot.vm_id, from_snapshot.name)
+        if isinstance(from_snapshot, Snapshot)
+        else from_snapshot
+    )
+    ref = SnapshotRef(vm_id=vm_id, snapshot=snapshot)
+    # Only labels may come in spec: the model refuses anything else (the parent's spec).
+    template = CreateFromSnapshotRequest(
+        name=name, from_snapshot=ref, start=start, wait=wait, **spec
+    )
+    return create_vm_from_snapshot(template)
 
 
 def create_vm(request: CreateVmRequest, idempotency_key: str | None) -> Call[Vm]:
@@ -103,6 +172,17 @@ def create_vm(request: CreateVmRequest, idempotency_key: str | None) -> Call[Vm]
         headers=headers,
         idempotent=idempotency_key is not None,  # the server replays a repeated key
         read_timeout=_SERVER_WAIT_S + _MARGIN_S if request.wait else None,
+    )
+
+
+def create_vm_from_snapshot(request: CreateFromSnapshotRequest) -> Call[Vm]:
+    """Not idempotent: the server honours no Idempotency-Key for this body."""
+    return Call(
+        "POST",
+        f"{API}/vms",
+        _model(Vm),
+        json=request.model_dump(mode="json"),
+        read_timeout=_SNAPSHOT_WAIT_S + _SERVER_WAIT_S + _MARGIN_S if request.wait else None,
     )
 
 
@@ -167,6 +247,88 @@ def console_path(vm_id: str) -> str:
     return vm_path(vm_id, "console")
 
 
+# -- snapshots, restore, fork, hibernate (docs/snapshots.md) ---------------------------
+
+
+def snapshot_path(vm_id: str, name: str, *rest: str) -> str:
+    return vm_path(vm_id, "snapshots", segment(name), *rest)
+
+
+def take_snapshot(vm_id: str, request: SnapshotRequest) -> Call[Snapshot]:
+    return Call(
+        "POST",
+        vm_path(vm_id, "snapshots"),
+        _model(Snapshot),
+        json=request.model_dump(mode="json", exclude_defaults=True),
+        read_timeout=_SNAPSHOT_WAIT_S + _MARGIN_S if request.wait else None,
+    )
+
+
+def list_snapshots(vm_id: str) -> Call[list[Snapshot]]:
+    def snapshots(response: httpx.Response) -> list[Snapshot]:
+        return SnapshotList.model_validate_json(response.content).snapshots
+
+    return Call("GET", vm_path(vm_id, "snapshots"), snapshots, idempotent=True)
+
+
+def get_snapshot(vm_id: str, name: str) -> Call[Snapshot]:
+    return Call("GET", snapshot_path(vm_id, name), _model(Snapshot), idempotent=True)
+
+
+def delete_snapshot(vm_id: str, name: str) -> Call[None]:
+    return Call("DELETE", snapshot_path(vm_id, name), _nothing, idempotent=True)
+
+
+def restore_snapshot(vm_id: str, name: str, request: RestoreRequest) -> Call[Vm]:
+    """Not idempotent: a second restore would throw away what ran since the first."""
+    return Call(
+        "POST",
+        snapshot_path(vm_id, name, "restore"),
+        _model(Vm),
+        json=request.model_dump(mode="json", exclude_defaults=True),
+        read_timeout=_SNAPSHOT_WAIT_S * (2 if request.wait else 1) + _MARGIN_S,
+    )
+
+
+def fork_request(
+    name: str,
+    snapshot: str | None,
+    count: int,
+    wait: bool,
+    timeout: float | None,
+    ports: Literal["remap", "refuse"],
+    ips: list[str] | None,
+) -> ForkRequest:
+    return ForkRequest(
+        name=name, snapshot=snapshot, count=count, wait=wait, timeout_s=timeout, ports=ports,
+        ips=ips,
+    )  # fmt: skip
+
+
+def fork_vm(vm_id: str, request: ForkRequest) -> Call[list[Vm]]:
+    """Not idempotent: the server honours no Idempotency-Key for a fork."""
+
+    def children(response: httpx.Response) -> list[Vm]:
+        return ForkResult.model_validate_json(response.content).vms
+
+    waits_for = (request.timeout_s or _SNAPSHOT_WAIT_S) if request.wait else 0.0
+    return Call(
+        "POST",
+        vm_path(vm_id, "fork"),
+        children,
+        json=request.model_dump(mode="json", exclude_defaults=True),
+        read_timeout=_SNAPSHOT_WAIT_S + waits_for + _MARGIN_S,
+    )
+
+
+def hibernate(vm_id: str) -> Call[Vm]:
+    """The server answers once the RAM is on disk and QEMU has ended."""
+    return Call(
+        "POST", vm_path(vm_id, "hibernate"), _model(Vm), json={},
+        read_timeout=_SNAPSHOT_WAIT_S + _MARGIN_S,
+    )  # fmt: skip
+
+
 # -- the guest: exec, files, scripts ------------------------------------------------
 
 
@@ -203,7 +365,7 @@ def run_exec(vm_id: str, request: ExecRequest, wait_agent: float | None) -> Call
 
 
 def exec_stream(vm_id: str, exec_id: str) -> Stream:
-    return Stream(vm_path(vm_id, "exec", quote(exec_id, safe=""), "stream"))
+    return Stream(vm_path(vm_id, "exec", segment(exec_id), "stream"))
 
 
 def exec_piece(event: str, data: str) -> ExecOutput | ExecResult:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import queue
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import httpx
 from httpx_sse import connect_sse
@@ -16,7 +15,6 @@ from httpx_ws import WebSocketDisconnect, WebSocketSession, WebSocketUpgradeErro
 
 from ..errors import VmNotFound
 from ..models import (
-    CreateVmRequest,
     Event,
     ExecOutput,
     ExecResult,
@@ -24,8 +22,11 @@ from ..models import (
     HostCapabilities,
     ImageInfo,
     LifecycleRequest,
+    RestoreRequest,
     ScriptRequest,
     ScriptResponse,
+    Snapshot,
+    SnapshotRequest,
     StopRequest,
     Vm,
     VmMetrics,
@@ -35,7 +36,7 @@ from . import routes
 from .base import BaseClient, VmHandleBase, frame_bytes, read_error_body
 from .errors import error_from_response
 
-__all__ = ["Client", "ConsoleSession", "Files", "Images", "VmHandle", "Vms"]
+__all__ = ["Client", "ConsoleSession", "Files", "Images", "Snapshots", "VmHandle", "Vms"]
 
 T = TypeVar("T")
 
@@ -153,9 +154,10 @@ class Vms:
         self,
         *,
         name: str,
-        image: str,
+        image: str | None = None,
         start: bool = False,
         wait: bool = False,
+        from_snapshot: routes.SnapshotSource | None = None,
         idempotency_key: str | None = None,
         **spec: Any,
     ) -> VmHandle:
@@ -164,10 +166,17 @@ class Vms:
 
         An ``Idempotency-Key`` is sent (a fresh one unless given), so a retried create
         never makes two VMs. ``start`` boots it; ``wait`` returns once it has settled.
+
+        ``from_snapshot=(vm_id, name)`` (or a :class:`Snapshot`) makes it from a snapshot
+        instead, with the parent's spec (only ``labels`` may be given): ``hibernated``
+        until started, or resumed at once with ``start``. The server keeps no idempotency
+        key for it, so it is not resent after a connection reset.
         """
-        request = CreateVmRequest(name=name, image=image, start=start, wait=wait, **spec)
-        key = idempotency_key or uuid.uuid4().hex
-        return VmHandle(self._client, self._client._run(routes.create_vm(request, key)))
+        call = routes.new_vm(
+            name, image, start=start, wait=wait, from_snapshot=from_snapshot,
+            idempotency_key=idempotency_key, spec=spec,
+        )  # fmt: skip
+        return VmHandle(self._client, self._client._run(call))
 
     def list(
         self,
@@ -209,6 +218,7 @@ class VmHandle(VmHandleBase):
         super().__init__(info)
         self._client = client
         self.files = Files(client, self)
+        self.snapshots = Snapshots(client, self)
 
     def refresh(self) -> Vm:
         return self._update(self._client._run(routes.get_vm(self.id)))
@@ -242,6 +252,30 @@ class VmHandle(VmHandleBase):
 
     def metrics(self) -> VmMetrics:
         return self._client._run(routes.vm_metrics(self.id))
+
+    def fork(
+        self,
+        name: str,
+        *,
+        snapshot: str | None = None,
+        count: int = 1,
+        wait: bool = False,
+        timeout: float | None = None,
+        ports: Literal["remap", "refuse"] = "remap",
+        ips: list[str] | None = None,
+    ) -> list[VmHandle]:
+        """``count`` new VMs carrying on from this one's memory: the memory snapshot
+        ``snapshot``, or an instant one (the VM must then be running or paused). They are
+        named ``name`` (``name-1``, ``name-2``, … when ``count`` > 1); ``wait`` returns
+        once each runs. Not resent after a connection reset (no idempotency key)."""
+        request = routes.fork_request(name, snapshot, count, wait, timeout, ports, ips)
+        children = self._client._run(routes.fork_vm(self.id, request))
+        return [VmHandle(self._client, vm) for vm in children]
+
+    def hibernate(self) -> Vm:
+        """Save RAM to disk and end QEMU; returns once the VM is ``hibernated``.
+        ``start()`` resumes it where it was, ``stop()`` discards the saved RAM."""
+        return self._update(self._client._run(routes.hibernate(self.id)))
 
     def exec(
         self,
@@ -314,6 +348,39 @@ class Files:
     ) -> FileWritten:
         """Write ``data`` (text as UTF-8) to ``path``, replacing the file."""
         return self._client._run(routes.write_file(self._vm.id, path, data, wait_agent))
+
+
+class Snapshots:
+    """``vm.snapshots``: take, list, read, delete and restore this VM's snapshots."""
+
+    def __init__(self, client: Client, vm: VmHandle) -> None:
+        self._client, self._vm = client, vm
+
+    def create(self, name: str, *, memory: bool = False, wait: bool = True) -> Snapshot:
+        """Save the disk and, with ``memory`` (a running or paused VM), RAM and devices.
+
+        ``wait=False`` returns once the server accepted it (``complete`` is False).
+        """
+        request = SnapshotRequest(name=name, memory=memory, wait=wait)
+        return self._client._run(routes.take_snapshot(self._vm.id, request))
+
+    def list(self) -> list[Snapshot]:
+        """The complete snapshots, oldest first."""
+        return self._client._run(routes.list_snapshots(self._vm.id))
+
+    def get(self, name: str) -> Snapshot:
+        """Raises SnapshotNotFound."""
+        return self._client._run(routes.get_snapshot(self._vm.id, name))
+
+    def delete(self, name: str) -> None:
+        self._client._run(routes.delete_snapshot(self._vm.id, name))
+
+    def restore(self, name: str, *, wait: bool = True) -> Vm:
+        """Put the VM back to the snapshot (what ran since is lost); ``wait``: return once
+        it runs again (or is paused, or stopped for a disk-only snapshot). Refreshes
+        ``vm.info``. Not resent after a connection reset."""
+        call = routes.restore_snapshot(self._vm.id, name, RestoreRequest(wait=wait))
+        return self._vm._update(self._client._run(call))
 
 
 class ConsoleSession:

@@ -1,4 +1,5 @@
-"""The VM verbs: list, create, get, start, stop, pause, resume, reboot, delete, metrics, events.
+"""The VM verbs: list, create, get, start, stop, pause, resume, reboot, hibernate, delete,
+metrics, events.
 
 Each handler takes the parsed flags, a ``Client`` and an ``Output``, and returns the exit code.
 """
@@ -11,6 +12,7 @@ from ..client import Client, VmHandle
 from ..errors import ValidationFailed
 from ..models import NetworkSpec, PortForward
 from .output import Output
+from .snapshots import snapshot_source
 
 __all__ = [
     "create_vm",
@@ -21,6 +23,11 @@ __all__ = [
     "show_metrics",
     "vm_action",
 ]
+
+
+# vm create's flags that an image VM takes and a VM from a snapshot does not (dest: flag).
+_SPEC_FLAGS = {"cpus": "--cpus", "memory": "--memory", "disk": "--disk", "network": "--network",
+               "bridge": "--bridge", "ip": "--ip", "port": "--port"}  # fmt: skip
 
 
 def pairs(items: list[str], what: str) -> dict[str, str]:
@@ -52,21 +59,35 @@ def list_vms(args: argparse.Namespace, hm: Client, out: Output) -> int:
 
 
 def create_vm(args: argparse.Namespace, hm: Client, out: Output) -> int:
-    network = NetworkSpec(
-        type=args.network, bridge=args.bridge, ip=args.ip, ports=[_port(p) for p in args.port]
-    )
-    spec = {"cpus": args.cpus, "memory_mb": args.memory, "disk_gb": args.disk}
-    vm = hm.vms.create(
-        name=args.name,
-        image=args.image,
-        start=args.start,
-        wait=args.wait,
-        labels=pairs(args.label, "labels"),
-        network=network,
-        **{key: value for key, value in spec.items() if value is not None},
-    )
-    out.vm(vm.info)
+    """From ``--image`` with the spec flags, or from ``--from-snapshot VM/SNAP`` (its spec)."""
+    labels = pairs(args.label, "labels")
+    make = _from_snapshot if args.from_snapshot else _from_image
+    out.vm(make(args, hm, labels).info)
     return 0
+
+
+def _from_image(args: argparse.Namespace, hm: Client, labels: dict[str, str]) -> VmHandle:
+    network = NetworkSpec(
+        type=args.network or "nat", bridge=args.bridge, ip=args.ip,
+        ports=[_port(p) for p in args.port],
+    )  # fmt: skip
+    spec = {"cpus": args.cpus, "memory_mb": args.memory, "disk_gb": args.disk}
+    return hm.vms.create(
+        name=args.name, image=args.image, start=args.start, wait=args.wait, labels=labels,
+        network=network, **{key: value for key, value in spec.items() if value is not None},
+    )  # fmt: skip
+
+
+def _from_snapshot(args: argparse.Namespace, hm: Client, labels: dict[str, str]) -> VmHandle:
+    given = [flag for dest, flag in _SPEC_FLAGS.items() if getattr(args, dest)]
+    if given:
+        raise ValidationFailed(
+            "a VM from a snapshot has the snapshot's spec: drop " + ", ".join(given), flags=given
+        )
+    source = snapshot_source(args.from_snapshot, hm)
+    return hm.vms.create(
+        name=args.name, from_snapshot=source, start=args.start, wait=args.wait, labels=labels
+    )
 
 
 def get_vm(args: argparse.Namespace, hm: Client, out: Output) -> int:
@@ -84,7 +105,7 @@ def _act(vm: VmHandle, args: argparse.Namespace) -> None:
 
 
 def vm_action(args: argparse.Namespace, hm: Client, out: Output) -> int:
-    """start, stop, pause, resume or reboot each VM named, in turn."""
+    """start, stop, pause, resume, reboot or hibernate each VM named, in turn."""
     for ref in args.vms:
         vm = hm.vms.get(ref)
         _act(vm, args)

@@ -7,18 +7,22 @@ honours ``NO_COLOR``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from pydantic import BaseModel
 from rich.console import Console
+from rich.filesize import decimal
 from rich.markup import escape
 from rich.table import Table
 
 from ..errors import HMError
-from ..models import Event, Vm, VmMetrics, VmState
+from ..models import Event, Snapshot, Vm, VmMetrics, VmState
 
 __all__ = ["Output", "age", "memory"]
+
+M = TypeVar("M", bound=BaseModel)
 
 _STATE_STYLE = {
     VmState.RUNNING: "green",
@@ -67,16 +71,20 @@ class Output:
     def model(self, model: BaseModel) -> None:
         self._dump(model.model_dump(mode="json"))
 
-    def vms(self, vms: Iterable[Vm]) -> None:
-        """A list: the table, a JSON array or one id a line."""
-        rows = list(vms)
+    def _listing(
+        self, rows: list[M], ident: Callable[[M], str], table: Callable[[list[M]], Table]
+    ) -> None:
+        """A list: the table, a JSON array or (``-q``) one ``ident`` a line."""
         if self.json:
-            self._dump([vm.model_dump(mode="json") for vm in rows])
+            self._dump([row.model_dump(mode="json") for row in rows])
         elif self.quiet:
-            for vm in rows:
-                self.out.out(vm.id)
+            for row in rows:
+                self.out.out(ident(row))
         else:
-            self.out.print(self._table(rows))
+            self.out.print(table(rows))
+
+    def vms(self, vms: Iterable[Vm]) -> None:
+        self._listing(list(vms), lambda vm: vm.id, self._table)
 
     def vm(self, vm: Vm) -> None:
         """One VM: its JSON, its id, or a row of the table."""
@@ -95,6 +103,30 @@ class Output:
             table.add_row(
                 vm.id, escape(vm.name), _state(vm.state), str(vm.cpus), memory(vm.memory_mb),
                 _ip(vm), age(vm.created_at),
+            )  # fmt: skip
+        return table
+
+    def snapshots(self, snapshots: Iterable[Snapshot]) -> None:
+        """``-q``: their names."""
+        self._listing(list(snapshots), lambda snapshot: snapshot.name, self._snapshot_table)
+
+    def snapshot(self, snapshot: Snapshot) -> None:
+        """One snapshot: its JSON, its name, or a row of the table."""
+        if self.json:
+            self.model(snapshot)
+        else:
+            self.snapshots([snapshot])
+
+    @staticmethod
+    def _snapshot_table(snapshots: list[Snapshot]) -> Table:
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in ("NAME", "VM", "MEMORY", "SIZE", "VM STATE", "AGE"):
+            table.add_column(column, no_wrap=True)
+        for s in snapshots:
+            size = decimal(s.size_bytes) if s.complete else "(writing)"
+            table.add_row(
+                escape(s.name), s.vm_id, "yes" if s.memory else "no", size, _state(s.vm_state),
+                age(s.created_at),
             )  # fmt: skip
         return table
 

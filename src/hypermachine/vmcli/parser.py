@@ -10,24 +10,47 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..models import VmState
+
+if TYPE_CHECKING:
+    from ..client import Client
 
 __all__ = ["add_client_commands"]
 
 Handler = Callable[..., int]
 
 
-def _vm_names(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
-    """Shell completion of VM names and ids, asked of the server (nothing if unreachable)."""
+def _ask(parsed_args: argparse.Namespace, question: Callable[[Client], list[str]]) -> list[str]:
+    """Shell completion's answers from the server (nothing if it cannot be reached)."""
     from ..client import Client
 
     try:
         with Client(parsed_args.server, parsed_args.api_key, timeout=2, max_retries=0) as hm:
-            return [ref for vm in hm.vms.list() for ref in (vm.name, vm.id)]
+            return question(hm)
     except Exception:  # completion must never print a traceback into the shell
         return []
+
+
+def _vm_names(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """VM names and ids."""
+    return _ask(parsed_args, lambda hm: [ref for vm in hm.vms.list() for ref in (vm.name, vm.id)])
+
+
+def _snapshot_names(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """The snapshots of the VM named before."""
+    return _ask(
+        parsed_args, lambda hm: [s.name for s in hm.vms.get(parsed_args.vm).snapshots.list()]
+    )
+
+
+def _snapshot_refs(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """``--from-snapshot``: ``VM/`` for each VM, then that VM's ``VM/SNAPSHOT``s."""
+    vm, sep, _snapshot = prefix.partition("/")
+    if not sep:
+        return [f"{name}/" for name in _vm_names(prefix, parsed_args)]
+    return _ask(parsed_args, lambda hm: [f"{vm}/{s.name}" for s in hm.vms.get(vm).snapshots.list()])
 
 
 def _common() -> argparse.ArgumentParser:
@@ -64,12 +87,17 @@ def _verb(
 def _add_create(verbs: Any, common: argparse.ArgumentParser) -> None:
     create = _verb(verbs, "create", "lifecycle.create_vm", common, "make a VM")
     create.add_argument("name")
-    create.add_argument("--image", required=True, help="a catalogue image (see `image list`)")
+    source = create.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", help="a catalogue image (see `image list`)")
+    source.add_argument(
+        "--from-snapshot", metavar="VM/SNAPSHOT",
+        help="resume a VM's snapshot as a new VM (its spec; hibernated unless --start)",
+    ).completer = _snapshot_refs  # type: ignore[attr-defined]  # fmt: skip
     create.add_argument("--cpus", type=int)
     create.add_argument("--memory", type=int, metavar="MB")
     create.add_argument("--disk", type=int, metavar="GB")
     create.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
-    create.add_argument("--network", choices=["nat", "bridge", "none"], default="nat")
+    create.add_argument("--network", choices=["nat", "bridge", "none"], help="default nat")
     create.add_argument("--bridge", help="the host bridge (--network bridge)")
     create.add_argument("--ip", help="a static IPv4 address (--network bridge)")
     create.add_argument(
@@ -87,6 +115,7 @@ def _add_lifecycle(verbs: Any, common: argparse.ArgumentParser) -> None:
         ("pause", "pause the vCPUs"),
         ("resume", "resume the vCPUs"),
         ("reboot", "reset the machine"),
+        ("hibernate", "save RAM to disk and end QEMU (start resumes it)"),
     ):
         verb = _verb(verbs, action, "lifecycle.vm_action", common, text)
         verb.set_defaults(action=action)
@@ -132,6 +161,39 @@ def _add_guest(verbs: Any, common: argparse.ArgumentParser) -> None:
     script.add_argument("--args", default="{}", help="JSON object the script sees as `args`")
 
 
+def _add_snapshots(verbs: Any, common: argparse.ArgumentParser) -> None:
+    snapshot = verbs.add_parser("snapshot", help="snapshots of a VM: create, list, restore, …")
+    actions = snapshot.add_subparsers(dest="snapshot_command", required=True, metavar="ACTION")
+    for action, text in (
+        ("create", "save the disk (--memory: and RAM, of a live VM)"),
+        ("list", "the VM's snapshots"),
+        ("get", "one snapshot"),
+        ("delete", "delete a snapshot (the VM is untouched)"),
+        ("restore", "put the VM back to a snapshot (what ran since is lost)"),
+    ):
+        handler = "snapshots.list_snapshots" if action == "list" else f"snapshots.{action}_snapshot"
+        verb = _verb(actions, action, handler, common, text)
+        _vm_arg(verb)
+        if action != "list":
+            name = verb.add_argument("name", metavar="NAME", help="the snapshot's name")
+            if action != "create":
+                name.completer = _snapshot_names  # type: ignore[attr-defined]
+        if action in ("create", "restore"):
+            verb.add_argument(
+                "--no-wait", dest="wait", action="store_false", help="return at once (202)"
+            )
+    actions.choices["create"].add_argument("--memory", action="store_true", help="save RAM too")
+    fork = _verb(verbs, "fork", "snapshots.fork_vm", common, "new VMs carrying on from a VM's RAM")
+    _vm_arg(fork)
+    fork.add_argument("--name", help="the child's name (several: NAME-1, …; default VM-fork-XXXX)")
+    fork.add_argument(
+        "--snapshot", help="a memory snapshot to fork from (default: an instant one)"
+    ).completer = _snapshot_names  # type: ignore[attr-defined]
+    fork.add_argument("--count", type=int, default=1, metavar="K", help="how many (1-16)")
+    fork.add_argument("--wait", action="store_true", help="return once each child runs")
+    fork.add_argument("--timeout", type=float, metavar="S")
+
+
 def _add_watch(verbs: Any, common: argparse.ArgumentParser) -> None:
     metrics = _verb(verbs, "metrics", "lifecycle.show_metrics", common, "CPU, memory, disk")
     _vm_arg(metrics)
@@ -154,6 +216,7 @@ def add_client_commands(commands: Any) -> None:
     get = _verb(verbs, "get", "lifecycle.get_vm", common, "one VM in detail")
     _vm_arg(get)
     _add_lifecycle(verbs, common)
+    _add_snapshots(verbs, common)
     _add_guest(verbs, common)
     _add_watch(verbs, common)
 
