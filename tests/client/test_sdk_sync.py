@@ -7,6 +7,7 @@ import time
 import httpx
 import pydantic
 import pytest
+from httpx_ws import WebSocketUpgradeError, connect_ws
 
 from clientlive import FREE_TIER_LIMIT, Live, wait_for_log
 from hypermachine.client import (
@@ -78,13 +79,23 @@ def _read_until(session: object, marker: bytes, timeout: float = 30) -> bytes:
     return seen
 
 
-def test_console_is_one_interactive_session(guest: VmHandle) -> None:
+def test_console_is_one_interactive_session(live: Live, guest: VmHandle) -> None:
     with guest.console() as session:
         session.send('echo HM-""CONSOLE-$((6*7))\r')
         assert b"HM-CONSOLE-42" in _read_until(session, b"HM-CONSOLE-42")
         with pytest.raises(ConsoleBusy) as busy, guest.console():
             pass
         assert busy.value.code == "CONSOLE_BUSY"
+        # The refusal ends its connection, so no client reuses one the server left behind.
+        headers = {"Authorization": f"Bearer {live.key}"}
+        with (
+            httpx.Client(base_url=live.url, headers=headers) as http,
+            pytest.raises(WebSocketUpgradeError) as refused,
+            connect_ws(f"/api/v1/vms/{guest.id}/console", http),
+        ):
+            pass
+        assert refused.value.response.status_code == 409
+        assert refused.value.response.headers["connection"] == "close"
     with guest.console() as again:  # released when the first one left
         again.send("\r")
         assert _read_until(again, b"hm-tiny#")

@@ -113,6 +113,25 @@ async def test_every_rest_route_reaches_every_input_field(client: Any) -> None:
         )
 
 
+async def test_every_declared_route_part_is_an_input_field(client: Any) -> None:
+    """What a route declares (path, query, headers, body fields) the input model takes:
+    a documented parameter the operation then refuses (pause's "wait" once was) is a
+    contract the server breaks."""
+    for op in client.app.extensions["hypermachine.dispatcher"].registry:
+        route = op.http
+        if route is None or op.name.startswith("mcp_"):
+            continue
+        if op.input.model_config.get("extra") == "allow":
+            continue
+        declared = {*route.path_params, *(q.target for q in (*route.query, *route.headers))}
+        if route.body is not None:
+            declared |= set(route.body.model_fields)
+        assert declared <= set(op.input.model_fields), (
+            op.name,
+            declared - set(op.input.model_fields),
+        )
+
+
 async def test_openapi_parameters_are_what_the_parser_takes(client: Any) -> None:
     doc = await (await client.get("/openapi.json")).get_json()
     for op in client.app.extensions["hypermachine.dispatcher"].registry:

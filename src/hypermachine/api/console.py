@@ -39,14 +39,14 @@ def _session_view(name: str) -> View:
         if not origin_allowed(
             websocket.headers.get("Origin"), ops.services.settings.allowed_origins
         ):
-            return error_response(Forbidden("this Origin may not open a console"))
+            return _refused(error_response(Forbidden("this Origin may not open a console")))
         try:
             arguments = {**query_arguments(ops.registry.get(name), websocket.args), "vm_id": vm_id}
             session = await ops.call(name, current_caller(), arguments)
         except HMError as err:
-            return error_response(err)
+            return _refused(error_response(err))
         except ValidationError as err:
-            return validation_response(err)
+            return _refused(validation_response(err))
         async with session as stream:  # type: ignore[attr-defined]
             await websocket.accept()
             await _pump(stream)
@@ -54,6 +54,13 @@ def _session_view(name: str) -> View:
 
     view.__name__ = name
     return view
+
+
+def _refused(response: Response) -> Response:
+    """A refused upgrade ends its connection: hypercorn may leave a kept-alive one that
+    refused an upgrade unanswered, and the client's next request on it then fails."""
+    response.headers["Connection"] = "close"
+    return response
 
 
 async def _pump(stream: trio.SocketStream) -> None:

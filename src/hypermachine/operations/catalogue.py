@@ -484,7 +484,7 @@ def _lifecycle(name: str, verb: str, title: str, summary: str, returns: str) -> 
         mutates=True,
         result=Vm,
         errors=(VmNotFound, InvalidState, HypervisorError),
-        http=HttpRoute("POST", f"{_VM}/{verb}", body=LifecycleRequest, body_optional=True),
+        http=HttpRoute("POST", f"{_VM}/{verb}"),  # answered once done: nothing to wait for
     )
 
 

@@ -24,7 +24,6 @@ from ..models import (
     CreateFromSnapshotRequest,
     ForkRequest,
     ForkResult,
-    LifecycleRequest,
     RestoreRequest,
     Snapshot,
     SnapshotList,
@@ -204,7 +203,7 @@ def snapshot_operations() -> list[Operation]:
             mutates=True,
             result=Vm,
             errors=_REFUSALS,
-            http=HttpRoute("POST", f"{_VM}/hibernate", body=LifecycleRequest, body_optional=True),
+            http=HttpRoute("POST", f"{_VM}/hibernate"),  # answered once hibernated
         ),
         Operation(
             name="create_vm_from_snapshot",
