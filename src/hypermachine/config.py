@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ def _default_run_root() -> Path:
 
 
 _IFACE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
 
@@ -178,6 +180,18 @@ class Settings:
     # 1 GiB take 8 s).
     snapshot_timeout_s: float = 300.0
     migration_bandwidth_mib_s: int = 64 * 1024
+    # Live migration (docs/cluster.md): the budget of one, stream and switch-over.
+    migration_timeout_s: float = 300.0
+    # This host's name among the nodes of a cluster ("": the host name).
+    node: str = ""
+
+    @property
+    def node_name(self) -> str:
+        """This node's name: ``node``, or the host name made a valid node name."""
+        if self.node:
+            return self.node
+        name = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower()).strip("-")[:63]
+        return name.strip("-") or "localhost"
 
     @property
     def vms_dir(self) -> Path:
@@ -299,6 +313,10 @@ def _coerce(name: str, raw: Any) -> Any:
         return _address(raw)
     if name == "allowed_origins":
         return _origins(raw)
+    if name == "node":
+        if raw and not _NODE_NAME.match(str(raw)):
+            raise ConfigError(f"node must be a DNS label (a-z, 0-9, -), not {raw!r}")
+        return str(raw)
     if name in ("forward_port_min", "forward_port_max"):
         if not str(raw).isdigit() or not 1 <= int(raw) <= 65535:
             raise ConfigError(f"{name} must be a port number (1-65535), not {raw!r}")

@@ -19,7 +19,8 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     │   ├── ExecNotFound (404 EXEC_NOT_FOUND)
     │   ├── UnknownTool (404 UNKNOWN_TOOL)
     │   ├── SnapshotNotFound (404 SNAPSHOT_NOT_FOUND)
-    │   └── KeyNotFound (404 KEY_NOT_FOUND)
+    │   ├── KeyNotFound (404 KEY_NOT_FOUND)
+    │   └── NodeNotFound (404 NODE_NOT_FOUND)
     ├── MethodNotAllowed (405 METHOD_NOT_ALLOWED)
     ├── PayloadTooLarge (413 PAYLOAD_TOO_LARGE)
     │   └── GuestFileTooLarge (413 GUEST_FILE_TOO_LARGE)
@@ -37,6 +38,7 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     │   ├── DeviceInUse (409 DEVICE_IN_USE)
     │   ├── DeviceUnavailable (409 DEVICE_UNAVAILABLE)
     │   ├── SnapshotRefused (409 SNAPSHOT_REFUSED)
+    │   ├── MigrationRefused (409 MIGRATION_REFUSED)
     │   └── InsufficientResources (409 INSUFFICIENT_RESOURCES)
     ├── Unsupported (409 CAPABILITY_UNAVAILABLE)
     ├── RateLimited (429 RATE_LIMITED)
@@ -76,7 +78,9 @@ __all__ = [
     "InvalidState",
     "KeyNotFound",
     "MethodNotAllowed",
+    "MigrationRefused",
     "NameTaken",
+    "NodeNotFound",
     "NotConfidential",
     "NotFound",
     "PayloadTooLarge",
@@ -185,6 +189,12 @@ class SnapshotNotFound(NotFound):
     code, status = "SNAPSHOT_NOT_FOUND", 404
 
 
+class NodeNotFound(NotFound):
+    """No node of that name (or this server is not in a cluster); details: node."""
+
+    code, status = "NODE_NOT_FOUND", 404
+
+
 class KeyNotFound(NotFound):
     code, status = "KEY_NOT_FOUND", 404
 
@@ -272,6 +282,13 @@ class SnapshotRefused(Conflict):
     or memory encryption; details: reasons."""
 
     code, status = "SNAPSHOT_REFUSED", 409
+
+
+class MigrationRefused(Conflict):
+    """The VM cannot be live-migrated: QEMU's migration blockers (a VFIO device...), memory
+    encryption, or what is not built yet; details: reasons."""
+
+    code, status = "MIGRATION_REFUSED", 409
 
 
 class InsufficientResources(Conflict):

@@ -68,6 +68,7 @@ __all__ = [
 ]
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+NODE_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
 _MAX_LABELS = 64
 _MAX_LABEL_VALUE = 256
@@ -532,6 +533,32 @@ class Vm(VmSpec):
     )
 
 
+class MigrateRequest(_Strict):
+    """Where a running VM moves, keeping its RAM, devices and disk while it runs."""
+
+    node: str | None = Field(
+        default=None,
+        pattern=NODE_PATTERN,
+        description="The node to move to; omitted (or this node's name): a fresh QEMU "
+        "process on this host (e.g. to run a newer QEMU under the guest).",
+    )
+
+
+class Migration(_Strict):
+    """A finished live migration, with QEMU's figures for it."""
+
+    vm: Vm
+    source_node: str
+    node: str
+    total_time_ms: int = Field(description="From the start of the stream to its end (QEMU).")
+    downtime_ms: int = Field(description="How long the guest was paused for the last pass (QEMU).")
+    setup_time_ms: int = 0
+    transferred_bytes: int = 0
+    switchover_ms: float = Field(
+        description="The server's part: from the end of the stream to the guest running again."
+    )
+
+
 class VmList(_Strict):
     vms: list[Vm]
     next_cursor: str | None = None
@@ -859,6 +886,7 @@ class EventType(StrEnum):
     GUEST_AGENT_CONNECTED = "guest_agent.connected"
     GUEST_AGENT_DISCONNECTED = "guest_agent.disconnected"
     SNAPSHOT_STEP = "vm.snapshot"
+    MIGRATION_STEP = "vm.migration"
 
 
 class Event(_Strict):

@@ -13,6 +13,7 @@ from quart_trio import QuartTrio
 from ..agentic import agent_operations, mcp_views
 from ..operations import Dispatcher, Registry
 from ..operations.catalogue import vm_operations
+from ..operations.cluster import cluster_operations
 from ..operations.snapshots import snapshot_operations
 from ..security.http import install_security
 from ..security.operations import security_operations
@@ -33,6 +34,7 @@ def build_registry() -> Registry:
         [
             *vm_operations(),
             *snapshot_operations(),
+            *cluster_operations(),
             *security_operations(),
             *agent_operations(),
             *ui_operations(),

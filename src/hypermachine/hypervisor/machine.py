@@ -84,6 +84,7 @@ class ExitReport:
     stop_requested: str | None = None  # set when the server itself is stopping the VM
     failure: str | None = None  # set when the server gave up on a QEMU and killed it
     keep_state: bool = False  # the server drives the VM's state across this exit (restore)
+    handed_over: bool = False  # the VM lives on in another QEMU (a live migration's source)
 
     def outcome(self) -> tuple[VmState, str]:
         if self.failure is not None:

@@ -36,6 +36,8 @@ from ..models import (
     ForkRequest,
     HostCapabilities,
     HostDevices,
+    MigrateRequest,
+    Migration,
     Snapshot,
     SnapshotRequest,
     Vm,
@@ -49,7 +51,7 @@ from ..states import LIVE_STATES, Action, transition
 from ..store import Store, VmQuery, fingerprint, utcnow
 from ..telemetry import Telemetry
 from . import capabilities, disks, layers, security
-from .cmdline import BootSource, build_argv
+from .cmdline import BootSource, Platform, build_argv
 from .confine import QemuIdentity, make_reachable
 from .console import ConsoleService, rotate_at_start
 from .faults import contained
@@ -57,6 +59,7 @@ from .guest import GuestService
 from .host import HostFacts, check_supported
 from .layout import VmPaths
 from .machine import Companion, Machine, adopt_pid, spawn_qemu
+from .migration_service import MigrationService
 from .qmp import QmpBridge
 from .resources import HostResources
 from .snapfiles import Resume
@@ -99,6 +102,7 @@ class GuardLike(Protocol):
 
 
 _Op = Callable[..., Awaitable[Any]]
+ArgvBuilder = Callable[[int, int | None], list[str]]  # (QMP fd, tap fd) -> QEMU's argv
 
 
 def _owned(method: _Op) -> _Op:
@@ -201,6 +205,7 @@ class Manager:
         self.events.add_listener(self.telemetry.on_event)
         self._resources = HostResources(settings, store.all_vms, qemu_identity=qemu_identity)
         self.snapshots = SnapshotService(self)
+        self.migrations = MigrationService(self)
 
     # -- life of the manager ---------------------------------------------------
 
@@ -279,6 +284,8 @@ class Manager:
         if vm.state in (VmState.SNAPSHOTTING, VmState.RESTORING):
             prior = self.snapshots.recover_prior_state(vm)
         if vm.state in LIVE_STATES:
+            if self.migrations.recover(vm) and vm.state is VmState.RUNNING:
+                prior = VmState.RUNNING  # its QEMU may be paused for the switch-over
             pid = adopt_pid(paths, vm.uuid)
             if pid is not None and self.snapshots.hibernation_written(vm):
                 with contextlib.suppress(psutil.Error):
@@ -717,20 +724,7 @@ class Manager:
             self._set(vm.id, VmState.ERROR, f"firmware/TPM could not be prepared: {err.message}")
             return None
         nic_fd = nic.fileno() if nic is not None else None
-
-        def argv(qmp_fd: int, tap_fd: int | None) -> list[str]:
-            return build_argv(
-                vm,
-                boot,
-                paths,
-                qemu_binary=settings.qemu_binary,
-                accelerator=self.host.accelerator,
-                qmp_fd=qmp_fd,
-                nic_fd=nic_fd if nic_fd is not None else tap_fd,
-                platform=platform,
-                incoming=incoming,
-            )
-
+        argv = self.qemu_argv(vm, boot, paths, platform, nic_fd, incoming=incoming)
         try:
             rotate_at_start(paths.console_log)
             extra = () if nic_fd is None else (nic_fd,)
@@ -741,6 +735,41 @@ class Manager:
             security.after_exit(paths)
             self._set(vm.id, VmState.ERROR, f"QEMU could not be started: {err}")
             return None
+
+    def boot_of(self, vm: Vm) -> BootSource:
+        """How ``vm``'s image boots (a migration's destination boots the same way).
+
+        Raises:
+            ImageNotFound.
+        """
+        return _boot_source(self._catalogue.get(vm.image))
+
+    def qemu_argv(
+        self,
+        vm: Vm,
+        boot: BootSource,
+        paths: VmPaths,
+        platform: Platform,
+        nic_fd: int | None,
+        *,
+        incoming: bool,
+    ) -> ArgvBuilder:
+        """The argv builder ``spawn_qemu`` calls with the QMP and tap descriptors."""
+
+        def argv(qmp_fd: int, tap_fd: int | None) -> list[str]:
+            return build_argv(
+                vm,
+                boot,
+                paths,
+                qemu_binary=self._settings.qemu_binary,
+                accelerator=self.host.accelerator,
+                qmp_fd=qmp_fd,
+                nic_fd=nic_fd if nic_fd is not None else tap_fd,
+                platform=platform,
+                incoming=incoming,
+            )
+
+        return argv
 
     async def _supervise(self, machine: Machine) -> None:
         self._machines[machine.vm_id] = machine
@@ -754,6 +783,8 @@ class Manager:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async def on_state(state: VmState, reason: str | None) -> None:
+            if machine.report.handed_over:  # the VM runs on in its migration's destination
+                return
             if machine.exited.is_set():
                 await self._release(machine.vm_id)
             self._on_machine_state(machine, state, reason)
@@ -937,6 +968,11 @@ class Manager:
         return await self.snapshots.create_from(
             ref, request.name, start=request.start, labels=request.labels
         )
+
+    @_owned
+    async def migrate(self, vm_id: str, request: MigrateRequest) -> Migration:
+        """Raises: NodeNotFound, InvalidState, MigrationRefused, HypervisorError."""
+        return await self.migrations.migrate(vm_id, request)
 
     # -- metrics ---------------------------------------------------------------
 

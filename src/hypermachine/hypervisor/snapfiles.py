@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..models import Snapshot, VmState
+from . import tpm
 
 __all__ = [
     "Resume",
@@ -107,8 +108,8 @@ def clear_partial(vm_dir: Path) -> None:
 
 def copy_platform(vm_dir: Path, target: Path, *, to_vm: bool = False) -> None:
     """Copy the VM's UEFI VARS and vTPM state into ``target`` (or back, ``to_vm``)."""
-    for name in (_VARS, _TPM):
-        source, dest = (target / name, vm_dir / name) if to_vm else (vm_dir / name, target / name)
+    for name, own in ((_VARS, vm_dir / _VARS), (_TPM, tpm.state_dir_of(vm_dir))):
+        source, dest = (target / name, own) if to_vm else (own, target / name)
         if source.is_dir():
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(source, dest)

@@ -32,6 +32,7 @@ __all__ = [
     "migration_blockers",
     "refuse_memory",
     "save_memory",
+    "wait_migration",
 ]
 
 _DISK_DEVICE = "vd0"
@@ -114,7 +115,14 @@ async def freeze_live(
     return frozen
 
 
-async def _wait_migration(machine: Machine, timeout_s: float) -> None:
+async def wait_migration(machine: Machine, timeout_s: float) -> dict[str, Any]:
+    """Wait for QEMU's migration stream (out or in) to complete; return query-migrate's
+    last answer (total-time, downtime, ram... on the sending side).
+
+    Raises:
+        HypervisorError: it failed or was cancelled, or the budget ran out (then it is
+            cancelled).
+    """
     try:
         with trio.fail_after(timeout_s):
             while True:
@@ -122,7 +130,7 @@ async def _wait_migration(machine: Machine, timeout_s: float) -> None:
                 status: dict[str, Any] = answer if isinstance(answer, dict) else {}
                 state = status.get("status")
                 if state == "completed":
-                    return
+                    return status
                 if state in ("failed", "cancelled"):
                     raise HypervisorError(
                         f"QEMU's migration stream {state}",
@@ -153,7 +161,7 @@ async def save_memory(
     finally:
         os.close(fd)  # QEMU holds its own copy
     await machine.execute("migrate", {"uri": f"fd:{_FD_NAME}"})
-    await _wait_migration(machine, timeout_s)
+    await wait_migration(machine, timeout_s)
     with open(target, "rb") as f:
         os.fsync(f.fileno())
 
@@ -170,4 +178,4 @@ async def load_memory(machine: Machine, source: Path, *, timeout_s: float) -> No
     finally:
         os.close(fd)
     await machine.execute("migrate-incoming", {"uri": f"fd:{_FD_NAME}"})
-    await _wait_migration(machine, timeout_s)
+    await wait_migration(machine, timeout_s)
