@@ -53,6 +53,9 @@ def _default_run_root() -> Path:
 
 
 _IFACE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_URL = re.compile(
+    r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?/?$"
+)
 _NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
@@ -184,6 +187,13 @@ class Settings:
     migration_timeout_s: float = 300.0
     # This host's name among the nodes of a cluster ("": the host name).
     node: str = ""
+    # The cluster (docs/cluster.md): etcd's client URLs, comma-separated ("": a single
+    # host, no cluster); the URL other nodes reach this one's API at; the node's lease
+    # (it is "down" this long after its last renewal); each etcd request's budget.
+    etcd: str = ""
+    advertise: str = ""
+    node_lease_ttl_s: int = 10
+    etcd_timeout_s: float = 5.0
 
     @property
     def node_name(self) -> str:
@@ -192,6 +202,10 @@ class Settings:
             return self.node
         name = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower()).strip("-")[:63]
         return name.strip("-") or "localhost"
+
+    @property
+    def etcd_urls(self) -> list[str]:
+        return [url.strip() for url in self.etcd.split(",") if url.strip()]
 
     @property
     def vms_dir(self) -> Path:
@@ -313,6 +327,18 @@ def _coerce(name: str, raw: Any) -> Any:
         return _address(raw)
     if name == "allowed_origins":
         return _origins(raw)
+    if name == "etcd":
+        urls = [url.strip() for url in str(raw).split(",") if url.strip()]
+        for url in urls:
+            if not _URL.match(url):
+                raise ConfigError(f"etcd: {url!r} is not http(s)://host:port")
+        return ",".join(urls)
+    if name == "advertise":
+        if raw and not _URL.match(str(raw)):
+            raise ConfigError(f"advertise: {raw!r} is not http(s)://host:port")
+        return str(raw).rstrip("/")
+    if name == "node_lease_ttl_s" and not (str(raw).isdigit() and 2 <= int(raw) <= 300):
+        raise ConfigError(f"node_lease_ttl_s must be 2-300 s, not {raw!r}")
     if name == "node":
         if raw and not _NODE_NAME.match(str(raw)):
             raise ConfigError(f"node must be a DNS label (a-z, 0-9, -), not {raw!r}")
@@ -387,4 +413,6 @@ def load_settings(
     settings = Settings(**{name: _coerce(name, raw) for name, raw in values.items()})
     if settings.forward_port_min > settings.forward_port_max:
         raise ConfigError("forward_port_min is above forward_port_max")
+    if settings.etcd and not (settings.node and settings.advertise):
+        raise ConfigError("a cluster node (etcd) needs its node name and advertise URL")
     return settings

@@ -46,6 +46,7 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     ├── ScriptLimitExceeded (422 SCRIPT_LIMIT_EXCEEDED)
     ├── GuestOperationFailed (422 GUEST_OPERATION_FAILED)
     ├── ImagePullFailed (502 IMAGE_PULL_FAILED)
+    ├── ClusterUnavailable (503 CLUSTER_UNAVAILABLE)
     └── HypervisorError (500 HYPERVISOR_ERROR)
 """
 
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AddressInUse",
     "BadRequest",
+    "ClusterUnavailable",
     "Conflict",
     "ConsoleBusy",
     "DeviceInUse",
@@ -331,6 +333,12 @@ class GuestOperationFailed(HMError):
 
 class ImagePullFailed(HMError):
     code, status = "IMAGE_PULL_FAILED", 502
+
+
+class ClusterUnavailable(HMError):
+    """etcd, where the cluster's shared state lives, could not be reached or refused."""
+
+    code, status = "CLUSTER_UNAVAILABLE", 503
 
 
 class HypervisorError(HMError):

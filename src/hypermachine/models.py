@@ -531,6 +531,7 @@ class Vm(VmSpec):
     from_snapshot: SnapshotRef | None = Field(
         default=None, description="The snapshot this VM was forked or created from."
     )
+    node: str | None = Field(default=None, description="The node that runs it.")
 
 
 class MigrateRequest(_Strict):
@@ -557,6 +558,36 @@ class Migration(_Strict):
     switchover_ms: float = Field(
         description="The server's part: from the end of the stream to the guest running again."
     )
+
+
+class NodeState(StrEnum):
+    UP = "up"  # its lease is alive
+    DOWN = "down"  # registered once, its lease has expired
+
+
+class Node(_Strict):
+    """One host of the cluster, as it last described itself in etcd."""
+
+    name: str
+    url: str = Field(description="Where the other nodes reach its API (--advertise).")
+    state: NodeState
+    accelerator: str
+    qemu_version: str
+    capabilities: list[str] = Field(
+        description="What it can run: kvm, uefi, secure_boot, vtpm, sev, sev_es, sev_snp, tdx."
+    )
+    cpus: int
+    memory_mb: int
+    free_vcpus: int = Field(description="vCPUs its admission budget has left.")
+    free_memory_mb: int = Field(description="Memory its admission budget has left.")
+    vms: int = Field(description="VMs it holds.")
+    live_vms: int = Field(description="Of those, with a QEMU process.")
+    updated_at: datetime
+
+
+class NodeList(_Strict):
+    nodes: list[Node]
+    cluster: bool = Field(description="False: a single host, not in a cluster.")
 
 
 class VmList(_Strict):

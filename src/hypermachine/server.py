@@ -12,6 +12,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -19,7 +20,9 @@ from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.tcp_server import TCPServer
 
 from .api import Services, create_app
-from .config import Settings
+from .cluster import Etcd, EtcdError, Membership
+from .cluster.nodes import describe
+from .config import ConfigError, Settings
 from .hypervisor.confine import QemuIdentity, resolve_qemu_identity
 from .hypervisor.host import probe_host
 from .hypervisor.layout import claim_server_dir
@@ -58,12 +61,14 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     )
     runtime = await trio.to_thread.run_sync(RhaiRuntime, settings.cache_dir)
     bridge = QmpBridge()
+    cluster = None
     try:
         async with trio.open_nursery() as nursery:
             manager = Manager(
                 settings, store, catalogue, host, bridge, guard=security, qemu_identity=identity
             )
             await nursery.start(manager.run)
+            cluster = await _join_cluster(nursery, settings, manager)
             scripts = ScriptService(
                 manager,
                 runtime,
@@ -77,13 +82,44 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 catalogue=catalogue,
                 scripts=scripts,
                 security=security,
+                cluster=cluster,
             )
             nursery.cancel_scope.cancel()
     finally:
+        if cluster is not None:
+            with trio.CancelScope(shield=True):
+                await cluster.close()
         bridge.close()
         runtime.close()
         store.close()
         security.store.close()
+
+
+async def _join_cluster(
+    nursery: trio.Nursery, settings: Settings, manager: Manager
+) -> Membership | None:
+    """With ``etcd`` set: register this node (its lease kept alive in ``nursery``).
+
+    Raises:
+        ConfigError: etcd could not be reached or refused the registration.
+    """
+    if not settings.etcd_urls:
+        return None
+    etcd = Etcd(settings.etcd_urls, timeout_s=settings.etcd_timeout_s)
+    name, url = settings.node_name, settings.advertise
+    membership = Membership(
+        etcd,
+        name,
+        settings.node_lease_ttl_s,
+        partial(describe, manager, name=name, url=url),
+        fence=manager.fence,
+    )
+    try:
+        await nursery.start(membership.run)
+    except EtcdError as err:
+        await etcd.aclose()
+        raise ConfigError(f"node {name} could not register in etcd: {err}") from err
+    return membership
 
 
 def _prepare_folders(settings: Settings) -> QemuIdentity | None:

@@ -37,6 +37,7 @@ EXPECTED = {
     "get_vm_console_log",
     "take_snapshot", "list_snapshots", "get_snapshot", "delete_snapshot", "restore_snapshot",
     "fork_vm", "hibernate_vm", "create_vm_from_snapshot", "migrate_vm",
+    "list_nodes",
 }  # fmt: skip
 TOOL_NAMES = [op.name for op in REGISTRY.tools()]
 OPENAI_NAME = r"^[a-zA-Z0-9_-]{1,64}$"

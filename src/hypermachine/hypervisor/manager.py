@@ -501,6 +501,7 @@ class Manager:
             created_at=now,
             updated_at=now,
             tenant=tenant,
+            node=self._settings.node_name,
         )
         vm = self._resources.admit(vm, self._store.all_vms())
         self._store.insert_vm(vm)
@@ -1021,6 +1022,28 @@ class Manager:
 
     def live_machines(self) -> int:
         return len(self._machines)
+
+    # -- this node, for the cluster (cluster/nodes.py) ------------------------
+
+    @property
+    def budget(self) -> HostBudget:
+        """What host admission lets live VMs use on this host."""
+        return self._budget
+
+    async def fence(self, reason: str) -> None:
+        """Kill every QEMU of this host at once (the node is cut off from its cluster:
+        others may soon act on its VMs); each VM becomes ``error`` with ``reason``."""
+        machines = list(self._machines.values())
+        for machine in machines:
+            machine.fail(reason)
+        for machine in machines:
+            await machine.exited.wait()
+        if machines:
+            log.error("fenced %d VM(s): %s", len(machines), reason)
+
+    def local_vms(self) -> Sequence[Vm]:
+        """Every VM this host holds, whoever's (no caller check: for counting)."""
+        return tuple(self._store.all_vms())
 
 
 # A guest can miss an ACPI power-button press (early in boot, before its handler

@@ -611,6 +611,7 @@ class SnapshotService:
                 "tenant": parent.tenant,
                 "generation_id": str(uuidlib.uuid4()),
                 "from_snapshot": ref.model_dump(),
+                "node": self._settings.node_name,
                 "security_notes": parent.security_notes,
             }
         )

@@ -1,11 +1,20 @@
-"""The cluster operations: moving a running VM (docs/cluster.md)."""
+"""The cluster operations: its nodes, moving a running VM (docs/cluster.md)."""
 
 from __future__ import annotations
 
-from ..errors import HypervisorError, InvalidState, MigrationRefused, NodeNotFound, VmNotFound
-from ..models import MigrateRequest, Migration
+from ..cluster.etcd import EtcdError
+from ..cluster.nodes import describe
+from ..errors import (
+    ClusterUnavailable,
+    HypervisorError,
+    InvalidState,
+    MigrationRefused,
+    NodeNotFound,
+    VmNotFound,
+)
+from ..models import MigrateRequest, Migration, NodeList
 from .declare import Access, Context, HttpRoute, Operation
-from .inputs import MigrateVmInput
+from .inputs import MigrateVmInput, NoInput
 
 __all__ = ["cluster_operations"]
 
@@ -15,9 +24,44 @@ async def _migrate_vm(ctx: Context, args: MigrateVmInput) -> Migration:
     return migration
 
 
+async def _list_nodes(ctx: Context, args: NoInput) -> NodeList:
+    services = ctx.services
+    if services.cluster is None:
+        settings = services.settings
+        url = settings.advertise or f"http://{settings.host}:{settings.port}"
+        here = describe(services.manager, name=settings.node_name, url=url)
+        return NodeList(nodes=[here], cluster=False)
+    try:
+        nodes = await services.cluster.nodes()
+    except EtcdError as err:
+        raise ClusterUnavailable(f"the cluster's nodes cannot be read: {err}") from err
+    return NodeList(nodes=nodes, cluster=True)
+
+
 def cluster_operations() -> list[Operation]:
-    """Live migration (nodes come with the cluster)."""
+    """The nodes and live migration."""
     return [
+        Operation(
+            name="list_nodes",
+            title="List the cluster's nodes",
+            summary=(
+                "List the hosts of the cluster (one, for a single host): each node's state "
+                "(up while its etcd lease lives, else down), accelerator, capabilities, "
+                "CPUs and memory, what its admission budget has free, and its VM counts. "
+                "Use to see where a VM could run."
+            ),
+            returns=(
+                "{nodes: [{name, url, state, accelerator, capabilities, cpus, memory_mb, "
+                "free_vcpus, free_memory_mb, vms, live_vms}], cluster}."
+            ),
+            input=NoInput,
+            handler=_list_nodes,
+            access=Access.KEY,
+            resource="Node",
+            result=NodeList,
+            errors=(ClusterUnavailable,),
+            http=HttpRoute("GET", "/api/v1/nodes"),
+        ),
         Operation(
             name="migrate_vm",
             title="Live-migrate a VM",
