@@ -73,6 +73,8 @@ async def test_a_node_cut_off_from_etcd_fences_its_vms(
     assert qemu_pids_for({vm["uuid"]}) == [], "a cut-off node's VM outlived its lease"
     fenced = httpx.get(f"{cut.url}/api/v1/vms/{vm['id']}", timeout=30).json()
     assert fenced["state"] == "error" and "fenced" in fenced["state_reason"], fenced
+    refused = httpx.post(f"{cut.url}/api/v1/vms/{vm['id']}/start", json={}, timeout=30)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (503, "CLUSTER_UNAVAILABLE")
 
     etcd.start_member(etcd.members[2])
     await wait_until(

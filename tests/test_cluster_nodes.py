@@ -17,7 +17,8 @@ import pytest
 from etcdcluster import EtcdCluster
 from hypermachine.config import ConfigError, load_settings
 from realserver import Server, free_port
-from support import wait_until
+from support import qemu_pids_for, wait_until
+from test_etcd_harness import get, put
 
 TTL_S = 2
 
@@ -35,6 +36,22 @@ def start_node(server: Server, name: str, etcd: EtcdCluster) -> None:
         ("HM_NODE_LEASE_TTL_S", str(TTL_S)),
         args=["--node", name, "--etcd", etcd.endpoints, "--advertise", server.url],
     )
+
+
+def owner(etcd: EtcdCluster, vm_id: str) -> str | None:
+    return get(etcd.client_urls[1], f"/hypermachine/vms/{vm_id}")
+
+
+def check_ownership(node: Server, etcd: EtcdCluster, vm: dict[str, Any]) -> None:
+    """The VM's owner key names its node; a VM whose key names another node is never
+    started here (no QEMU), and deleting it here leaves that node's key alone."""
+    assert owner(etcd, vm["id"]) == "n1"
+    put(etcd.client_urls[0], f"/hypermachine/vms/{vm['id']}", "n2")  # n2 took it
+    started = httpx.post(f"{node.url}/api/v1/vms/{vm['id']}/start", json={}, timeout=30)
+    error = started.json()["error"]
+    assert (started.status_code, error["code"]) == (409, "VM_OWNED_ELSEWHERE"), error
+    assert error["details"]["node"] == "n2" and qemu_pids_for({vm["uuid"]}) == []
+    put(etcd.client_urls[0], f"/hypermachine/vms/{vm['id']}", "n1")
 
 
 @pytest.fixture
@@ -70,6 +87,7 @@ async def test_nodes_see_each_other_and_a_killed_one_goes_down(
         f"{first.url}/api/v1/vms", json={"name": "parked", "image": "tiny"}, timeout=30
     ).json()
     assert created["node"] == "n1", created
+    check_ownership(first, etcd, created)
     await wait_until(
         lambda: nodes(third)["n1"]["vms"] == 1, timeout=TTL_S * 5, what="n1 to count its VM"
     )
@@ -81,7 +99,8 @@ async def test_nodes_see_each_other_and_a_killed_one_goes_down(
     assert nodes(second)["n3"]["state"] == "down" and nodes(second)["n2"]["state"] == "up"
     start_node(third, "n3", etcd)
     assert nodes(first)["n3"]["state"] == "up"
-    httpx.delete(f"{first.url}/api/v1/vms/{created['id']}?force=true", timeout=30)
+    deleted = httpx.delete(f"{first.url}/api/v1/vms/{created['id']}?force=true", timeout=30)
+    assert deleted.status_code == 204 and owner(etcd, created["id"]) is None
 
 
 def test_a_node_that_cannot_reach_etcd_does_not_start(data_dir: Path, tiny: Path) -> None:

@@ -39,6 +39,7 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     │   ├── DeviceUnavailable (409 DEVICE_UNAVAILABLE)
     │   ├── SnapshotRefused (409 SNAPSHOT_REFUSED)
     │   ├── MigrationRefused (409 MIGRATION_REFUSED)
+    │   ├── OwnedElsewhere (409 VM_OWNED_ELSEWHERE)
     │   └── InsufficientResources (409 INSUFFICIENT_RESOURCES)
     ├── Unsupported (409 CAPABILITY_UNAVAILABLE)
     ├── RateLimited (429 RATE_LIMITED)
@@ -85,6 +86,7 @@ __all__ = [
     "NodeNotFound",
     "NotConfidential",
     "NotFound",
+    "OwnedElsewhere",
     "PayloadTooLarge",
     "PortInUse",
     "QuotaExceeded",
@@ -291,6 +293,12 @@ class MigrationRefused(Conflict):
     encryption, or what is not built yet; details: reasons."""
 
     code, status = "MIGRATION_REFUSED", 409
+
+
+class OwnedElsewhere(Conflict):
+    """Another node of the cluster owns the VM (etcd says so); details: node."""
+
+    code, status = "VM_OWNED_ELSEWHERE", 409
 
 
 class InsufficientResources(Conflict):

@@ -22,6 +22,7 @@ from hypercorn.trio.tcp_server import TCPServer
 from .api import Services, create_app
 from .cluster import Etcd, EtcdError, Membership
 from .cluster.nodes import describe
+from .cluster.ownership import Ownership
 from .config import ConfigError, Settings
 from .hypervisor.confine import QemuIdentity, resolve_qemu_identity
 from .hypervisor.host import probe_host
@@ -119,6 +120,7 @@ async def _join_cluster(
     except EtcdError as err:
         await etcd.aclose()
         raise ConfigError(f"node {name} could not register in etcd: {err}") from err
+    manager.owners = Ownership(etcd, name, lambda: membership.cut_off)
     return membership
 
 

@@ -157,6 +157,13 @@ class Etcd:
         )
         return bool(doc.get("succeeded", False))
 
+    async def delete_if(self, key: str, value: str | bytes) -> bool:
+        """Delete ``key`` only if it holds ``value`` (one transaction); False if not."""
+        holds = {"key": _b64(key), "target": "VALUE", "result": "EQUAL", "value": _b64(value)}
+        delete = {"request_delete_range": {"key": _b64(key)}}
+        doc = await self._call("/v3/kv/txn", {"compare": [holds], "success": [delete]})
+        return bool(doc.get("succeeded", False))
+
     # -- leases ------------------------------------------------------------------
 
     async def grant(self, ttl_s: int) -> int:

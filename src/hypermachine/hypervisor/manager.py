@@ -94,6 +94,13 @@ class CatalogueLike(Protocol):
     def pull(self, name: str) -> ImageLike: ...
 
 
+class OwnersLike(Protocol):
+    """VM ownership in a cluster (``hypermachine.cluster.ownership.Ownership``)."""
+
+    async def hold(self, vm: Vm) -> None: ...
+    async def release(self, vm_id: str) -> None: ...
+
+
 class GuardLike(Protocol):
     """The security layer as the manager sees it (``hypermachine.security.Security``)."""
 
@@ -205,6 +212,7 @@ class Manager:
         self.events.add_listener(self.telemetry.on_event)
         self._resources = HostResources(settings, store.all_vms, qemu_identity=qemu_identity)
         self.snapshots = SnapshotService(self)
+        self.owners: OwnersLike | None = None  # set when the node joins a cluster
         self.migrations = MigrationService(self)
 
     # -- life of the manager ---------------------------------------------------
@@ -504,7 +512,14 @@ class Manager:
             node=self._settings.node_name,
         )
         vm = self._resources.admit(vm, self._store.all_vms())
-        self._store.insert_vm(vm)
+        if self.owners is not None:
+            await self.owners.hold(vm)
+        try:
+            self._store.insert_vm(vm)
+        except HMError:
+            if self.owners is not None:
+                await self.owners.release(vm.id)
+            raise
         self.events.vm_created(vm)
         if idempotency_key is not None:
             self._store.put_idempotency(idempotency_key, fingerprint(body), vm.id)
@@ -609,6 +624,11 @@ class Manager:
                 machine.report.stop_requested = "deleted"
                 await machine.terminate(0)
             await self._release(vm_id)
+            if self.owners is not None:
+                try:
+                    await self.owners.release(vm_id)
+                except HMError as err:  # a key naming us for a deleted VM is harmless
+                    log.warning("%s: its ownership key stays: %s", vm_id, err.message)
         self._finish_delete(vm_id)
 
     async def _release(self, vm_id: str) -> None:
@@ -658,6 +678,8 @@ class Manager:
         image = self._catalogue.get(vm.image)
         if not image.available:
             raise ImageNotFound(f"image {vm.image!r} is not on disk", image=vm.image)
+        if self.owners is not None:  # never a VM another node runs
+            await self.owners.hold(vm)
         # Admission and the move to `starting` (which reserves the VM's share) run with
         # no checkpoint in between: under Trio no other start can interleave here (and
         # a VM created with start=true is never seen "stopped", see _provision).
