@@ -15,7 +15,7 @@ import pytest
 
 from hypermachine.api import Services
 from hypermachine.errors import MigrationRefused
-from hypermachine.hypervisor import passt, tpm
+from hypermachine.hypervisor import migration, passt, tpm
 from hypermachine.hypervisor.hostnet import port_free
 from hypermachine.hypervisor.migration_service import refuse
 from hypermachine.hypervisor.security import vars_file
@@ -114,7 +114,26 @@ async def check_moved(
     assert await read_var(client, vm_id, "HmBefore") == "hmvars-before\n"
     leftovers = list(services.settings.runtime_dir.glob(f"{vm_id}.m*"))
     assert leftovers == [], leftovers
+    assert not (paths.run_dir / migration.COMMITTED).exists(), "a stale commit marker"
     return moved
+
+
+def check_restart_leftovers(services: Services, vm_id: str) -> None:
+    """What a server killed mid-migration leaves (an uncommitted destination's run dir
+    and TPM dir) is removed at recovery; the VM's own QEMU and TPM stay."""
+    manager = services.manager
+    paths = manager._paths(vm_id)
+    current = tpm.state_dir_of(paths.vm_dir)
+    stray = migration.destination(paths, "0badc0de")
+    stray.run_dir.mkdir(mode=0o700)
+    (stray.run_dir / "qemu.pid").write_text("1\n")  # not this VM's QEMU: never killed
+    (paths.vm_dir / "tpm-0badc0de").mkdir()
+    pid = manager.get(vm_id).pid
+    assert manager.migrations.recover(manager.get(vm_id)) is True
+    assert not stray.run_dir.exists() and not (paths.vm_dir / "tpm-0badc0de").exists()
+    assert tpm.state_dir_of(paths.vm_dir) == current and current.is_dir()
+    assert pid is not None and not process_gone(pid)
+    assert manager.migrations.recover(manager.get(vm_id)) is False
 
 
 async def check_refusals(client: Any, services: Services, vm_id: str) -> None:
@@ -149,6 +168,7 @@ async def test_a_running_guest_moves_to_a_fresh_qemu(client: Any, services: Serv
     first = await check_moved(client, services, vm_id, {})
     second = await check_moved(client, services, vm_id, {"node": services.settings.node_name})
     assert second["vm"]["pid"] != first["vm"]["pid"]
+    check_restart_leftovers(services, vm_id)
     # The destination owns the VM's VARS file: what the guest writes now lands there.
     await write_var(client, vm_id, "HmAfter", "hmvars-after")
     assert b"hmvars-after" in vars_file(services.manager._paths(vm_id)).read_bytes()

@@ -194,6 +194,9 @@ class Settings:
     advertise: str = ""
     node_lease_ttl_s: int = 10
     etcd_timeout_s: float = 5.0
+    # The secret every node of the cluster shares (a file, >= 32 bytes): it signs
+    # requests one node forwards to another. None: this node forwards nothing.
+    cluster_secret_file: Path | None = None
 
     @property
     def node_name(self) -> str:
@@ -246,6 +249,7 @@ _PATH_FIELDS = {
     "catalogue_file",
     "builtin_images_dir",
     "sysfs_root",
+    "cluster_secret_file",
 }
 
 

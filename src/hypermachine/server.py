@@ -12,6 +12,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 
 import trio
@@ -21,6 +22,7 @@ from hypercorn.trio.tcp_server import TCPServer
 
 from .api import Services, create_app
 from .cluster import Etcd, EtcdError, Membership
+from .cluster.forwarding import Forwarder, NodeAuth, read_secret
 from .cluster.nodes import describe
 from .cluster.ownership import Ownership
 from .config import ConfigError, Settings
@@ -62,14 +64,14 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     )
     runtime = await trio.to_thread.run_sync(RhaiRuntime, settings.cache_dir)
     bridge = QmpBridge()
-    cluster = None
+    joined = None
     try:
         async with trio.open_nursery() as nursery:
             manager = Manager(
                 settings, store, catalogue, host, bridge, guard=security, qemu_identity=identity
             )
             await nursery.start(manager.run)
-            cluster = await _join_cluster(nursery, settings, manager)
+            joined = await _join_cluster(nursery, settings, manager)
             scripts = ScriptService(
                 manager,
                 runtime,
@@ -83,31 +85,44 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 catalogue=catalogue,
                 scripts=scripts,
                 security=security,
-                cluster=cluster,
+                cluster=joined.membership if joined is not None else None,
+                forwarder=joined.forwarder if joined is not None else None,
             )
             nursery.cancel_scope.cancel()
     finally:
-        if cluster is not None:
+        if joined is not None:
             with trio.CancelScope(shield=True):
-                await cluster.close()
+                await joined.membership.close()
+                if joined.forwarder is not None:
+                    await joined.forwarder.aclose()
         bridge.close()
         runtime.close()
         store.close()
         security.store.close()
 
 
+@dataclass(frozen=True)
+class _Joined:
+    membership: Membership
+    forwarder: Forwarder | None
+
+
 async def _join_cluster(
     nursery: trio.Nursery, settings: Settings, manager: Manager
-) -> Membership | None:
-    """With ``etcd`` set: register this node (its lease kept alive in ``nursery``).
+) -> _Joined | None:
+    """With ``etcd`` set: register this node (its lease kept alive in ``nursery``) and,
+    with a cluster secret, forward requests for VMs other nodes own.
 
     Raises:
-        ConfigError: etcd could not be reached or refused the registration.
+        ConfigError: etcd could not be reached or refused the registration; an
+            unreadable cluster secret.
     """
     if not settings.etcd_urls:
         return None
-    etcd = Etcd(settings.etcd_urls, timeout_s=settings.etcd_timeout_s)
     name, url = settings.node_name, settings.advertise
+    secret_file = settings.cluster_secret_file
+    auth = NodeAuth(name, read_secret(secret_file)) if secret_file is not None else None
+    etcd = Etcd(settings.etcd_urls, timeout_s=settings.etcd_timeout_s)
     membership = Membership(
         etcd,
         name,
@@ -121,7 +136,14 @@ async def _join_cluster(
         await etcd.aclose()
         raise ConfigError(f"node {name} could not register in etcd: {err}") from err
     manager.owners = Ownership(etcd, name, lambda: membership.cut_off)
-    return membership
+    forwarder = None
+    if auth is not None:
+        budget = max(settings.wait_timeout_max_s, settings.migration_timeout_s) + 30
+        forwarder = Forwarder(
+            auth, etcd, membership, lambda vm_id: manager.owner_of(vm_id) is not None,
+            timeout_s=budget,
+        )  # fmt: skip
+    return _Joined(membership, forwarder)
 
 
 def _prepare_folders(settings: Settings) -> QemuIdentity | None:

@@ -20,6 +20,7 @@ from ..security.operations import security_operations
 from ..ui import ui_operations
 from .console import console_views
 from .errors import register_error_handlers
+from .forward import install_forwarding
 from .metrics import install_request_metrics
 from .rest import generic_view, mount
 from .services import Services
@@ -53,6 +54,9 @@ def create_app(services: Services) -> QuartTrio:
     register_error_handlers(app)
     if services.security is not None:
         install_security(app, services.security)  # keys, tenants, rate limits
+    if services.forwarder is not None:
+        app.extensions["hypermachine.node_auth"] = services.forwarder.auth
+        install_forwarding(app, services.forwarder)
     install_request_metrics(app)
     dispatcher = Dispatcher(build_registry(), services)
     create = dispatcher.registry.get("create_vm")

@@ -32,6 +32,7 @@ from .snapshots import wait_migration
 __all__ = [
     "COMMITTED",
     "Figures",
+    "clear_committed",
     "destination",
     "exchange",
     "is_committed",
@@ -89,6 +90,12 @@ def mark_committed(dest: VmPaths) -> None:
 
 def is_committed(dest: VmPaths) -> bool:
     return (dest.run_dir / COMMITTED).is_file()
+
+
+def clear_committed(paths: VmPaths) -> None:
+    """Drop the marker once the destination's run dir is the VM's: left there, it would
+    mark that dir committed again when a later migration swaps it out."""
+    (paths.run_dir / COMMITTED).unlink(missing_ok=True)
 
 
 def exchange(a: Path, b: Path) -> None:

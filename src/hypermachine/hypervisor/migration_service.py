@@ -134,6 +134,7 @@ class MigrationService:
         with trio.CancelScope(shield=True):  # the destination is the VM now: finish
             await self._retire(source, canonical, old_tpm)
             migration.exchange(dest_paths.run_dir, canonical.run_dir)
+            migration.clear_committed(canonical)
             dest.paths = canonical  # its sockets answer under the VM's names now
             await self._serve_nic(vm, dest_paths, canonical, passt_end)
             shutil.rmtree(dest_paths.run_dir, ignore_errors=True)  # the source's, now
@@ -247,7 +248,11 @@ class MigrationService:
         for dest in found:
             if migration.is_committed(dest):
                 _kill(adopt_pid(canonical, vm.uuid))
-                migration.exchange(dest.run_dir, canonical.run_dir)
+                if canonical.run_dir.exists():
+                    migration.exchange(dest.run_dir, canonical.run_dir)
+                else:
+                    dest.run_dir.rename(canonical.run_dir)
+                migration.clear_committed(canonical)
                 log.warning("%s: finished a migration the server restart cut short", vm.id)
             else:
                 _kill(adopt_pid(dest, vm.uuid))
