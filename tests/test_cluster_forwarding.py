@@ -73,6 +73,18 @@ def test_a_vm_is_answered_by_its_owner_through_any_node(pair: tuple[Server, Serv
     assert deleted.status_code == 204, deleted.text
     assert httpx.get(f"{owner.url}/api/v1/vms/{vm['id']}").status_code == 404
 
+    # A create pinned to the other node lands there, through this one.
+    pinned = {"name": "pinned", "image": "tiny", "node": "f2"}
+    made = httpx.post(f"{owner.url}/api/v1/vms", json=pinned, timeout=30)
+    assert made.status_code == 201 and made.json()["node"] == "f2", made.text
+    assert made.headers["location"] == f"/api/v1/vms/{made.json()['id']}"
+    on_f2 = httpx.get(f"{other.url}/api/v1/vms", timeout=30).json()["vms"]
+    assert [v["id"] for v in on_f2] == [made.json()["id"]]
+    nowhere = httpx.post(f"{owner.url}/api/v1/vms", json={**pinned, "node": "f9"}, timeout=30)
+    assert (nowhere.status_code, nowhere.json()["error"]["code"]) == (404, "NODE_NOT_FOUND")
+    gone = httpx.delete(f"{owner.url}/api/v1/vms/{made.json()['id']}", timeout=30)
+    assert gone.status_code == 204, gone.text
+
 
 def test_signatures_bind_everything_and_are_used_once() -> None:
     sender, receiver = NodeAuth("n2", SECRET), NodeAuth("n1", SECRET)

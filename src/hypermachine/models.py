@@ -388,6 +388,11 @@ def _check_labels(labels: dict[str, str]) -> dict[str, str]:
 class CreateVmRequest(VmSpec):
     start: bool = Field(default=False, description="Start the VM as soon as it is created.")
     wait: bool = Field(default=False, description="Return only once the VM reached its state.")
+    node: str | None = Field(
+        default=None,
+        pattern=NODE_PATTERN,
+        description="The cluster node to create it on; omitted: where it fits (placement).",
+    )
 
 
 class SnapshotRef(_Strict):

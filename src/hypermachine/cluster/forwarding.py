@@ -29,11 +29,12 @@ import httpx
 
 from ..config import ConfigError
 from ..errors import ClusterUnavailable, Unauthorized
-from ..models import NodeState
+from ..models import CreateVmRequest, NodeState
 from ..security.caller import TIERS, Caller, Tier, current_caller
 from .etcd import Etcd, EtcdError
 from .membership import Membership
 from .ownership import owner_key
+from .placement import place
 
 __all__ = [
     "FORWARD_HEADERS",
@@ -197,6 +198,19 @@ class Forwarder:
         if node is None or node.state is not NodeState.UP:
             raise ClusterUnavailable(f"VM {vm_id} is on node {owner!r}, which is down", node=owner)
         return node.url
+
+    async def placement_url(self, request: CreateVmRequest) -> str | None:
+        """The API URL of the node a new VM goes to; None when it is this one.
+
+        Raises:
+            NodeNotFound, InsufficientResources (placement.place), ClusterUnavailable.
+        """
+        try:
+            nodes = await self._membership.nodes()
+        except EtcdError as err:
+            raise ClusterUnavailable(f"the cluster's nodes cannot be read: {err}") from err
+        chosen = place(request, nodes)
+        return None if chosen.name == self.auth.node else chosen.url
 
     async def send(
         self, url: str, method: str, target: bytes, body: bytes, headers: Mapping[str, str]

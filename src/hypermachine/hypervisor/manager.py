@@ -27,7 +27,15 @@ import psutil
 import trio
 
 from ..config import ConfigError, Settings
-from ..errors import HMError, HypervisorError, ImageNotFound, InvalidState, VmNotFound, WaitTimeout
+from ..errors import (
+    HMError,
+    HypervisorError,
+    ImageNotFound,
+    InvalidState,
+    NodeNotFound,
+    VmNotFound,
+    WaitTimeout,
+)
 from ..events import EventLog
 from ..models import (
     CreateFromSnapshotRequest,
@@ -487,6 +495,8 @@ class Manager:
         Raises:
             ImageNotFound, Unsupported, NameTaken, IdempotencyConflict.
         """
+        if request.node not in (None, self._settings.node_name):
+            raise NodeNotFound(f"node {request.node!r} is not this one", node=request.node)
         body = request.model_dump(mode="json")
         tenant = current_caller().tenant
         if idempotency_key is not None:
@@ -499,7 +509,7 @@ class Manager:
         check_supported(request, self.host, also=self._resources.unsupported(request))
         now = utcnow()
         vm_uuid = str(uuidlib.uuid4())
-        spec = VmSpec.model_validate(request.model_dump(exclude={"start", "wait"}))
+        spec = VmSpec.model_validate(request.model_dump(exclude={"start", "wait", "node"}))
         vm = Vm(
             **spec.model_dump(),
             id=f"vm-{vm_uuid.replace('-', '')[:12]}",

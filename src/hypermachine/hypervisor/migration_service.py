@@ -73,6 +73,12 @@ class MigrationService:
             MigrationRefused, HypervisorError.
         """
         here = self._settings.node_name
+        if request.node not in (None, here) and self._settings.etcd_urls:
+            raise MigrationRefused(
+                f"live migration to another node ({request.node}) is not built yet; "
+                "only to a fresh QEMU on this one",
+                reasons=["cross-node migration not built"],
+            )
         if request.node not in (None, here):
             raise NodeNotFound(
                 f"no node {request.node!r}: this server is a single host ({here})",
