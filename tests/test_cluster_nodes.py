@@ -23,12 +23,17 @@ from test_etcd_harness import get, put
 TTL_S = 2
 
 
+MINE = ("n1", "n2", "n3")
+
+
 def nodes(server: Server) -> dict[str, dict[str, Any]]:
+    """This test's nodes as ``server`` lists them (the session's etcd also remembers
+    other tests' nodes)."""
     answer = httpx.get(f"{server.url}/api/v1/nodes", timeout=30)
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["cluster"] is True, body
-    return {node["name"]: node for node in body["nodes"]}
+    return {node["name"]: node for node in body["nodes"] if node["name"] in MINE}
 
 
 def start_node(server: Server, name: str, etcd: EtcdCluster) -> None:
