@@ -9,17 +9,11 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
-from realserver import Server, free_port  # noqa: E402
+from bench_snapshots import on_a_server
 
 RUNS = int(os.environ.get("HM_BENCH_RUNS", "5"))
 TINY = {"image": "tiny", "memory_mb": 512, "disk_gb": 1}
@@ -61,15 +55,7 @@ def report(runs: list[dict[str, float]]) -> None:
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="hm-bench-migrate-") as tmp:
-        server = Server(Path(tmp), free_port())
-        server.start()
-        try:
-            with httpx.Client(base_url=server.url, timeout=600) as client:
-                report(bench(client))
-        finally:
-            server.stop()
-    return 0
+    return on_a_server("hm-bench-migrate-", lambda client: report(bench(client)))
 
 
 if __name__ == "__main__":
