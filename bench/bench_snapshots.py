@@ -126,16 +126,21 @@ def report(f: dict[str, float]) -> None:
     print(f"  resume -> first exec        {f['resume']:8.0f} ms")
 
 
-def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="hm-bench-snap-") as tmp:
+def on_a_server(prefix: str, work: Callable[[httpx.Client], None]) -> int:
+    """Run ``work`` with a client of a fresh ``hypermachine serve`` in a temp data dir."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         server = Server(Path(tmp), free_port())
         server.start()
         try:
             with httpx.Client(base_url=server.url, timeout=600) as client:
-                report(bench(client))
+                work(client)
         finally:
             server.stop()
     return 0
+
+
+def main() -> int:
+    return on_a_server("hm-bench-snap-", lambda client: report(bench(client)))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_concurrency
 import bench_core
+import bench_migration
 import bench_snapshots
 
 
@@ -18,6 +19,8 @@ def main() -> int:
     status = status or bench_concurrency.main()
     print()
     status = status or bench_snapshots.main()
+    print()
+    status = status or bench_migration.main()
     try:
         import bench_rhai
     except ImportError:

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import trio
 
+from etcdcluster import EtcdCluster, etcd_available
 from hypermachine.api import Services, create_app
 from hypermachine.config import Settings
 from hypermachine.server import open_services
@@ -92,3 +93,20 @@ def server(data_dir: Path, tiny: Path) -> Iterator[Server]:
                 client.delete(f"/api/v1/vms/{vm['id']}?force=true")
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """A real 3-member etcd cluster on loopback, started once for the session by the
+    first test that asks for it (docs/cluster.md)."""
+    if not etcd_available():
+        message = "etcd is not installed: run tools/setup (make test does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

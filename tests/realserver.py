@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -27,14 +28,15 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *extra_env: tuple[str, str]) -> None:
+    def start(self, *extra_env: tuple[str, str], args: Sequence[str] = ()) -> None:
+        """Start it (``args``: more ``serve`` flags) and wait until it answers."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("HM_")}
         env.update(extra_env)
         log = self.data_dir / "server.log"
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "hypermachine.cli", "--data-dir", str(self.data_dir),
-                 "serve", "--port", str(self.port)],
+                 "serve", "--port", str(self.port), *args],
                 env=env, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         # No event tells us the port is open: poll /health under a deadline.

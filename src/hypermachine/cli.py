@@ -34,8 +34,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
 
     settings = _settings(
-        args, host=args.host, port=args.port, accelerator=args.accelerator, auth=args.auth
-    )
+        args, host=args.host, port=args.port, accelerator=args.accelerator, auth=args.auth,
+        node=args.node, etcd=args.etcd, advertise=args.advertise,
+    )  # fmt: skip
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -137,6 +138,9 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="auto: open only with no keys on loopback; open: the explicit opt-out",
     )
+    serve.add_argument("--node", default=None, help="this host's name in the cluster")
+    serve.add_argument("--etcd", default=None, help="etcd client URLs, comma-separated")
+    serve.add_argument("--advertise", default=None, help="the URL other nodes reach us at")
     serve.set_defaults(run=_cmd_serve)
     add_key_commands(commands, _settings)
 

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,6 +53,10 @@ def _default_run_root() -> Path:
 
 
 _IFACE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_URL = re.compile(
+    r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?/?$"
+)
+_NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
 
@@ -178,6 +183,32 @@ class Settings:
     # 1 GiB take 8 s).
     snapshot_timeout_s: float = 300.0
     migration_bandwidth_mib_s: int = 64 * 1024
+    # Live migration (docs/cluster.md): the budget of one, stream and switch-over.
+    migration_timeout_s: float = 300.0
+    # This host's name among the nodes of a cluster ("": the host name).
+    node: str = ""
+    # The cluster (docs/cluster.md): etcd's client URLs, comma-separated ("": a single
+    # host, no cluster); the URL other nodes reach this one's API at; the node's lease
+    # (it is "down" this long after its last renewal); each etcd request's budget.
+    etcd: str = ""
+    advertise: str = ""
+    node_lease_ttl_s: int = 10
+    etcd_timeout_s: float = 5.0
+    # The secret every node of the cluster shares (a file, >= 32 bytes): it signs
+    # requests one node forwards to another. None: this node forwards nothing.
+    cluster_secret_file: Path | None = None
+
+    @property
+    def node_name(self) -> str:
+        """This node's name: ``node``, or the host name made a valid node name."""
+        if self.node:
+            return self.node
+        name = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower()).strip("-")[:63]
+        return name.strip("-") or "localhost"
+
+    @property
+    def etcd_urls(self) -> list[str]:
+        return [url.strip() for url in self.etcd.split(",") if url.strip()]
 
     @property
     def vms_dir(self) -> Path:
@@ -218,6 +249,7 @@ _PATH_FIELDS = {
     "catalogue_file",
     "builtin_images_dir",
     "sysfs_root",
+    "cluster_secret_file",
 }
 
 
@@ -299,6 +331,22 @@ def _coerce(name: str, raw: Any) -> Any:
         return _address(raw)
     if name == "allowed_origins":
         return _origins(raw)
+    if name == "etcd":
+        urls = [url.strip() for url in str(raw).split(",") if url.strip()]
+        for url in urls:
+            if not _URL.match(url):
+                raise ConfigError(f"etcd: {url!r} is not http(s)://host:port")
+        return ",".join(urls)
+    if name == "advertise":
+        if raw and not _URL.match(str(raw)):
+            raise ConfigError(f"advertise: {raw!r} is not http(s)://host:port")
+        return str(raw).rstrip("/")
+    if name == "node_lease_ttl_s" and not (str(raw).isdigit() and 2 <= int(raw) <= 300):
+        raise ConfigError(f"node_lease_ttl_s must be 2-300 s, not {raw!r}")
+    if name == "node":
+        if raw and not _NODE_NAME.match(str(raw)):
+            raise ConfigError(f"node must be a DNS label (a-z, 0-9, -), not {raw!r}")
+        return str(raw)
     if name in ("forward_port_min", "forward_port_max"):
         if not str(raw).isdigit() or not 1 <= int(raw) <= 65535:
             raise ConfigError(f"{name} must be a port number (1-65535), not {raw!r}")
@@ -369,4 +417,6 @@ def load_settings(
     settings = Settings(**{name: _coerce(name, raw) for name, raw in values.items()})
     if settings.forward_port_min > settings.forward_port_max:
         raise ConfigError("forward_port_min is above forward_port_max")
+    if settings.etcd and not (settings.node and settings.advertise):
+        raise ConfigError("a cluster node (etcd) needs its node name and advertise URL")
     return settings

@@ -19,7 +19,8 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     │   ├── ExecNotFound (404 EXEC_NOT_FOUND)
     │   ├── UnknownTool (404 UNKNOWN_TOOL)
     │   ├── SnapshotNotFound (404 SNAPSHOT_NOT_FOUND)
-    │   └── KeyNotFound (404 KEY_NOT_FOUND)
+    │   ├── KeyNotFound (404 KEY_NOT_FOUND)
+    │   └── NodeNotFound (404 NODE_NOT_FOUND)
     ├── MethodNotAllowed (405 METHOD_NOT_ALLOWED)
     ├── PayloadTooLarge (413 PAYLOAD_TOO_LARGE)
     │   └── GuestFileTooLarge (413 GUEST_FILE_TOO_LARGE)
@@ -37,6 +38,8 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     │   ├── DeviceInUse (409 DEVICE_IN_USE)
     │   ├── DeviceUnavailable (409 DEVICE_UNAVAILABLE)
     │   ├── SnapshotRefused (409 SNAPSHOT_REFUSED)
+    │   ├── MigrationRefused (409 MIGRATION_REFUSED)
+    │   ├── OwnedElsewhere (409 VM_OWNED_ELSEWHERE)
     │   └── InsufficientResources (409 INSUFFICIENT_RESOURCES)
     ├── Unsupported (409 CAPABILITY_UNAVAILABLE)
     ├── RateLimited (429 RATE_LIMITED)
@@ -44,6 +47,7 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     ├── ScriptLimitExceeded (422 SCRIPT_LIMIT_EXCEEDED)
     ├── GuestOperationFailed (422 GUEST_OPERATION_FAILED)
     ├── ImagePullFailed (502 IMAGE_PULL_FAILED)
+    ├── ClusterUnavailable (503 CLUSTER_UNAVAILABLE)
     └── HypervisorError (500 HYPERVISOR_ERROR)
 """
 
@@ -57,6 +61,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AddressInUse",
     "BadRequest",
+    "ClusterUnavailable",
     "Conflict",
     "ConsoleBusy",
     "DeviceInUse",
@@ -76,9 +81,12 @@ __all__ = [
     "InvalidState",
     "KeyNotFound",
     "MethodNotAllowed",
+    "MigrationRefused",
     "NameTaken",
+    "NodeNotFound",
     "NotConfidential",
     "NotFound",
+    "OwnedElsewhere",
     "PayloadTooLarge",
     "PortInUse",
     "QuotaExceeded",
@@ -185,6 +193,12 @@ class SnapshotNotFound(NotFound):
     code, status = "SNAPSHOT_NOT_FOUND", 404
 
 
+class NodeNotFound(NotFound):
+    """No node of that name (or this server is not in a cluster); details: node."""
+
+    code, status = "NODE_NOT_FOUND", 404
+
+
 class KeyNotFound(NotFound):
     code, status = "KEY_NOT_FOUND", 404
 
@@ -274,6 +288,19 @@ class SnapshotRefused(Conflict):
     code, status = "SNAPSHOT_REFUSED", 409
 
 
+class MigrationRefused(Conflict):
+    """The VM cannot be live-migrated: QEMU's migration blockers (a VFIO device...), memory
+    encryption, or what is not built yet; details: reasons."""
+
+    code, status = "MIGRATION_REFUSED", 409
+
+
+class OwnedElsewhere(Conflict):
+    """Another node of the cluster owns the VM (etcd says so); details: node."""
+
+    code, status = "VM_OWNED_ELSEWHERE", 409
+
+
 class InsufficientResources(Conflict):
     """Starting the VM would exceed the host's memory or vCPU budget; details say what is free."""
 
@@ -314,6 +341,12 @@ class GuestOperationFailed(HMError):
 
 class ImagePullFailed(HMError):
     code, status = "IMAGE_PULL_FAILED", 502
+
+
+class ClusterUnavailable(HMError):
+    """etcd, where the cluster's shared state lives, could not be reached or refused."""
+
+    code, status = "CLUSTER_UNAVAILABLE", 503
 
 
 class HypervisorError(HMError):

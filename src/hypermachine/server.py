@@ -12,6 +12,8 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -19,7 +21,11 @@ from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.tcp_server import TCPServer
 
 from .api import Services, create_app
-from .config import Settings
+from .cluster import Etcd, EtcdError, Membership
+from .cluster.forwarding import Forwarder, NodeAuth, read_secret
+from .cluster.nodes import describe
+from .cluster.ownership import Ownership
+from .config import ConfigError, Settings
 from .hypervisor.manager import Manager
 from .hypervisor.platform.host import probe_host
 from .hypervisor.qemu.qmp import QmpBridge
@@ -58,12 +64,14 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     )
     runtime = await trio.to_thread.run_sync(RhaiRuntime, settings.cache_dir)
     bridge = QmpBridge()
+    joined = None
     try:
         async with trio.open_nursery() as nursery:
             manager = Manager(
                 settings, store, catalogue, host, bridge, guard=security, qemu_identity=identity
             )
             await nursery.start(manager.run)
+            joined = await _join_cluster(nursery, settings, manager)
             scripts = ScriptService(
                 manager,
                 runtime,
@@ -77,13 +85,65 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 catalogue=catalogue,
                 scripts=scripts,
                 security=security,
+                cluster=joined.membership if joined is not None else None,
+                forwarder=joined.forwarder if joined is not None else None,
             )
             nursery.cancel_scope.cancel()
     finally:
+        if joined is not None:
+            with trio.CancelScope(shield=True):
+                await joined.membership.close()
+                if joined.forwarder is not None:
+                    await joined.forwarder.aclose()
         bridge.close()
         runtime.close()
         store.close()
         security.store.close()
+
+
+@dataclass(frozen=True)
+class _Joined:
+    membership: Membership
+    forwarder: Forwarder | None
+
+
+async def _join_cluster(
+    nursery: trio.Nursery, settings: Settings, manager: Manager
+) -> _Joined | None:
+    """With ``etcd`` set: register this node (its lease kept alive in ``nursery``) and,
+    with a cluster secret, forward requests for VMs other nodes own.
+
+    Raises:
+        ConfigError: etcd could not be reached or refused the registration; an
+            unreadable cluster secret.
+    """
+    if not settings.etcd_urls:
+        return None
+    name, url = settings.node_name, settings.advertise
+    secret_file = settings.cluster_secret_file
+    auth = NodeAuth(name, read_secret(secret_file)) if secret_file is not None else None
+    etcd = Etcd(settings.etcd_urls, timeout_s=settings.etcd_timeout_s)
+    membership = Membership(
+        etcd,
+        name,
+        settings.node_lease_ttl_s,
+        partial(describe, manager, name=name, url=url),
+        fence=manager.fence,
+    )
+    try:
+        await nursery.start(membership.run)
+    except EtcdError as err:
+        await etcd.aclose()
+        raise ConfigError(f"node {name} could not register in etcd: {err}") from err
+    manager.owners = Ownership(etcd, name, lambda: membership.cut_off)
+    forwarder = None
+    if auth is not None:
+        budget = max(settings.wait_timeout_max_s, settings.migration_timeout_s) + 30
+        forwarder = Forwarder(
+            auth, etcd, membership, lambda vm_id: manager.owner_of(vm_id) is not None,
+            timeout_s=budget,
+        )  # fmt: skip
+    return _Joined(membership, forwarder)
 
 
 def _prepare_folders(settings: Settings) -> QemuIdentity | None:

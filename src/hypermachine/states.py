@@ -37,6 +37,7 @@ class Action(StrEnum):
     SNAPSHOT = "snapshot"
     RESTORE = "restore"
     HIBERNATE = "hibernate"
+    MIGRATE = "migrate"
 
 
 # States in which a QEMU process may exist.
@@ -59,6 +60,8 @@ _TABLE: dict[Action, tuple[frozenset[VmState], VmState]] = {
         S.RESTORING,
     ),
     Action.HIBERNATE: (frozenset({S.RUNNING, S.PAUSED}), S.SNAPSHOTTING),
+    # The VM stays as it is while it moves (a paused one arrives paused).
+    Action.MIGRATE: (frozenset({S.RUNNING, S.PAUSED}), S.RUNNING),
 }
 
 

@@ -36,7 +36,8 @@ EXPECTED = {
     "get_host_capabilities", "get_vm_attestation", "list_vm_execs", "get_vm_exec",
     "get_vm_console_log",
     "take_snapshot", "list_snapshots", "get_snapshot", "delete_snapshot", "restore_snapshot",
-    "fork_vm", "hibernate_vm", "create_vm_from_snapshot",
+    "fork_vm", "hibernate_vm", "create_vm_from_snapshot", "migrate_vm",
+    "list_nodes",
 }  # fmt: skip
 TOOL_NAMES = [op.name for op in REGISTRY.tools()]
 OPENAI_NAME = r"^[a-zA-Z0-9_-]{1,64}$"

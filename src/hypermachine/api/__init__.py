@@ -4,8 +4,9 @@ Each declared operation with a REST route gets one (:mod:`.rest`); the console
 websocket and MCP have custom views, still dispatched through the same access
 check. The app holds no global state: it is built around running services.
 
-May import: ``agentic``, ``config``, ``errors``, ``hypervisor``, ``models``,
-``operations``, ``sandbox``, ``security``, ``ui`` (it assembles the app from them).
+May import: ``agentic``, ``cluster``, ``config``, ``errors``, ``hypervisor``, ``models``,
+``operations``, ``sandbox``, ``security``, ``ui`` (it assembles the app from them;
+``cluster`` sends a request for a VM another node owns to that node).
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from quart_trio import QuartTrio
 from ..agentic import agent_operations, mcp_views
 from ..operations import Dispatcher, Registry
 from ..operations.catalogue import vm_operations
+from ..operations.cluster import cluster_operations
 from ..operations.snapshots import snapshot_operations
 from ..security.http import install_security
 from ..security.operations import security_operations
 from ..ui import ui_operations
 from .console import console_views
 from .errors import register_error_handlers
+from .forward import install_forwarding
 from .metrics import install_request_metrics
 from .rest import generic_view, mount
 from .services import Services
@@ -35,6 +38,7 @@ def build_registry() -> Registry:
         [
             *vm_operations(),
             *snapshot_operations(),
+            *cluster_operations(),
             *security_operations(),
             *agent_operations(),
             *ui_operations(),
@@ -53,6 +57,9 @@ def create_app(services: Services) -> QuartTrio:
     register_error_handlers(app)
     if services.security is not None:
         install_security(app, services.security)  # keys, tenants, rate limits
+    if services.forwarder is not None:
+        app.extensions["hypermachine.node_auth"] = services.forwarder.auth
+        install_forwarding(app, services.forwarder)
     install_request_metrics(app)
     dispatcher = Dispatcher(build_registry(), services)
     create = dispatcher.registry.get("create_vm")

@@ -23,6 +23,8 @@ class Services:
     catalogue: Any  # hypermachine.images.Catalogue
     scripts: ScriptService
     security: Any = None  # hypermachine.security.Security; None: no auth layer (open)
+    cluster: Any = None  # hypermachine.cluster.Membership; None: a single host
+    forwarder: Any = None  # hypermachine.cluster.forwarding.Forwarder; None: no forwarding
     started_at: float = field(default_factory=trio.current_time)
     console_tokens: ConsoleTokens | None = None
     """Browser console tokens; built from the settings when not given."""

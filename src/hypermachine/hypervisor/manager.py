@@ -28,7 +28,15 @@ import psutil
 import trio
 
 from ..config import ConfigError, Settings
-from ..errors import HMError, HypervisorError, ImageNotFound, InvalidState, VmNotFound, WaitTimeout
+from ..errors import (
+    HMError,
+    HypervisorError,
+    ImageNotFound,
+    InvalidState,
+    NodeNotFound,
+    VmNotFound,
+    WaitTimeout,
+)
 from ..events import EventLog
 from ..models import (
     CreateFromSnapshotRequest,
@@ -36,6 +44,8 @@ from ..models import (
     ForkRequest,
     HostCapabilities,
     HostDevices,
+    MigrateRequest,
+    Migration,
     Snapshot,
     SnapshotRequest,
     Vm,
@@ -53,14 +63,15 @@ from .devices.resources import HostResources
 from .guest.console import ConsoleService, rotate_at_start
 from .guest.service import GuestService
 from .metrics import require_live, vm_metrics
+from .migration_service import MigrationService
 from .platform import capabilities, vmplatform
 from .platform.host import HostFacts, check_supported
-from .ports import CatalogueLike, GuardLike, ImageLike
+from .ports import CatalogueLike, GuardLike, ImageLike, OwnersLike
 from .provision import Provisioning
 from .qemu import qmp_commands
-from .qemu.argv import BootSource
+from .qemu.argv import BootSource, Platform
 from .qemu.faults import contained
-from .qemu.machine import Companion, Machine, spawn_qemu
+from .qemu.machine import ArgvBuilder, Companion, Machine, spawn_qemu
 from .qemu.qmp import QmpBridge
 from .readopt import Readoption
 from .snapshot_service import SnapshotService
@@ -175,6 +186,8 @@ class Manager:
         self.snapshots = SnapshotService(self)
         self._readoption = Readoption(self)
         self._provisioning = Provisioning(self)
+        self.owners: OwnersLike | None = None  # set when the node joins a cluster
+        self.migrations = MigrationService(self)
 
     # -- life of the manager ---------------------------------------------------
 
@@ -392,6 +405,8 @@ class Manager:
         Raises:
             ImageNotFound, Unsupported, NameTaken, IdempotencyConflict.
         """
+        if request.node not in (None, self._settings.node_name):
+            raise NodeNotFound(f"node {request.node!r} is not this one", node=request.node)
         body = request.model_dump(mode="json")
         tenant = current_caller().tenant
         if idempotency_key is not None:
@@ -404,7 +419,7 @@ class Manager:
         check_supported(request, self.host, also=self._resources.unsupported(request))
         now = utcnow()
         vm_uuid = str(uuidlib.uuid4())
-        spec = VmSpec.model_validate(request.model_dump(exclude={"start", "wait"}))
+        spec = VmSpec.model_validate(request.model_dump(exclude={"start", "wait", "node"}))
         vm = Vm(
             **spec.model_dump(),
             id=f"vm-{vm_uuid.replace('-', '')[:12]}",
@@ -414,9 +429,17 @@ class Manager:
             created_at=now,
             updated_at=now,
             tenant=tenant,
+            node=self._settings.node_name,
         )
         vm = self._resources.admit(vm, self._store.all_vms())
-        self._store.insert_vm(vm)
+        if self.owners is not None:
+            await self.owners.hold(vm)
+        try:
+            self._store.insert_vm(vm)
+        except HMError:
+            if self.owners is not None:
+                await self.owners.release(vm.id)
+            raise
         self.events.vm_created(vm)
         if idempotency_key is not None:
             self._store.put_idempotency(idempotency_key, fingerprint(body), vm.id)
@@ -460,6 +483,11 @@ class Manager:
                 machine.report.stop_requested = "deleted"
                 await machine.terminate(0)
             await self._release(vm_id)
+            if self.owners is not None:
+                try:
+                    await self.owners.release(vm_id)
+                except HMError as err:  # a key naming us for a deleted VM is harmless
+                    log.warning("%s: its ownership key stays: %s", vm_id, err.message)
         self._finish_delete(vm_id)
 
     async def _release(self, vm_id: str) -> None:
@@ -509,6 +537,8 @@ class Manager:
         image = self._catalogue.get(vm.image)
         if not image.available:
             raise ImageNotFound(f"image {vm.image!r} is not on disk", image=vm.image)
+        if self.owners is not None:  # never a VM another node runs
+            await self.owners.hold(vm)
         # Admission and the move to `starting` (which reserves the VM's share) run with
         # no checkpoint in between: under Trio no other start can interleave here (and
         # a VM created with start=true is never seen "stopped", see _provision).
@@ -576,20 +606,7 @@ class Manager:
             self._set(vm.id, VmState.ERROR, f"firmware/TPM could not be prepared: {err.message}")
             return None
         nic_fd = nic.fileno() if nic is not None else None
-
-        def argv(qmp_fd: int, tap_fd: int | None) -> list[str]:
-            return build_argv(
-                vm,
-                boot,
-                paths,
-                qemu_binary=settings.qemu_binary,
-                accelerator=self.host.accelerator,
-                qmp_fd=qmp_fd,
-                nic_fd=nic_fd if nic_fd is not None else tap_fd,
-                platform=platform,
-                incoming=incoming,
-            )
-
+        argv = self.qemu_argv(vm, boot, paths, platform, nic_fd, incoming=incoming)
         try:
             rotate_at_start(paths.console_log)
             extra = () if nic_fd is None else (nic_fd,)
@@ -601,6 +618,41 @@ class Manager:
             vmplatform.after_exit(paths)
             self._set(vm.id, VmState.ERROR, f"QEMU could not be started: {err}")
             return None
+
+    def boot_of(self, vm: Vm) -> BootSource:
+        """How ``vm``'s image boots (a migration's destination boots the same way).
+
+        Raises:
+            ImageNotFound.
+        """
+        return _boot_source(self._catalogue.get(vm.image))
+
+    def qemu_argv(
+        self,
+        vm: Vm,
+        boot: BootSource,
+        paths: VmPaths,
+        platform: Platform,
+        nic_fd: int | None,
+        *,
+        incoming: bool,
+    ) -> ArgvBuilder:
+        """The argv builder ``spawn_qemu`` calls with the QMP and tap descriptors."""
+
+        def argv(qmp_fd: int, tap_fd: int | None) -> list[str]:
+            return build_argv(
+                vm,
+                boot,
+                paths,
+                qemu_binary=self._settings.qemu_binary,
+                accelerator=self.host.accelerator,
+                qmp_fd=qmp_fd,
+                nic_fd=nic_fd if nic_fd is not None else tap_fd,
+                platform=platform,
+                incoming=incoming,
+            )
+
+        return argv
 
     async def _supervise(self, machine: Machine) -> None:
         self._machines[machine.vm_id] = machine
@@ -614,6 +666,8 @@ class Manager:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async def on_state(state: VmState, reason: str | None) -> None:
+            if machine.report.handed_over:  # the VM runs on in its migration's destination
+                return
             if machine.exited.is_set():
                 await self._release(machine.vm_id)
             self._on_machine_state(machine, state, reason)
@@ -799,6 +853,11 @@ class Manager:
             ref, request.name, start=request.start, labels=request.labels
         )
 
+    @_owned
+    async def migrate(self, vm_id: str, request: MigrateRequest) -> Migration:
+        """Raises: NodeNotFound, InvalidState, MigrationRefused, HypervisorError."""
+        return await self.migrations.migrate(vm_id, request)
+
     # -- metrics ---------------------------------------------------------------
 
     async def metrics(self, vm_id: str) -> VmMetrics:
@@ -817,6 +876,28 @@ class Manager:
 
     def live_machines(self) -> int:
         return len(self._machines)
+
+    # -- this node, for the cluster (cluster/nodes.py) ------------------------
+
+    @property
+    def budget(self) -> HostBudget:
+        """What host admission lets live VMs use on this host."""
+        return self._budget
+
+    async def fence(self, reason: str) -> None:
+        """Kill every QEMU of this host at once (the node is cut off from its cluster:
+        others may soon act on its VMs); each VM becomes ``error`` with ``reason``."""
+        machines = list(self._machines.values())
+        for machine in machines:
+            machine.fail(reason)
+        for machine in machines:
+            await machine.exited.wait()
+        if machines:
+            log.error("fenced %d VM(s): %s", len(machines), reason)
+
+    def local_vms(self) -> Sequence[Vm]:
+        """Every VM this host holds, whoever's (no caller check: for counting)."""
+        return tuple(self._store.all_vms())
 
 
 # A guest can miss an ACPI power-button press (early in boot, before its handler

@@ -1,14 +1,16 @@
 """What the manager needs from outside the hypervisor layer, as protocols: an image
-of the catalogue, the catalogue itself, and the security layer's quotas. The server
-hands in the real ones (``images.Catalogue``, ``security.Security``); tests may hand
-in their own."""
+of the catalogue, the catalogue itself, the security layer's quotas and the cluster's
+VM ownership. The server hands in the real ones (``images.Catalogue``,
+``security.Security``, ``cluster.ownership.Ownership``); tests may hand in their own."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["CatalogueLike", "GuardLike", "ImageLike"]
+from ..models import Vm
+
+__all__ = ["CatalogueLike", "GuardLike", "ImageLike", "OwnersLike"]
 
 
 class ImageLike(Protocol):
@@ -40,3 +42,10 @@ class GuardLike(Protocol):
 
     def vm_quota(self) -> int: ...
     def storage_quota_bytes(self) -> int: ...
+
+
+class OwnersLike(Protocol):
+    """VM ownership in a cluster (``hypermachine.cluster.ownership.Ownership``)."""
+
+    async def hold(self, vm: Vm) -> None: ...
+    async def release(self, vm_id: str) -> None: ...

@@ -21,6 +21,7 @@ from ..errors import HypervisorError
 from ..models import Vm, VmState
 from ..states import LIVE_STATES
 from .devices.resources import HostResources
+from .migration_service import MigrationService
 from .platform import vmplatform
 from .qemu import qmp_commands
 from .qemu.machine import Machine, adopt_pid
@@ -43,6 +44,7 @@ class ReadoptionHost(Protocol):
     _bridge: QmpBridge
     _resources: HostResources
     snapshots: SnapshotService
+    migrations: MigrationService
 
     def _paths(self, vm_id: str) -> VmPaths: ...
     def _set(self, vm_id: str, state: VmState, reason: str | None, **extra: Any) -> Vm: ...
@@ -66,6 +68,8 @@ class Readoption:
         if vm.state in (VmState.SNAPSHOTTING, VmState.RESTORING):
             prior = self._m.snapshots.recover_prior_state(vm)
         if vm.state in LIVE_STATES:
+            if self._m.migrations.recover(vm) and vm.state is VmState.RUNNING:
+                prior = VmState.RUNNING  # its QEMU may be paused for the switch-over
             pid = adopt_pid(paths, vm.uuid)
             if pid is not None and self._m.snapshots.hibernation_written(vm):
                 with contextlib.suppress(psutil.Error):

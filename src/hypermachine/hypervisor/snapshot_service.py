@@ -56,6 +56,7 @@ from ..store import Store, utcnow
 from .devices import hostnet
 from .devices.resources import HostResources
 from .guest.service import GuestService
+from .platform import tpm
 from .ports import GuardLike
 from .qemu import qmp_commands
 from .qemu.machine import Machine
@@ -299,7 +300,7 @@ class SnapshotService:
             else:
                 layer = await snapshots.freeze_stopped(self._settings.qemu_img_binary, vm_dir)
             self._step(vm.id, "disk_frozen", snapshot=name, layer=layer)
-            snapfiles.copy_platform(vm_dir, folder.path)
+            snapfiles.copy_platform(vm_dir, tpm.state_dir_of(vm_dir), folder.path)
             if memory and machine is not None:
                 await snapshots.save_memory(
                     machine,
@@ -384,7 +385,7 @@ class SnapshotService:
             nursery.start_soon(self._end_qemu, vm.id, "restoring a snapshot")
             top = await layers.create_above(self._settings.qemu_img_binary, vm_dir, layer)
         layers.point_top(vm_dir, top)
-        snapfiles.copy_platform(vm_dir, folder.path, to_vm=True)
+        snapfiles.copy_platform(vm_dir, tpm.state_dir_of(vm_dir), folder.path, to_vm=True)
         layers.collect(vm_dir, self._keep_layers(vm_dir))
         Resume.of(vm_dir).discard()
         if not snapshot.memory:
@@ -676,6 +677,7 @@ class SnapshotService:
                 "tenant": parent.tenant,
                 "generation_id": str(uuidlib.uuid4()),
                 "from_snapshot": ref.model_dump(),
+                "node": self._settings.node_name,
                 "security_notes": parent.security_notes,
             }
         )
@@ -718,7 +720,7 @@ class SnapshotService:
             layers.link_chain(parent_dir, layer, child_dir)
             top = await layers.create_above(self._settings.qemu_img_binary, child_dir, layer)
             layers.point_top(child_dir, top)
-            snapfiles.copy_platform(child_dir, folder.path, to_vm=True)
+            snapfiles.copy_platform(child_dir, tpm.state_dir_of(child_dir), folder.path, to_vm=True)
             if snapshot.memory:
                 self._stage_resume(child_dir, folder, snapshot.vm_state, parent.network_info)
         except (HMError, OSError) as err:

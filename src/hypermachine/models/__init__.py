@@ -4,14 +4,15 @@ These are the single source of every field's type and constraint: request
 validation, the stored rows, OpenAPI and tool schemas all derive from them.
 
 One module per topic (base, spec, vm, scripts, images, snapshots, guest, events,
-host); every model is imported from here: ``from hypermachine.models import Vm``.
+host, cluster); every model is imported from here: ``from hypermachine.models import Vm``.
 
 May import: nothing of hypermachine (pydantic and the standard library only).
 """
 
 from __future__ import annotations
 
-from .base import NAME_PATTERN, VmState
+from .base import NAME_PATTERN, NODE_PATTERN, VmState
+from .cluster import MigrateRequest, Migration, Node, NodeList, NodeState
 from .events import Event, EventType
 from .guest import (
     ExecOutput,
@@ -71,6 +72,7 @@ from .vm import (
 
 __all__ = [
     "NAME_PATTERN",
+    "NODE_PATTERN",
     "Capability",
     "CapabilityMap",
     "CloudInitSpec",
@@ -106,8 +108,13 @@ __all__ = [
     "LifecycleRequest",
     "MdevType",
     "MemoryEncryption",
+    "MigrateRequest",
+    "Migration",
     "NetworkInfo",
     "NetworkSpec",
+    "Node",
+    "NodeList",
+    "NodeState",
     "Passthrough",
     "PciDevice",
     "PortForward",

@@ -23,6 +23,7 @@ class EventType(StrEnum):
     GUEST_AGENT_CONNECTED = "guest_agent.connected"
     GUEST_AGENT_DISCONNECTED = "guest_agent.disconnected"
     SNAPSHOT_STEP = "vm.snapshot"
+    MIGRATION_STEP = "vm.migration"
 
 
 class Event(_Strict):

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import _MAX_LABELS, NAME_PATTERN, _check_labels, _Strict
+from .base import _MAX_LABELS, NAME_PATTERN, NODE_PATTERN, _check_labels, _Strict
 
 __all__ = [
     "CloudInitSpec",
@@ -334,6 +334,11 @@ class VmSpec(_Strict):
 class CreateVmRequest(VmSpec):
     start: bool = Field(default=False, description="Start the VM as soon as it is created.")
     wait: bool = Field(default=False, description="Return only once the VM reached its state.")
+    node: str | None = Field(
+        default=None,
+        pattern=NODE_PATTERN,
+        description="The cluster node to create it on; omitted: where it fits (placement).",
+    )
 
 
 class SnapshotRef(_Strict):

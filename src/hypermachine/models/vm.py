@@ -138,6 +138,7 @@ class Vm(VmSpec):
     from_snapshot: SnapshotRef | None = Field(
         default=None, description="The snapshot this VM was forked or created from."
     )
+    node: str | None = Field(default=None, description="The node that runs it.")
 
 
 class VmList(_Strict):

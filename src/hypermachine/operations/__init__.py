@@ -9,7 +9,9 @@ agent faces (``agentic``), MCP and scripts (``sandbox``) all dispatch through it
 
 May import: ``models``, ``errors``, ``store`` (query types), ``telemetry``,
 ``security.caller``, ``security.tokens`` and ``hypervisor.qemu.qmp_commands`` (the
-raw QMP operation's allowlist: QMP's command names live only there); handlers
+raw QMP operation's allowlist: QMP's command names live only there),
+``cluster.etcd`` (its errors) and ``cluster.nodes`` (a single host's description of
+itself for the node list); handlers
 reach the hypervisor only through the services of their context.
 """
 

@@ -19,6 +19,7 @@ import trio
 
 from .. import __version__
 from ..errors import (
+    ClusterUnavailable,
     ConsoleBusy,
     ExecNotFound,
     GuestAgentUnavailable,
@@ -27,9 +28,12 @@ from ..errors import (
     GuestPathNotFound,
     HypervisorError,
     ImageNotFound,
+    InsufficientResources,
     InvalidState,
     NameTaken,
+    NodeNotFound,
     NotConfidential,
+    OwnedElsewhere,
     ScriptLimitExceeded,
     ScriptRuntimeError,
     ScriptSyntaxError,
@@ -552,7 +556,16 @@ def _vm_core() -> list[Operation]:
             access=Access.KEY,
             mutates=True,
             result=Vm,
-            errors=(ImageNotFound, NameTaken, Unsupported, InvalidState, WaitTimeout),
+            errors=(
+                ImageNotFound,
+                NameTaken,
+                Unsupported,
+                InvalidState,
+                WaitTimeout,
+                NodeNotFound,
+                InsufficientResources,
+                ClusterUnavailable,
+            ),
             http=HttpRoute(
                 "POST",
                 "/api/v1/vms",
@@ -602,7 +615,15 @@ def _vm_core() -> list[Operation]:
             access=Access.TENANT,
             mutates=True,
             result=Vm,
-            errors=(VmNotFound, InvalidState, ImageNotFound, WaitTimeout, HypervisorError),
+            errors=(
+                VmNotFound,
+                InvalidState,
+                ImageNotFound,
+                WaitTimeout,
+                HypervisorError,
+                OwnedElsewhere,
+                ClusterUnavailable,
+            ),
             http=HttpRoute(
                 "POST",
                 f"{_VM}/start",

@@ -21,6 +21,7 @@ from ..models import (
     FileWriteRequest,
     ForkRequest,
     LifecycleRequest,
+    MigrateRequest,
     RestoreRequest,
     ScriptRequest,
     SnapshotRequest,
@@ -45,6 +46,7 @@ __all__ = [
     "KeyIdInput",
     "ListImagesInput",
     "ListVmsInput",
+    "MigrateVmInput",
     "NoInput",
     "ProviderInput",
     "QmpInput",
@@ -153,6 +155,10 @@ class StartVmInput(VmIdInput, LifecycleRequest):
 
 class StopVmInput(VmIdInput, StopRequest):
     """Stop: the VM id plus the REST body (force, wait, timeout_s)."""
+
+
+class MigrateVmInput(VmIdInput, MigrateRequest):
+    """Migrate: the VM id plus the REST body (node)."""
 
 
 class WaitForVmInput(VmIdInput):

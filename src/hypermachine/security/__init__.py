@@ -2,7 +2,8 @@
 host admission and the audit log (threat model: docs/threat-model.md).
 
 May import: ``config``, ``errors``, ``models``, ``store`` (its SQLite opener),
-``operations`` (to declare the key and audit operations).
+``operations`` (to declare the key and audit operations), ``cluster.forwarding``
+(the signature check of a request another node forwarded).
 """
 
 from .caller import ANONYMOUS, SYSTEM, Caller, Tier, acting_as, current_caller

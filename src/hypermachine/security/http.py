@@ -13,12 +13,13 @@ from typing import Any
 from quart import Response, current_app, g, request, websocket
 from quart_trio import QuartTrio
 
+from ..cluster.forwarding import NodeAuth, is_forwarded, unsigned
 from ..errors import Forbidden, RateLimited, Unauthorized
-from .caller import ANONYMOUS, set_caller
+from .caller import ANONYMOUS, Caller, set_caller
 from .service import Security
 from .web import host_allowed
 
-__all__ = ["install_security", "security"]
+__all__ = ["install_security", "raw_body", "raw_target", "security"]
 
 _CHALLENGE = 'Bearer realm="hypermachine", charset="UTF-8"'
 
@@ -28,8 +29,26 @@ def security() -> Security:
     return found
 
 
-def _admit(headers: Any, matched: bool, token: str | None = None) -> None:
+def _admit(
+    headers: Any, matched: bool, token: str | None = None, forwarded: Caller | None = None
+) -> None:
     guard = security()
+    # A forwarded request's caller: another node of the cluster checked its key.
+    caller = forwarded if forwarded is not None else _authenticate(guard, headers, token)
+    if not matched and caller is ANONYMOUS:
+        raise Unauthorized("an API key is required (Authorization: Bearer hm_…)")
+    set_caller(caller)
+    decision = guard.rate_limit(caller)
+    g.hm_rate = decision
+    if decision is not None and not decision.allowed:
+        raise RateLimited(
+            f"more than {decision.limit} requests in a minute for this key",
+            limit=decision.limit,
+            retry_after_s=decision.retry_after_s,
+        )
+
+
+def _authenticate(guard: Security, headers: Any, token: str | None) -> Caller:
     if guard.mode() == "open" and not host_allowed(
         headers.get("Host"), guard.settings.allowed_origins
     ):
@@ -44,26 +63,50 @@ def _admit(headers: Any, matched: bool, token: str | None = None) -> None:
         # A browser's console websocket: the token stands for the key that asked for
         # it; the console operation spends it (bound to that VM and console kind).
         caller = current_app.extensions["hypermachine"].console_tokens.caller_of(token)
-    if not matched and caller is ANONYMOUS:
-        raise Unauthorized("an API key is required (Authorization: Bearer hm_…)")
-    set_caller(caller)
-    decision = guard.rate_limit(caller)
-    g.hm_rate = decision
-    if decision is not None and not decision.allowed:
-        raise RateLimited(
-            f"more than {decision.limit} requests in a minute for this key",
-            limit=decision.limit,
-            retry_after_s=decision.retry_after_s,
-        )
+    return caller
+
+
+async def raw_body() -> bytes:
+    body = await request.get_data(as_text=False)
+    return body if isinstance(body, bytes) else body.encode()
+
+
+def raw_target() -> bytes:
+    """The request's path and query as they came (what a forwarding node signs)."""
+    path = request.scope.get("raw_path") or request.path.encode()
+    query = request.query_string
+    return bytes(path) + (b"?" + query if query else b"")
+
+
+async def _forwarded_caller() -> Caller | None:
+    """The caller of a request another node forwarded (signed with the cluster secret).
+
+    Raises:
+        Unauthorized: it claims to be forwarded without a valid signature.
+    """
+    auth: NodeAuth | None = current_app.extensions.get("hypermachine.node_auth")
+    if auth is None:
+        refusal = unsigned(dict(request.headers))
+        if refusal is not None:
+            raise refusal
+        return None
+    headers = dict(request.headers)
+    if not is_forwarded(headers):
+        return None
+    return auth.caller_of(headers, request.method, raw_target().decode(), await raw_body())
 
 
 async def _before_request() -> None:
     g.hm_rate = None
-    _admit(request.headers, request.url_rule is not None)
+    forwarded = await _forwarded_caller()
+    _admit(request.headers, request.url_rule is not None, forwarded=forwarded)
 
 
 async def _before_websocket() -> None:
     g.hm_rate = None
+    refusal = unsigned(dict(websocket.headers))  # websockets are not forwarded
+    if refusal is not None:
+        raise refusal
     _admit(websocket.headers, websocket.url_rule is not None, websocket.args.get("token"))
 
 

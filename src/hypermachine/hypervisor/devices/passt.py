@@ -128,10 +128,25 @@ class PasstProcesses:
         Raises:
             HypervisorError: passt could not start or bind a forward within the budget.
         """
+        guest_end, qemu_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await self.serve(info, vm_paths, guest_end)
+        except BaseException:
+            qemu_end.close()
+            raise
+        return qemu_end
+
+    async def serve(self, info: NetworkInfo, vm_paths: VmPaths, guest_end: socket.socket) -> None:
+        """Start the VM's passt on ``guest_end``, the other end of QEMU's socket (closed
+        here: passt holds its own copy). A migration's destination QEMU gets its socket
+        first; its passt starts once the source's has let go of the forwarded ports.
+
+        Raises:
+            HypervisorError: passt could not start or bind a forward within the budget.
+        """
         paths = PasstPaths.for_vm(vm_paths)
         await self.stop(vm_paths)  # a stale one would hold the forwarded ports
         vm_paths.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        guest_end, qemu_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ready_r, ready_w = os.pipe()
         try:
             if self._identity is not None:  # passt opens /dev/fd/N as its own user
@@ -150,7 +165,6 @@ class PasstProcesses:
                 )
         except OSError as err:
             os.close(ready_r)
-            qemu_end.close()
             raise HypervisorError(f"cannot start passt: {err.strerror}") from err
         finally:
             os.close(ready_w)
@@ -159,12 +173,10 @@ class PasstProcesses:
         try:
             await self._wait_ready(ready_r, child, paths)
         except BaseException:
-            qemu_end.close()
             with trio.CancelScope(shield=True):
                 await self.stop(vm_paths)
             raise
         log.info("passt pid %d serves %s", child.pid, vm_paths.run_dir.name)
-        return qemu_end
 
     async def _wait_ready(
         self, ready_r: int, child: subprocess.Popen[bytes], paths: PasstPaths

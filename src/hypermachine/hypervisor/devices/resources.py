@@ -168,6 +168,42 @@ class HostResources:
             raise
         return held
 
+    # -- live migration (migration_service.py) ---------------------------------
+
+    @staticmethod
+    def incoming_nic(vm: Vm) -> tuple[socket.socket, socket.socket] | None:
+        """A migration's destination QEMU's NIC: (QEMU's end, passt's end) of a new
+        socket for a NAT VM, None for a VM without a NIC. Its passt starts in
+        :meth:`hand_over_nic`, once the source's has let go of the forwarded ports.
+
+        Raises:
+            Unsupported: a bridge VM (its tap cannot be opened by two QEMUs).
+        """
+        if vm.network.type == "bridge":
+            raise Unsupported(
+                "live migration of a bridge VM is not built yet (its tap is opened once)",
+                unsupported={"network.type": "bridge"},
+            )
+        if vm.network.type == "none":
+            return None
+        return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+    async def hand_over_nic(
+        self, vm: Vm, source: VmPaths, dest: VmPaths, guest_end: socket.socket
+    ) -> None:
+        """The source QEMU is gone: stop its passt (files at ``source``), start one on
+        ``guest_end`` for the destination (at ``dest``), on the same forwarded ports.
+
+        Raises:
+            HypervisorError: the new passt could not start (the guest has no network).
+        """
+        info = vm.network_info
+        if info is None:
+            guest_end.close()
+            return
+        await self._passt.stop(source)
+        await self._passt.serve(info, dest, guest_end)
+
     def adopt(self, vm: Vm, paths: VmPaths) -> None:
         """On re-adoption, find the VM's passt again (it lives as long as QEMU does)."""
         if vm.network.type != "nat":

@@ -12,6 +12,10 @@ Life of a vTPM:
 * **restart of the server** — swtpm, like QEMU, is not our child: :func:`find`
   re-finds it from the pidfile, checking its command line names this VM's state dir.
 * **delete** — the state dir goes with the VM dir.
+* **live migration** — each QEMU needs its own swtpm on its own state dir (swtpm 0.7.1
+  locks it, with no hand-over), so the destination's swtpm starts on an empty
+  ``tpm-<hex>`` and the state arrives in QEMU's stream; afterwards ``tpm.current``
+  names that dir (:func:`state_dir_of`), since a running swtpm's dir cannot be renamed.
 
 When QEMU runs as an unprivileged user (:mod:`.confine`), so do ``swtpm`` and
 ``swtpm_setup``: nothing in a folder that user owns is written by root. The EK and
@@ -26,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +44,31 @@ from ..vmfiles import nofollow
 from ..vmfiles.confine import QemuIdentity
 from ..vmfiles.layout import VmPaths
 
-__all__ = ["TpmPaths", "find", "setup", "start", "stop"]
+__all__ = ["TpmPaths", "find", "set_state_dir", "setup", "start", "state_dir_of", "stop"]
 
 log = logging.getLogger(__name__)
 
 _STATE_FILE = "tpm2-00.permall"
+_DEFAULT_DIR = "tpm"
+_CURRENT = "tpm.current"  # names the state dir when a migration moved it
+_DIR_NAME = re.compile(r"tpm(-[0-9a-f]{8})?")
+
+
+def state_dir_of(vm_dir: Path) -> Path:
+    """The VM's TPM state dir: ``tpm``, or the one ``tpm.current`` names (a valid name
+    only: the file lives in a folder the QEMU user may write)."""
+    try:
+        name = nofollow.read_file(vm_dir / _CURRENT, limit=64).decode().strip()
+    except (OSError, UnicodeDecodeError):
+        return vm_dir / _DEFAULT_DIR
+    return vm_dir / (name if _DIR_NAME.fullmatch(name) else _DEFAULT_DIR)
+
+
+def set_state_dir(vm_dir: Path, state_dir: Path) -> None:
+    """Make ``state_dir`` (a ``tpm-<hex>`` in ``vm_dir``) the VM's TPM state dir."""
+    if state_dir.parent != vm_dir or not _DIR_NAME.fullmatch(state_dir.name):
+        raise ValueError(f"not a TPM state dir of {vm_dir}: {state_dir}")
+    nofollow.write_file(vm_dir / _CURRENT, state_dir.name.encode())
 
 
 @dataclass(frozen=True)
@@ -54,9 +79,11 @@ class TpmPaths:
     log: Path  # with the VM, so it outlives a stop
 
     @classmethod
-    def for_vm(cls, paths: VmPaths) -> TpmPaths:
+    def for_vm(cls, paths: VmPaths, state_dir: Path | None = None) -> TpmPaths:
+        """The VM's TPM files; ``state_dir`` instead of its current one (a migration's
+        destination)."""
         return cls(
-            state_dir=paths.vm_dir / "tpm",
+            state_dir=state_dir or state_dir_of(paths.vm_dir),
             socket=paths.run_dir / "swtpm.sock",
             pidfile=paths.run_dir / "swtpm.pid",
             log=paths.vm_dir / "swtpm.log",
@@ -138,21 +165,31 @@ async def setup(tpm: TpmPaths, settings: Settings, identity: QemuIdentity | None
         "--pcr-banks", "sha256", "--not-overwrite",
         "--logfile", _swtpm_path(tpm.log), *config,
     ]  # fmt: skip
+    _make_state_dir(tpm, identity)
+    await _run(argv, settings.swtpm_setup_timeout_s, "swtpm_setup", identity)
+
+
+def _make_state_dir(tpm: TpmPaths, identity: QemuIdentity | None) -> None:
     with contextlib.suppress(FileExistsError):  # mkdir never follows a symlink
         os.mkdir(tpm.state_dir, 0o700)
         if identity is not None:
             os.chown(tpm.state_dir, identity.uid, identity.gid, follow_symlinks=False)
-    await _run(argv, settings.swtpm_setup_timeout_s, "swtpm_setup", identity)
 
 
-async def start(tpm: TpmPaths, settings: Settings, identity: QemuIdentity | None) -> int:
+async def start(
+    tpm: TpmPaths, settings: Settings, identity: QemuIdentity | None, *, incoming: bool = False
+) -> int:
     """Start the VM's swtpm (before QEMU, as ``identity``, which owns the VM's folders by
-    then); return its pid once its socket is there.
+    then); return its pid once its socket is there. ``incoming``: its state will come in
+    QEMU's migration stream, so none is made.
 
     Raises:
         HypervisorError: it would not start within ``swtpm_start_timeout_s``.
     """
-    await setup(tpm, settings, identity)  # a VM created before it asked for a vTPM
+    if incoming:
+        _make_state_dir(tpm, identity)
+    else:
+        await setup(tpm, settings, identity)  # a VM created before it asked for a vTPM
     stop(tpm)  # a stale one from a crash would hold the state lock
     argv = [
         settings.swtpm_binary, "socket", "--tpm2",

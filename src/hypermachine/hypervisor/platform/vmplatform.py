@@ -168,8 +168,12 @@ async def launch_platform(
     host: HostFacts,
     settings: Settings,
     identity: QemuIdentity | None,
+    *,
+    incoming_tpm: Path | None = None,
 ) -> Platform:
     """Everything firmware/TPM/SEV-shaped QEMU needs; starts the VM's swtpm (as ``identity``).
+    ``incoming_tpm``: a migration's destination, whose swtpm gets this empty state dir
+    (the state comes in QEMU's stream).
 
     Raises:
         Unsupported, HypervisorError (swtpm would not start).
@@ -179,9 +183,9 @@ async def launch_platform(
     vars_path = _ensure_vars(fw, paths)
     socket = None
     if vm.security.vtpm:
-        tpm_paths = tpm.TpmPaths.for_vm(paths)
+        tpm_paths = tpm.TpmPaths.for_vm(paths, incoming_tpm)
         _hand_over(paths, identity)
-        pid = await tpm.start(tpm_paths, settings, identity)
+        pid = await tpm.start(tpm_paths, settings, identity, incoming=incoming_tpm is not None)
         log.info("%s: swtpm pid %d", vm.id, pid)
         socket = tpm_paths.socket
     stateless = fw is not None and fw.device == "memory"

@@ -36,7 +36,15 @@ from .argv import launched_for
 from .faults import FaultHandler, contained
 from .qmp import QmpBridge, QmpGone, QmpSession
 
-__all__ = ["Companion", "ExitReport", "Machine", "adopt_pid", "qmp_event", "spawn_qemu"]
+__all__ = [
+    "ArgvBuilder",
+    "Companion",
+    "ExitReport",
+    "Machine",
+    "adopt_pid",
+    "qmp_event",
+    "spawn_qemu",
+]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +94,7 @@ class ExitReport:
     stop_requested: str | None = None  # set when the server itself is stopping the VM
     failure: str | None = None  # set when the server gave up on a QEMU and killed it
     keep_state: bool = False  # the server drives the VM's state across this exit (restore)
+    handed_over: bool = False  # the VM lives on in another QEMU (a live migration's source)
 
     def outcome(self) -> tuple[VmState, str]:
         if self.failure is not None:
@@ -119,8 +128,11 @@ def _listening_socket(path: Path) -> socket.socket:
     return sock
 
 
+ArgvBuilder = Callable[[int, int | None], list[str]]  # (QMP fd, tap fd) -> QEMU's argv
+
+
 def spawn_qemu(
-    build_argv: Callable[[int, int | None], list[str]],
+    build_argv: ArgvBuilder,
     paths: VmPaths,
     identity: QemuIdentity | None = None,
     tap_fd: int | None = None,

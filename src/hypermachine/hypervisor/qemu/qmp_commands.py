@@ -221,16 +221,30 @@ class MigrationStatus:
     status: str | None
     blocked_reasons: tuple[str, ...] = ()
     error_desc: str = ""
+    total_time_ms: int = 0  # the sending side's figures, once completed
+    downtime_ms: int = 0
+    setup_time_ms: int = 0
+    transferred_bytes: int = 0
 
 
 async def query_migrate(target: Target) -> MigrationStatus:
     answer = _dict(await target.execute("query-migrate"))
     status = answer.get("status")
+    ram = answer.get("ram")
     return MigrationStatus(
         status=status if isinstance(status, str) else None,
         blocked_reasons=tuple(str(r) for r in _list(answer.get("blocked-reasons", []))),
         error_desc=str(answer.get("error-desc", "")),
+        total_time_ms=_count(answer.get("total-time")),
+        downtime_ms=_count(answer.get("downtime")),
+        setup_time_ms=_count(answer.get("setup-time")),
+        transferred_bytes=_count(ram.get("transferred") if isinstance(ram, dict) else None),
     )
+
+
+def _count(value: object) -> int:
+    """A non-negative integer QEMU reports, or 0 when it reports none."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 async def getfd(target: Target, fd: int, name: str) -> None:
@@ -240,6 +254,11 @@ async def getfd(target: Target, fd: int, name: str) -> None:
 
 async def migrate_set_bandwidth(target: Target, bytes_per_s: int) -> None:
     await target.execute("migrate-set-parameters", {"max-bandwidth": bytes_per_s})
+
+
+async def migrate_set_capabilities(target: Target, enabled: dict[str, bool]) -> None:
+    capabilities = [{"capability": name, "state": on} for name, on in enabled.items()]
+    await target.execute("migrate-set-capabilities", {"capabilities": capabilities})
 
 
 async def migrate(target: Target, fd_name: str) -> None:

@@ -105,10 +105,11 @@ def clear_partial(vm_dir: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def copy_platform(vm_dir: Path, target: Path, *, to_vm: bool = False) -> None:
-    """Copy the VM's UEFI VARS and vTPM state into ``target`` (or back, ``to_vm``)."""
-    for name in (_VARS, _TPM):
-        source, dest = (target / name, vm_dir / name) if to_vm else (vm_dir / name, target / name)
+def copy_platform(vm_dir: Path, tpm_dir: Path, target: Path, *, to_vm: bool = False) -> None:
+    """Copy the VM's UEFI VARS and its vTPM state (``tpm_dir``, the one in use) into
+    ``target`` (or back, ``to_vm``)."""
+    for name, own in ((_VARS, vm_dir / _VARS), (_TPM, tpm_dir)):
+        source, dest = (target / name, own) if to_vm else (own, target / name)
         if source.is_dir():
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(source, dest)

@@ -33,6 +33,7 @@ __all__ = [
     "migration_blockers",
     "refuse_memory",
     "save_memory",
+    "wait_migration",
 ]
 
 _FD_NAME = "hm-snapshot"
@@ -104,13 +105,20 @@ async def freeze_live(
     return frozen
 
 
-async def _wait_migration(machine: Machine, timeout_s: float) -> None:
+async def wait_migration(machine: Machine, timeout_s: float) -> qmp_commands.MigrationStatus:
+    """Wait for QEMU's migration stream (out or in) to complete; its last status (with
+    the times and bytes on the sending side).
+
+    Raises:
+        HypervisorError: it failed or was cancelled, or the budget ran out (then it is
+            cancelled).
+    """
     try:
         with trio.fail_after(timeout_s):
             while True:
                 status = await qmp_commands.query_migrate(machine)
                 if status.status == "completed":
-                    return
+                    return status
                 if status.status in ("failed", "cancelled"):
                     raise HypervisorError(
                         f"QEMU's migration stream {status.status}", reason=status.error_desc
@@ -138,7 +146,7 @@ async def save_memory(
     finally:
         os.close(fd)  # QEMU holds its own copy
     await qmp_commands.migrate(machine, _FD_NAME)
-    await _wait_migration(machine, timeout_s)
+    await wait_migration(machine, timeout_s)
     with open(target, "rb") as f:
         os.fsync(f.fileno())
 
@@ -155,4 +163,4 @@ async def load_memory(machine: Machine, source: Path, *, timeout_s: float) -> No
     finally:
         os.close(fd)
     await qmp_commands.migrate_incoming(machine, _FD_NAME)
-    await _wait_migration(machine, timeout_s)
+    await wait_migration(machine, timeout_s)

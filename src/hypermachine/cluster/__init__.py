@@ -1,0 +1,16 @@
+"""HyperMachine hosts as one cluster on etcd (docs/cluster.md).
+
+SQLite stays each host's own store; etcd holds what the hosts must agree on. Built so
+far: the etcd client (:mod:`.etcd`), a node's registration under a lease, fencing
+and the list of nodes (:mod:`.membership`), a node's description of itself
+(:mod:`.nodes`), a VM's owner key (:mod:`.ownership`), where a new VM goes
+(:mod:`.placement`) and signed node-to-node requests (:mod:`.forwarding`).
+
+May import: ``config``, ``errors``, ``models``, ``states``, ``store``,
+``security.caller``, ``hypervisor.manager`` (a node describes its own VMs and budget).
+"""
+
+from .etcd import Etcd, EtcdError, EtcdUnavailable, LeaseLost
+from .membership import Membership
+
+__all__ = ["Etcd", "EtcdError", "EtcdUnavailable", "LeaseLost", "Membership"]

@@ -1,0 +1,67 @@
+"""Which node runs a VM: one etcd key per VM, written in a transaction.
+
+    /hypermachine/vms/<vm id>   the owning node's name
+
+A node takes a VM (:meth:`Ownership.hold`) when it creates it and again before each
+start: the key is created only if absent (a VM created before the node joined, or a
+fork, is taken then), and a VM whose key names another node is refused. The key is
+deleted with the VM, and only if it still names this node. With etcd unreachable,
+nothing is created or started (a node cut off from the cluster must not start VMs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..errors import ClusterUnavailable, OwnedElsewhere
+from ..models import Vm
+from .etcd import Etcd, EtcdError
+
+__all__ = ["Ownership", "owner_key"]
+
+
+def owner_key(vm_id: str) -> str:
+    return f"/hypermachine/vms/{vm_id}"
+
+
+class Ownership:
+    """This node's side of VM ownership (the manager's ``owners`` hook)."""
+
+    def __init__(self, etcd: Etcd, node: str, cut_off: Callable[[], bool]) -> None:
+        self._etcd = etcd
+        self._node = node
+        self._cut_off = cut_off  # the membership's: True while the node is fenced
+
+    async def hold(self, vm: Vm) -> None:
+        """Make sure this node owns ``vm``, taking it if nobody does.
+
+        Raises:
+            OwnedElsewhere: another node owns it. ClusterUnavailable: etcd cannot be
+                asked, or this node is cut off from the cluster.
+        """
+        if self._cut_off():
+            raise ClusterUnavailable("this node is cut off from the cluster; it runs no VM")
+        key = owner_key(vm.id)
+        try:
+            if await self._etcd.create(key, self._node):
+                return
+            found = await self._etcd.get(key)
+        except EtcdError as err:
+            raise ClusterUnavailable(f"VM ownership cannot be checked: {err}") from err
+        owner = found.value.decode(errors="replace") if found is not None else None
+        if owner != self._node:
+            raise OwnedElsewhere(
+                f"VM {vm.id} is owned by node {owner!r}, not this one ({self._node})",
+                node=owner,
+            )
+
+    async def release(self, vm_id: str) -> None:
+        """Give the VM up (it is deleted); a key naming another node stays.
+
+        Raises:
+            ClusterUnavailable: etcd cannot be asked.
+        """
+        try:
+            await self._etcd.delete_if(owner_key(vm_id), self._node)
+        except EtcdError as err:
+            raise ClusterUnavailable(f"VM ownership cannot be given up: {err}") from err

@@ -1,0 +1,349 @@
+"""Live migration of a running VM to a fresh QEMU process: the manager's delegate
+(docs/cluster.md).
+
+On one host this moves a guest to a new QEMU (a newer binary, say) while it runs.
+The steps, each a ``vm.migration`` event (``step``):
+
+1. **checks** (the request gets these refusals): the VM is running or paused, QEMU
+   reports no migration blockers (a VFIO device...), it has no memory encryption and
+   no bridge NIC (its tap can be opened by one QEMU only; not built yet).
+2. **destination** — a QEMU started ``-incoming defer`` in its own run dir, with its
+   own swtpm on an empty state dir (the TPM state travels in the stream) and, for a
+   NAT VM, its own end of a new passt socket. The disk and the UEFI VARS file are the
+   same files: the destination takes them over only when it runs.
+3. **stream** — RAM and devices over a socket pair (:mod:`.migration`); the guest runs
+   meanwhile and pauses only for the last pass.
+4. **switch-over** — ``migration.committed`` is written, the TPM dir switched, the
+   destination continued: from here it is the VM. The source is quit, the run dirs
+   swapped, a new passt serves the destination's NIC, and supervision moves to the
+   new QEMU. The event ``completed`` carries QEMU's total time and downtime.
+
+Anything failing before the switch-over ends the destination and leaves the guest
+running in its QEMU as before; the request gets the error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import psutil
+import trio
+
+from ..config import Settings
+from ..errors import HMError, HypervisorError, MigrationRefused, NodeNotFound, Unsupported
+from ..events import EventLog
+from ..models import EventType, MigrateRequest, Migration, Vm, VmState
+from ..states import Action, transition
+from ..store import Store
+from . import migration
+from .devices.resources import HostResources
+from .platform import tpm, vmplatform
+from .platform.host import HostFacts
+from .qemu import qmp_commands
+from .qemu.argv import BootSource, Platform
+from .qemu.machine import ArgvBuilder, Machine, adopt_pid, spawn_qemu
+from .qemu.qmp import QmpBridge
+from .snapshot_service import SnapshotService
+from .storage.snapshots import migration_blockers
+from .vmfiles.confine import QemuIdentity
+from .vmfiles.layout import VmPaths
+
+__all__ = ["MigrationService"]
+
+log = logging.getLogger(__name__)
+
+
+class MigrationHost(Protocol):
+    """The manager as the migration service sees it."""
+
+    _settings: Settings
+    _store: Store
+    _bridge: QmpBridge
+    _resources: HostResources
+    events: EventLog
+    host: HostFacts
+    qemu_identity: QemuIdentity | None
+    snapshots: SnapshotService
+
+    def _paths(self, vm_id: str) -> VmPaths: ...
+    def _machine(self, vm_id: str) -> Machine: ...
+    def _live(self, vm: Vm) -> Vm: ...
+    def _announce(self) -> None: ...
+    async def _reach_folders(self) -> None: ...
+    async def _supervise(self, machine: Machine) -> None: ...
+    def boot_of(self, vm: Vm) -> BootSource: ...
+    def qemu_argv(
+        self,
+        vm: Vm,
+        boot: BootSource,
+        paths: VmPaths,
+        platform: Platform,
+        nic_fd: int | None,
+        *,
+        incoming: bool,
+    ) -> ArgvBuilder: ...
+
+
+class MigrationService:
+    """Live migration of the manager's VMs (on this host, for now)."""
+
+    def __init__(self, manager: MigrationHost) -> None:
+        self._mgr = manager
+        self._settings = manager._settings
+
+    def _step(self, vm_id: str, step: str, **data: Any) -> None:
+        self._mgr.events.record(EventType.MIGRATION_STEP, vm_id, step=step, **data)
+
+    # -- the operation -----------------------------------------------------------
+
+    async def migrate(self, vm_id: str, request: MigrateRequest) -> Migration:
+        """Move the running VM to a new QEMU process while it runs.
+
+        Raises:
+            NodeNotFound (another node: this server is not in a cluster), InvalidState,
+            MigrationRefused, HypervisorError.
+        """
+        here = self._settings.node_name
+        if request.node not in (None, here) and self._settings.etcd_urls:
+            raise MigrationRefused(
+                f"live migration to another node ({request.node}) is not built yet; "
+                "only to a fresh QEMU on this one",
+                reasons=["cross-node migration not built"],
+            )
+        if request.node not in (None, here):
+            raise NodeNotFound(
+                f"no node {request.node!r}: this server is a single host ({here})",
+                node=request.node,
+            )
+
+        async def steps(vm: Vm, begin: Callable[[], None]) -> Migration:
+            transition(vm.state, Action.MIGRATE)
+            source = self._mgr._machine(vm.id)
+            refuse(vm, await migration_blockers(source))
+            try:
+                nic = self._mgr._resources.incoming_nic(vm)
+            except Unsupported as err:
+                raise MigrationRefused(err.message, reasons=[err.message]) from err
+            begin()
+            return await self._locally(vm, source, nic)
+
+        return await (await self._mgr.snapshots._job(vm_id, steps)).result()
+
+    async def _locally(
+        self, vm: Vm, source: Machine, nic: tuple[socket.socket, socket.socket] | None
+    ) -> Migration:
+        canonical = self._mgr._paths(vm.id)
+        token = secrets.token_hex(4)
+        dest_paths = migration.destination(canonical, token)
+        old_tpm = tpm.state_dir_of(canonical.vm_dir)
+        new_tpm = canonical.vm_dir / f"tpm-{token}" if vm.security.vtpm else None
+        qemu_end, passt_end = nic if nic is not None else (None, None)
+        self._step(vm.id, "started", node=self._settings.node_name)
+        dest: Machine | None = None
+        try:
+            try:
+                dest = await self._destination(vm, dest_paths, new_tpm, qemu_end)
+            finally:
+                if qemu_end is not None:
+                    qemu_end.close()  # the destination QEMU holds its own copy
+            self._step(vm.id, "destination_ready", pid=dest.pid)
+            figures = await migration.stream(
+                source,
+                dest,
+                bandwidth_mib_s=self._settings.migration_bandwidth_mib_s,
+                timeout_s=self._settings.migration_timeout_s,
+            )
+            streamed = trio.current_time()
+            migration.mark_committed(dest_paths)
+            if new_tpm is not None:
+                tpm.set_state_dir(canonical.vm_dir, new_tpm)
+            if vm.state is VmState.RUNNING:
+                await qmp_commands.cont(dest)
+            switchover_ms = (trio.current_time() - streamed) * 1000
+        except BaseException as err:
+            if passt_end is not None:
+                passt_end.close()
+            with trio.CancelScope(shield=True):
+                await self._undo(vm, source, dest, dest_paths, new_tpm, old_tpm)
+                reason = err.message if isinstance(err, HMError) else repr(err)
+                self._step(vm.id, "failed", reason=reason)
+            raise
+        with trio.CancelScope(shield=True):  # the destination is the VM now: finish
+            await self._retire(source, canonical, old_tpm)
+            migration.exchange(dest_paths.run_dir, canonical.run_dir)
+            migration.clear_committed(canonical)
+            dest.paths = canonical  # its sockets answer under the VM's names now
+            await self._serve_nic(vm, dest_paths, canonical, passt_end)
+            shutil.rmtree(dest_paths.run_dir, ignore_errors=True)  # the source's, now
+            if new_tpm is not None:
+                shutil.rmtree(old_tpm, ignore_errors=True)
+            await self._mgr._supervise(dest)
+            moved = self._mgr._store.update_vm(vm.id, pid=dest.pid)
+            self._mgr._announce()
+        node = self._settings.node_name
+        self._step(
+            vm.id, "completed", node=node, pid=dest.pid, total_time_ms=figures.total_time_ms,
+            downtime_ms=figures.downtime_ms, switchover_ms=round(switchover_ms, 1),
+            transferred_bytes=figures.transferred_bytes,
+        )  # fmt: skip
+        return Migration(
+            vm=self._mgr._live(moved),
+            source_node=node,
+            node=node,
+            total_time_ms=figures.total_time_ms,
+            downtime_ms=figures.downtime_ms,
+            setup_time_ms=figures.setup_time_ms,
+            transferred_bytes=figures.transferred_bytes,
+            switchover_ms=switchover_ms,
+        )
+
+    async def _destination(
+        self, vm: Vm, paths: VmPaths, tpm_dir: Path | None, nic: socket.socket | None
+    ) -> Machine:
+        """A QEMU waiting for the VM's state (``-incoming defer``), QMP connected.
+
+        Raises:
+            HMError: its swtpm, its firmware or QEMU itself would not start.
+        """
+        mgr = self._mgr
+        boot = mgr.boot_of(vm)
+        await mgr._reach_folders()
+        platform = await vmplatform.launch_platform(
+            vm, boot, paths, mgr.host, self._settings, mgr.qemu_identity, incoming_tpm=tpm_dir
+        )
+        nic_fd = nic.fileno() if nic is not None else None
+        argv = mgr.qemu_argv(vm, boot, paths, platform, nic_fd, incoming=True)
+        passed = () if nic_fd is None else (nic_fd,)
+        try:
+            child = spawn_qemu(argv, paths, mgr.qemu_identity, None, pass_fds=passed)
+        except ValueError as err:
+            raise HypervisorError(f"the destination QEMU could not be started: {err}") from err
+        machine = Machine(vm_id=vm.id, pid=child.pid, paths=paths, child=child)
+        try:
+            await machine.connect(mgr._bridge, self._settings.qmp_connect_timeout_s)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await _end(machine)
+            raise
+        return machine
+
+    async def _undo(
+        self,
+        vm: Vm,
+        source: Machine,
+        dest: Machine | None,
+        dest_paths: VmPaths,
+        new_tpm: Path | None,
+        old_tpm: Path,
+    ) -> None:
+        """Before the switch-over: end the destination, let the source go on."""
+        if dest is not None:
+            await _end(dest)
+        tpm.stop(tpm.TpmPaths.for_vm(dest_paths, new_tpm))
+        if new_tpm is not None:
+            if tpm.state_dir_of(dest_paths.vm_dir) == new_tpm:
+                tpm.set_state_dir(dest_paths.vm_dir, old_tpm)
+            shutil.rmtree(new_tpm, ignore_errors=True)
+        shutil.rmtree(dest_paths.run_dir, ignore_errors=True)
+        if source.exited.is_set():
+            return
+        with contextlib.suppress(HypervisorError):
+            await qmp_commands.migrate_cancel(source)
+            status = await qmp_commands.query_status(source)
+            if status.status == "postmigrate" and vm.state is VmState.RUNNING:
+                await qmp_commands.cont(source)  # takes the disk back
+
+    async def _retire(self, source: Machine, paths: VmPaths, tpm_dir: Path) -> None:
+        """Quit the source QEMU without its exit changing the VM; its swtpm goes with it."""
+        source.report.handed_over = True
+        await source.terminate(self._settings.kill_grace_s)
+        await source.finished.wait()  # its guest agent client and console tasks ended
+        tpm.stop(tpm.TpmPaths.for_vm(paths, tpm_dir))
+
+    async def _serve_nic(
+        self, vm: Vm, old: VmPaths, new: VmPaths, passt_end: socket.socket | None
+    ) -> None:
+        if passt_end is None:
+            return
+        try:
+            await self._mgr._resources.hand_over_nic(vm, old, new, passt_end)
+        except HMError as err:  # the guest runs on, without network: say so
+            log.error("%s: no network after the migration: %s", vm.id, err.message)
+            self._step(vm.id, "network_lost", reason=err.message)
+
+    # -- after a server restart --------------------------------------------------
+
+    def recover(self, vm: Vm) -> bool:
+        """Finish or undo a migration a server restart cut short; True if there was one.
+
+        A committed destination is the VM: its source is killed and the run dirs
+        swapped. An uncommitted one is killed and removed (the source goes on).
+        """
+        canonical = self._mgr._paths(vm.id)
+        found = migration.leftovers(canonical)
+        for dest in found:
+            if migration.is_committed(dest):
+                _kill(adopt_pid(canonical, vm.uuid))
+                if canonical.run_dir.exists():
+                    migration.exchange(dest.run_dir, canonical.run_dir)
+                else:
+                    dest.run_dir.rename(canonical.run_dir)
+                migration.clear_committed(canonical)
+                log.warning("%s: finished a migration the server restart cut short", vm.id)
+            else:
+                _kill(adopt_pid(dest, vm.uuid))
+                log.warning("%s: undid a migration the server restart cut short", vm.id)
+            shutil.rmtree(dest.run_dir, ignore_errors=True)
+        if found:
+            current = tpm.state_dir_of(canonical.vm_dir)
+            for stale in canonical.vm_dir.glob("tpm-*"):
+                if stale != current:
+                    shutil.rmtree(stale, ignore_errors=True)
+        return bool(found)
+
+
+def refuse(vm: Vm, blockers: list[str]) -> None:
+    """Raise when ``vm`` cannot be live-migrated.
+
+    Raises:
+        MigrationRefused: memory encryption (QEMU cannot move SEV/TDX memory), or QEMU's
+            migration blockers, quoted.
+    """
+    if vm.security.memory_encryption != "none":
+        kind = vm.security.memory_encryption
+        raise MigrationRefused(
+            f"a confidential VM ({kind}) is not live-migrated: QEMU cannot move its "
+            "encrypted memory",
+            reasons=[f"memory_encryption {kind}"],
+        )
+    if blockers:
+        raise MigrationRefused(
+            f"QEMU cannot migrate this VM: {'; '.join(blockers)}", reasons=blockers
+        )
+
+
+async def _end(machine: Machine) -> None:
+    """Kill a QEMU nobody supervises and reap it."""
+    machine.kill()
+    if machine.session is not None:
+        await machine.session.close()
+    if machine.child is not None:
+        await trio.to_thread.run_sync(_reap, machine.child)
+
+
+def _reap(child: subprocess.Popen[bytes]) -> None:
+    child.wait()
+
+
+def _kill(pid: int | None) -> None:
+    if pid is not None:
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()

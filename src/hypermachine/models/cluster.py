@@ -1,0 +1,69 @@
+"""Many hosts: a cluster's nodes as etcd describes them, and live migration."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import Field
+
+from .base import NODE_PATTERN, _Strict
+from .vm import Vm
+
+__all__ = ["MigrateRequest", "Migration", "Node", "NodeList", "NodeState"]
+
+
+class MigrateRequest(_Strict):
+    """Where a running VM moves, keeping its RAM, devices and disk while it runs."""
+
+    node: str | None = Field(
+        default=None,
+        pattern=NODE_PATTERN,
+        description="The node to move to; omitted (or this node's name): a fresh QEMU "
+        "process on this host (e.g. to run a newer QEMU under the guest).",
+    )
+
+
+class Migration(_Strict):
+    """A finished live migration, with QEMU's figures for it."""
+
+    vm: Vm
+    source_node: str
+    node: str
+    total_time_ms: int = Field(description="From the start of the stream to its end (QEMU).")
+    downtime_ms: int = Field(description="How long the guest was paused for the last pass (QEMU).")
+    setup_time_ms: int = 0
+    transferred_bytes: int = 0
+    switchover_ms: float = Field(
+        description="The server's part: from the end of the stream to the guest running again."
+    )
+
+
+class NodeState(StrEnum):
+    UP = "up"  # its lease is alive
+    DOWN = "down"  # registered once, its lease has expired
+
+
+class Node(_Strict):
+    """One host of the cluster, as it last described itself in etcd."""
+
+    name: str
+    url: str = Field(description="Where the other nodes reach its API (--advertise).")
+    state: NodeState
+    accelerator: str
+    qemu_version: str
+    capabilities: list[str] = Field(
+        description="What it can run: kvm, uefi, secure_boot, vtpm, sev, sev_es, sev_snp, tdx."
+    )
+    cpus: int
+    memory_mb: int
+    free_vcpus: int = Field(description="vCPUs its admission budget has left.")
+    free_memory_mb: int = Field(description="Memory its admission budget has left.")
+    vms: int = Field(description="VMs it holds.")
+    live_vms: int = Field(description="Of those, with a QEMU process.")
+    updated_at: datetime
+
+
+class NodeList(_Strict):
+    nodes: list[Node]
+    cluster: bool = Field(description="False: a single host, not in a cluster.")
