@@ -19,7 +19,7 @@ from hypermachine.config import ConfigError
 from hypermachine.hypervisor.platform import tpm
 from hypermachine.hypervisor.vmfiles.confine import DEFAULT_QEMU_USER, resolve_qemu_identity
 from hypermachine.hypervisor.vmfiles.layout import VmPaths
-from hypermachine.models import CreateVmRequest, VmState
+from hypermachine.models import CreateVmRequest, SnapshotRequest, VmState
 from hypermachine.server import open_services
 from support import make_settings, qemu_pids_for, remove_all_vms, wait_until
 
@@ -118,6 +118,13 @@ async def test_qemu_and_swtpm_run_as_the_unprivileged_user(
             # The server still drives it over QMP.
             status = await svc.manager.qmp(vm.id, "query-status", None)
             assert isinstance(status, dict) and status["status"] == "running"
+            # A running QEMU opening a new file (a live snapshot's layer) after another
+            # such chmod: the entry is restored first, and the layer is the QEMU user's.
+            private_dir.chmod(0o700)
+            snap = await svc.manager.snapshot(vm.id, SnapshotRequest(name="s1", memory=True))
+            assert snap.memory and svc.manager.get(vm.id).state is VmState.RUNNING
+            top = (paths.vm_dir / "disk.qcow2").resolve()
+            assert top.stat().st_uid == user.pw_uid, top
         finally:
             uuids = await remove_all_vms(svc)
     assert qemu_pids_for(uuids) == []

@@ -106,6 +106,7 @@ class SnapshotHost(Protocol):
     qemu_identity: QemuIdentity | None
 
     def _paths(self, vm_id: str) -> VmPaths: ...
+    async def _reach_folders(self) -> None: ...
     def _lock(self, vm_id: str) -> trio.Lock: ...
     def _machine(self, vm_id: str) -> Machine: ...
     def _set(self, vm_id: str, state: VmState, reason: str | None, **extra: Any) -> Vm: ...
@@ -294,6 +295,9 @@ class SnapshotService:
                 await qmp_commands.stop(machine)
                 self._step(vm.id, "paused", snapshot=name)
             if machine is not None:
+                # QEMU opens the new layer by path: its folders must still be reachable
+                # to it (a chmod of a parent since the launch resets the ACL's mask).
+                await self._mgr._reach_folders()
                 layer = await snapshots.freeze_live(
                     machine, self._settings.qemu_img_binary, vm_dir, self._owner()
                 )
