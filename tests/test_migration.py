@@ -24,7 +24,7 @@ from hypermachine.hypervisor.platform.vmplatform import vars_file
 from hypermachine.models import Vm
 from realserver import free_port
 from support import process_gone, qemu_pids_for, wait_until
-from test_secure_boot import VAR_GUID, efi_image  # noqa: F401 (a fixture)
+from test_secure_boot import VAR_GUID
 from test_snapshots import TINY, VFIO_REASON, VfioQmp, post, sh
 
 pytestmark = pytest.mark.qemu
