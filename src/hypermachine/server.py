@@ -25,6 +25,7 @@ from .cluster import Etcd, EtcdError, Membership
 from .cluster.forwarding import Forwarder, NodeAuth, read_secret
 from .cluster.nodes import describe
 from .cluster.ownership import Ownership
+from .cluster.views import Views
 from .config import ConfigError, Settings
 from .hypervisor.manager import Manager
 from .hypervisor.platform.host import probe_host
@@ -87,6 +88,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 security=security,
                 cluster=joined.membership if joined is not None else None,
                 forwarder=joined.forwarder if joined is not None else None,
+                views=joined.views if joined is not None else None,
             )
             nursery.cancel_scope.cancel()
     finally:
@@ -105,6 +107,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
 class _Joined:
     membership: Membership
     forwarder: Forwarder | None
+    views: Views
 
 
 async def _join_cluster(
@@ -143,7 +146,9 @@ async def _join_cluster(
             auth, etcd, membership, lambda vm_id: manager.owner_of(vm_id) is not None,
             timeout_s=budget,
         )  # fmt: skip
-    return _Joined(membership, forwarder)
+    views = Views(etcd, membership, manager)
+    nursery.start_soon(views.run, settings.node_lease_ttl_s / 3)
+    return _Joined(membership, forwarder, views)
 
 
 def _prepare_folders(settings: Settings) -> QemuIdentity | None:

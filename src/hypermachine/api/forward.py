@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from ..cluster.forwarding import Forwarder, is_forwarded, vm_of
+from ..cluster.forwarding import Forwarder, is_forwarded, is_vm_read, vm_of
 from ..models import CreateVmRequest
 from ..security.http import raw_body, raw_target
 
@@ -36,7 +36,8 @@ def install_forwarding(app: QuartTrio, forwarder: Forwarder) -> None:
             return None  # forwarded already: answered here
         vm_id = vm_of(request.path)
         if vm_id is not None:
-            url = await forwarder.owner_url(vm_id)
+            viewable = is_vm_read(request.method, request.path)
+            url = await forwarder.owner_url(vm_id, viewable=viewable)
         elif request.method == "POST" and request.path == "/api/v1/vms":
             url = await _placement(forwarder)
         else:

@@ -25,6 +25,7 @@ class Services:
     security: Any = None  # hypermachine.security.Security; None: no auth layer (open)
     cluster: Any = None  # hypermachine.cluster.Membership; None: a single host
     forwarder: Any = None  # hypermachine.cluster.forwarding.Forwarder; None: no forwarding
+    views: Any = None  # hypermachine.cluster.views.Views; None: a single host
     started_at: float = field(default_factory=trio.current_time)
     console_tokens: ConsoleTokens | None = None
     """Browser console tokens; built from the settings when not given."""

@@ -4,7 +4,8 @@ SQLite stays each host's own store; etcd holds what the hosts must agree on. Bui
 far: the etcd client (:mod:`.etcd`), a node's registration under a lease, fencing
 and the list of nodes (:mod:`.membership`), a node's description of itself
 (:mod:`.nodes`), a VM's owner key (:mod:`.ownership`), where a new VM goes
-(:mod:`.placement`) and signed node-to-node requests (:mod:`.forwarding`).
+(:mod:`.placement`), signed node-to-node requests (:mod:`.forwarding`) and the
+cluster-wide view of VMs, ``unknown`` where their node is down (:mod:`.views`).
 
 May import: ``config``, ``errors``, ``models``, ``states``, ``store``,
 ``security.caller``, ``hypervisor.manager`` (a node describes its own VMs and budget).

@@ -157,6 +157,16 @@ class Etcd:
         )
         return bool(doc.get("succeeded", False))
 
+    async def put_if(self, key: str, value: str | bytes, *, holds: tuple[str, str]) -> bool:
+        """Write ``key`` only if the key ``holds[0]`` holds ``holds[1]`` (one
+        transaction); False if it did not."""
+        compare = {"key": _b64(holds[0]), "target": "VALUE", "result": "EQUAL"}
+        put = {"request_put": {"key": _b64(key), "value": _b64(value)}}
+        doc = await self._call(
+            "/v3/kv/txn", {"compare": [{**compare, "value": _b64(holds[1])}], "success": [put]}
+        )
+        return bool(doc.get("succeeded", False))
+
     async def delete_if(self, key: str, value: str | bytes) -> bool:
         """Delete ``key`` only if it holds ``value`` (one transaction); False if not."""
         holds = {"key": _b64(key), "target": "VALUE", "result": "EQUAL", "value": _b64(value)}

@@ -42,6 +42,7 @@ __all__ = [
     "Forwarder",
     "NodeAuth",
     "is_forwarded",
+    "is_vm_read",
     "read_secret",
     "unsigned",
     "vm_of",
@@ -63,6 +64,12 @@ def vm_of(path: str) -> str | None:
     """The VM id a request path is about (``/api/v1/vms/<id>…``), or None."""
     found = _VM_PATH.match(path)
     return found.group(1) if found else None
+
+
+def is_vm_read(method: str, path: str) -> bool:
+    """A ``GET`` of one VM itself, which the cluster's view answers when its node is down."""
+    found = _VM_PATH.match(path)
+    return method == "GET" and found is not None and found.end() >= len(path.rstrip("/"))
 
 
 def read_secret(path: Path) -> bytes:
@@ -177,9 +184,10 @@ class Forwarder:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def owner_url(self, vm_id: str) -> str | None:
+    async def owner_url(self, vm_id: str, *, viewable: bool = False) -> str | None:
         """The API URL of the node owning ``vm_id``; None when it is this node's (or
-        nobody's: the request is then answered here, a 404 as usual).
+        nobody's: the request is then answered here, a 404 as usual), and with
+        ``viewable`` (a read the cluster's view answers) when the owner is down.
 
         Raises:
             ClusterUnavailable: etcd cannot be asked, or the owner is down.
@@ -196,6 +204,8 @@ class Forwarder:
             raise ClusterUnavailable(f"the VM's owner cannot be found: {err}") from err
         node = nodes.get(owner)
         if node is None or node.state is not NodeState.UP:
+            if viewable:
+                return None
             raise ClusterUnavailable(f"VM {vm_id} is on node {owner!r}, which is down", node=owner)
         return node.url
 

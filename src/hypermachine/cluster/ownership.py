@@ -24,6 +24,11 @@ def owner_key(vm_id: str) -> str:
     return f"/hypermachine/vms/{vm_id}"
 
 
+def view_key(vm_id: str) -> str:
+    """Where the owner keeps the VM's summary for the cluster's lists (cluster.views)."""
+    return f"/hypermachine/vm-views/{vm_id}"
+
+
 class Ownership:
     """This node's side of VM ownership (the manager's ``owners`` hook)."""
 
@@ -62,6 +67,7 @@ class Ownership:
             ClusterUnavailable: etcd cannot be asked.
         """
         try:
-            await self._etcd.delete_if(owner_key(vm_id), self._node)
+            if await self._etcd.delete_if(owner_key(vm_id), self._node):
+                await self._etcd.delete(view_key(vm_id))  # not a beat later (cluster.views)
         except EtcdError as err:
             raise ClusterUnavailable(f"VM ownership cannot be given up: {err}") from err

@@ -309,6 +309,10 @@ class Manager:
         """The stored VM plus what is only known live (its guest agent)."""
         return vm.model_copy(update={"guest_agent": self.guest.info(vm.id)})
 
+    async def wait_changed(self) -> None:
+        """Return once any VM's state changes next."""
+        await self._changed.wait()
+
     def _announce(self) -> None:
         self._changed.set()
         self._changed = trio.Event()

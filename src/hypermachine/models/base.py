@@ -35,6 +35,7 @@ class VmState(StrEnum):
     SNAPSHOTTING = "snapshotting"
     RESTORING = "restoring"
     HIBERNATED = "hibernated"
+    UNKNOWN = "unknown"  # only shown, never stored: the VM's node is down (a cluster)
 
 
 class _Strict(BaseModel):

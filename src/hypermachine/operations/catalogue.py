@@ -18,6 +18,7 @@ from typing import Any
 import trio
 
 from .. import __version__
+from ..cluster.etcd import EtcdError
 from ..errors import (
     ClusterUnavailable,
     ConsoleBusy,
@@ -123,7 +124,14 @@ async def _list_vms(ctx: Context, args: ListVmsInput) -> RawJson:
         limit=args.limit,
         cursor=args.cursor,
     )
-    return RawJson(ctx.services.manager.list_json(query))
+    views = ctx.services.views
+    if views is None:
+        return RawJson(ctx.services.manager.list_json(query))
+    try:
+        vms, cursor = await views.page(query)
+    except EtcdError as err:
+        raise ClusterUnavailable(f"the cluster's VMs cannot be read: {err}") from err
+    return RawJson(VmList(vms=vms, next_cursor=cursor).model_dump_json())
 
 
 async def _get_vm(ctx: Context, _args: VmIdInput) -> Vm:
@@ -500,13 +508,15 @@ def _vm_core() -> list[Operation]:
             summary=(
                 "List your virtual machines in the order they were created, optionally "
                 "filtered by state, name or labels. Use it to find a VM's id or to see what "
-                "exists."
+                "exists. In a cluster it lists your VMs of every node (each names its node; "
+                "a down node's VMs are 'unknown')."
             ),
             returns="{vms: [VM objects], next_cursor}; pass next_cursor back for more.",
             input=ListVmsInput,
             handler=_list_vms,
             access=Access.KEY,
             result=VmList,
+            errors=(ClusterUnavailable,),
             idempotent=True,
             http=HttpRoute(
                 "GET",
@@ -538,8 +548,9 @@ def _vm_core() -> list[Operation]:
             handler=_get_vm,
             access=Access.TENANT,
             result=Vm,
-            errors=(VmNotFound,),
+            errors=(VmNotFound, ClusterUnavailable),
             idempotent=True,
+            cluster_view=True,
             http=HttpRoute("GET", _VM),
         ),
         Operation(

@@ -209,6 +209,9 @@ class Operation:
     """The ontology class the operation acts on."""
     tag: str = "vms"
     """The OpenAPI tag."""
+    cluster_view: bool = False
+    """A ``TENANT`` read that may answer for a VM another node owns from the cluster's
+    view (its node down: shown ``unknown``); never one that acts on the VM."""
 
     @property
     def read_only(self) -> bool:

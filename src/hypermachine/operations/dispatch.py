@@ -19,7 +19,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..errors import Forbidden, HMError, RateLimited, Unauthorized, ValidationFailed, VmNotFound
+from ..cluster.etcd import EtcdError
+from ..errors import (
+    ClusterUnavailable,
+    Forbidden,
+    HMError,
+    RateLimited,
+    Unauthorized,
+    ValidationFailed,
+    VmNotFound,
+)
+from ..models import Vm
 from ..security.caller import ANONYMOUS, Caller, acting_as
 from .declare import Access, Answer, Context, Operation, Registry
 
@@ -97,7 +107,8 @@ class Dispatcher:
                 check_access(op.access, caller)
                 args = op.input.model_validate(dict(arguments))
                 details = op.audit_details(args) if op.audit_details else {}
-                result = await op.handler(self._context(op, caller, args, base_url), args)
+                context = self._context(op, caller, args, base_url, await self._vm(op, args))
+                result = await op.handler(context, args)
             except ValidationError:
                 if op.mutates:
                     self._record(caller, op.name, target, ValidationFailed.code, {})
@@ -112,13 +123,40 @@ class Dispatcher:
             self._record(caller, op.name, made or target, "ok", details)
         return result
 
-    def _context(self, op: Operation, caller: Caller, args: Any, base_url: str) -> Context:
-        """The handler's context; a ``TENANT`` operation's VM is found in the caller's scope."""
+    async def _vm(self, op: Operation, args: Any) -> Vm | None:
+        """A ``TENANT`` operation's VM, found in the caller's scope: in this node's store,
+        or for a ``cluster_view`` read in the cluster's view of the other nodes' VMs.
+
+        Raises:
+            VmNotFound: neither has it (or it is another tenant's).
+            ClusterUnavailable: the cluster's view cannot be read.
+        """
+        if op.access is not Access.TENANT:
+            return None
+        try:
+            local: Vm = self._manager.get(args.vm_id)
+            return local
+        except VmNotFound:
+            views = self.services.views
+            if not op.cluster_view or views is None:
+                raise
+        try:
+            found: Vm | None = await views.find(args.vm_id)
+        except EtcdError as err:
+            raise ClusterUnavailable(f"the cluster's VMs cannot be read: {err}") from err
+        if found is None:
+            raise VmNotFound(f"no VM with id {args.vm_id!r}", id=args.vm_id)
+        return found
+
+    def _context(
+        self, op: Operation, caller: Caller, args: Any, base_url: str, vm: Vm | None
+    ) -> Context:
+        """The handler's context, with a ``TENANT`` operation's VM (:meth:`_vm`)."""
         return Context(
             caller=caller,
             services=self.services,
             registry=self.registry,
-            vm=self._manager.get(args.vm_id) if op.access is Access.TENANT else None,
+            vm=vm,
             base_url=base_url,
             dispatch=self.bound(caller, base_url),
             audit=partial(self._record, caller),

@@ -1,0 +1,190 @@
+"""The cluster-wide view of VMs on three real ``hypermachine serve`` processes and a
+real 3-member etcd: any node lists a tenant's VMs of every node (each naming its
+node) and reads one owned elsewhere; another tenant's VMs never show, through any
+node. A node killed with SIGKILL (its QEMUs too, as a crashed host) has its VMs shown
+``unknown`` on the others within its lease, and their real state once it is back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from etcdcluster import EtcdCluster
+from realserver import Server, free_port
+from support import qemu_pids_for, require_tiny, wait_until
+
+TTL_S = 3
+NAMES = ("v1", "v2", "v3")
+SECRET = b"the-views-cluster-secret-of-32-bytes-or-more"
+
+
+class Node:
+    """One node and the API keys of two tenants on it (keys are each node's own)."""
+
+    def __init__(self, name: str, data: Path) -> None:
+        self.name, self.server = name, Server(data, free_port())
+        self.keys = {tenant: _make_key(data, tenant) for tenant in ("alice", "bob")}
+
+    def call(self, tenant: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.keys[tenant]}"}
+        url = f"{self.server.url}{path}"
+        return httpx.request(method, url, headers=headers, timeout=60, **kwargs)
+
+    def vms(self, tenant: str, query: str = "") -> list[dict[str, Any]]:
+        answer = self.call(tenant, "GET", f"/api/v1/vms{query}")
+        assert answer.status_code == 200, answer.text
+        return list(answer.json()["vms"])
+
+    def start(self, etcd: EtcdCluster, secret: Path) -> None:
+        self.server.start(
+            ("HM_NODE_LEASE_TTL_S", str(TTL_S)),
+            ("HM_CLUSTER_SECRET_FILE", str(secret)),
+            args=["--node", self.name, "--etcd", etcd.endpoints, "--advertise", self.server.url],
+        )
+
+
+def _make_key(data: Path, tenant: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "hypermachine.cli", "--data-dir", str(data), "key", "create",
+         "--name", tenant, "--tier", "pro"],
+        capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    return done.stdout.decode().split()[0]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, etcd: EtcdCluster) -> Iterator[list[Node]]:
+    require_tiny()
+    root = tmp_path_factory.mktemp("views")
+    secret = root / "cluster.secret"
+    secret.write_bytes(SECRET)
+    secret.chmod(0o600)
+    nodes = []
+    for name in NAMES:
+        (root / name).mkdir()
+        nodes.append(Node(name, root / name))
+    try:
+        for node in nodes:
+            node.start(etcd, secret)
+        yield nodes
+    finally:
+        for node in nodes:  # the session's etcd outlives this module: leave no VM in it
+            for tenant in node.keys:
+                for vm in node.vms(tenant) if node.server.proc else ():
+                    if vm["node"] == node.name:
+                        node.call(tenant, "DELETE", f"/api/v1/vms/{vm['id']}?force=true")
+            node.server.stop()
+
+
+def _create(node: Node, tenant: str, name: str, on: str) -> dict[str, Any]:
+    spec = {"name": name, "image": "tiny", "node": on}
+    made = node.call(tenant, "POST", "/api/v1/vms", json=spec)
+    assert made.status_code == 201, made.text
+    assert made.json()["node"] == on
+    return dict(made.json())
+
+
+def _ids(vms: list[dict[str, Any]]) -> dict[str, str]:
+    return {vm["id"]: vm["node"] for vm in vms}
+
+
+async def test_every_node_lists_a_tenants_vms_of_every_node(cluster: list[Node]) -> None:
+    first, second, third = cluster
+    a1 = _create(first, "alice", "a-one", on="v1")
+    a2 = _create(first, "alice", "a-two", on="v2")
+    b3 = _create(third, "bob", "b-three", on="v3")
+    alices = {a1["id"]: "v1", a2["id"]: "v2"}
+    for node in cluster:
+        await wait_until(
+            lambda node=node: _ids(node.vms("alice")) == alices,  # type: ignore[misc]
+            timeout=TTL_S * 3,
+            what=f"{node.name} to list alice's VMs of every node",
+        )
+        assert _ids(node.vms("bob")) == {b3["id"]: "v3"}, "bob sees his VM only"
+
+    # One VM owned elsewhere, read through another node; another tenant's is not found.
+    seen = third.call("alice", "GET", f"/api/v1/vms/{a1['id']}")
+    assert seen.status_code == 200 and seen.json()["node"] == "v1", seen.text
+    for node in cluster:
+        hidden = node.call("bob", "GET", f"/api/v1/vms/{a1['id']}")
+        assert (hidden.status_code, hidden.json()["error"]["code"]) == (404, "VM_NOT_FOUND")
+        assert node.call("alice", "GET", f"/api/v1/vms/{b3['id']}").status_code == 404
+
+    # Filters and pages span the nodes; a cursor not handed out is a 400.
+    assert [vm["id"] for vm in second.vms("alice", "?name=a-two")] == [a2["id"]]
+    page = second.call("alice", "GET", "/api/v1/vms?limit=1").json()
+    assert [vm["id"] for vm in page["vms"]] == [a1["id"]] and page["next_cursor"]
+    rest = second.call("alice", "GET", f"/api/v1/vms?limit=1&cursor={page['next_cursor']}")
+    assert [vm["id"] for vm in rest.json()["vms"]] == [a2["id"]], rest.text
+    assert rest.json()["next_cursor"] is None
+    bad = second.call("alice", "GET", "/api/v1/vms?cursor=bm9wZQ")
+    assert (bad.status_code, bad.json()["error"]["code"]) == (400, "BAD_REQUEST"), bad.text
+
+    # A deleted VM leaves every node's list.
+    gone = third.call("alice", "DELETE", f"/api/v1/vms/{a1['id']}")
+    assert gone.status_code == 204, gone.text
+    for node in cluster:
+        assert _ids(node.vms("alice")) == {a2["id"]: "v2"}
+
+
+async def test_a_dead_nodes_vms_are_unknown_until_it_is_back(
+    cluster: list[Node], etcd: EtcdCluster
+) -> None:
+    first, second, third = cluster
+    vm = _create(first, "alice", "on-v2", on="v2")
+    started = second.call("alice", "POST", f"/api/v1/vms/{vm['id']}/start", json={})
+    assert started.status_code == 202, started.text
+    await wait_until(
+        lambda: [v["state"] for v in first.vms("alice") if v["id"] == vm["id"]] == ["running"],
+        timeout=90,
+        what="v1 to list the VM running on v2",
+    )
+
+    # v2 crashes: its server and its QEMU are killed.
+    second.server.kill9()
+    qemus = qemu_pids_for({vm["uuid"]})
+    assert len(qemus) == 1, qemus
+    os.kill(qemus[0], signal.SIGKILL)
+    killed = time.monotonic()
+
+    def unknown_everywhere() -> bool:
+        listed = [v for node in (first, third) for v in node.vms("alice") if v["id"] == vm["id"]]
+        return len(listed) == 2 and all(v["state"] == "unknown" for v in listed)
+
+    await wait_until(unknown_everywhere, timeout=TTL_S + 2, what="the VM shown unknown")
+    assert time.monotonic() - killed <= TTL_S + 2
+    for node in (first, third):
+        (listed,) = [v for v in node.vms("alice") if v["id"] == vm["id"]]
+        assert listed["state_reason"].startswith("node v2 is down since "), listed
+        read = node.call("alice", "GET", f"/api/v1/vms/{vm['id']}")
+        assert read.status_code == 200, read.text
+        assert (read.json()["state"], read.json()["node"]) == ("unknown", "v2")
+        hidden = node.call("bob", "GET", f"/api/v1/vms/{vm['id']}")
+        assert hidden.status_code == 404, "a down node's VMs stay their tenant's"
+        assert vm["id"] not in _ids(node.vms("bob"))
+        acted = node.call("alice", "POST", f"/api/v1/vms/{vm['id']}/stop", json={})
+        assert (acted.status_code, acted.json()["error"]["code"]) == (503, "CLUSTER_UNAVAILABLE")
+
+    # v2 is back: the VM shows what v2 itself says of it.
+    second.start(etcd, second.server.data_dir.parent / "cluster.secret")
+    own = second.call("alice", "GET", f"/api/v1/vms/{vm['id']}").json()
+    assert own["state"] != "unknown", own
+
+    def real_everywhere() -> bool:
+        return all(
+            node.call("alice", "GET", f"/api/v1/vms/{vm['id']}").json()["state"] == own["state"]
+            and [v["state"] for v in node.vms("alice") if v["id"] == vm["id"]] == [own["state"]]
+            for node in (first, third)
+        )
+
+    await wait_until(real_everywhere, timeout=TTL_S * 3, what="the VM's real state shown again")
+    assert second.call("alice", "DELETE", f"/api/v1/vms/{vm['id']}?force=true").status_code == 204
