@@ -2,9 +2,11 @@
 
 At this level: :mod:`.manager` (every VM operation and the VM lifecycle) and its
 delegates :mod:`.readopt` (after a restart), :mod:`.provision` (a new VM's disk and
-platform), :mod:`.snapshot_service` (snapshots, restore, fork, hibernate) and
-:mod:`.metrics` (a live VM's figures); :mod:`.vm_argv` (a VM record -> the argv
-builder's plain data) and :mod:`.ports` (what the manager needs from outside).
+platform), :mod:`.snapshot_service` (snapshots, restore, fork, hibernate),
+:mod:`.metrics` (a live VM's figures), :mod:`.migration_service` (live migration to a
+fresh QEMU, with :mod:`.migration` its QEMU and file side); :mod:`.vm_argv` (a VM
+record -> the argv builder's plain data) and :mod:`.ports` (what the manager needs
+from outside).
 
 The rooms below, each importing only the rooms listed in its own docstring:
 
