@@ -29,7 +29,6 @@ import logging
 import secrets
 import shutil
 import socket
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -231,7 +230,7 @@ class MigrationService:
             await machine.connect(mgr._bridge, self._settings.qmp_connect_timeout_s)
         except BaseException:
             with trio.CancelScope(shield=True):
-                await _end(machine)
+                await machine.discard()
             raise
         return machine
 
@@ -246,7 +245,7 @@ class MigrationService:
     ) -> None:
         """Before the switch-over: end the destination, let the source go on."""
         if dest is not None:
-            await _end(dest)
+            await dest.discard()
         tpm.stop(tpm.TpmPaths.for_vm(dest_paths, new_tpm))
         if new_tpm is not None:
             if tpm.state_dir_of(dest_paths.vm_dir) == new_tpm:
@@ -328,19 +327,6 @@ def refuse(vm: Vm, blockers: list[str]) -> None:
         raise MigrationRefused(
             f"QEMU cannot migrate this VM: {'; '.join(blockers)}", reasons=blockers
         )
-
-
-async def _end(machine: Machine) -> None:
-    """Kill a QEMU nobody supervises and reap it."""
-    machine.kill()
-    if machine.session is not None:
-        await machine.session.close()
-    if machine.child is not None:
-        await trio.to_thread.run_sync(_reap, machine.child)
-
-
-def _reap(child: subprocess.Popen[bytes]) -> None:
-    child.wait()
 
 
 def _kill(pid: int | None) -> None:

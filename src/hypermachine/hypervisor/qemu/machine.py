@@ -270,6 +270,15 @@ class Machine:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
 
+    async def discard(self) -> None:
+        """Kill a QEMU nobody supervises (a migration's destination that is not
+        wanted), close its QMP session and reap it."""
+        self.kill()
+        if self.session is not None:
+            await self.session.close()
+        if self.child is not None:
+            await trio.to_thread.run_sync(self.child.wait)
+
     @property
     def process(self) -> psutil.Process | None:
         return self._process
