@@ -35,6 +35,7 @@ from ...models import Capability, CapabilityMap, FirmwareSet, HostCapabilities, 
 from ..devices import pci
 from ..qemu import qmp_commands
 from ..qemu.argv import probe_argv
+from . import binaries
 from .firmware import (
     CONFIDENTIAL_FEATURES,
     DESCRIPTOR_DIRS,
@@ -111,9 +112,7 @@ def probe_qemu(qemu_binary: str, accelerator: str, timeout_s: float) -> QemuProb
     argv = probe_argv(qemu_binary, accelerator)
     script = qmp_commands.probe_requests()
     try:
-        out = subprocess.run(
-            argv, input=script, capture_output=True, text=True, timeout=timeout_s, check=False
-        ).stdout
+        _, out = binaries.output_of(argv, stdin=script, timeout_s=timeout_s)
     except (OSError, subprocess.SubprocessError) as err:
         return QemuProbe(failure=f"the probe QEMU failed: {err}")
     replies = []
@@ -132,9 +131,7 @@ def probe_swtpm(swtpm: str, swtpm_setup: str, timeout_s: float) -> SwtpmProbe:
     if shutil.which(swtpm_setup) is None:
         return SwtpmProbe(None, f"{swtpm_setup} is not installed (Debian package swtpm-tools)")
     try:
-        out = subprocess.run(
-            [found, "--version"], capture_output=True, text=True, timeout=timeout_s, check=False
-        ).stdout
+        _, out = binaries.output_of([found, "--version"], timeout_s=timeout_s)
     except (OSError, subprocess.SubprocessError) as err:
         return SwtpmProbe(None, f"{found} --version failed: {err}")
     match = re.search(r"version (\S+?),?\s", out + " ")

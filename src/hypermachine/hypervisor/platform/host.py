@@ -21,6 +21,7 @@ import psutil
 from ...config import Accelerator
 from ...errors import Unsupported
 from ...models import HostCapabilities, VmSpec
+from . import binaries
 
 __all__ = ["HostFacts", "check_supported", "choose_accelerator", "probe_host"]
 
@@ -73,11 +74,11 @@ def choose_accelerator(
 
 def _qemu_version(qemu_binary: str) -> str:
     try:
-        out = subprocess.run(
-            [qemu_binary, "--version"], capture_output=True, text=True, check=True, timeout=10
-        ).stdout
+        status, out = binaries.output_of([qemu_binary, "--version"], timeout_s=10)
     except (OSError, subprocess.SubprocessError) as err:
         raise RuntimeError(f"cannot run {qemu_binary}: {err}") from err
+    if status != 0:
+        raise RuntimeError(f"cannot run {qemu_binary}: --version exited with {status}")
     match = re.search(r"version (\d+\.\d+\.\d+)", out)
     return match.group(1) if match else out.strip()
 
