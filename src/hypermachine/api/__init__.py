@@ -26,6 +26,7 @@ from .errors import register_error_handlers
 from .forward import install_forwarding
 from .metrics import install_request_metrics
 from .rest import generic_view, mount
+from .routing import LazyBuilderRule
 from .services import Services
 from .templates import create_view
 
@@ -48,7 +49,8 @@ def build_registry() -> Registry:
 
 def create_app(services: Services) -> QuartTrio:
     """Build the app around already-running services (the caller owns their lifetime)."""
-    app = QuartTrio(__name__)
+    app = QuartTrio(__name__, static_folder=None)  # the UI serves its own files
+    app.url_rule_class = LazyBuilderRule
     # JSON bodies are held to max_body_bytes by the REST face; file uploads may be larger.
     settings = services.settings
     app.config["MAX_CONTENT_LENGTH"] = max(settings.max_body_bytes, settings.file_max_bytes)
