@@ -131,6 +131,6 @@ async def stream(
         incoming.close()
     await qmp_commands.migrate_incoming(dest, _FD_NAME)
     await qmp_commands.migrate(source, _FD_NAME)
-    sent = await wait_migration(source, timeout_s)
-    await wait_migration(dest, timeout_s)
+    sent = await wait_migration(source, timeout_s, sending=True)
+    await wait_migration(dest, timeout_s, sending=False)
     return Figures.of(sent)

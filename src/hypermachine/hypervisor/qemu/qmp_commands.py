@@ -216,9 +216,15 @@ async def blockdev_snapshot(target: Target, node: str, overlay: str) -> None:
 @dataclass(frozen=True)
 class MigrationStatus:
     """``query-migrate``: the stream's state (None before any), QEMU's reasons it
-    cannot migrate now, and its description of a failure."""
+    cannot migrate now, and its description of a failure.
+
+    ``sending`` says the state is of a stream this QEMU sends: a QEMU that once
+    received one (a restored or migrated VM) answers ``completed`` for that incoming
+    stream, without any times, until its own outgoing stream has begun.
+    """
 
     status: str | None
+    sending: bool = False
     blocked_reasons: tuple[str, ...] = ()
     error_desc: str = ""
     total_time_ms: int = 0  # the sending side's figures, once completed
@@ -233,6 +239,7 @@ async def query_migrate(target: Target) -> MigrationStatus:
     ram = answer.get("ram")
     return MigrationStatus(
         status=status if isinstance(status, str) else None,
+        sending="total-time" in answer,
         blocked_reasons=tuple(str(r) for r in _list(answer.get("blocked-reasons", []))),
         error_desc=str(answer.get("error-desc", "")),
         total_time_ms=_count(answer.get("total-time")),

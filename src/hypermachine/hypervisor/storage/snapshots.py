@@ -105,9 +105,11 @@ async def freeze_live(
     return frozen
 
 
-async def wait_migration(machine: Machine, timeout_s: float) -> qmp_commands.MigrationStatus:
-    """Wait for QEMU's migration stream (out or in) to complete; its last status (with
-    the times and bytes on the sending side).
+async def wait_migration(
+    machine: Machine, timeout_s: float, *, sending: bool
+) -> qmp_commands.MigrationStatus:
+    """Wait for QEMU's migration stream to complete (the one it is ``sending``, or the
+    one it receives); its last status (with the times and bytes on the sending side).
 
     Raises:
         HypervisorError: it failed or was cancelled, or the budget ran out (then it is
@@ -117,7 +119,7 @@ async def wait_migration(machine: Machine, timeout_s: float) -> qmp_commands.Mig
         with trio.fail_after(timeout_s):
             while True:
                 status = await qmp_commands.query_migrate(machine)
-                if status.status == "completed":
+                if status.status == "completed" and status.sending == sending:
                     return status
                 if status.status in ("failed", "cancelled"):
                     raise HypervisorError(
@@ -146,7 +148,7 @@ async def save_memory(
     finally:
         os.close(fd)  # QEMU holds its own copy
     await qmp_commands.migrate(machine, _FD_NAME)
-    await wait_migration(machine, timeout_s)
+    await wait_migration(machine, timeout_s, sending=True)
     with open(target, "rb") as f:
         os.fsync(f.fileno())
 
@@ -163,4 +165,4 @@ async def load_memory(machine: Machine, source: Path, *, timeout_s: float) -> No
     finally:
         os.close(fd)
     await qmp_commands.migrate_incoming(machine, _FD_NAME)
-    await wait_migration(machine, timeout_s)
+    await wait_migration(machine, timeout_s, sending=False)
