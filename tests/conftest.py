@@ -15,6 +15,7 @@ import httpx
 import pytest
 import trio
 
+import background
 from etcdcluster import EtcdCluster, etcd_available
 from hypermachine.api import Services, create_app
 from hypermachine.config import Settings
@@ -110,3 +111,17 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the checks of background tests now when other tests run beside them."""
+    if len(session.items) < 2:
+        return
+    for item in session.items:
+        marker = item.get_closest_marker("background")
+        if marker is not None:
+            background.start(item.nodeid, marker.args[0])
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    background.wait_all(timeout_s=300)
