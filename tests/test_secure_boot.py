@@ -227,11 +227,3 @@ async def test_unsigned_shim_is_refused_by_the_firmware(svc: Services) -> None:
     assert 'failed to load Boot0001 "UEFI Misc Device"' in text
     assert "Access Denied" in text
     assert "Welcome to GRUB" not in text and "HM-READY" not in text
-
-
-async def test_plain_uefi_boots_the_same_disk_without_secure_boot(svc: Services) -> None:
-    vm, paths = await boot(svc, "plain-uefi", "tiny-efi")
-    assert vm.firmware == "uefi" and not vm.security.secure_boot
-    console = Console(paths)
-    await console.wait_for("HM-READY tiny")
-    assert "HM-SECUREBOOT=0" in console.text()

@@ -1,14 +1,29 @@
-"""Live migration of a real tiny guest to a fresh QEMU on the same host (docs/cluster.md).
+"""A VM's platform state — RAM, vTPM, UEFI variables — follows it through snapshots and
+live migrations, for real: one ``tiny-efi`` guest on plain OVMF (no secure boot: the
+guest reports ``SecureBoot`` 0) with a swtpm of its own and a NAT port forward
+(docs/snapshots.md, docs/cluster.md). One guest serves every step, since each OVMF
+boot costs half a minute of TCG.
 
-One guest (the tiny guest under UEFI, NAT with a forwarded port, vTPM) is booted and
-moved twice; the checks run on it in between: its uptime keeps counting, a file in its
-tmpfs survives, its TPM still answers with the same PCR, a UEFI variable written
-before is still there and one written after lands in the VM's VARS file, the old
-QEMU, swtpm and passt are gone, the new ones hold the VM's names, and exec works.
+Snapshots. The guest extends PCR 16 (the debug PCR, zero at boot) with a raw
+``TPM2_PCR_Extend`` written to ``/dev/tpm0`` and reads it in
+``/sys/class/tpm/tpm0/pcr-sha256/16`` (the expected values are computed here), and
+writes a UEFI variable through efivarfs, which OVMF stores in the VM's
+``efivars.fd``. A memory snapshot brings both back as they were; a disk-only snapshot
+taken before the first boot brings back the VARS and TPM files byte for byte.
+
+Migration to a fresh QEMU on the same host, twice (the first from the QEMU a restore
+started): the guest's uptime keeps counting, a file in its tmpfs survives, its TPM
+answers with the same PCR, a UEFI variable written before is still there and one
+written after lands in the VM's VARS file, the old QEMU, swtpm and passt are gone and
+the new ones hold the VM's names.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,13 +36,77 @@ from hypermachine.hypervisor.devices.hostnet import port_free
 from hypermachine.hypervisor.migration_service import refuse
 from hypermachine.hypervisor.platform import tpm
 from hypermachine.hypervisor.platform.vmplatform import vars_file
-from hypermachine.models import Vm
+from hypermachine.hypervisor.vmfiles.layout import VmPaths
+from hypermachine.models import ExecRequest, SnapshotRequest, Vm, VmState
 from realserver import free_port
 from support import process_gone, qemu_pids_for, wait_until
-from test_secure_boot import VAR_GUID
+from test_secure_boot import VAR_GUID, Console
 from test_snapshots import TINY, VFIO_REASON, VfioQmp, post, sh
 
 pytestmark = pytest.mark.qemu
+
+BOOT_S = 300.0  # OVMF + shim + GRUB + a bzImage under TCG on a busy 2-core host
+# efivarfs makes every variable immutable except those of GUIDs it knows as removable;
+# Linux's own crash-dump GUID (any name) is one, so the guest can rewrite the variable.
+SNAP_VAR_GUID = "cfc8fc79-be2e-4ddc-97f0-9f98bfe298a0"
+SNAP_VAR = f"/sys/firmware/efi/efivars/HmSnap-{SNAP_VAR_GUID}"
+PCR = 16
+PCR_FILE = f"/sys/class/tpm/tpm0/pcr-sha256/{PCR}"
+MOUNT_EFIVARS = (
+    "grep -q efivarfs /proc/mounts || mount -t efivarfs efivarfs /sys/firmware/efi/efivars"
+)
+
+
+def pcr_extend_command(digest: bytes) -> bytes:
+    """TPM2_PCR_Extend(PCR 16, sha256 ``digest``) with an empty password session."""
+    session = struct.pack(">IHBH", 0x40000009, 0, 0, 0)  # TPM_RS_PW, no nonce, no hmac
+    body = (
+        struct.pack(">II", PCR, len(session))
+        + session
+        + struct.pack(">IH", 1, 0x000B)  # one digest, TPM_ALG_SHA256
+        + digest
+    )
+    return struct.pack(">HII", 0x8002, 10 + len(body), 0x00000182) + body
+
+
+def extended(pcr: bytes, digest: bytes) -> bytes:
+    return hashlib.sha256(pcr + digest).digest()
+
+
+async def guest(svc: Services, vm_id: str, script: str, stdin: bytes | None = None) -> str:
+    request = ExecRequest(
+        command=["sh", "-c", script],
+        stdin_b64=base64.b64encode(stdin).decode() if stdin is not None else None,
+        timeout_s=60,
+    )
+    result = await svc.manager.guest.exec(vm_id, request, wait_agent_s=BOOT_S)
+    assert result.exit_code == 0, result
+    return result.stdout
+
+
+async def extend_pcr(svc: Services, vm_id: str, digest: bytes) -> bytes:
+    """Extend PCR 16 from inside the guest; returns what the guest then reads."""
+    command = pcr_extend_command(digest)
+    script = "cat > /tmp/extend && cat /tmp/extend > /dev/tpm0 && cat " + PCR_FILE
+    return bytes.fromhex((await guest(svc, vm_id, script, command)).strip())
+
+
+async def read_pcr(svc: Services, vm_id: str) -> bytes:
+    return bytes.fromhex((await guest(svc, vm_id, f"cat {PCR_FILE}")).strip())
+
+
+async def write_snap_var(svc: Services, vm_id: str, value: str) -> None:
+    # 4 attribute bytes (NV | BS | RT), then the data; efivarfs writes it in one go
+    await guest(svc, vm_id, f"{MOUNT_EFIVARS}; printf '\\007\\000\\000\\000{value}' > {SNAP_VAR}")
+
+
+async def read_snap_var(svc: Services, vm_id: str) -> str:
+    """The variable's data, or "absent"."""
+    script = (
+        f"{MOUNT_EFIVARS}; if [ -e {SNAP_VAR} ]; then tail -c +5 {SNAP_VAR}; else printf absent; fi"
+    )
+    return await guest(svc, vm_id, script)
+
 
 # TPM2_PCR_Read of PCR 0 (sha256), sent raw: a TPM whose state did not arrive was never
 # started up and answers TPM_RC_INITIALIZE (0x100) instead of success.
@@ -155,17 +234,37 @@ async def check_refusals(client: Any, services: Services, vm_id: str) -> None:
     assert services.manager._machine(vm_id) is machine, "a refusal must not touch the VM"
 
 
-@pytest.mark.usefixtures("efi_image")
-async def test_a_running_guest_moves_to_a_fresh_qemu(client: Any, services: Services) -> None:
-    body = {"name": "mover", **TINY, "image": "tiny-efi", "start": True, "wait": True,
-            "security": {"vtpm": True},
-            "network": {"ports": [{"host": free_port(), "guest": 22}]}}  # fmt: skip
-    status, vm = await post(client, "/api/v1/vms", body)
-    assert (status, vm["state"], vm["firmware"]) == (201, "running", "uefi"), vm
-    vm_id = vm["id"]
+async def check_snapshots(services: Services, vm_id: str, paths: VmPaths) -> None:
+    """PCR 16 and a UEFI variable changed after a memory snapshot are back as they were
+    once it is restored, in the guest and in the VARS file."""
+    mgr = services.manager
+    assert await read_pcr(services, vm_id) == bytes(32)  # zero at boot
+    one, two = hashlib.sha256(b"one").digest(), hashlib.sha256(b"two").digest()
+    at_snapshot = extended(bytes(32), one)
+    assert await extend_pcr(services, vm_id, one) == at_snapshot
+    await write_snap_var(services, vm_id, "hm-one")
+    assert await read_snap_var(services, vm_id) == "hm-one"
+
+    warm = await mgr.snapshot(vm_id, SnapshotRequest(name="warm", memory=True))
+    assert warm.memory and warm.vm_state is VmState.RUNNING
+    assert await extend_pcr(services, vm_id, two) == extended(at_snapshot, two)
+    await write_snap_var(services, vm_id, "hm-two")
+    assert await read_snap_var(services, vm_id) == "hm-two"
+    assert b"hm-two" in vars_file(paths).read_bytes()  # OVMF wrote it to the VM's flash
+
+    restored = await mgr.restore(vm_id, "warm", wait=True)
+    assert restored.state is VmState.RUNNING
+    # The TPM is the snapshot's (the extension after it is gone), and so is the VARS
+    # store, in the guest and in the VM's file that the next boot reads.
+    assert await read_pcr(services, vm_id) == at_snapshot
+    assert await read_snap_var(services, vm_id) == "hm-one"
+    flash = vars_file(paths).read_bytes()
+    assert b"hm-one" in flash and b"hm-two" not in flash
+
+
+async def check_migrations(client: Any, services: Services, vm_id: str) -> None:
     await sh(client, vm_id, "echo 'kept in RAM' > /tmp/marker")
     await write_var(client, vm_id, "HmBefore", "hmvars-before")
-
     await check_refusals(client, services, vm_id)
     first = await check_moved(client, services, vm_id, {})
     second = await check_moved(client, services, vm_id, {"node": services.settings.node_name})
@@ -181,11 +280,49 @@ async def test_a_running_guest_moves_to_a_fresh_qemu(client: Any, services: Serv
         "started", "destination_ready", "completed"
     ]  # fmt: skip
 
-    stopped = await post(client, f"/api/v1/vms/{vm_id}/stop", {"force": True, "wait": True})
+
+@pytest.mark.usefixtures("efi_image")
+async def test_platform_state_follows_snapshots_and_migrations(
+    client: Any, services: Services
+) -> None:
+    mgr = services.manager
+    body = {"name": "platform", **TINY, "image": "tiny-efi", "security": {"vtpm": True},
+            "network": {"ports": [{"host": free_port(), "guest": 22}]}}  # fmt: skip
+    status, created = await post(client, "/api/v1/vms", body)
+    assert (status, created["firmware"]) == (201, "uefi"), created
+    vm = await mgr.wait_for(created["id"], {VmState.STOPPED}, 120)
+    assert vm.security.vtpm and not vm.security.secure_boot
+    paths = VmPaths.for_vm(services.settings.vms_dir, services.settings.runtime_dir, vm.id)
+
+    def tpm_state() -> Path:  # a migration moves the TPM to a state dir of its own
+        return tpm.TpmPaths.for_vm(paths).state_dir / "tpm2-00.permall"
+
+    # Before the first boot: a disk-only snapshot holds the pristine VARS and TPM state.
+    fresh = await mgr.snapshot(vm.id, SnapshotRequest(name="fresh", memory=True))
+    assert not fresh.memory
+    fresh_vars, fresh_tpm = vars_file(paths).read_bytes(), tpm_state().read_bytes()
+
+    await mgr.start(vm.id)
+    await Console(paths).wait_for("HM-READY tiny", timeout=BOOT_S)
+    assert "HM-SECUREBOOT=0" in Console(paths).text()  # plain OVMF boots the signed chain
+    await check_snapshots(services, vm.id, paths)
+    await check_migrations(client, services, vm.id)
+
+    pid = mgr.get(vm.id).pid
+    stopped = await post(client, f"/api/v1/vms/{vm.id}/stop", {"force": True, "wait": True})
     assert stopped[0] == 200, stopped
-    status, got = await post(client, f"/api/v1/vms/{vm_id}/migrate", {})
+    status, got = await post(client, f"/api/v1/vms/{vm.id}/migrate", {})
     assert (status, got["error"]["code"]) == (409, "INVALID_STATE"), got
-    assert process_gone(second["vm"]["pid"])
+    assert pid is not None and process_gone(pid)
+
+    # Back to before the first boot: the files are the pristine ones, byte for byte
+    # (the VARS store the first boot found, without any variable the guest wrote).
+    assert (vars_file(paths).read_bytes(), tpm_state().read_bytes()) != (fresh_vars, fresh_tpm)
+    back = await mgr.restore(vm.id, "fresh", wait=True)
+    assert back.state is VmState.STOPPED
+    assert vars_file(paths).read_bytes() == fresh_vars
+    assert tpm_state().read_bytes() == fresh_tpm
+    assert b"hm-one" not in vars_file(paths).read_bytes()
 
 
 def test_a_confidential_vm_is_refused() -> None:
