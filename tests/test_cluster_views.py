@@ -1,7 +1,8 @@
 """The cluster-wide view of VMs on three real ``hypermachine serve`` processes and a
 real 3-member etcd: any node lists a tenant's VMs of every node (each naming its
 node) and reads one owned elsewhere; another tenant's VMs never show, through any
-node. A node killed with SIGKILL (its QEMUs too, as a crashed host) has its VMs shown
+node. The API keys are the cluster's: one made or revoked through any node counts on
+every node at once. A node killed with SIGKILL (its QEMUs too, as a crashed host) has its VMs shown
 ``unknown`` on the others within its lease, and their real state once it is back."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import httpx
 import pytest
 
 from etcdcluster import EtcdCluster
+from hypermachine.cluster.keys import KEYS_PREFIX
 from realserver import Server, free_port
 from support import qemu_pids_for, require_tiny, wait_until
 
@@ -28,11 +30,11 @@ SECRET = b"the-views-cluster-secret-of-32-bytes-or-more"
 
 
 class Node:
-    """One node and the API keys of two tenants on it (keys are each node's own)."""
+    """One node, and the cluster's API keys of two tenants (every node takes them)."""
 
-    def __init__(self, name: str, data: Path) -> None:
+    def __init__(self, name: str, data: Path, keys: dict[str, str]) -> None:
         self.name, self.server = name, Server(data, free_port())
-        self.keys = {tenant: _make_key(data, tenant) for tenant in ("alice", "bob")}
+        self.keys = keys
 
     def call(self, tenant: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.keys[tenant]}"}
@@ -52,10 +54,11 @@ class Node:
         )
 
 
-def _make_key(data: Path, tenant: str) -> str:
+def make_key(data: Path, etcd: EtcdCluster, tenant: str, *flags: str) -> str:
+    """A key in the cluster's etcd, made as an operator would: ``key create --etcd``."""
     done = subprocess.run(
         [sys.executable, "-m", "hypermachine.cli", "--data-dir", str(data), "key", "create",
-         "--name", tenant, "--tier", "pro"],
+         "--etcd", etcd.endpoints, "--name", tenant, "--tier", "pro", *flags],
         capture_output=True, check=True, timeout=60,
     )  # fmt: skip
     return done.stdout.decode().split()[0]
@@ -68,21 +71,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, etcd: EtcdCluster) -> Iter
     secret = root / "cluster.secret"
     secret.write_bytes(SECRET)
     secret.chmod(0o600)
+    keys = {tenant: make_key(root, etcd, tenant) for tenant in ("alice", "bob")}
+    keys["admin"] = make_key(root, etcd, "ops", "--admin")
     nodes = []
     for name in NAMES:
         (root / name).mkdir()
-        nodes.append(Node(name, root / name))
+        nodes.append(Node(name, root / name, keys))
     try:
         for node in nodes:
             node.start(etcd, secret)
         yield nodes
     finally:
         for node in nodes:  # the session's etcd outlives this module: leave no VM in it
-            for tenant in node.keys:
-                for vm in node.vms(tenant) if node.server.proc else ():
-                    if vm["node"] == node.name:
-                        node.call(tenant, "DELETE", f"/api/v1/vms/{vm['id']}?force=true")
+            for vm in node.vms("admin") if node.server.proc else ():
+                if vm["node"] == node.name:
+                    node.call("admin", "DELETE", f"/api/v1/vms/{vm['id']}?force=true")
             node.server.stop()
+        etcd.delete_prefix(KEYS_PREFIX)
 
 
 def _create(node: Node, tenant: str, name: str, on: str) -> dict[str, Any]:
@@ -188,3 +193,34 @@ async def test_a_dead_nodes_vms_are_unknown_until_it_is_back(
 
     await wait_until(real_everywhere, timeout=TTL_S * 3, what="the VM's real state shown again")
     assert second.call("alice", "DELETE", f"/api/v1/vms/{vm['id']}?force=true").status_code == 204
+
+
+def test_a_key_made_or_revoked_through_one_node_counts_on_every_node(
+    cluster: list[Node],
+) -> None:
+    first, second, third = cluster
+    made = first.call("admin", "POST", "/api/v1/keys", json={"name": "carol", "tier": "free"})
+    assert made.status_code == 201, made.text
+    carol = made.json()
+    headers = {"Authorization": f"Bearer {carol['key']}"}
+    for node in cluster:
+        answer = httpx.get(f"{node.server.url}/api/v1/vms", headers=headers, timeout=30)
+        assert (answer.status_code, answer.json()["vms"]) == (200, []), (node.name, answer.text)
+        listed = node.call("admin", "GET", "/api/v1/keys").json()["keys"]
+        assert carol["id"] in [key["id"] for key in listed], node.name
+        assert "key" not in listed[-1], "a listed key never carries its secret"
+
+    revoked = third.call("admin", "DELETE", f"/api/v1/keys/{carol['id']}")
+    assert revoked.status_code == 204, revoked.text
+    for node in cluster:
+        answer = httpx.get(f"{node.server.url}/api/v1/vms", headers=headers, timeout=30)
+        assert answer.status_code == 401, (node.name, answer.text)
+
+    # Each node's audit log names the node that did it.
+    entries = third.call("admin", "GET", "/api/v1/audit").json()["entries"]
+    (revoke,) = [e for e in entries if e["operation"] == "revoke_key"]
+    assert (revoke["target"], revoke["node"]) == (carol["id"], "v3"), revoke
+    entries = first.call("admin", "GET", "/api/v1/audit").json()["entries"]
+    assert any(e["operation"] == "create_key" and e["node"] == "v1" for e in entries), entries
+    unknown = second.call("admin", "DELETE", "/api/v1/keys/key-000000000000")
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "KEY_NOT_FOUND")

@@ -6,6 +6,8 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,21 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     config_file = Path(args.config) if getattr(args, "config", None) else None
     overrides = {"data_dir": getattr(args, "data_dir", None), **extra}
     return load_settings(config_file=config_file, overrides=overrides)
+
+
+@asynccontextmanager
+async def _key_book(settings: Settings, store: Any, etcd_urls: list[str]) -> AsyncIterator[Any]:
+    """The keys ``hypermachine key …`` manages: the cluster's with etcd, else the host's."""
+    if etcd_urls:
+        from .cluster import Etcd
+        from .cluster.keys import ClusterKeys
+
+        async with Etcd(etcd_urls, timeout_s=settings.etcd_timeout_s) as etcd:
+            yield ClusterKeys(etcd)
+    else:
+        from .security.db import LocalKeys
+
+        yield LocalKeys(store)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -142,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--etcd", default=None, help="etcd client URLs, comma-separated")
     serve.add_argument("--advertise", default=None, help="the URL other nodes reach us at")
     serve.set_defaults(run=_cmd_serve)
-    add_key_commands(commands, _settings)
+    add_key_commands(commands, _settings, _key_book)
 
     image = commands.add_parser("image", help="the image catalogue").add_subparsers(
         dest="image_command", required=True

@@ -23,12 +23,14 @@ from hypercorn.trio.tcp_server import TCPServer
 from .api import Services, create_app
 from .cluster import Etcd, EtcdError, Membership
 from .cluster.forwarding import Forwarder, NodeAuth, read_secret
+from .cluster.keys import ClusterKeys
 from .cluster.nodes import describe
 from .cluster.ownership import Ownership
 from .cluster.views import Views
 from .config import ConfigError, Settings
+from .errors import ClusterUnavailable
 from .hypervisor.manager import Manager
-from .hypervisor.platform.host import probe_host
+from .hypervisor.platform.host import HostFacts, probe_host
 from .hypervisor.qemu.qmp import QmpBridge
 from .hypervisor.vmfiles.confine import QemuIdentity, resolve_qemu_identity
 from .hypervisor.vmfiles.layout import claim_server_dir
@@ -44,21 +46,48 @@ log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
+async def _security(settings: Settings) -> AsyncIterator[Security]:
+    """The security layer, started-up checked; a cluster's keys are in etcd.
+
+    Raises:
+        ConfigError: an open server on a non-loopback bind; etcd cannot be read.
+    """
+    store = SecurityStore(settings.database_file)
+    etcd = Etcd(settings.etcd_urls, timeout_s=settings.etcd_timeout_s) if settings.etcd else None
+    try:
+        security = Security(settings, store, ClusterKeys(etcd) if etcd is not None else None)
+        if etcd is not None and store.any_keys():
+            log.warning(
+                "this host's own API keys are not used: a cluster node takes the cluster's "
+                "(hypermachine key create --etcd URLS …)"
+            )
+        try:
+            await security.check_startup()
+        except ClusterUnavailable as err:
+            raise ConfigError(err.message) from err
+        yield security
+    finally:
+        if etcd is not None:
+            with trio.CancelScope(shield=True):
+                await etcd.aclose()
+        store.close()
+
+
+@asynccontextmanager
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
     """Everything the API needs, with the manager running (VMs re-adopted) inside."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    security = Security(settings, SecurityStore(settings.database_file))
-    try:
-        security.check_startup()
-    except BaseException:
-        security.store.close()
-        raise
-    host = await trio.to_thread.run_sync(probe_host, settings.qemu_binary, settings.accelerator)
-    try:
+    async with _security(settings) as security:
+        host = await trio.to_thread.run_sync(probe_host, settings.qemu_binary, settings.accelerator)
         identity = await trio.to_thread.run_sync(_prepare_folders, settings)
-    except BaseException:
-        security.store.close()
-        raise
+        async with _running(settings, security, host, identity) as services:
+            yield services
+
+
+@asynccontextmanager
+async def _running(
+    settings: Settings, security: Security, host: HostFacts, identity: QemuIdentity | None
+) -> AsyncIterator[Services]:
     store = Store(settings.database_file)
     catalogue = Catalogue(
         settings.catalogue_file, settings.builtin_images_dir, settings.images_store_dir
@@ -100,7 +129,6 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         bridge.close()
         runtime.close()
         store.close()
-        security.store.close()
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ def test_non_loopback_without_keys_refuses_to_start(data_dir: Path) -> None:
         ("127.0.0.1", "keys", False, "keys"),
     ],
 )
-def test_auth_mode_table(
+async def test_auth_mode_table(
     data_dir: Path, compile_cache: Path, host: str, auth: str, has_key: bool, outcome: str
 ) -> None:
     settings = make_settings(data_dir, compile_cache, host=host, auth=auth)
@@ -61,9 +61,9 @@ def test_auth_mode_table(
             security.store.create_key(name="k", tier="free", admin=False)
         if outcome == "refused":
             with pytest.raises(ConfigError):
-                security.check_startup()
+                await security.check_startup()
             return
-        security.check_startup()
+        await security.check_startup()
         assert security.mode() == outcome
     finally:
         security.store.close()

@@ -4,11 +4,13 @@ SQLite stays each host's own store; etcd holds what the hosts must agree on. Bui
 far: the etcd client (:mod:`.etcd`), a node's registration under a lease, fencing
 and the list of nodes (:mod:`.membership`), a node's description of itself
 (:mod:`.nodes`), a VM's owner key (:mod:`.ownership`), where a new VM goes
-(:mod:`.placement`), signed node-to-node requests (:mod:`.forwarding`) and the
-cluster-wide view of VMs, ``unknown`` where their node is down (:mod:`.views`).
+(:mod:`.placement`), signed node-to-node requests (:mod:`.forwarding`), the
+cluster-wide view of VMs, ``unknown`` where their node is down (:mod:`.views`), and
+the cluster's API keys (:mod:`.keys`).
 
 May import: ``config``, ``errors``, ``models``, ``states``, ``store``,
-``security.caller``, ``hypervisor.manager`` (a node describes its own VMs and budget).
+``security.caller``, ``security.keybook`` and ``security.models`` (the keys it keeps),
+``hypervisor.manager`` (a node describes its own VMs and budget).
 """
 
 from .etcd import Etcd, EtcdError, EtcdUnavailable, LeaseLost

@@ -2,15 +2,13 @@
 
 They live in the server's database file next to the VMs, on a connection of their
 own, so ``hypermachine key …`` and a running server share them: a key created or
-revoked from the CLI counts on the server's next request. Only a SHA-256 of each
-key is stored; keys carry 256 random bits, so a fast hash is enough.
+revoked from the CLI counts on the server's next request. A cluster keeps its keys in
+etcd instead (``cluster.keys``); each node's audit log stays here, naming the node.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,13 +16,10 @@ from pathlib import Path
 from ..errors import KeyNotFound
 from ..store import open_database
 from .caller import Caller, Tier
+from .keybook import hash_key, new_key
 from .models import AuditEntry, CreatedKey, KeyInfo
 
-__all__ = ["KEY_PREFIX", "SecurityStore", "hash_key"]
-
-KEY_PREFIX = "hm_"
-_KEY_BYTES = 32  # 256 bits of randomness
-_SHOWN_CHARS = 10
+__all__ = ["LocalKeys", "SecurityStore"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -46,14 +41,11 @@ CREATE TABLE IF NOT EXISTS audit (
     operation TEXT NOT NULL,
     target TEXT,
     outcome TEXT NOT NULL,
-    details TEXT NOT NULL DEFAULT '{}'
+    details TEXT NOT NULL DEFAULT '{}',
+    node TEXT NOT NULL DEFAULT ''
 );
 """
 _KEY_COLUMNS = "id, prefix, name, tenant, tier, admin, created_at, revoked_at"
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def _now() -> str:
@@ -73,6 +65,8 @@ class SecurityStore:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(audit)")}
         if "details" not in columns:  # a database from before audit details
             self._db.execute("ALTER TABLE audit ADD COLUMN details TEXT NOT NULL DEFAULT '{}'")
+        if "node" not in columns:  # a database from before audit entries named the node
+            self._db.execute("ALTER TABLE audit ADD COLUMN node TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         self._db.close()
@@ -83,23 +77,14 @@ class SecurityStore:
         self, *, name: str, tier: Tier, admin: bool, tenant: str | None = None
     ) -> CreatedKey:
         """Make a new key; the returned secret is never stored and cannot be shown again."""
-        secret = KEY_PREFIX + secrets.token_urlsafe(_KEY_BYTES)
-        info = KeyInfo(
-            id=f"key-{secrets.token_hex(6)}",
-            name=name,
-            tenant=tenant or name,
-            tier=tier,
-            admin=admin,
-            prefix=secret[:_SHOWN_CHARS],
-            created_at=datetime.now(UTC),
-        )
+        info = new_key(name=name, tier=tier, admin=admin, tenant=tenant)
         self._db.execute(
             "INSERT INTO api_keys(id, hash, prefix, name, tenant, tier, admin, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (info.id, hash_key(secret), info.prefix, name, info.tenant, tier, int(admin),
+            (info.id, hash_key(info.key), info.prefix, name, info.tenant, tier, int(admin),
              info.created_at.isoformat()),
         )  # fmt: skip
-        return CreatedKey(**info.model_dump(), key=secret)
+        return info
 
     def list_keys(self) -> list[KeyInfo]:
         rows = self._db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at")
@@ -141,10 +126,12 @@ class SecurityStore:
         target: str | None,
         outcome: str,
         details: Mapping[str, object] | None = None,
+        *,
+        node: str = "",
     ) -> None:
         self._db.execute(
-            "INSERT INTO audit(time, key_id, tenant, operation, target, outcome, details) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO audit(time, key_id, tenant, operation, target, outcome, details, node) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 _now(),
                 caller.key_id,
@@ -153,17 +140,19 @@ class SecurityStore:
                 target,
                 outcome,
                 json.dumps(dict(details or {}), default=str),
+                node,
             ),
         )
 
     def audit_page(self, *, limit: int, before: int | None) -> tuple[list[AuditEntry], int | None]:
         """Newest first; ``before`` is the ``next_cursor`` of the previous page."""
         rows = self._db.execute(
-            "SELECT id, time, key_id, tenant, operation, target, outcome, details FROM audit "
+            "SELECT id, time, key_id, tenant, operation, target, outcome, node, details "
+            "FROM audit "
             "WHERE id < ? ORDER BY id DESC LIMIT ?",
             (before if before is not None else 2**62, limit + 1),
         ).fetchall()
-        names = ("id", "time", "key_id", "tenant", "operation", "target", "outcome")
+        names = ("id", "time", "key_id", "tenant", "operation", "target", "outcome", "node")
         entries = [
             AuditEntry.model_validate(
                 {**dict(zip(names, r[:-1], strict=True)), "details": json.loads(r[-1])}
@@ -172,3 +161,27 @@ class SecurityStore:
         ]
         more = len(entries) > limit
         return entries[:limit], (entries[limit - 1].id if more else None)
+
+
+class LocalKeys:
+    """This host's keys, in its SQLite database (a single host)."""
+
+    def __init__(self, store: SecurityStore) -> None:
+        self._store = store
+
+    async def create_key(
+        self, *, name: str, tier: Tier, admin: bool, tenant: str | None = None
+    ) -> CreatedKey:
+        return self._store.create_key(name=name, tier=tier, admin=admin, tenant=tenant)
+
+    async def list_keys(self) -> list[KeyInfo]:
+        return self._store.list_keys()
+
+    async def revoke_key(self, key_id: str) -> KeyInfo:
+        return self._store.revoke_key(key_id)
+
+    async def any_keys(self) -> bool:
+        return self._store.any_keys()
+
+    async def caller_for(self, secret: str) -> Caller | None:
+        return self._store.caller_for(secret)

@@ -29,12 +29,12 @@ def security() -> Security:
     return found
 
 
-def _admit(
+async def _admit(
     headers: Any, matched: bool, token: str | None = None, forwarded: Caller | None = None
 ) -> None:
     guard = security()
     # A forwarded request's caller: another node of the cluster checked its key.
-    caller = forwarded if forwarded is not None else _authenticate(guard, headers, token)
+    caller = forwarded if forwarded is not None else await _authenticate(guard, headers, token)
     if not matched and caller is ANONYMOUS:
         raise Unauthorized("an API key is required (Authorization: Bearer hm_…)")
     set_caller(caller)
@@ -48,7 +48,8 @@ def _admit(
         )
 
 
-def _authenticate(guard: Security, headers: Any, token: str | None) -> Caller:
+async def _authenticate(guard: Security, headers: Any, token: str | None) -> Caller:
+    await guard.refresh()
     if guard.mode() == "open" and not host_allowed(
         headers.get("Host"), guard.settings.allowed_origins
     ):
@@ -58,7 +59,7 @@ def _authenticate(guard: Security, headers: Any, token: str | None) -> Caller:
             "this open server answers only requests to a loopback host (or one in allowed_origins)",
             host=str(headers.get("Host"))[:200],
         )
-    caller = guard.authenticate(headers)
+    caller = await guard.authenticate(headers)
     if token is not None and caller is ANONYMOUS:
         # A browser's console websocket: the token stands for the key that asked for
         # it; the console operation spends it (bound to that VM and console kind).
@@ -99,7 +100,7 @@ async def _forwarded_caller() -> Caller | None:
 async def _before_request() -> None:
     g.hm_rate = None
     forwarded = await _forwarded_caller()
-    _admit(request.headers, request.url_rule is not None, forwarded=forwarded)
+    await _admit(request.headers, request.url_rule is not None, forwarded=forwarded)
 
 
 async def _before_websocket() -> None:
@@ -107,7 +108,7 @@ async def _before_websocket() -> None:
     refusal = unsigned(dict(websocket.headers))  # websockets are not forwarded
     if refusal is not None:
         raise refusal
-    _admit(websocket.headers, websocket.url_rule is not None, websocket.args.get("token"))
+    await _admit(websocket.headers, websocket.url_rule is not None, websocket.args.get("token"))
 
 
 async def _after_request(response: Response) -> Response:

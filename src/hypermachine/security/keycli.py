@@ -1,37 +1,42 @@
-"""``hypermachine key create | list | revoke``: the same store the server reads."""
+"""``hypermachine key create | list | revoke``: the keys the server reads — this host's
+(its database) or, with ``--etcd``, the cluster's."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 
 from ..config import Settings
 from .caller import SYSTEM, TIERS, acting_as
 from .db import SecurityStore
-from .models import CreateKeyRequest
-from .service import Security
+from .keybook import KeyBook
+from .models import CreateKeyRequest, KeyInfo
 
-__all__ = ["add_key_commands"]
+__all__ = ["BookFor", "add_key_commands"]
 
 SettingsFor = Callable[[argparse.Namespace], Settings]
+# The key book to use: this host's, or the cluster's when etcd URLs are given.
+BookFor = Callable[[Settings, SecurityStore, list[str]], AbstractAsyncContextManager[KeyBook]]
 
 
-def _open(settings: Settings) -> Security:
-    return Security(settings, SecurityStore(settings.database_file))
+def _audit(store: SecurityStore, settings: Settings, operation: str, key: KeyInfo) -> None:
+    with acting_as(SYSTEM):
+        store.record(SYSTEM, operation, key.id, "ok", node=settings.node_name)
 
 
-def _create(args: argparse.Namespace, settings: Settings) -> int:
+async def _create(args: argparse.Namespace, settings: Settings, book_for: BookFor) -> int:
     request = CreateKeyRequest(name=args.name, tier=args.tier, admin=args.admin, tenant=args.tenant)
-    guard = _open(settings)
+    store = SecurityStore(settings.database_file)
     try:
-        created = guard.store.create_key(
-            name=request.name, tier=request.tier, admin=request.admin, tenant=request.tenant
-        )
-        with acting_as(SYSTEM):
-            guard.audit("create_key", created.id, "ok")
+        async with _book(args, settings, store, book_for) as book:
+            created = await book.create_key(
+                name=request.name, tier=request.tier, admin=request.admin, tenant=request.tenant
+            )
+        _audit(store, settings, "create_key", created)
     finally:
-        guard.store.close()
+        store.close()
     print(created.key)  # stdout: the key alone, so `KEY=$(hypermachine key create …)` works
     role = "admin, " if created.admin else ""
     print(
@@ -42,10 +47,11 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _list(args: argparse.Namespace, settings: Settings) -> int:
+async def _list(args: argparse.Namespace, settings: Settings, book_for: BookFor) -> int:
     store = SecurityStore(settings.database_file)
     try:
-        keys = store.list_keys()
+        async with _book(args, settings, store, book_for) as book:
+            keys = await book.list_keys()
     finally:
         store.close()
     for key in keys:
@@ -56,19 +62,31 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _revoke(args: argparse.Namespace, settings: Settings) -> int:
-    guard = _open(settings)
+async def _revoke(args: argparse.Namespace, settings: Settings, book_for: BookFor) -> int:
+    store = SecurityStore(settings.database_file)
     try:
-        revoked = guard.store.revoke_key(args.id)
-        with acting_as(SYSTEM):
-            guard.audit("revoke_key", revoked.id, "ok")
+        async with _book(args, settings, store, book_for) as book:
+            revoked = await book.revoke_key(args.id)
+        _audit(store, settings, "revoke_key", revoked)
     finally:
-        guard.store.close()
+        store.close()
     print(f"revoked {revoked.id} ({revoked.name})")
     return 0
 
 
-def add_key_commands(commands: argparse._SubParsersAction, settings_for: SettingsFor) -> None:  # type: ignore[type-arg]
+def _book(
+    args: argparse.Namespace, settings: Settings, store: SecurityStore, book_for: BookFor
+) -> AbstractAsyncContextManager[KeyBook]:
+    given = getattr(args, "etcd", None)
+    urls = [u.strip() for u in given.split(",") if u.strip()] if given else settings.etcd_urls
+    return book_for(settings, store, urls)
+
+
+def add_key_commands(
+    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    settings_for: SettingsFor,
+    book_for: BookFor,
+) -> None:
     """Mount ``key …`` on the CLI's subcommands."""
     key = commands.add_parser("key", help="API keys").add_subparsers(
         dest="key_command", required=True
@@ -83,4 +101,20 @@ def add_key_commands(commands: argparse._SubParsersAction, settings_for: Setting
     revoke.add_argument("id")
     for parser, run in ((create, _create), (listing, _list), (revoke, _revoke)):
         parser.add_argument("--data-dir", dest="data_dir", default=argparse.SUPPRESS)
-        parser.set_defaults(run=lambda a, run=run: run(a, settings_for(a)))
+        parser.add_argument(
+            "--etcd",
+            default=argparse.SUPPRESS,
+            help="the cluster's etcd: its keys, not this host's",
+        )
+        parser.set_defaults(run=lambda a, run=run: _run(run, a, settings_for(a), book_for))
+
+
+def _run(
+    command: Callable[[argparse.Namespace, Settings, BookFor], Awaitable[int]],
+    args: argparse.Namespace,
+    settings: Settings,
+    book_for: BookFor,
+) -> int:
+    import trio  # a server package: not in a client-only install
+
+    return trio.run(command, args, settings, book_for)

@@ -57,6 +57,7 @@ class AuditEntry(_Strict):
     operation: str
     target: str | None
     outcome: str = Field(description='"ok" or the error code.')
+    node: str = Field(default="", description="The node that did it (its name).")
     details: dict[str, Any] = Field(
         default_factory=dict,
         description="What the call did (argv, a path and size, a script's hash); no secrets.",

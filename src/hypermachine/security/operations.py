@@ -11,18 +11,18 @@ __all__ = ["security_operations"]
 
 
 async def _list_keys(ctx: Context, _args: NoInput) -> KeyList:
-    return KeyList(keys=ctx.services.security.store.list_keys())
+    return KeyList(keys=await ctx.services.security.keys.list_keys())
 
 
 async def _create_key(ctx: Context, args: CreateKeyRequest) -> Answer:
-    created: CreatedKey = ctx.services.security.store.create_key(
+    created: CreatedKey = await ctx.services.security.keys.create_key(
         name=args.name, tier=args.tier, admin=args.admin, tenant=args.tenant
     )
     return Answer(created, status=201, headers={"Cache-Control": "no-store"}, target=created.id)
 
 
 async def _revoke_key(ctx: Context, args: KeyIdInput) -> Answer:
-    ctx.services.security.store.revoke_key(args.key_id)
+    await ctx.services.security.keys.revoke_key(args.key_id)
     return Answer({"revoked": True, "key_id": args.key_id}, status=204)
 
 

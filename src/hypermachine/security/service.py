@@ -10,9 +10,10 @@ from collections.abc import Mapping
 from typing import Literal
 
 from ..config import ConfigError, Settings
-from ..errors import Unauthorized
+from ..errors import ClusterUnavailable, Unauthorized
 from .caller import ANONYMOUS, SYSTEM, Caller, Tier, current_caller
-from .db import SecurityStore
+from .db import LocalKeys, SecurityStore
+from .keybook import KeyBook
 from .ratelimit import Decision, SlidingWindowLimiter
 from .web import is_loopback
 
@@ -32,25 +33,32 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
 
 
 class Security:
-    def __init__(self, settings: Settings, store: SecurityStore) -> None:
+    """``store`` holds the audit log (and this host's keys); ``keys`` is where keys are
+    kept: this host's (the default) or the cluster's."""
+
+    def __init__(
+        self, settings: Settings, store: SecurityStore, keys: KeyBook | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
+        self.keys: KeyBook = keys if keys is not None else LocalKeys(store)
         self.limiter = SlidingWindowLimiter()
         self._keyed = settings.auth == "keys"
 
-    def check_startup(self) -> None:
+    async def check_startup(self) -> None:
         """Refuse an open server on a non-loopback bind unless explicitly opted out.
 
         Raises:
             ConfigError: ``auth = "auto"``, no API key exists and the bind is not loopback.
         """
-        open_by_default = self.settings.auth == "auto" and not self.store.any_keys()
+        open_by_default = self.settings.auth == "auto" and not await self.keys.any_keys()
         if open_by_default and not is_loopback(self.settings.host):
             raise ConfigError(
                 f"refusing to serve {self.settings.host} without authentication: create "
                 "a key (hypermachine key create --name NAME --tier free) or set "
                 "auth = 'open' (HM_AUTH=open, --auth open) to opt out explicitly"
             )
+        await self.refresh()
         mode = self.mode()
         if mode == "open":
             log.warning(
@@ -61,17 +69,29 @@ class Security:
             log.info("auth: an API key is required (all but the public documents)")
 
     def mode(self) -> AuthMode:
-        """``open`` for the embedded default (or the explicit opt-out), else ``keys``.
+        """``open`` for the embedded default (or the explicit opt-out), else ``keys``
+        (as of the last :meth:`refresh`).
 
         Once a key exists the server stays keyed, even if every key is revoked.
         """
         if self.settings.auth == "open":
             return "open"
-        if not self._keyed:
-            self._keyed = not is_loopback(self.settings.host) or self.store.any_keys()
         return "keys" if self._keyed else "open"
 
-    def authenticate(self, headers: Mapping[str, str]) -> Caller:
+    async def refresh(self) -> None:
+        """Learn whether a key now exists (made by the CLI, or on another node).
+
+        While the cluster's keys cannot be read the mode stays what it was: an open
+        node binds loopback only, and a keyed one checks each key (503 until etcd
+        answers)."""
+        if self.settings.auth != "auto" or self._keyed:
+            return
+        try:
+            self._keyed = not is_loopback(self.settings.host) or await self.keys.any_keys()
+        except ClusterUnavailable as err:
+            log.debug("auth mode unchanged: %s", err.message)
+
+    async def authenticate(self, headers: Mapping[str, str]) -> Caller:
         """The caller presenting ``headers``: :data:`ANONYMOUS` without a key (what it
         may call is the operation's access rule, checked by the dispatcher).
 
@@ -83,7 +103,7 @@ class Security:
         secret = presented_key(headers)
         if secret is None:
             return ANONYMOUS
-        caller = self.store.caller_for(secret)
+        caller = await self.keys.caller_for(secret)
         if caller is None:
             raise Unauthorized("invalid API key")
         return caller
@@ -121,4 +141,6 @@ class Security:
         details: Mapping[str, object] | None = None,
     ) -> None:
         """Record one call by the current caller (never a secret)."""
-        self.store.record(current_caller(), operation, target, outcome, details)
+        self.store.record(
+            current_caller(), operation, target, outcome, details, node=self.settings.node_name
+        )
