@@ -2,8 +2,10 @@
 real 3-member etcd: any node lists a tenant's VMs of every node (each naming its
 node) and reads one owned elsewhere; another tenant's VMs never show, through any
 node. The API keys are the cluster's: one made or revoked through any node counts on
-every node at once. A node killed with SIGKILL (its QEMUs too, as a crashed host) has its VMs shown
-``unknown`` on the others within its lease, and their real state once it is back."""
+every node at once, and a tenant's live-VM quota counts its VMs of every node (two
+nodes starting its last allowed VM at the same moment: one of them wins). A node
+killed with SIGKILL (its QEMUs too, as a crashed host) has its VMs shown ``unknown``
+on the others within its lease, and their real state once it is back."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 
 from etcdcluster import EtcdCluster
 from hypermachine.cluster.keys import KEYS_PREFIX
@@ -50,6 +53,7 @@ class Node:
         self.server.start(
             ("HM_NODE_LEASE_TTL_S", str(TTL_S)),
             ("HM_CLUSTER_SECRET_FILE", str(secret)),
+            ("HM_VM_QUOTA_FREE", "1"),
             args=["--node", self.name, "--etcd", etcd.endpoints, "--advertise", self.server.url],
         )
 
@@ -224,3 +228,48 @@ def test_a_key_made_or_revoked_through_one_node_counts_on_every_node(
     assert any(e["operation"] == "create_key" and e["node"] == "v1" for e in entries), entries
     unknown = second.call("admin", "DELETE", "/api/v1/keys/key-000000000000")
     assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "KEY_NOT_FOUND")
+
+
+async def test_a_tenants_quota_counts_its_vms_of_every_node(cluster: list[Node]) -> None:
+    first, second, third = cluster
+    made = first.call("admin", "POST", "/api/v1/keys", json={"name": "dave", "tier": "free"})
+    assert made.status_code == 201, made.text
+    dave = {"Authorization": f"Bearer {made.json()['key']}"}  # tier free: one live VM
+
+    def call(node: Node, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.request(method, f"{node.server.url}{path}", headers=dave, timeout=60, **kwargs)
+
+    vms = []
+    for on in ("v1", "v2"):
+        answer = call(third, "POST", "/api/v1/vms", json={"name": f"d-{on}", "image": "tiny",
+                                                           "node": on})  # fmt: skip
+        assert answer.status_code == 201, answer.text
+        vms.append(answer.json())
+
+    # Both started at once, through two nodes, on two nodes: exactly one may run.
+    answers: dict[str, httpx.Response] = {}
+
+    async def start(node: Node, vm: dict[str, Any]) -> None:
+        answers[vm["id"]] = await trio.to_thread.run_sync(
+            lambda: call(node, "POST", f"/api/v1/vms/{vm['id']}/start", json={})
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(start, first, vms[0])
+        nursery.start_soon(start, second, vms[1])
+    codes = sorted(answer.status_code for answer in answers.values())
+    assert codes == [202, 403], {k: a.text for k, a in answers.items()}
+    (winner,) = [vm for vm in vms if answers[vm["id"]].status_code == 202]
+    (loser,) = [vm for vm in vms if vm is not winner]
+    refused = answers[loser["id"]].json()["error"]
+    assert refused["code"] == "QUOTA_EXCEEDED" and refused["details"]["limit"] == 1, refused
+    assert call(first, "GET", f"/api/v1/vms/{loser['id']}").json()["state"] == "stopped"
+
+    # Once the winner is stopped (through the third node), the loser may start.
+    stopped = call(third, "POST", f"/api/v1/vms/{winner['id']}/stop",
+                   json={"force": True, "wait": True})  # fmt: skip
+    assert stopped.status_code == 200, stopped.text
+    again = call(third, "POST", f"/api/v1/vms/{loser['id']}/start", json={})
+    assert again.status_code == 202, again.text
+    for vm in vms:
+        assert call(first, "DELETE", f"/api/v1/vms/{vm['id']}?force=true").status_code == 204

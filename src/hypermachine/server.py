@@ -26,6 +26,7 @@ from .cluster.forwarding import Forwarder, NodeAuth, read_secret
 from .cluster.keys import ClusterKeys
 from .cluster.nodes import describe
 from .cluster.ownership import Ownership
+from .cluster.quota import LiveLedger
 from .cluster.views import Views
 from .config import ConfigError, Settings
 from .errors import ClusterUnavailable
@@ -167,6 +168,7 @@ async def _join_cluster(
         await etcd.aclose()
         raise ConfigError(f"node {name} could not register in etcd: {err}") from err
     manager.owners = Ownership(etcd, name, lambda: membership.cut_off)
+    manager.live_count = LiveLedger(etcd, name, lambda: membership.lease)
     forwarder = None
     if auth is not None:
         budget = max(settings.wait_timeout_max_s, settings.migration_timeout_s) + 30

@@ -167,6 +167,26 @@ class Etcd:
         )
         return bool(doc.get("succeeded", False))
 
+    async def put_if_unchanged(
+        self, guard: str, mod_revision: int, puts: list[tuple[str, str, int]]
+    ) -> bool:
+        """Write ``puts`` (key, value, lease) only if the key ``guard`` was last changed
+        at ``mod_revision`` (0: it does not exist), in one transaction; False if not."""
+        compare = {
+            "key": _b64(guard),
+            "target": "MOD",
+            "result": "EQUAL",
+            "mod_revision": str(mod_revision),
+        }
+        success = []
+        for key, value, lease in puts:
+            put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+            if lease:
+                put["lease"] = str(lease)
+            success.append({"request_put": put})
+        doc = await self._call("/v3/kv/txn", {"compare": [compare], "success": success})
+        return bool(doc.get("succeeded", False))
+
     async def delete_if(self, key: str, value: str | bytes) -> bool:
         """Delete ``key`` only if it holds ``value`` (one transaction); False if not."""
         holds = {"key": _b64(key), "target": "VALUE", "result": "EQUAL", "value": _b64(value)}

@@ -66,6 +66,11 @@ class Membership:
         self._lease = 0
         self.cut_off = False  # fenced: no renewal succeeded within two thirds of the TTL
 
+    @property
+    def lease(self) -> int:
+        """This node's current lease (what it holds is deleted when the node goes down)."""
+        return self._lease
+
     async def close(self) -> None:
         """Close the etcd client (after :meth:`run` has ended)."""
         await self._etcd.aclose()

@@ -66,7 +66,7 @@ from .metrics import require_live, vm_metrics
 from .migration_service import MigrationService
 from .platform import capabilities, vmplatform
 from .platform.host import HostFacts, check_supported
-from .ports import CatalogueLike, GuardLike, ImageLike, OwnersLike
+from .ports import CatalogueLike, GuardLike, ImageLike, LiveCountLike, OwnersLike
 from .provision import Provisioning
 from .qemu import qmp_commands
 from .qemu.argv import BootSource, Platform
@@ -187,6 +187,7 @@ class Manager:
         self._readoption = Readoption(self)
         self._provisioning = Provisioning(self)
         self.owners: OwnersLike | None = None  # set when the node joins a cluster
+        self.live_count: LiveCountLike | None = None  # likewise: quotas count every node
         self.migrations = MigrationService(self)
 
     # -- life of the manager ---------------------------------------------------
@@ -543,18 +544,25 @@ class Manager:
             raise ImageNotFound(f"image {vm.image!r} is not on disk", image=vm.image)
         if self.owners is not None:  # never a VM another node runs
             await self.owners.hold(vm)
+        quota = self._guard.vm_quota() if self._guard is not None else 0
+        if self.live_count is not None:  # the tenant's live VMs of every node count
+            await self.live_count.admit(vm, quota)
         # Admission and the move to `starting` (which reserves the VM's share) run with
         # no checkpoint in between: under Trio no other start can interleave here (and
         # a VM created with start=true is never seen "stopped", see _provision).
         live = (other for other in self._store.all_vms() if other.state in LIVE_STATES)
-        quota = self._guard.vm_quota() if self._guard is not None else 0
-        admit(vm, live, quota=quota, budget=self._budget)
+        try:
+            admit(vm, live, quota=quota, budget=self._budget)
+        except HMError:
+            await self._not_live(vm)
+            raise
         self._set(vm_id, VmState.STARTING if resume is None else VmState.RESTORING, None)
         try:
             held = await self._resources.acquire(vm, image.kernel is not None, self._paths(vm_id))
         except HMError as err:
             fallback = vm.state if resume is None else VmState.HIBERNATED
             self._set(vm_id, fallback, f"start refused: {err.message}")
+            await self._not_live(vm)
             raise
         vm = self._store.update_vm(vm_id, **held.fields)
         await self._nursery_start(vm_id, self._launch, vm, _boot_source(image), held.nic, resume)
@@ -672,9 +680,15 @@ class Manager:
         async def on_state(state: VmState, reason: str | None) -> None:
             if machine.report.handed_over:  # the VM runs on in its migration's destination
                 return
-            if machine.exited.is_set():
-                await self._release(machine.vm_id)
+            if not machine.exited.is_set():
+                self._on_machine_state(machine, state, reason)
+                return
+            await self._release(machine.vm_id)
+            if not machine.report.keep_state:  # out of the count before it shows stopped
+                await self._not_live_id(machine.vm_id)
             self._on_machine_state(machine, state, reason)
+            if machine.report.keep_state:  # hibernated (out of the count), or restoring
+                await self._not_live_id(machine.vm_id, unless_live=True)
 
         vm_id = machine.vm_id
         machine.on_qmp = self.telemetry.observe_qmp
@@ -697,6 +711,24 @@ class Manager:
         finally:
             if machine.exited.is_set() and self._machines.get(machine.vm_id) is machine:
                 del self._machines[machine.vm_id]
+
+    async def _not_live(self, vm: Vm) -> None:
+        """Take ``vm`` out of the cluster's live count (a failure is logged: the count
+        then errs on the safe side until this node's lease ends)."""
+        if self.live_count is None:
+            return
+        try:
+            await self.live_count.leave(vm)
+        except HMError as err:
+            log.warning("%s: still counted live in the cluster: %s", vm.id, err.message)
+
+    async def _not_live_id(self, vm_id: str, *, unless_live: bool = False) -> None:
+        try:
+            vm = self._store.get_vm(vm_id)
+        except VmNotFound:
+            return
+        if not (unless_live and vm.state in LIVE_STATES):
+            await self._not_live(vm)
 
     def _on_machine_state(self, machine: Machine, state: VmState, reason: str | None) -> None:
         try:

@@ -1,7 +1,8 @@
 """What the manager needs from outside the hypervisor layer, as protocols: an image
-of the catalogue, the catalogue itself, the security layer's quotas and the cluster's
-VM ownership. The server hands in the real ones (``images.Catalogue``,
-``security.Security``, ``cluster.ownership.Ownership``); tests may hand in their own."""
+of the catalogue, the catalogue itself, the security layer's quotas, the cluster's
+VM ownership and its count of live VMs. The server hands in the real ones
+(``images.Catalogue``, ``security.Security``, ``cluster.ownership.Ownership``,
+``cluster.quota.LiveLedger``); tests may hand in their own."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Protocol
 
 from ..models import Vm
 
-__all__ = ["CatalogueLike", "GuardLike", "ImageLike", "OwnersLike"]
+__all__ = ["CatalogueLike", "GuardLike", "ImageLike", "LiveCountLike", "OwnersLike"]
 
 
 class ImageLike(Protocol):
@@ -49,3 +50,10 @@ class OwnersLike(Protocol):
 
     async def hold(self, vm: Vm) -> None: ...
     async def release(self, vm_id: str) -> None: ...
+
+
+class LiveCountLike(Protocol):
+    """The cluster's count of each tenant's live VMs (``hypermachine.cluster.quota``)."""
+
+    async def admit(self, vm: Vm, quota: int) -> None: ...
+    async def leave(self, vm: Vm) -> None: ...

@@ -1,0 +1,77 @@
+"""A tenant's live-VM quota counted across the cluster, not per node.
+
+Each live VM (starting, running, paused, …) of a tenant is one etcd key,
+``/hypermachine/live/<tenant>/<vm id>``, naming its node and held by that node's
+lease: a node that goes down takes its VMs out of the count with it (it fences them
+first). Admission reads the tenant's keys and adds the VM's in one transaction that
+holds only if the tenant's guard key, ``/hypermachine/live-guard/<tenant>``, has not
+changed since the read; every admission rewrites the guard, so two nodes starting the
+tenant's last allowed VM at once cannot both succeed (the loser reads again). Leaving
+needs no guard: it only makes room.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..errors import ClusterUnavailable, QuotaExceeded
+from ..models import Vm
+from .etcd import Etcd, EtcdError
+
+__all__ = ["LIVE_PREFIX", "LiveLedger"]
+
+LIVE_PREFIX = "/hypermachine/live/"
+_GUARD_PREFIX = "/hypermachine/live-guard/"
+_ATTEMPTS = 8
+
+
+def _live_key(tenant: str, vm_id: str) -> str:
+    return f"{LIVE_PREFIX}{tenant}/{vm_id}"
+
+
+class LiveLedger:
+    """This node's side of the cluster's count of live VMs."""
+
+    def __init__(self, etcd: Etcd, node: str, lease: Callable[[], int]) -> None:
+        self._etcd = etcd
+        self._node = node
+        self._lease = lease  # the membership's current lease
+
+    async def admit(self, vm: Vm, quota: int) -> None:
+        """Count ``vm`` live, unless its tenant has ``quota`` live VMs already (0: no
+        limit).
+
+        Raises:
+            QuotaExceeded: the tenant is at its quota, counted on every node.
+            ClusterUnavailable: etcd cannot be asked, or kept changing.
+        """
+        guard, mine = _GUARD_PREFIX + vm.tenant, _live_key(vm.tenant, vm.id)
+        try:
+            for _ in range(_ATTEMPTS):
+                seen = await self._etcd.get(guard)
+                live = await self._etcd.get_prefix(f"{LIVE_PREFIX}{vm.tenant}/")
+                current = sum(1 for kv in live if kv.key != mine)
+                if quota > 0 and current >= quota:
+                    raise QuotaExceeded(
+                        f"tenant {vm.tenant!r} already has {current} live VMs in the "
+                        f"cluster; its tier allows {quota}",
+                        limit=quota,
+                        current=current,
+                    )
+                puts = [(guard, vm.id, 0), (mine, self._node, self._lease())]
+                if await self._etcd.put_if_unchanged(guard, seen.mod_revision if seen else 0, puts):
+                    return
+        except EtcdError as err:
+            raise ClusterUnavailable(f"the tenant's live VMs cannot be counted: {err}") from err
+        raise ClusterUnavailable(f"tenant {vm.tenant!r}'s live VMs kept changing; try again")
+
+    async def leave(self, vm: Vm) -> None:
+        """``vm`` is no longer live (a key another node wrote stays).
+
+        Raises:
+            ClusterUnavailable: etcd cannot be asked.
+        """
+        try:
+            await self._etcd.delete_if(_live_key(vm.tenant, vm.id), self._node)
+        except EtcdError as err:
+            raise ClusterUnavailable(f"the VM cannot leave the live count: {err}") from err
