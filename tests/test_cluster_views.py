@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from httpx_ws import WebSocketUpgradeError, aconnect_ws
 
 from etcdcluster import EtcdCluster
 from hypermachine.cluster.keys import KEYS_PREFIX
@@ -273,3 +274,40 @@ async def test_a_tenants_quota_counts_its_vms_of_every_node(cluster: list[Node])
     assert again.status_code == 202, again.text
     for vm in vms:
         assert call(first, "DELETE", f"/api/v1/vms/{vm['id']}?force=true").status_code == 204
+
+
+async def _console_says(node: Node, headers: dict[str, str], vm_id: str, word: str) -> str:
+    """Type ``echo`` on the VM's serial console through ``node``; what came back."""
+    seen = b""
+    async with (
+        httpx.AsyncClient(base_url=node.server.url, headers=headers, timeout=60) as http,
+        aconnect_ws(f"/api/v1/vms/{vm_id}/console", http) as ws,
+    ):
+        await ws.send_text(f"echo {word}-$((6*7))\n")
+        with trio.fail_after(60):
+            while f"{word}-42".encode() not in seen:
+                seen += await ws.receive_bytes()
+    return seen.decode(errors="replace")
+
+
+async def test_a_console_is_relayed_from_any_node(cluster: list[Node]) -> None:
+    first, second, third = cluster
+    vm = _create(third, "alice", "consoled", on="v1")
+    started = first.call("alice", "POST", f"/api/v1/vms/{vm['id']}/start", json={})
+    assert started.status_code == 202, started.text
+    ran = second.call("alice", "POST", f"/api/v1/vms/{vm['id']}/exec?wait_agent=120",
+                      json={"command": ["echo", "through v2"]})  # fmt: skip
+    assert (ran.status_code, ran.json()["stdout"]) == (200, "through v2\n"), ran.text
+    alice = {"Authorization": f"Bearer {first.keys['alice']}"}
+    for node in (second, third):  # v1 runs it; each of the others relays its console
+        said = await _console_says(node, alice, vm["id"], f"relay-{node.name}")
+        assert f"relay-{node.name}-42" in said
+
+    # The owner's refusals come back as they were; the relaying node's own come first.
+    bob = {"Authorization": f"Bearer {first.keys['bob']}"}
+    foreign = {**alice, "Origin": "http://attacker.example"}
+    for headers, status in ((bob, 404), (foreign, 403), ({}, 401)):
+        with pytest.raises(WebSocketUpgradeError) as refused:
+            await _console_says(second, headers, vm["id"], "never")
+        assert refused.value.response.status_code == status, headers
+    assert first.call("alice", "DELETE", f"/api/v1/vms/{vm['id']}?force=true").status_code == 204

@@ -17,10 +17,13 @@ import trio
 from pydantic import ValidationError
 from quart import Response, websocket
 
+from ..cluster.forwarding import is_forwarded
 from ..errors import Forbidden, HMError
+from ..operations.dispatch import check_access
 from ..security.caller import current_caller
 from ..security.web import origin_allowed
 from .errors import error_response, validation_response
+from .forward import relay_websocket
 from .rest import View, dispatcher, query_arguments
 
 __all__ = ["console_views"]
@@ -40,7 +43,13 @@ def _session_view(name: str) -> View:
             websocket.headers.get("Origin"), ops.services.settings.allowed_origins
         ):
             return _refused(error_response(Forbidden("this Origin may not open a console")))
+        forwarder = ops.services.forwarder
         try:
+            check_access(ops.registry.get(name).access, current_caller())
+            if forwarder is not None and not is_forwarded(dict(websocket.headers)):
+                owner = await forwarder.owner_url(vm_id)
+                if owner is not None:  # another node runs the VM: its console, relayed
+                    return await relay_websocket(forwarder, owner)
             arguments = {**query_arguments(ops.registry.get(name), websocket.args), "vm_id": vm_id}
             session = await ops.call(name, current_caller(), arguments)
         except HMError as err:

@@ -30,7 +30,7 @@ import httpx
 from ..config import ConfigError
 from ..errors import ClusterUnavailable, Unauthorized
 from ..models import CreateVmRequest, NodeState
-from ..security.caller import TIERS, Caller, Tier, current_caller
+from ..security.caller import ANONYMOUS, SYSTEM, TIERS, Caller, Tier, current_caller
 from .etcd import Etcd, EtcdError
 from .membership import Membership
 from .ownership import owner_key
@@ -137,12 +137,14 @@ class NodeAuth:
         self._seen[signature] = now
         doc = json.loads(asserted)
         tier: Tier = next((t for t in TIERS if t == doc.get("tier")), "free")
-        return Caller(
+        caller = Caller(
             key_id=doc.get("key_id"),
             tenant=str(doc.get("tenant", "")),
             tier=tier,
             admin=doc.get("admin") is True,
         )
+        # The server's own callers are known by identity (no key, open mode).
+        return next((known for known in (ANONYMOUS, SYSTEM) if known == caller), caller)
 
 
 def _forward_values(headers: Mapping[str, str]) -> list[str | None]:
@@ -179,10 +181,10 @@ class Forwarder:
         self._etcd = etcd
         self._membership = membership
         self._is_local = is_local
-        self._http = httpx.AsyncClient(timeout=timeout_s)
+        self.http = httpx.AsyncClient(timeout=timeout_s)  # also the relayed websockets'
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self.http.aclose()
 
     async def owner_url(self, vm_id: str, *, viewable: bool = False) -> str | None:
         """The API URL of the node owning ``vm_id``; None when it is this node's (or
@@ -234,14 +236,14 @@ class Forwarder:
         kept = {k: v for k, v in headers.items() if k.lower() in _KEPT_HEADERS}
         path, _, query = target.partition(b"?")
         base = httpx.URL(url)
-        request = self._http.build_request(
+        request = self.http.build_request(
             method,
             base.copy_with(raw_path=target if query else path),
             content=body,
             headers={**kept, **signed},
         )
         try:
-            return await self._http.send(request)
+            return await self.http.send(request)
         except httpx.TransportError as err:
             raise ClusterUnavailable(f"the VM's node at {url} did not answer: {err!r}") from err
 

@@ -19,7 +19,7 @@ from .caller import ANONYMOUS, Caller, set_caller
 from .service import Security
 from .web import host_allowed
 
-__all__ = ["install_security", "raw_body", "raw_target", "security"]
+__all__ = ["install_security", "raw_body", "raw_target", "security", "websocket_target"]
 
 _CHALLENGE = 'Bearer realm="hypermachine", charset="UTF-8"'
 
@@ -35,6 +35,8 @@ async def _admit(
     guard = security()
     # A forwarded request's caller: another node of the cluster checked its key.
     caller = forwarded if forwarded is not None else await _authenticate(guard, headers, token)
+    if forwarded is ANONYMOUS and token is not None:  # a browser's console, relayed
+        caller = _token_caller(token)
     if not matched and caller is ANONYMOUS:
         raise Unauthorized("an API key is required (Authorization: Bearer hm_…)")
     set_caller(caller)
@@ -61,10 +63,15 @@ async def _authenticate(guard: Security, headers: Any, token: str | None) -> Cal
         )
     caller = await guard.authenticate(headers)
     if token is not None and caller is ANONYMOUS:
-        # A browser's console websocket: the token stands for the key that asked for
-        # it; the console operation spends it (bound to that VM and console kind).
-        caller = current_app.extensions["hypermachine"].console_tokens.caller_of(token)
+        caller = _token_caller(token)
     return caller
+
+
+def _token_caller(token: str) -> Caller:
+    """A browser's console websocket: the token stands for the key that asked for it;
+    the console operation spends it (bound to that VM and console kind)."""
+    found: Caller = current_app.extensions["hypermachine"].console_tokens.caller_of(token)
+    return found
 
 
 async def raw_body() -> bytes:
@@ -74,41 +81,53 @@ async def raw_body() -> bytes:
 
 def raw_target() -> bytes:
     """The request's path and query as they came (what a forwarding node signs)."""
-    path = request.scope.get("raw_path") or request.path.encode()
-    query = request.query_string
-    return bytes(path) + (b"?" + query if query else b"")
+    return _target(request.scope, request.path)
 
 
-async def _forwarded_caller() -> Caller | None:
-    """The caller of a request another node forwarded (signed with the cluster secret).
+def websocket_target() -> bytes:
+    """The websocket request's path and query as they came."""
+    return _target(websocket.scope, websocket.path)
+
+
+def _target(scope: Any, path: str) -> bytes:
+    raw = scope.get("raw_path") or path.encode()
+    query = scope.get("query_string") or b""
+    return bytes(raw) + (b"?" + bytes(query) if query else b"")
+
+
+def _forwarded_caller(
+    headers: dict[str, str], method: str, target: bytes, body: bytes
+) -> Caller | None:
+    """The caller of a request (or websocket) another node forwarded, signed with the
+    cluster secret; None for one not forwarded.
 
     Raises:
         Unauthorized: it claims to be forwarded without a valid signature.
     """
     auth: NodeAuth | None = current_app.extensions.get("hypermachine.node_auth")
     if auth is None:
-        refusal = unsigned(dict(request.headers))
+        refusal = unsigned(headers)
         if refusal is not None:
             raise refusal
         return None
-    headers = dict(request.headers)
     if not is_forwarded(headers):
         return None
-    return auth.caller_of(headers, request.method, raw_target().decode(), await raw_body())
+    return auth.caller_of(headers, method, target.decode(), body)
 
 
 async def _before_request() -> None:
     g.hm_rate = None
-    forwarded = await _forwarded_caller()
+    headers = dict(request.headers)
+    body = await raw_body() if is_forwarded(headers) else b""  # signed with the request
+    forwarded = _forwarded_caller(headers, request.method, raw_target(), body)
     await _admit(request.headers, request.url_rule is not None, forwarded=forwarded)
 
 
 async def _before_websocket() -> None:
     g.hm_rate = None
-    refusal = unsigned(dict(websocket.headers))  # websockets are not forwarded
-    if refusal is not None:
-        raise refusal
-    await _admit(websocket.headers, websocket.url_rule is not None, websocket.args.get("token"))
+    forwarded = _forwarded_caller(dict(websocket.headers), "GET", websocket_target(), b"")
+    token = websocket.args.get("token")
+    await _admit(websocket.headers, websocket.url_rule is not None, token, forwarded=forwarded)
 
 
 async def _after_request(response: Response) -> Response:
