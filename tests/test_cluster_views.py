@@ -311,3 +311,32 @@ async def test_a_console_is_relayed_from_any_node(cluster: list[Node]) -> None:
             await _console_says(second, headers, vm["id"], "never")
         assert refused.value.response.status_code == status, headers
     assert first.call("alice", "DELETE", f"/api/v1/vms/{vm['id']}?force=true").status_code == 204
+
+
+async def test_an_exec_stream_is_relayed_as_it_runs(cluster: list[Node]) -> None:
+    first, second, third = cluster
+    vm = _create(third, "alice", "streamed", on="v1")
+    started = first.call("alice", "POST", f"/api/v1/vms/{vm['id']}/start", json={})
+    assert started.status_code == 202, started.text
+    script = "echo one; sleep 3; echo two"
+    run = third.call("alice", "POST", f"/api/v1/vms/{vm['id']}/exec?wait_agent=120",
+                     json={"command": ["sh", "-c", script], "wait": False})  # fmt: skip
+    assert run.status_code == 202, run.text
+    headers = {"Authorization": f"Bearer {first.keys['alice']}"}
+    arrived: dict[str, float] = {}
+    path = f"/api/v1/vms/{vm['id']}/exec/{run.json()['exec_id']}/stream"
+    async with (
+        httpx.AsyncClient(base_url=second.server.url, headers=headers, timeout=60) as http,
+        http.stream("GET", path) as answer,
+    ):
+        assert answer.status_code == 200 and "event-stream" in answer.headers["content-type"]
+        with trio.fail_after(60):
+            async for line in answer.aiter_lines():
+                for word in ("one", "two", "exit"):
+                    if word in line and word not in arrived:
+                        arrived[word] = trio.current_time()
+                if "exit" in arrived:
+                    break
+    assert set(arrived) == {"one", "two", "exit"}, arrived
+    assert arrived["one"] < arrived["two"] - 2, "the first line came through v2 as it ran"
+    assert first.call("alice", "DELETE", f"/api/v1/vms/{vm['id']}?force=true").status_code == 204

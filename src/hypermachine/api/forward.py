@@ -6,6 +6,7 @@ console websocket is relayed frame by frame (:func:`relay_websocket`)."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 
 import httpx
@@ -61,9 +62,19 @@ def install_forwarding(app: QuartTrio, forwarder: Forwarder) -> None:
         body, headers = await raw_body(), dict(request.headers)
         answer = await forwarder.send(url, request.method, raw_target(), body, headers)
         kept = {k: v for k, v in answer.headers.items() if k.lower() in _ANSWER_HEADERS}
-        return Response(answer.content, status=answer.status_code, headers=kept)
+        return Response(_relayed(answer), status=answer.status_code, headers=kept)
 
     app.before_request(forward)
+
+
+async def _relayed(answer: httpx.Response) -> AsyncIterator[bytes]:
+    """The owner's answer as it arrives (an event stream's events one by one)."""
+    try:
+        async for chunk in answer.aiter_bytes():
+            yield chunk
+    finally:
+        with trio.CancelScope(shield=True):
+            await answer.aclose()
 
 
 async def relay_websocket(forwarder: Forwarder, url: str) -> Response | None:

@@ -2,8 +2,8 @@
 
 A request for ``/api/v1/vms/<id>…`` whose VM is not in this node's store, and whose
 ownership key (etcd) names another node that is up, is sent on to that node's
-advertised URL and its answer returned as it is (whole: event streams, console
-websockets and file streams are not forwarded yet). The caller was authenticated
+advertised URL and its answer relayed as it streams (event streams and file
+downloads included); a console websocket is relayed by ``api.forward``. The caller was authenticated
 here; the owner checks the VM against that caller again (tenant, access, audit).
 
 The node-to-node channel is authenticated with the cluster secret (the same file on
@@ -181,10 +181,11 @@ class Forwarder:
         self._etcd = etcd
         self._membership = membership
         self._is_local = is_local
-        self.http = httpx.AsyncClient(timeout=timeout_s)  # also the relayed websockets'
+        self._timeout_s = timeout_s
+        self._http = httpx.AsyncClient(timeout=timeout_s)
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        await self._http.aclose()
 
     async def owner_url(self, vm_id: str, *, viewable: bool = False) -> str | None:
         """The API URL of the node owning ``vm_id``; None when it is this node's (or
@@ -227,7 +228,9 @@ class Forwarder:
     async def send(
         self, url: str, method: str, target: bytes, body: bytes, headers: Mapping[str, str]
     ) -> httpx.Response:
-        """Send the request to the owner as the current caller.
+        """Send the request to the owner as the current caller; the answer comes back
+        open, as it streams (read it, then ``aclose`` it): an event stream may stay
+        quiet for as long as it likes.
 
         Raises:
             ClusterUnavailable: the owner did not answer.
@@ -236,14 +239,15 @@ class Forwarder:
         kept = {k: v for k, v in headers.items() if k.lower() in _KEPT_HEADERS}
         path, _, query = target.partition(b"?")
         base = httpx.URL(url)
-        request = self.http.build_request(
+        request = self._http.build_request(
             method,
             base.copy_with(raw_path=target if query else path),
             content=body,
             headers={**kept, **signed},
+            timeout=httpx.Timeout(self._timeout_s, read=None),
         )
         try:
-            return await self.http.send(request)
+            return await self._http.send(request, stream=True)
         except httpx.TransportError as err:
             raise ClusterUnavailable(f"the VM's node at {url} did not answer: {err!r}") from err
 
