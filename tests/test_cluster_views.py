@@ -3,7 +3,8 @@ real 3-member etcd: any node lists a tenant's VMs of every node (each naming its
 node) and reads one owned elsewhere; another tenant's VMs never show, through any
 node. The API keys are the cluster's: one made or revoked through any node counts on
 every node at once, and a tenant's live-VM quota counts its VMs of every node (two
-nodes starting its last allowed VM at the same moment: one of them wins). A node
+nodes starting its last allowed VM at the same moment: one of them wins), and so does
+a key's rate limit. A node
 killed with SIGKILL (its QEMUs too, as a crashed host) has its VMs shown ``unknown``
 on the others within its lease, and their real state once it is back."""
 
@@ -29,6 +30,7 @@ from realserver import Server, free_port
 from support import qemu_pids_for, require_tiny, wait_until
 
 TTL_S = 3
+FREE_RATE = 24  # requests a minute of a free key, on all nodes together
 NAMES = ("v1", "v2", "v3")
 SECRET = b"the-views-cluster-secret-of-32-bytes-or-more"
 
@@ -55,6 +57,7 @@ class Node:
             ("HM_NODE_LEASE_TTL_S", str(TTL_S)),
             ("HM_CLUSTER_SECRET_FILE", str(secret)),
             ("HM_VM_QUOTA_FREE", "1"),
+            ("HM_RATE_LIMIT_FREE", str(FREE_RATE)),
             args=["--node", self.name, "--etcd", etcd.endpoints, "--advertise", self.server.url],
         )
 
@@ -340,3 +343,23 @@ async def test_an_exec_stream_is_relayed_as_it_runs(cluster: list[Node]) -> None
     assert set(arrived) == {"one", "two", "exit"}, arrived
     assert arrived["one"] < arrived["two"] - 2, "the first line came through v2 as it ran"
     assert first.call("alice", "DELETE", f"/api/v1/vms/{vm['id']}?force=true").status_code == 204
+
+
+def test_a_keys_rate_limit_counts_its_requests_on_every_node(cluster: list[Node]) -> None:
+    made = cluster[0].call("admin", "POST", "/api/v1/keys", json={"name": "erin", "tier": "free"})
+    assert made.status_code == 201, made.text
+    erin = {"Authorization": f"Bearer {made.json()['key']}"}
+    remaining = []
+    for n in range(FREE_RATE):  # round the nodes: each takes a third of the minute's share
+        node = cluster[n % len(cluster)]
+        answer = httpx.get(f"{node.server.url}/api/v1/vms", headers=erin, timeout=30)
+        assert answer.status_code == 200, (n, node.name, answer.text)
+        remaining.append(int(answer.headers["RateLimit-Remaining"]))
+    assert remaining == list(range(FREE_RATE - 1, -1, -1)), remaining
+    for node in cluster:  # the minute's share is used up, whichever node is asked
+        refused = httpx.get(f"{node.server.url}/api/v1/vms", headers=erin, timeout=30)
+        assert refused.status_code == 429, (node.name, refused.text)
+        assert refused.json()["error"]["code"] == "RATE_LIMITED"
+        assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    other = cluster[1].call("alice", "GET", "/api/v1/vms")
+    assert other.status_code == 200, "another key has its own count"

@@ -27,6 +27,7 @@ from .cluster.keys import ClusterKeys
 from .cluster.nodes import describe
 from .cluster.ownership import Ownership
 from .cluster.quota import LiveLedger
+from .cluster.ratelimit import ClusterLimiter
 from .cluster.views import Views
 from .config import ConfigError, Settings
 from .errors import ClusterUnavailable
@@ -56,7 +57,12 @@ async def _security(settings: Settings) -> AsyncIterator[Security]:
     store = SecurityStore(settings.database_file)
     etcd = Etcd(settings.etcd_urls, timeout_s=settings.etcd_timeout_s) if settings.etcd else None
     try:
-        security = Security(settings, store, ClusterKeys(etcd) if etcd is not None else None)
+        security = Security(
+            settings,
+            store,
+            keys=ClusterKeys(etcd) if etcd is not None else None,
+            limiter=ClusterLimiter(etcd, settings.node_name) if etcd is not None else None,
+        )
         if etcd is not None and store.any_keys():
             log.warning(
                 "this host's own API keys are not used: a cluster node takes the cluster's "

@@ -5,12 +5,15 @@ far: the etcd client (:mod:`.etcd`), a node's registration under a lease, fencin
 and the list of nodes (:mod:`.membership`), a node's description of itself
 (:mod:`.nodes`), a VM's owner key (:mod:`.ownership`), where a new VM goes
 (:mod:`.placement`), signed node-to-node requests (:mod:`.forwarding`), the
-cluster-wide view of VMs, ``unknown`` where their node is down (:mod:`.views`), and
-the cluster's API keys (:mod:`.keys`).
+cluster-wide view of VMs, ``unknown`` where their node is down (:mod:`.views`), the
+cluster's API keys (:mod:`.keys`), each tenant's live VMs of every node for its quota
+(:mod:`.quota`) and each key's requests of every node for its rate limit
+(:mod:`.ratelimit`).
 
 May import: ``config``, ``errors``, ``models``, ``states``, ``store``,
 ``security.caller``, ``security.keybook`` and ``security.models`` (the keys it keeps),
-``hypervisor.manager`` (a node describes its own VMs and budget).
+``security.ratelimit`` (the window it keeps), ``hypervisor.manager`` (a node describes
+its own VMs and budget).
 """
 
 from .etcd import Etcd, EtcdError, EtcdUnavailable, LeaseLost

@@ -71,7 +71,7 @@ class Context:
     base_url: str
     dispatch: Callable[[str, Mapping[str, Any]], Awaitable[object]]
     audit: Callable[[str, str | None, str, Mapping[str, Any]], None]
-    meter: Callable[[], None]
+    meter: Callable[[], Awaitable[None]]
     """Count one more request against the caller's rate limit (raises RateLimited)."""
 
 

@@ -173,7 +173,7 @@ class Dispatcher:
 
         return dispatch
 
-    def _meter(self, caller: Caller) -> None:
+    async def _meter(self, caller: Caller) -> None:
         """One more request of ``caller``'s key (a script's host call): the key's limit
         holds inside scripts too.
 
@@ -182,7 +182,7 @@ class Dispatcher:
         """
         if self._security is None:
             return
-        decision = self._security.rate_limit(caller)
+        decision = await self._security.rate_limit(caller)
         if decision is not None and not decision.allowed:
             raise RateLimited(
                 f"more than {decision.limit} requests in a minute for this key",

@@ -61,12 +61,16 @@ Dispatch = Callable[[str, Mapping[str, Any]], Awaitable[object]]
 _AGENT_WAIT_S = 60.0
 
 
+async def _unmetered() -> None:
+    """No rate limit counts these host calls (a script run without a key's meter)."""
+
+
 class _VmBinding:
     """The ``vm`` object of one script run: each method is one operation, dispatched
     as the script's caller (validated by the operation's own input model)."""
 
     def __init__(
-        self, dispatch: Dispatch, vm_id: str, deadline: float, meter: Callable[[], None]
+        self, dispatch: Dispatch, vm_id: str, deadline: float, meter: Callable[[], Awaitable[None]]
     ) -> None:
         self._call = dispatch
         self._meter = meter
@@ -103,7 +107,7 @@ class _VmBinding:
         raise HostCallError("the script ran out of time during a host call")
 
     async def _run(self, operation: str, **arguments: Any) -> Any:
-        self._meter()  # each host call is a request of the caller's key
+        await self._meter()  # each host call is a request of the caller's key
         return await self._call(operation, {"vm_id": self._vm_id, **arguments})
 
     async def _vm(self) -> Vm:
@@ -234,7 +238,7 @@ class ScriptService:
         *,
         dispatch: Dispatch | None = None,
         tenant: str = "",
-        meter: Callable[[], None] | None = None,
+        meter: Callable[[], Awaitable[None]] | None = None,
     ) -> ScriptResponse:
         """Run ``request`` with ``vm`` bound to ``vm_id`` (or no VM); the script's host
         calls go through ``dispatch`` (the operation layer, as the script's caller), each
@@ -277,7 +281,7 @@ class ScriptService:
         limits: Limits,
         deadline: float,
         dispatch: Dispatch | None,
-        meter: Callable[[], None] | None,
+        meter: Callable[[], Awaitable[None]] | None,
     ) -> ScriptResponse:
         # Time spent queued for a slot is the script's own time too.
         remaining_ms = int((deadline - trio.current_time()) * 1000)
@@ -308,11 +312,11 @@ class ScriptService:
         vm_id: str | None,
         deadline: float,
         dispatch: Dispatch | None,
-        meter: Callable[[], None] | None,
+        meter: Callable[[], Awaitable[None]] | None,
     ) -> dict[str, Any]:
         if vm_id is None or dispatch is None:
             return {}
-        binding = _VmBinding(dispatch, vm_id, deadline, meter or (lambda: None))
+        binding = _VmBinding(dispatch, vm_id, deadline, meter or _unmetered)
         token = trio.lowlevel.current_trio_token()
 
         def host_call(request: dict[str, Any]) -> object:

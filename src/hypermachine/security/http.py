@@ -40,7 +40,7 @@ async def _admit(
     if not matched and caller is ANONYMOUS:
         raise Unauthorized("an API key is required (Authorization: Bearer hm_…)")
     set_caller(caller)
-    decision = guard.rate_limit(caller)
+    decision = await guard.rate_limit(caller)
     g.hm_rate = decision
     if decision is not None and not decision.allowed:
         raise RateLimited(

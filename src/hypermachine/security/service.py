@@ -14,7 +14,7 @@ from ..errors import ClusterUnavailable, Unauthorized
 from .caller import ANONYMOUS, SYSTEM, Caller, Tier, current_caller
 from .db import LocalKeys, SecurityStore
 from .keybook import KeyBook
-from .ratelimit import Decision, SlidingWindowLimiter
+from .ratelimit import Decision, HostLimiter, Limiter
 from .web import is_loopback
 
 __all__ = ["AuthMode", "Security", "is_loopback", "presented_key"]
@@ -34,15 +34,20 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
 
 class Security:
     """``store`` holds the audit log (and this host's keys); ``keys`` is where keys are
-    kept: this host's (the default) or the cluster's."""
+    kept and ``limiter`` where requests are counted: this host's (the defaults) or the
+    cluster's."""
 
     def __init__(
-        self, settings: Settings, store: SecurityStore, keys: KeyBook | None = None
+        self,
+        settings: Settings,
+        store: SecurityStore,
+        keys: KeyBook | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.keys: KeyBook = keys if keys is not None else LocalKeys(store)
-        self.limiter = SlidingWindowLimiter()
+        self.limiter: Limiter = limiter if limiter is not None else HostLimiter()
         self._keyed = settings.auth == "keys"
 
     async def check_startup(self) -> None:
@@ -108,12 +113,12 @@ class Security:
             raise Unauthorized("invalid API key")
         return caller
 
-    def rate_limit(self, caller: Caller) -> Decision | None:
+    async def rate_limit(self, caller: Caller) -> Decision | None:
         """Count one request of ``caller``; None when it has no limit (no key, unlimited)."""
         limit = self.tier_value("rate_limit", caller.tier)
         if caller.key_id is None or limit <= 0:
             return None
-        return self.limiter.hit(caller.key_id, limit)
+        return await self.limiter.hit(caller.key_id, limit)
 
     def tier_value(
         self, kind: Literal["rate_limit", "vm_quota", "storage_quota_mb"], tier: Tier
