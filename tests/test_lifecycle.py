@@ -105,10 +105,25 @@ async def test_graceful_stop_reaches_the_guest(client: Any, services: Services) 
     assert body["state_reason"] == "the guest powered off (ACPI)"
 
 
+async def _exec(client: Any, vm_id: str, script: str) -> dict[str, Any]:
+    status, ran = await post(
+        client, f"/api/v1/vms/{vm_id}/exec?wait_agent=120", {"command": ["sh", "-c", script]}
+    )
+    assert status == 200, ran
+    return dict(ran)
+
+
 async def test_reboot_keeps_running(client: Any, services: Services) -> None:
     vm = await create(client, start=True, wait=True)
+    await _exec(client, vm["id"], "echo before > /tmp/boot")  # tmpfs: gone with the boot
     status, body = await post(client, f"/api/v1/vms/{vm['id']}/reboot")
     assert (status, body["state"]) == (200, "running")
+    # The old boot's agent is gone at once: an exec waits for the new boot's instead of
+    # being sent to a channel that breaks under it.
+    agent = body["guest_agent"]
+    assert (agent["connected"], agent["reason"]) == (False, "the guest was reset"), agent
+    ran = await _exec(client, vm["id"], "cat /tmp/boot 2>/dev/null || echo fresh")
+    assert ran["stdout"] == "fresh\n", ran
     assert await qmp_status(services, vm["id"]) == "running"
     # A command QEMU refuses comes back as a HypervisorError naming QEMU's class.
     with pytest.raises(HypervisorError) as refused:

@@ -812,7 +812,12 @@ class Manager:
     @_owned
     async def reboot(self, vm_id: str) -> Vm:
         """Hard reset of the guest (QMP ``system_reset``); the VM stays running."""
-        return await self._simple(vm_id, Action.REBOOT, qmp_commands.system_reset)
+
+        async def reset(machine: Machine) -> None:
+            await qmp_commands.system_reset(machine)
+            self.guest.guest_reset(vm_id)
+
+        return await self._simple(vm_id, Action.REBOOT, reset)
 
     async def _simple(
         self,

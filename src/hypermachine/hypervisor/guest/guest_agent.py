@@ -252,6 +252,13 @@ class GuestAgent:
                     continue
             return
 
+    def session_lost(self, reason: str) -> None:
+        """The agent's session is gone (the guest was reset): disconnected now, and the
+        upkeep resyncs the channel with whatever agent the guest starts next."""
+        if self._channel is not None:
+            self._trouble.set()
+            self._set_disconnected(reason)
+
     def _set_connected(self, channel: _Channel, version: str | None) -> None:
         self._channel = channel
         self._trouble = trio.Event()  # trouble from before this sync is past

@@ -275,6 +275,13 @@ class GuestService:
         self._events.record(EventType.GUEST_AGENT_DISCONNECTED, vm_id, reason=reason)
         self._announce()
 
+    def guest_reset(self, vm_id: str) -> None:
+        """The guest was reset: its agent is gone with the old boot, so no command may
+        go to it until the new boot's agent answers a sync (a waiting exec waits)."""
+        agent = self._agents.get(vm_id)
+        if agent is not None:
+            agent.session_lost("the guest was reset")
+
     def _agent_changed(self, agent: GuestAgent, reason: str | None) -> None:
         if agent.connected:
             self._events.record(
