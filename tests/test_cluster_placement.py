@@ -43,6 +43,19 @@ def test_the_node_with_room_and_what_the_vm_needs_wins() -> None:
     assert place(request(), [node("y"), node("x")]).name == "x", "ties go by name"
 
 
+def test_a_gpu_needs_vfio_and_kvm_goes_before_tcg() -> None:
+    gpu = {"gpu": {"enabled": True}}
+    assert needs(request(**gpu)) == ["vfio"]
+    nodes = [node("big", free_mb=65536), node("gpu", caps=("uefi", "vfio"))]
+    assert place(request(**gpu), nodes).name == "gpu"
+    with pytest.raises(InsufficientResources, match="big: lacks vfio"):
+        place(request(**gpu), nodes[:1])
+    tcg = node("tcg", free_mb=65536, caps=("uefi",))
+    kvm = node("kvm", free_mb=2048, caps=("uefi", "kvm"))
+    assert place(request(memory_mb=1024), [tcg, kvm]).name == "kvm"
+    assert place(request(memory_mb=4096), [tcg, kvm]).name == "tcg", "room first"
+
+
 def test_no_fit_is_refused_with_every_nodes_reason() -> None:
     nodes = [node("a", free_mb=1024), node("b", vcpus=1), node("c", state=NodeState.DOWN)]
     with pytest.raises(InsufficientResources) as refused:

@@ -1,10 +1,12 @@
 """Where a new VM goes: a node that is up, has what the VM needs and room for it (pure).
 
-Needs are read from the request: the accelerator it is not (yet) asked for, so only
-what the spec names — UEFI, secure boot, a vTPM, memory encryption. Room is the
+Needs are read from the request: UEFI, secure boot, a vTPM, memory encryption, a GPU
+(the node must have VFIO; which device is the node's own admission). Room is the
 node's admission budget left (its last description, at most a beat old; the node
-checks again when it starts the VM). Of the nodes that fit, the one with the most
-free memory wins (ties: the name, so the choice is stable).
+checks again when it starts the VM). Of the nodes that fit, a KVM node goes before a
+TCG one (a spec does not name its accelerator, but a guest runs many times faster
+under KVM), then the one with the most free memory (ties: the name, so the choice is
+stable).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ def needs(request: CreateVmRequest) -> list[str]:
         wanted.append("vtpm")
     if request.security.memory_encryption != "none":
         wanted.append(request.security.memory_encryption)
+    if request.gpu.enabled:
+        wanted.append("vfio")
     return wanted
 
 
@@ -63,4 +67,4 @@ def place(request: CreateVmRequest, nodes: list[Node]) -> Node:
             + "; ".join(f"{name}: {why}" for name, why in sorted(reasons.items())),
             nodes=reasons,
         )
-    return min(fits, key=lambda node: (-node.free_memory_mb, node.name))
+    return min(fits, key=lambda n: ("kvm" not in n.capabilities, -n.free_memory_mb, n.name))
