@@ -124,6 +124,15 @@ async def test_reboot_keeps_running(client: Any, services: Services) -> None:
     assert (agent["connected"], agent["reason"]) == (False, "the guest was reset"), agent
     ran = await _exec(client, vm["id"], "cat /tmp/boot 2>/dev/null || echo fresh")
     assert ran["stdout"] == "fresh\n", ran
+    # A reboot from inside the guest (QEMU's RESET event) ends the session the same way.
+    await _exec(client, vm["id"], "echo before > /tmp/boot; (sleep 1; reboot -f) >/dev/null 2>&1 &")
+
+    def reset_seen() -> bool:
+        return services.manager.guest.info(vm["id"]).reason == "the guest was reset"
+
+    await wait_until(reset_seen, timeout=60, what="the agent's session to end with the reset")
+    ran = await _exec(client, vm["id"], "cat /tmp/boot 2>/dev/null || echo fresh")
+    assert ran["stdout"] == "fresh\n", ran
     assert await qmp_status(services, vm["id"]) == "running"
     # A command QEMU refuses comes back as a HypervisorError naming QEMU's class.
     with pytest.raises(HypervisorError) as refused:

@@ -693,6 +693,7 @@ class Manager:
         vm_id = machine.vm_id
         machine.on_qmp = self.telemetry.observe_qmp
         machine.on_fault = partial(self.events.vm_fault, vm_id)
+        machine.on_reset = partial(self.guest.guest_reset, vm_id)  # a reboot from inside too
         machine.companions = [
             Companion(
                 "the guest agent client",

@@ -218,6 +218,7 @@ class Machine:
     companions: list[Companion] = field(default_factory=list)
     on_qmp: Callable[[str, float], None] | None = None  # (command, seconds) for metrics
     on_fault: Callable[[str, str], None] | None = None  # (part, reason), for the event log
+    on_reset: Callable[[], None] | None = None  # the guest was reset (QMP RESET)
     _nursery: trio.Nursery | None = None
     _process: psutil.Process | None = None
     _events_done: trio.Event = field(default_factory=trio.Event)
@@ -402,6 +403,8 @@ class Machine:
                 await self._report_run_state(on_state)
             elif name == "RESUME":
                 await on_state(VmState.RUNNING, None)
+            elif name == "RESET" and self.on_reset is not None:
+                self.on_reset()
 
     async def _report_run_state(self, on_state: StateReport) -> None:
         try:
