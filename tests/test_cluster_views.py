@@ -234,7 +234,9 @@ def test_a_key_made_or_revoked_through_one_node_counts_on_every_node(
     assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "KEY_NOT_FOUND")
 
 
-async def test_a_tenants_quota_counts_its_vms_of_every_node(cluster: list[Node]) -> None:
+async def test_a_tenants_quota_counts_its_vms_of_every_node(
+    cluster: list[Node], etcd: EtcdCluster
+) -> None:
     first, second, third = cluster
     made = first.call("admin", "POST", "/api/v1/keys", json={"name": "dave", "tier": "free"})
     assert made.status_code == 201, made.text
@@ -268,6 +270,13 @@ async def test_a_tenants_quota_counts_its_vms_of_every_node(cluster: list[Node])
     refused = answers[loser["id"]].json()["error"]
     assert refused["code"] == "QUOTA_EXCEEDED" and refused["details"]["limit"] == 1, refused
     assert call(first, "GET", f"/api/v1/vms/{loser['id']}").json()["state"] == "stopped"
+
+    # The winner's node restarts (its VMs keep running): the winner still counts.
+    owner = next(node for node in cluster if node.name == winner["node"])
+    owner.server.stop()
+    owner.start(etcd, owner.server.data_dir.parent / "cluster.secret")
+    still = call(third, "POST", f"/api/v1/vms/{loser['id']}/start", json={})
+    assert (still.status_code, still.json()["error"]["code"]) == (403, "QUOTA_EXCEEDED"), still.text
 
     # Once the winner is stopped (through the third node), the loser may start.
     stopped = call(third, "POST", f"/api/v1/vms/{winner['id']}/stop",

@@ -174,7 +174,12 @@ async def _join_cluster(
         await etcd.aclose()
         raise ConfigError(f"node {name} could not register in etcd: {err}") from err
     manager.owners = Ownership(etcd, name, lambda: membership.cut_off)
-    manager.live_count = LiveLedger(etcd, name, lambda: membership.lease)
+    ledger = LiveLedger(etcd, name, lambda: membership.lease)
+    try:
+        await ledger.recount(manager.live_vms())  # what kept running through a restart
+    except ClusterUnavailable as err:
+        raise ConfigError(f"node {name}: {err.message}") from err
+    manager.live_count = ledger
     forwarder = None
     if auth is not None:
         budget = max(settings.wait_timeout_max_s, settings.migration_timeout_s) + 30

@@ -3,16 +3,18 @@
 Each live VM (starting, running, paused, …) of a tenant is one etcd key,
 ``/hypermachine/live/<tenant>/<vm id>``, naming its node and held by that node's
 lease: a node that goes down takes its VMs out of the count with it (it fences them
-first). Admission reads the tenant's keys and adds the VM's in one transaction that
-holds only if the tenant's guard key, ``/hypermachine/live-guard/<tenant>``, has not
-changed since the read; every admission rewrites the guard, so two nodes starting the
-tenant's last allowed VM at once cannot both succeed (the loser reads again). Leaving
-needs no guard: it only makes room.
+first), and a node whose server restarts counts its running VMs again under its new
+lease (:meth:`LiveLedger.recount`). Admission reads the tenant's keys and adds the
+VM's in one transaction that holds only if the tenant's guard key,
+``/hypermachine/live-guard/<tenant>``, has not changed since the read; every
+admission rewrites the guard, so two nodes starting the tenant's last allowed VM at
+once cannot both succeed (the loser reads again). Leaving needs no guard: it only
+makes room.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from ..errors import ClusterUnavailable, QuotaExceeded
 from ..models import Vm
@@ -64,6 +66,21 @@ class LiveLedger:
         except EtcdError as err:
             raise ClusterUnavailable(f"the tenant's live VMs cannot be counted: {err}") from err
         raise ClusterUnavailable(f"tenant {vm.tenant!r}'s live VMs kept changing; try again")
+
+    async def recount(self, vms: Iterable[Vm]) -> None:
+        """Count ``vms`` live under this node's current lease: the VMs that kept
+        running while the server restarted (its old lease, and their keys, are gone).
+
+        Raises:
+            ClusterUnavailable: etcd cannot be asked.
+        """
+        try:
+            for vm in vms:
+                guard = _GUARD_PREFIX + vm.tenant  # rewritten: an admission reading now retries
+                await self._etcd.put(guard, vm.id)
+                await self._etcd.put(_live_key(vm.tenant, vm.id), self._node, lease=self._lease())
+        except EtcdError as err:
+            raise ClusterUnavailable(f"the node's live VMs cannot be counted: {err}") from err
 
     async def leave(self, vm: Vm) -> None:
         """``vm`` is no longer live (a key another node wrote stays).

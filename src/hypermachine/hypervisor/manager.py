@@ -345,6 +345,11 @@ class Manager:
             raise VmNotFound(f"no VM with id {vm_id!r}", id=vm_id)
         return self._live(vm)
 
+    def live_vms(self) -> list[Vm]:
+        """Every VM of this node holding resources now, all tenants (no caller check:
+        for the cluster's count of live VMs)."""
+        return [vm for vm in self._store.all_vms() if vm.state in LIVE_STATES]
+
     def owner_of(self, vm_id: str) -> str | None:
         """The tenant a VM belongs to, or None when there is no such VM (no caller check:
         for filtering what a caller may see)."""
