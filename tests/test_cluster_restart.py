@@ -136,8 +136,9 @@ async def test_the_policy_needs_shared_storage(client: Any) -> None:
     assert (await (await client.get("/api/v1/vms")).get_json())["vms"] == []
     gpu = {**body, "gpu": {"type": "passthrough"}}
     bad = await client.post("/api/v1/vms", json=gpu)
-    assert bad.status_code in (400, 422), await bad.get_json()
-    assert "restart_policy" in str(await bad.get_json())
+    problem = await bad.get_json()
+    assert (bad.status_code, problem["error"]["code"]) == (400, "VALIDATION_ERROR"), problem
+    assert "restart_policy" in str(problem)
 
 
 async def test_a_crashed_nodes_vm_boots_again_on_exactly_one_survivor(
@@ -199,3 +200,23 @@ async def test_a_crashed_nodes_vm_boots_again_on_exactly_one_survivor(
     started = first.call("alice", "POST", f"/api/v1/vms/{moved['id']}/start", json={})
     assert started.status_code == 409, started.text  # forwarded: it runs already
     assert qemu_pids_for({moved["uuid"]}) == [new_pid]
+
+    # The new owner's server dies but its QEMU runs on: the node taking the VM next
+    # cannot open the disk a second time (QEMU's image lock), so it stays one copy.
+    owner.server.kill9()
+    last = second if owner is third else third
+    taker_was = {first.name, last.name}
+
+    def refused_by_the_lock() -> dict[str, Any] | None:
+        taker = _owner(etcd, moved["id"])
+        if taker not in taker_was:
+            return None
+        vm = _read(first if taker == "r1" else last, moved["id"])
+        return vm if vm["state"] == "error" else None
+
+    refused = await wait_until(
+        refused_by_the_lock, timeout=TTL_S * 2 + BOOT_S, what="the second taker's start to fail"
+    )
+    assert isinstance(refused, dict)
+    assert "lock" in (refused["state_reason"] or "").lower(), refused
+    assert qemu_pids_for({moved["uuid"]}) == [new_pid], "the first QEMU is the only one"
