@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,61 +21,20 @@ import pytest
 import trio
 from httpx_ws import WebSocketUpgradeError, aconnect_ws
 
+from clusternodes import FREE_RATE, TTL_S, Node, make_key, write_secret
 from etcdcluster import EtcdCluster
 from hypermachine.cluster.keys import KEYS_PREFIX
-from realserver import Server, free_port
 from support import qemu_pids_for, require_tiny, wait_until
 
-TTL_S = 3
-FREE_RATE = 24  # requests a minute of a free key, on all nodes together
 NAMES = ("v1", "v2", "v3")
 SECRET = b"the-views-cluster-secret-of-32-bytes-or-more"
-
-
-class Node:
-    """One node, and the cluster's API keys of two tenants (every node takes them)."""
-
-    def __init__(self, name: str, data: Path, keys: dict[str, str]) -> None:
-        self.name, self.server = name, Server(data, free_port())
-        self.keys = keys
-
-    def call(self, tenant: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self.keys[tenant]}"}
-        url = f"{self.server.url}{path}"
-        return httpx.request(method, url, headers=headers, timeout=60, **kwargs)
-
-    def vms(self, tenant: str, query: str = "") -> list[dict[str, Any]]:
-        answer = self.call(tenant, "GET", f"/api/v1/vms{query}")
-        assert answer.status_code == 200, answer.text
-        return list(answer.json()["vms"])
-
-    def start(self, etcd: EtcdCluster, secret: Path) -> None:
-        self.server.start(
-            ("HM_NODE_LEASE_TTL_S", str(TTL_S)),
-            ("HM_CLUSTER_SECRET_FILE", str(secret)),
-            ("HM_VM_QUOTA_FREE", "1"),
-            ("HM_RATE_LIMIT_FREE", str(FREE_RATE)),
-            args=["--node", self.name, "--etcd", etcd.endpoints, "--advertise", self.server.url],
-        )
-
-
-def make_key(data: Path, etcd: EtcdCluster, tenant: str, *flags: str) -> str:
-    """A key in the cluster's etcd, made as an operator would: ``key create --etcd``."""
-    done = subprocess.run(
-        [sys.executable, "-m", "hypermachine.cli", "--data-dir", str(data), "key", "create",
-         "--etcd", etcd.endpoints, "--name", tenant, "--tier", "pro", *flags],
-        capture_output=True, check=True, timeout=60,
-    )  # fmt: skip
-    return done.stdout.decode().split()[0]
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, etcd: EtcdCluster) -> Iterator[list[Node]]:
     require_tiny()
     root = tmp_path_factory.mktemp("views")
-    secret = root / "cluster.secret"
-    secret.write_bytes(SECRET)
-    secret.chmod(0o600)
+    secret = write_secret(root, SECRET)
     keys = {tenant: make_key(root, etcd, tenant) for tenant in ("alice", "bob")}
     keys["admin"] = make_key(root, etcd, "ops", "--admin")
     nodes = []

@@ -197,6 +197,10 @@ class Settings:
     # The secret every node of the cluster shares (a file, >= 32 bytes): it signs
     # requests one node forwards to another. None: this node forwards nothing.
     cluster_secret_file: Path | None = None
+    # Storage every node sees at this same path (an NFS mount): the files of VMs whose
+    # restart_policy is on_node_failure live here, so a surviving node can boot them.
+    # None: this node creates no such VM and takes over none.
+    shared_storage_dir: Path | None = None
 
     @property
     def node_name(self) -> str:
@@ -215,6 +219,11 @@ class Settings:
         return self.data_dir / "vms"
 
     @property
+    def shared_vms_dir(self) -> Path | None:
+        """Where shared-storage VMs' folders live (one per VM, as under ``vms_dir``)."""
+        return self.shared_storage_dir / "vms" if self.shared_storage_dir is not None else None
+
+    @property
     def database_file(self) -> Path:
         return self.data_dir / "hypermachine.sqlite3"
 
@@ -229,7 +238,8 @@ class Settings:
     @property
     def qemu_folders(self) -> list[Path]:
         """The folders QEMU (and swtpm) open files in: the QEMU user must reach them."""
-        return [self.vms_dir, self.runtime_dir, self.builtin_images_dir, self.images_store_dir]
+        folders = [self.vms_dir, self.runtime_dir, self.builtin_images_dir, self.images_store_dir]
+        return folders if self.shared_vms_dir is None else [*folders, self.shared_vms_dir]
 
     @property
     def runtime_dir(self) -> Path:
@@ -250,6 +260,7 @@ _PATH_FIELDS = {
     "builtin_images_dir",
     "sysfs_root",
     "cluster_secret_file",
+    "shared_storage_dir",
 }
 
 

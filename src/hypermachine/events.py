@@ -56,6 +56,10 @@ class EventLog:
     def vm_created(self, vm: Vm) -> None:
         self.record(EventType.VM_CREATED, vm.id, name=vm.name, image=vm.image, state=vm.state)
 
+    def vm_taken_over(self, vm: Vm, from_node: str, reason: str) -> None:
+        """This node took the VM over from a node that went down (cluster.restart)."""
+        self.record(EventType.VM_TAKEN_OVER, vm.id, from_node=from_node, reason=reason)
+
     def vm_deleted(self, vm_id: str) -> None:
         self.record(EventType.VM_DELETED, vm_id)
 

@@ -28,6 +28,7 @@ from .cluster.nodes import describe
 from .cluster.ownership import Ownership
 from .cluster.quota import LiveLedger
 from .cluster.ratelimit import ClusterLimiter
+from .cluster.restart import Restarts
 from .cluster.views import Views
 from .config import ConfigError, Settings
 from .errors import ClusterUnavailable
@@ -173,7 +174,8 @@ async def _join_cluster(
     except EtcdError as err:
         await etcd.aclose()
         raise ConfigError(f"node {name} could not register in etcd: {err}") from err
-    manager.owners = Ownership(etcd, name, lambda: membership.cut_off)
+    ownership = Ownership(etcd, name, lambda: membership.cut_off)
+    manager.owners = ownership
     ledger = LiveLedger(etcd, name, lambda: membership.lease)
     try:
         await ledger.recount(manager.live_vms())  # what kept running through a restart
@@ -189,6 +191,9 @@ async def _join_cluster(
         )  # fmt: skip
     views = Views(etcd, membership, manager)
     nursery.start_soon(views.run, settings.node_lease_ttl_s / 3)
+    if manager.shared_storage:
+        restarts = Restarts(etcd, membership, ownership, manager)
+        nursery.start_soon(restarts.run, settings.node_lease_ttl_s / 3)
     return _Joined(membership, forwarder, views)
 
 
@@ -202,7 +207,8 @@ def _prepare_folders(settings: Settings) -> QemuIdentity | None:
     runtime = settings.runtime_dir
     for folder in [runtime] if settings.run_dir is not None else [runtime.parent, runtime]:
         claim_server_dir(folder)
-    for folder in (settings.vms_dir, settings.images_store_dir):
+    shared = [settings.shared_vms_dir] if settings.shared_vms_dir is not None else []
+    for folder in (settings.vms_dir, settings.images_store_dir, *shared):
         folder.mkdir(parents=True, exist_ok=True)
     return resolve_qemu_identity(settings.qemu_user, settings.qemu_folders)
 

@@ -157,15 +157,23 @@ class Etcd:
         )
         return bool(doc.get("succeeded", False))
 
-    async def put_if(self, key: str, value: str | bytes, *, holds: tuple[str, str]) -> bool:
-        """Write ``key`` only if the key ``holds[0]`` holds ``holds[1]`` (one
-        transaction); False if it did not."""
+    async def _if_holds(self, holds: tuple[str, str | bytes], request: dict[str, Any]) -> bool:
+        """Run one request only if the key ``holds[0]`` holds ``holds[1]`` (one
+        transaction); False if it did not (or does not exist)."""
         compare = {"key": _b64(holds[0]), "target": "VALUE", "result": "EQUAL"}
-        put = {"request_put": {"key": _b64(key), "value": _b64(value)}}
         doc = await self._call(
-            "/v3/kv/txn", {"compare": [{**compare, "value": _b64(holds[1])}], "success": [put]}
+            "/v3/kv/txn",
+            {"compare": [{**compare, "value": _b64(holds[1])}], "success": [request]},
         )
         return bool(doc.get("succeeded", False))
+
+    async def put_if(self, key: str, value: str | bytes, *, holds: tuple[str, str]) -> bool:
+        """Write ``key`` only if the key ``holds[0]`` holds ``holds[1]`` (one
+        transaction); False if it did not. ``holds[0]`` may be ``key`` itself: a
+        compare-and-swap."""
+        return await self._if_holds(
+            holds, {"request_put": {"key": _b64(key), "value": _b64(value)}}
+        )
 
     async def put_if_unchanged(
         self, guard: str, mod_revision: int, puts: list[tuple[str, str, int]]
@@ -189,10 +197,12 @@ class Etcd:
 
     async def delete_if(self, key: str, value: str | bytes) -> bool:
         """Delete ``key`` only if it holds ``value`` (one transaction); False if not."""
-        holds = {"key": _b64(key), "target": "VALUE", "result": "EQUAL", "value": _b64(value)}
-        delete = {"request_delete_range": {"key": _b64(key)}}
-        doc = await self._call("/v3/kv/txn", {"compare": [holds], "success": [delete]})
-        return bool(doc.get("succeeded", False))
+        return await self.delete_where(key, holds=(key, value))
+
+    async def delete_where(self, key: str, *, holds: tuple[str, str | bytes]) -> bool:
+        """Delete ``key`` only if the key ``holds[0]`` holds ``holds[1]`` (one
+        transaction); False if not."""
+        return await self._if_holds(holds, {"request_delete_range": {"key": _b64(key)}})
 
     # -- leases ------------------------------------------------------------------
 

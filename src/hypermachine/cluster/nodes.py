@@ -17,7 +17,7 @@ def _capabilities(manager: Manager) -> list[str]:
     caps = manager.host.capabilities
     if caps is not None:
         found += [name for name, cap in caps.capabilities if cap.available]
-    return found
+    return [*found, "shared_storage"] if manager.shared_storage else found
 
 
 def describe(manager: Manager, *, name: str, url: str) -> Node:

@@ -7,6 +7,8 @@ start: the key is created only if absent (a VM created before the node joined, o
 fork, is taken then), and a VM whose key names another node is refused. The key is
 deleted with the VM, and only if it still names this node. With etcd unreachable,
 nothing is created or started (a node cut off from the cluster must not start VMs).
+A surviving node takes a down node's VM (:meth:`Ownership.take`, cluster.restart) by
+changing the key only if it still names the down node.
 """
 
 from __future__ import annotations
@@ -59,6 +61,26 @@ class Ownership:
                 f"VM {vm.id} is owned by node {owner!r}, not this one ({self._node})",
                 node=owner,
             )
+
+    async def take(self, vm_id: str, from_node: str) -> bool:
+        """Make this node the VM's owner if its key still names ``from_node`` (one
+        compare-and-swap: of the nodes trying at once, exactly one succeeds).
+
+        Raises:
+            EtcdError: etcd refused or could not be reached.
+        """
+        key = owner_key(vm_id)
+        return await self._etcd.put_if(key, self._node, holds=(key, from_node))
+
+    async def give_back(self, vm_id: str, to_node: str) -> bool:
+        """Hand a VM this node took over back to ``to_node`` (its start failed here);
+        False if the key no longer names this node.
+
+        Raises:
+            EtcdError: etcd refused or could not be reached.
+        """
+        key = owner_key(vm_id)
+        return await self._etcd.put_if(key, to_node, holds=(key, self._node))
 
     async def release(self, vm_id: str) -> None:
         """Give the VM up (it is deleted); a key naming another node stays.

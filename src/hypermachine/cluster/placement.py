@@ -1,7 +1,8 @@
 """Where a new VM goes: a node that is up, has what the VM needs and room for it (pure).
 
 Needs are read from the request: UEFI, secure boot, a vTPM, memory encryption, a GPU
-(the node must have VFIO; which device is the node's own admission). Room is the
+(the node must have VFIO; which device is the node's own admission), shared storage
+for a VM that restarts on node failure. Room is the
 node's admission budget left (its last description, at most a beat old; the node
 checks again when it starts the VM). Of the nodes that fit, a KVM node goes before a
 TCG one (a spec does not name its accelerator, but a guest runs many times faster
@@ -30,6 +31,8 @@ def needs(request: CreateVmRequest) -> list[str]:
         wanted.append(request.security.memory_encryption)
     if request.gpu.enabled:
         wanted.append("vfio")
+    if request.restart_policy == "on_node_failure":
+        wanted.append("shared_storage")
     return wanted
 
 

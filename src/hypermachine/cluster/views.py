@@ -73,6 +73,10 @@ class Views:
                 if cursor is None:
                     return found
 
+    def _mine(self, vm_id: str) -> tuple[str, str]:
+        """The compare that holds while this node owns ``vm_id``."""
+        return owner_key(vm_id), self._membership.name
+
     async def publish(self) -> None:
         """Write the summaries that changed, delete those of VMs that are gone.
 
@@ -85,11 +89,12 @@ class Views:
                 continue
             # Only while this node owns it: once the VM is deleted (its owner key first,
             # then its summary: Ownership.release), a summary taken before cannot return.
-            mine = (owner_key(vm_id), self._membership.name)
-            if await self._etcd.put_if(view_key(vm_id), doc, holds=mine):
+            if await self._etcd.put_if(view_key(vm_id), doc, holds=self._mine(vm_id)):
                 self._published[vm_id] = doc
         for vm_id in set(self._published) - set(current):
-            await self._etcd.delete(view_key(vm_id))
+            # Gone from here: deleted (its owner key went first) or taken over by another
+            # node (cluster.restart), whose summary this must not remove.
+            await self._etcd.delete_where(view_key(vm_id), holds=self._mine(vm_id))
             del self._published[vm_id]
 
     async def run(self, beat_s: float) -> None:

@@ -22,6 +22,7 @@ import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -34,6 +35,7 @@ from ..errors import (
     ImageNotFound,
     InvalidState,
     NodeNotFound,
+    Unsupported,
     VmNotFound,
     WaitTimeout,
 )
@@ -42,6 +44,7 @@ from ..models import (
     CreateFromSnapshotRequest,
     CreateVmRequest,
     ForkRequest,
+    GuestAgentInfo,
     HostCapabilities,
     HostDevices,
     MigrateRequest,
@@ -264,7 +267,37 @@ class Manager:
     # -- state bookkeeping -----------------------------------------------------
 
     def _paths(self, vm_id: str) -> VmPaths:
-        return VmPaths.for_vm(self._settings.vms_dir, self._settings.runtime_dir, vm_id)
+        return VmPaths.for_vm(self._vms_dir_of(vm_id), self._settings.runtime_dir, vm_id)
+
+    def _vms_dir_of(self, vm_id: str) -> Path:
+        """The folder holding the VM's own folder: the shared storage's for a VM that
+        restarts on node failure (a node without it refuses to start one: _shared)."""
+        shared = self._settings.shared_vms_dir
+        try:
+            wants_shared = self._store.get_vm(vm_id).restart_policy == "on_node_failure"
+        except VmNotFound:
+            wants_shared = False
+        return shared if wants_shared and shared is not None else self._settings.vms_dir
+
+    @property
+    def shared_storage(self) -> bool:
+        """Whether this node can hold VMs that restart on node failure."""
+        return self._settings.shared_storage_dir is not None and bool(self._settings.etcd_urls)
+
+    def _shared(self, spec: VmSpec) -> None:
+        """Refuse a VM that restarts on node failure where its files could not be shared.
+
+        Raises:
+            Unsupported: this node has no shared storage or is not in a cluster.
+        """
+        if spec.restart_policy == "on_node_failure" and not self.shared_storage:
+            raise Unsupported(
+                "restart_policy 'on_node_failure' needs a cluster node with "
+                "shared_storage_dir set (the VM's disk must be on storage every node sees); "
+                f"node {self._settings.node_name} has none",
+                field="restart_policy",
+                node=self._settings.node_name,
+            )
 
     async def host_capabilities(self, *, refresh: bool = False) -> HostCapabilities:
         """The capability map probed at start-up, or probed again now (new firmware,
@@ -430,6 +463,7 @@ class Manager:
         now = utcnow()
         vm_uuid = str(uuidlib.uuid4())
         spec = VmSpec.model_validate(request.model_dump(exclude={"start", "wait", "node"}))
+        self._shared(spec)
         vm = Vm(
             **spec.model_dump(),
             id=f"vm-{vm_uuid.replace('-', '')[:12]}",
@@ -487,6 +521,8 @@ class Manager:
         async with self._lock(vm_id):
             vm = self._store.get_vm(vm_id)
             deleting = transition(vm.state, Action.FORCE_DELETE if force else Action.DELETE)
+            if self.owners is not None and vm.restart_policy == "on_node_failure":
+                await self.owners.hold(vm)  # its files are shared: never another node's
             self._set(vm_id, deleting, None)
             machine = self._machines.get(vm_id)
             if machine is not None:
@@ -510,9 +546,14 @@ class Manager:
         if vm.gpu_assignment is not None:
             self._store.update_vm(vm_id, gpu_assignment=None)
 
-    def _finish_delete(self, vm_id: str) -> None:
-        vmplatform.after_exit(self._paths(vm_id))
-        self._paths(vm_id).remove()
+    def _finish_delete(self, vm_id: str, *, files: bool = True) -> None:
+        """Forget the VM here; ``files``: remove its folder too."""
+        paths = self._paths(vm_id)
+        vmplatform.after_exit(paths)
+        if files:
+            paths.remove()
+        else:
+            paths.clear_runtime()
         self._store.delete_vm(vm_id)
         self._locks.pop(vm_id, None)
         self.guest.forget(vm_id)
@@ -540,6 +581,7 @@ class Manager:
         vm = self._store.get_vm(vm_id)
         if not resuming:
             check(vm.state, Action.START)
+        self._shared(vm)
         resume = self.snapshots.pending_resume(vm)
         if resume is not None and not (resuming or vm.state is VmState.HIBERNATED):
             resume = None  # a stale image (the VM was discarded or booted since)
@@ -941,6 +983,54 @@ class Manager:
             await machine.exited.wait()
         if machines:
             log.error("fenced %d VM(s): %s", len(machines), reason)
+
+    async def take_over(self, vm: Vm, from_node: str, *, boot: bool) -> Vm:
+        """Record another node's VM here from its summary (its owner key names this node
+        already: cluster.restart) and, with ``boot``, start it: a cold boot from its disk
+        on the shared storage, its RAM lost with the node.
+
+        Raises:
+            Unsupported: this node has no shared storage. NameTaken: the tenant has a VM
+                of that name here. HMError: the start was refused (the VM stays stopped).
+        """
+        reason = f"taken over from node {from_node}, which went down"
+        record = vm.model_copy(
+            update={
+                "state": VmState.STOPPED,
+                "state_reason": reason,
+                "node": self._settings.node_name,
+                "pid": None,
+                "started_at": None,
+                "accelerator": None,
+                "gpu_assignment": None,
+                "guest_agent": GuestAgentInfo(),
+            }
+        )
+        self._shared(record)
+        self._store.insert_vm(record)
+        self.events.vm_taken_over(record, from_node, reason)
+        self._announce()
+        if not self._paths(vm.id).disk.exists():
+            missing = f"{reason}; its disk is not on this node's shared storage"
+            return self._set(vm.id, VmState.ERROR, missing)
+        if not boot:
+            return record
+        async with self._lock(vm.id):
+            return await self._start_locked(vm.id)
+
+    def forget_taken(self, vm_id: str) -> bool:
+        """Drop the record of a VM another node has taken over, leaving its files (they
+        are the new owner's now); False, and nothing done, while its QEMU runs here."""
+        try:
+            vm = self._store.get_vm(vm_id)
+        except VmNotFound:
+            return False
+        if vm.restart_policy != "on_node_failure":
+            return False  # only these can be taken over
+        if vm_id in self._machines or vm.state in LIVE_STATES:
+            return False
+        self._finish_delete(vm_id, files=False)
+        return True
 
     def local_vms(self) -> Sequence[Vm]:
         """Every VM this host holds, whoever's (no caller check: for counting)."""

@@ -53,7 +53,8 @@ class Node(_Strict):
     accelerator: str
     qemu_version: str
     capabilities: list[str] = Field(
-        description="What it can run: kvm, uefi, secure_boot, vtpm, sev, sev_es, sev_snp, tdx."
+        description="What it can run: kvm, uefi, secure_boot, vtpm, sev, sev_es, sev_snp, tdx, "
+        "vfio, shared_storage."
     )
     cpus: int
     memory_mb: int

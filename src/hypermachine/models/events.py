@@ -24,6 +24,7 @@ class EventType(StrEnum):
     GUEST_AGENT_DISCONNECTED = "guest_agent.disconnected"
     SNAPSHOT_STEP = "vm.snapshot"
     MIGRATION_STEP = "vm.migration"
+    VM_TAKEN_OVER = "vm.taken_over"
 
 
 class Event(_Strict):

@@ -24,6 +24,7 @@ __all__ = [
     "MemoryEncryption",
     "NetworkSpec",
     "PortForward",
+    "RestartPolicy",
     "SecuritySpec",
     "SnapshotRef",
     "StopRequest",
@@ -282,6 +283,9 @@ class DisplaySpec(_Strict):
     type: Literal["none", "vnc"] = "none"
 
 
+RestartPolicy = Literal["never", "on_node_failure"]
+
+
 class VmSpec(_Strict):
     """What a client asks for; stored with the VM and used to build its command line."""
 
@@ -303,6 +307,19 @@ class VmSpec(_Strict):
     labels: Labels = Field(default_factory=dict)
     cloud_init: CloudInitSpec | None = None
     display: DisplaySpec = Field(default_factory=DisplaySpec)
+    restart_policy: RestartPolicy = Field(
+        default="never",
+        description="on_node_failure: when its node goes down, one surviving node boots it "
+        "again (its files are on the cluster's shared storage).",
+    )
+
+    @model_validator(mode="after")
+    def _restart_fits_devices(self) -> VmSpec:
+        if self.restart_policy == "on_node_failure" and self.gpu.enabled:
+            raise ValueError(
+                "restart_policy 'on_node_failure' cannot take a GPU (a device of one host)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _firmware_fits_security(self) -> VmSpec:
