@@ -326,7 +326,8 @@ class GuestAgent:
                 self._set_disconnected(str(err), violation=True)
                 raise GuestAgentUnavailable(str(err), vm_id=self.vm_id) from err
             except AgentGone as err:
-                self._trouble.set()
+                self._trouble.set()  # the upkeep reconnects; until then nobody may use it
+                self._set_disconnected(f"the guest agent channel broke: {err}")
                 raise self.unavailable() from err
 
     def unavailable(self) -> GuestAgentUnavailable:
