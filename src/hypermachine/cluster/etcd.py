@@ -9,7 +9,7 @@ skipped for the next, so any live member of the quorum serves. Errors are one
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -132,6 +132,37 @@ class Etcd:
             "/v3/kv/range", {"key": _b64(prefix), "range_end": _prefix_end(prefix)}
         )
         return [_kv(kv) for kv in doc.get("kvs", [])]
+
+    async def any_under(self, prefix: str) -> bool:
+        """Whether any key starts with ``prefix`` (one key read at most, no values)."""
+        body = {"key": _b64(prefix), "range_end": _prefix_end(prefix), "limit": "1",
+                "keys_only": True}  # fmt: skip
+        return bool((await self._call("/v3/kv/range", body)).get("kvs"))
+
+    async def guarded_write(
+        self,
+        guard: str,
+        prefix: str,
+        plan: Callable[[list[KeyValue]], list[tuple[str, str, int]] | None],
+        *,
+        attempts: int = 8,
+    ) -> bool | None:
+        """Read the keys under ``prefix`` and write what ``plan`` makes of them (key,
+        value, lease; they should rewrite ``guard``) in one transaction that holds only
+        if ``guard`` did not change since the read; read again when another writer came
+        between. None: ``plan`` wrote nothing; False: it kept changing.
+
+        Raises:
+            EtcdError: etcd refused or could not be reached; what ``plan`` raises.
+        """
+        for _ in range(attempts):
+            seen = await self.get(guard)
+            puts = plan(await self.get_prefix(prefix))
+            if puts is None:
+                return None
+            if await self.put_if_unchanged(guard, seen.mod_revision if seen else 0, puts):
+                return True
+        return False
 
     async def delete(self, key: str) -> None:
         await self._call("/v3/kv/deleterange", {"key": _b64(key)})

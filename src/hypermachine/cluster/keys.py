@@ -76,7 +76,10 @@ class ClusterKeys:
         raise ClusterUnavailable(f"key {key_id} kept changing while being revoked; try again")
 
     async def any_keys(self) -> bool:
-        return bool(await self._all())
+        try:
+            return await self._etcd.any_under(KEYS_PREFIX)
+        except EtcdError as err:
+            raise _unavailable(err) from err
 
     async def caller_for(self, secret: str) -> Caller | None:
         try:

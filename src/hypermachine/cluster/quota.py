@@ -18,13 +18,12 @@ from collections.abc import Callable, Iterable
 
 from ..errors import ClusterUnavailable, QuotaExceeded
 from ..models import Vm
-from .etcd import Etcd, EtcdError
+from .etcd import Etcd, EtcdError, KeyValue
 
 __all__ = ["LIVE_PREFIX", "LiveLedger"]
 
 LIVE_PREFIX = "/hypermachine/live/"
 _GUARD_PREFIX = "/hypermachine/live-guard/"
-_ATTEMPTS = 8
 
 
 def _live_key(tenant: str, vm_id: str) -> str:
@@ -48,24 +47,24 @@ class LiveLedger:
             ClusterUnavailable: etcd cannot be asked, or kept changing.
         """
         guard, mine = _GUARD_PREFIX + vm.tenant, _live_key(vm.tenant, vm.id)
+
+        def plan(live: list[KeyValue]) -> list[tuple[str, str, int]]:
+            current = sum(1 for kv in live if kv.key != mine)
+            if quota > 0 and current >= quota:
+                raise QuotaExceeded(
+                    f"tenant {vm.tenant!r} already has {current} live VMs in the "
+                    f"cluster; its tier allows {quota}",
+                    limit=quota,
+                    current=current,
+                )
+            return [(guard, vm.id, 0), (mine, self._node, self._lease())]
+
         try:
-            for _ in range(_ATTEMPTS):
-                seen = await self._etcd.get(guard)
-                live = await self._etcd.get_prefix(f"{LIVE_PREFIX}{vm.tenant}/")
-                current = sum(1 for kv in live if kv.key != mine)
-                if quota > 0 and current >= quota:
-                    raise QuotaExceeded(
-                        f"tenant {vm.tenant!r} already has {current} live VMs in the "
-                        f"cluster; its tier allows {quota}",
-                        limit=quota,
-                        current=current,
-                    )
-                puts = [(guard, vm.id, 0), (mine, self._node, self._lease())]
-                if await self._etcd.put_if_unchanged(guard, seen.mod_revision if seen else 0, puts):
-                    return
+            written = await self._etcd.guarded_write(guard, f"{LIVE_PREFIX}{vm.tenant}/", plan)
         except EtcdError as err:
             raise ClusterUnavailable(f"the tenant's live VMs cannot be counted: {err}") from err
-        raise ClusterUnavailable(f"tenant {vm.tenant!r}'s live VMs kept changing; try again")
+        if not written:
+            raise ClusterUnavailable(f"tenant {vm.tenant!r}'s live VMs kept changing; try again")
 
     async def recount(self, vms: Iterable[Vm]) -> None:
         """Count ``vms`` live under this node's current lease: the VMs that kept

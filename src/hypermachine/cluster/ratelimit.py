@@ -25,7 +25,6 @@ __all__ = ["RATE_PREFIX", "ClusterLimiter"]
 
 RATE_PREFIX = "/hypermachine/rate/"
 _GUARD_PREFIX = "/hypermachine/rate-guard/"
-_ATTEMPTS = 8
 
 
 class ClusterLimiter:
@@ -64,24 +63,27 @@ class ClusterLimiter:
             ClusterUnavailable: etcd cannot be asked, or the log kept changing.
         """
         guard, prefix = _GUARD_PREFIX + key, f"{RATE_PREFIX}{key}/"
+        decisions: list[Decision] = []
+
+        def plan(log: list[KeyValue]) -> list[tuple[str, str, int]] | None:
+            now = self._clock()
+            times = sorted(
+                t for t in map(_time_of, log) if t is not None and t > now - self._window
+            )
+            decisions.append(decide(times, now, limit, self._window))
+            if not decisions[-1].allowed:
+                return None
+            record = f"{prefix}{int(now * 1e9)}-{self._node}-{secrets.token_hex(4)}"
+            return [(guard, self._node, 0), (record, "", lease)]
+
         try:
-            for _ in range(_ATTEMPTS):
-                seen = await self._etcd.get(guard)
-                now = self._clock()
-                times = sorted(
-                    t for t in map(_time_of, await self._etcd.get_prefix(prefix))
-                    if t is not None and t > now - self._window
-                )  # fmt: skip
-                decision = decide(times, now, limit, self._window)
-                if not decision.allowed:
-                    return decision
-                record = f"{prefix}{int(now * 1e9)}-{self._node}-{secrets.token_hex(4)}"
-                puts = [(guard, self._node, 0), (record, "", await self._current_lease())]
-                if await self._etcd.put_if_unchanged(guard, seen.mod_revision if seen else 0, puts):
-                    return decision
+            lease = await self._current_lease()
+            written = await self._etcd.guarded_write(guard, prefix, plan)
         except EtcdError as err:
             raise ClusterUnavailable(f"the key's requests cannot be counted: {err}") from err
-        raise ClusterUnavailable("the key's request log kept changing; try again")
+        if written is False:
+            raise ClusterUnavailable("the key's request log kept changing; try again")
+        return decisions[-1]
 
 
 def _time_of(kv: KeyValue) -> float | None:

@@ -56,14 +56,16 @@ class Security:
         Raises:
             ConfigError: ``auth = "auto"``, no API key exists and the bind is not loopback.
         """
-        open_by_default = self.settings.auth == "auto" and not await self.keys.any_keys()
+        has_keys = await self.keys.any_keys()  # one read serves the check and the mode
+        open_by_default = self.settings.auth == "auto" and not has_keys
+        if self.settings.auth == "auto":
+            self._keyed = self._keyed or has_keys or not is_loopback(self.settings.host)
         if open_by_default and not is_loopback(self.settings.host):
             raise ConfigError(
                 f"refusing to serve {self.settings.host} without authentication: create "
                 "a key (hypermachine key create --name NAME --tier free) or set "
                 "auth = 'open' (HM_AUTH=open, --auth open) to opt out explicitly"
             )
-        await self.refresh()
         mode = self.mode()
         if mode == "open":
             log.warning(
