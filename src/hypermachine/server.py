@@ -26,6 +26,7 @@ from .cluster.forwarding import Forwarder, NodeAuth, read_secret
 from .cluster.keys import ClusterKeys
 from .cluster.nodes import describe
 from .cluster.ownership import Ownership
+from .cluster.peers import Peers
 from .cluster.quota import LiveLedger
 from .cluster.ratelimit import ClusterLimiter
 from .cluster.restart import Restarts
@@ -189,6 +190,7 @@ async def _join_cluster(
             auth, etcd, membership, lambda vm_id: manager.owner_of(vm_id) is not None,
             timeout_s=budget,
         )  # fmt: skip
+        manager.peers = Peers(forwarder, membership, ownership)
     views = Views(etcd, membership, manager)
     nursery.start_soon(views.run, settings.node_lease_ttl_s / 3)
     if manager.shared_storage:

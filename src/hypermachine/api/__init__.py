@@ -25,6 +25,7 @@ from .console import console_views
 from .errors import register_error_handlers
 from .forward import install_forwarding
 from .metrics import install_request_metrics
+from .peer import install_peer_routes
 from .rest import generic_view, mount
 from .routing import LazyBuilderRule
 from .services import Services
@@ -62,6 +63,7 @@ def create_app(services: Services) -> QuartTrio:
     if services.forwarder is not None:
         app.extensions["hypermachine.node_auth"] = services.forwarder.auth
         install_forwarding(app, services.forwarder)
+        install_peer_routes(app)  # live migrations from other nodes
     install_request_metrics(app)
     dispatcher = Dispatcher(build_registry(), services)
     create = dispatcher.registry.get("create_vm")

@@ -226,16 +226,24 @@ class Forwarder:
         return None if chosen.name == self.auth.node else chosen.url
 
     async def send(
-        self, url: str, method: str, target: bytes, body: bytes, headers: Mapping[str, str]
+        self,
+        url: str,
+        method: str,
+        target: bytes,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        caller: Caller | None = None,
     ) -> httpx.Response:
-        """Send the request to the owner as the current caller; the answer comes back
-        open, as it streams (read it, then ``aclose`` it): an event stream may stay
-        quiet for as long as it likes.
+        """Send the request to the owner as ``caller`` (default: the current one); the
+        answer comes back open, as it streams (read it, then ``aclose`` it): an event
+        stream may stay quiet for as long as it likes.
 
         Raises:
             ClusterUnavailable: the owner did not answer.
         """
-        signed = self.auth.headers(current_caller(), method, target.decode(), body)
+        asserted = caller if caller is not None else current_caller()
+        signed = self.auth.headers(asserted, method, target.decode(), body)
         kept = {k: v for k, v in headers.items() if k.lower() in _KEPT_HEADERS}
         path, _, query = target.partition(b"?")
         base = httpx.URL(url)

@@ -62,6 +62,15 @@ class Ownership:
                 node=owner,
             )
 
+    async def owner(self, vm_id: str) -> str | None:
+        """The node the VM's key names, None when nobody owns it.
+
+        Raises:
+            EtcdError: etcd refused or could not be reached.
+        """
+        found = await self._etcd.get(owner_key(vm_id))
+        return found.value.decode(errors="replace") if found is not None else None
+
     async def take(self, vm_id: str, from_node: str) -> bool:
         """Make this node the VM's owner if its key still names ``from_node`` (one
         compare-and-swap: of the nodes trying at once, exactly one succeeds).

@@ -22,7 +22,6 @@ import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -43,6 +42,7 @@ from ..events import EventLog
 from ..models import (
     CreateFromSnapshotRequest,
     CreateVmRequest,
+    EventType,
     ForkRequest,
     GuestAgentInfo,
     HostCapabilities,
@@ -66,10 +66,11 @@ from .devices.resources import HostResources
 from .guest.console import ConsoleService, rotate_at_start
 from .guest.service import GuestService
 from .metrics import require_live, vm_metrics
+from .migration_incoming import IncomingMigrations
 from .migration_service import MigrationService
 from .platform import capabilities, vmplatform
 from .platform.host import HostFacts, check_supported
-from .ports import CatalogueLike, GuardLike, ImageLike, LiveCountLike, OwnersLike
+from .ports import CatalogueLike, GuardLike, ImageLike, LiveCountLike, OwnersLike, PeersLike
 from .provision import Provisioning
 from .qemu import qmp_commands
 from .qemu.argv import BootSource, Platform
@@ -191,7 +192,9 @@ class Manager:
         self._provisioning = Provisioning(self)
         self.owners: OwnersLike | None = None  # set when the node joins a cluster
         self.live_count: LiveCountLike | None = None  # likewise: quotas count every node
+        self.peers: PeersLike | None = None  # likewise, with a cluster secret: migrations
         self.migrations = MigrationService(self)
+        self.incoming = IncomingMigrations(self)
 
     # -- life of the manager ---------------------------------------------------
 
@@ -267,17 +270,18 @@ class Manager:
     # -- state bookkeeping -----------------------------------------------------
 
     def _paths(self, vm_id: str) -> VmPaths:
-        return VmPaths.for_vm(self._vms_dir_of(vm_id), self._settings.runtime_dir, vm_id)
+        try:
+            return self.paths_of(self._store.get_vm(vm_id))
+        except VmNotFound:
+            return VmPaths.for_vm(self._settings.vms_dir, self._settings.runtime_dir, vm_id)
 
-    def _vms_dir_of(self, vm_id: str) -> Path:
-        """The folder holding the VM's own folder: the shared storage's for a VM that
+    def paths_of(self, vm: Vm) -> VmPaths:
+        """Where ``vm``'s files are on this node: on the shared storage for a VM that
         restarts on node failure (a node without it refuses to start one: _shared)."""
         shared = self._settings.shared_vms_dir
-        try:
-            wants_shared = self._store.get_vm(vm_id).restart_policy == "on_node_failure"
-        except VmNotFound:
-            wants_shared = False
-        return shared if wants_shared and shared is not None else self._settings.vms_dir
+        wants_shared = vm.restart_policy == "on_node_failure" and shared is not None
+        vms_dir = shared if wants_shared and shared is not None else self._settings.vms_dir
+        return VmPaths.for_vm(vms_dir, self._settings.runtime_dir, vm.id)
 
     @property
     def shared_storage(self) -> bool:
@@ -546,8 +550,20 @@ class Manager:
         if vm.gpu_assignment is not None:
             self._store.update_vm(vm_id, gpu_assignment=None)
 
+    def forget_moved(self, vm_id: str, *, files: bool) -> None:
+        """Drop the record of a VM another node runs now (live-migrated there);
+        ``files``: its folder too (not on shared storage)."""
+        self._forget(vm_id, files=files)
+        self.events.record(
+            EventType.MIGRATION_STEP, vm_id, step="left", node=self._settings.node_name
+        )
+
     def _finish_delete(self, vm_id: str, *, files: bool = True) -> None:
         """Forget the VM here; ``files``: remove its folder too."""
+        self._forget(vm_id, files=files)
+        self.events.vm_deleted(vm_id)
+
+    def _forget(self, vm_id: str, *, files: bool) -> None:
         paths = self._paths(vm_id)
         vmplatform.after_exit(paths)
         if files:
@@ -557,7 +573,6 @@ class Manager:
         self._store.delete_vm(vm_id)
         self._locks.pop(vm_id, None)
         self.guest.forget(vm_id)
-        self.events.vm_deleted(vm_id)
         self._announce()
 
     # -- lifecycle -------------------------------------------------------------

@@ -36,23 +36,18 @@ from typing import Any, Protocol
 import psutil
 import trio
 
-from ..config import Settings
 from ..errors import HMError, HypervisorError, MigrationRefused, NodeNotFound, Unsupported
-from ..events import EventLog
 from ..models import EventType, MigrateRequest, Migration, Vm, VmState
 from ..states import Action, transition
-from ..store import Store
-from . import migration
-from .devices.resources import HostResources
+from . import migration, migration_outgoing
+from .migration_outgoing import OutgoingHost
 from .platform import tpm, vmplatform
 from .platform.host import HostFacts
 from .qemu import qmp_commands
 from .qemu.argv import BootSource, Platform
 from .qemu.machine import ArgvBuilder, Machine, adopt_pid, spawn_qemu
 from .qemu.qmp import QmpBridge
-from .snapshot_service import SnapshotService
 from .storage.snapshots import migration_blockers
-from .vmfiles.confine import QemuIdentity
 from .vmfiles.layout import VmPaths
 
 __all__ = ["MigrationService"]
@@ -60,19 +55,12 @@ __all__ = ["MigrationService"]
 log = logging.getLogger(__name__)
 
 
-class MigrationHost(Protocol):
+class MigrationHost(OutgoingHost, Protocol):
     """The manager as the migration service sees it."""
 
-    _settings: Settings
-    _store: Store
     _bridge: QmpBridge
-    _resources: HostResources
-    events: EventLog
     host: HostFacts
-    qemu_identity: QemuIdentity | None
-    snapshots: SnapshotService
 
-    def _paths(self, vm_id: str) -> VmPaths: ...
     def _machine(self, vm_id: str) -> Machine: ...
     def _live(self, vm: Vm) -> Vm: ...
     def _announce(self) -> None: ...
@@ -111,15 +99,10 @@ class MigrationService:
             MigrationRefused, HypervisorError.
         """
         here = self._settings.node_name
-        if request.node not in (None, here) and self._settings.etcd_urls:
-            raise MigrationRefused(
-                f"live migration to another node ({request.node}) is not built yet; "
-                "only to a fresh QEMU on this one",
-                reasons=["cross-node migration not built"],
-            )
-        if request.node not in (None, here):
+        elsewhere = request.node if request.node not in (None, here) else None
+        if elsewhere is not None and not self._settings.etcd_urls:
             raise NodeNotFound(
-                f"no node {request.node!r}: this server is a single host ({here})",
+                f"no node {elsewhere!r}: this server is a single host ({here})",
                 node=request.node,
             )
 
@@ -131,7 +114,12 @@ class MigrationService:
                 nic = self._mgr._resources.incoming_nic(vm)
             except Unsupported as err:
                 raise MigrationRefused(err.message, reasons=[err.message]) from err
+            if elsewhere is not None and nic is not None:
+                for end in nic:
+                    end.close()  # the destination node makes its own
             begin()
+            if elsewhere is not None:
+                return await migration_outgoing.to_node(self._mgr, vm, source, elsewhere)
             return await self._locally(vm, source, nic)
 
         return await (await self._mgr.snapshots._job(vm_id, steps)).result()
@@ -149,7 +137,7 @@ class MigrationService:
         dest: Machine | None = None
         try:
             try:
-                dest = await self._destination(vm, dest_paths, new_tpm, qemu_end)
+                dest = await self.destination_qemu(vm, dest_paths, new_tpm, qemu_end)
             finally:
                 if qemu_end is not None:
                     qemu_end.close()  # the destination QEMU holds its own copy
@@ -204,7 +192,7 @@ class MigrationService:
             switchover_ms=switchover_ms,
         )
 
-    async def _destination(
+    async def destination_qemu(
         self, vm: Vm, paths: VmPaths, tpm_dir: Path | None, nic: socket.socket | None
     ) -> Machine:
         """A QEMU waiting for the VM's state (``-incoming defer``), QMP connected.

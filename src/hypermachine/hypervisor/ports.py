@@ -1,17 +1,24 @@
 """What the manager needs from outside the hypervisor layer, as protocols: an image
 of the catalogue, the catalogue itself, the security layer's quotas, the cluster's
-VM ownership and its count of live VMs. The server hands in the real ones
+VM ownership, its count of live VMs and its other nodes. The server hands in the real ones
 (``images.Catalogue``, ``security.Security``, ``cluster.ownership.Ownership``,
-``cluster.quota.LiveLedger``); tests may hand in their own."""
+``cluster.quota.LiveLedger``, ``cluster.peers.Peers``); tests may hand in their own."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Protocol
 
-from ..models import Vm
+from ..models import IncomingOffer, IncomingPorts, Vm
 
-__all__ = ["CatalogueLike", "GuardLike", "ImageLike", "LiveCountLike", "OwnersLike"]
+__all__ = [
+    "CatalogueLike",
+    "GuardLike",
+    "ImageLike",
+    "LiveCountLike",
+    "OwnersLike",
+    "PeersLike",
+]
 
 
 class ImageLike(Protocol):
@@ -31,6 +38,8 @@ class ImageLike(Protocol):
     def available(self) -> bool: ...
     @property
     def firmware(self) -> str: ...
+    @property
+    def sha256(self) -> str | None: ...
 
 
 class CatalogueLike(Protocol):
@@ -57,3 +66,20 @@ class LiveCountLike(Protocol):
 
     async def admit(self, vm: Vm, quota: int) -> None: ...
     async def leave(self, vm: Vm) -> None: ...
+
+
+class PeersLike(Protocol):
+    """The other nodes, as a live migration between nodes sees them
+    (``hypermachine.cluster.peers.Peers``)."""
+
+    node: str
+
+    def psk(self, token: str, vm_uuid: str) -> str: ...
+    async def url_of(self, node: str) -> str: ...
+    async def offer(self, url: str, offer: IncomingOffer) -> None: ...
+    async def upload(self, url: str, token: str, name: str, path: Path) -> None: ...
+    async def open(self, url: str, token: str) -> IncomingPorts: ...
+    async def commit(self, url: str, token: str) -> Vm: ...
+    async def abort(self, url: str, token: str) -> None: ...
+    async def hand_over(self, vm_id: str, to_node: str) -> bool: ...
+    async def owner(self, vm_id: str) -> str | None: ...

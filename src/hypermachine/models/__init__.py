@@ -12,7 +12,16 @@ May import: nothing of hypermachine (pydantic and the standard library only).
 from __future__ import annotations
 
 from .base import NAME_PATTERN, NODE_PATTERN, VmState
-from .cluster import MigrateRequest, Migration, Node, NodeList, NodeState
+from .cluster import (
+    DiskPlan,
+    IncomingOffer,
+    IncomingPorts,
+    MigrateRequest,
+    Migration,
+    Node,
+    NodeList,
+    NodeState,
+)
 from .events import Event, EventType
 from .guest import (
     ExecOutput,
@@ -80,6 +89,7 @@ __all__ = [
     "ConsoleTokenRequest",
     "CreateFromSnapshotRequest",
     "CreateVmRequest",
+    "DiskPlan",
     "DiskStats",
     "DisplaySpec",
     "Event",
@@ -103,6 +113,8 @@ __all__ = [
     "HostCapabilities",
     "HostDevices",
     "ImageInfo",
+    "IncomingOffer",
+    "IncomingPorts",
     "InterfaceStats",
     "Labels",
     "LifecycleRequest",

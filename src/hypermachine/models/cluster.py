@@ -10,7 +10,16 @@ from pydantic import Field
 from .base import NODE_PATTERN, _Strict
 from .vm import Vm
 
-__all__ = ["MigrateRequest", "Migration", "Node", "NodeList", "NodeState"]
+__all__ = [
+    "DiskPlan",
+    "IncomingOffer",
+    "IncomingPorts",
+    "MigrateRequest",
+    "Migration",
+    "Node",
+    "NodeList",
+    "NodeState",
+]
 
 
 class MigrateRequest(_Strict):
@@ -37,6 +46,50 @@ class Migration(_Strict):
     switchover_ms: float = Field(
         description="The server's part: from the end of the stream to the guest running again."
     )
+
+
+class DiskPlan(_Strict):
+    """How the destination remakes a VM's disk folder when storage is not shared: the
+    ``files`` travel first as they are (frozen layers, the seed, the VARS), then the
+    written ``top`` layer and the VARS are mirrored over NBD while the guest runs."""
+
+    files: dict[str, int] = Field(description="File name in the VM's folder → its size.")
+    top: str = Field(pattern=r"^disk-\d{4,}\.qcow2$")
+    virtual_size: int = Field(ge=1)
+    below: str | None = Field(
+        default=None,
+        pattern=r"^disk-\d{4,}\.qcow2$",
+        description="The layer under the top (one of files); None: the image itself.",
+    )
+    bottom: str | None = Field(
+        default=None,
+        pattern=r"^disk-\d{4,}\.qcow2$",
+        description="The lowest layer, backed by the catalogue image (or by nothing).",
+    )
+    image_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="The catalogue image's digest (None: a blank disk, no image below).",
+    )
+    image_format: str | None = None
+    mirrored: list[str] = Field(description="The block nodes the source mirrors over NBD.")
+
+
+class IncomingOffer(_Strict):
+    """A source node's announcement of a migration (node to node, signed)."""
+
+    token: str = Field(pattern=r"^[0-9a-f]{32}$")
+    source_node: str = Field(pattern=NODE_PATTERN)
+    vm: Vm
+    disk: DiskPlan | None = Field(description="None: the VM's folder is on shared storage.")
+
+
+class IncomingPorts(_Strict):
+    """Where the destination waits: the migration stream, and NBD for the disks."""
+
+    host: str
+    migration_port: int
+    nbd_port: int | None = None
 
 
 class NodeState(StrEnum):

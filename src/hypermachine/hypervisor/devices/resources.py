@@ -30,7 +30,7 @@ import trio
 
 from ...config import Settings
 from ...errors import HypervisorError, PortInUse, Unsupported
-from ...models import HostDevices, Vm, VmSpec
+from ...models import HostDevices, NetworkInfo, Vm, VmSpec
 from ..vmfiles.confine import QemuIdentity, unprivileged_identity
 from ..vmfiles.layout import VmPaths
 from . import cloudinit, firewall, hostnet, network, passt
@@ -203,6 +203,14 @@ class HostResources:
             return
         await self._passt.stop(source)
         await self._passt.serve(info, dest, guest_end)
+
+    async def serve_nic(self, info: NetworkInfo, paths: VmPaths, guest_end: socket.socket) -> None:
+        """A passt for a VM that arrived from another node, on ``guest_end``.
+
+        Raises:
+            HypervisorError: passt could not start (the guest has no network).
+        """
+        await self._passt.serve(info, paths, guest_end)
 
     def adopt(self, vm: Vm, paths: VmPaths) -> None:
         """On re-adoption, find the VM's passt again (it lives as long as QEMU does)."""

@@ -1,0 +1,225 @@
+"""Live migration of a running VM to another node: the source's side (docs/cluster.md).
+
+The steps, each a ``vm.migration`` event (``step``) on this node:
+
+1. **offer** — the destination is told the VM (its summary, and, when its folder is not
+   on shared storage, how to remake it) and checks it can run it; the folder's fixed
+   files (frozen layers, seed, VARS) are sent.
+2. **destination_ready** — it started a QEMU ``-incoming defer`` waiting, over TLS
+   with a key both derive from the cluster secret, for the stream (and for the disk
+   copies over NBD).
+3. **disks_copied** (not shared) — mirrors of the written top layer and the VARS are
+   ``ready``: copied, and every new write copied too.
+4. **streamed** — RAM and devices sent while the guest runs; it pauses for the last
+   pass; the mirrors end.
+5. **handed_over** — one compare-and-swap in etcd makes the destination the owner;
+   before it, any failure ends the destination and lets the guest go on here; after
+   it, the VM is the destination's whatever happens (it runs it once told, or by
+   itself when its wait ends and etcd names it).
+6. **completed** — the destination runs it; this node's QEMU is quit and its record
+   (and, not shared, its files) dropped. The event carries QEMU's figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from ..config import Settings
+from ..errors import ClusterUnavailable, HMError, HypervisorError, MigrationRefused
+from ..events import EventLog
+from ..models import DiskPlan, EventType, IncomingOffer, Migration, Vm, VmState
+from ..store import Store
+from . import crossnode
+from .devices.resources import HostResources
+from .platform import tpm
+from .ports import CatalogueLike, PeersLike
+from .qemu import qmp_commands
+from .qemu.machine import Machine
+from .snapshot_service import SnapshotService
+from .storage import snapfiles
+from .vmfiles.confine import QemuIdentity
+from .vmfiles.layout import VmPaths
+
+__all__ = ["OutgoingHost", "to_node"]
+
+log = logging.getLogger(__name__)
+
+_COMMIT_TRIES = 5
+
+
+class OutgoingHost(Protocol):
+    """The manager as a migration's source sees it."""
+
+    _settings: Settings
+    _store: Store
+    _catalogue: CatalogueLike
+    _resources: HostResources
+    events: EventLog
+    qemu_identity: QemuIdentity | None
+    snapshots: SnapshotService
+    peers: PeersLike | None
+
+    def _paths(self, vm_id: str) -> VmPaths: ...
+    def forget_moved(self, vm_id: str, *, files: bool) -> None: ...
+
+
+def _step(mgr: OutgoingHost, vm_id: str, step: str, **data: Any) -> None:
+    mgr.events.record(EventType.MIGRATION_STEP, vm_id, step=step, **data)
+
+
+async def _plan(mgr: OutgoingHost, vm: Vm, paths: VmPaths) -> DiskPlan | None:
+    """How the destination remakes the folder; None when it is on shared storage.
+
+    Raises:
+        MigrationRefused: snapshots that would not travel.
+    """
+    if vm.restart_policy == "on_node_failure":
+        return None
+    if any(snapfiles.list_snapshots(paths.vm_dir)):
+        raise MigrationRefused(
+            "a VM with snapshots moves to another node only on shared storage; delete "
+            "its snapshots first",
+            reasons=["snapshots not on shared storage"],
+        )
+    image = mgr._catalogue.get(vm.image)
+    digest = None if image.disk is None else await crossnode.image_digest(image.disk, image.sha256)
+    fmt = None if image.disk is None else image.format
+    return crossnode.disk_plan(paths, digest, fmt)
+
+
+async def to_node(mgr: OutgoingHost, vm: Vm, source: Machine, node: str) -> Migration:
+    """Move ``vm`` (its QEMU: ``source``) to ``node`` while it runs.
+
+    Raises:
+        NodeNotFound, ClusterUnavailable, MigrationRefused, HypervisorError.
+    """
+    peers = mgr.peers
+    if peers is None:
+        raise MigrationRefused(
+            "this node cannot migrate to another: it has no cluster secret",
+            reasons=["no cluster secret"],
+        )
+    url = await peers.url_of(node)
+    paths = mgr._paths(vm.id)
+    old_tpm = tpm.state_dir_of(paths.vm_dir)  # the destination names its own at commit
+    plan = await _plan(mgr, vm, paths)
+    token = secrets.token_hex(16)
+    offer = IncomingOffer(token=token, source_node=peers.node, vm=vm, disk=plan)
+    psk_dir = paths.run_dir / f"tls-{token[:8]}"
+    settings = mgr._settings
+    _step(mgr, vm.id, "started", node=peers.node, to_node=node, shared=plan is None)
+    mirrored = plan.mirrored if plan is not None else []
+    try:
+        await peers.offer(url, offer)
+        for name in plan.files if plan is not None else {}:
+            await peers.upload(url, token, name, paths.vm_dir / name)
+        crossnode.write_psk(psk_dir, peers.psk(token, vm.uuid), mgr.qemu_identity)
+        ports = await peers.open(url, token)
+        _step(mgr, vm.id, "destination_ready", node=node)
+        await crossnode.load_key(source, psk_dir)
+        if ports.nbd_port is not None:
+            await crossnode.start_mirrors(
+                source, ports.host, ports.nbd_port, mirrored, settings.migration_timeout_s
+            )
+            _step(mgr, vm.id, "disks_copied", node=node)
+        sent = await crossnode.send_state(
+            source, node, ports.host, ports.migration_port,
+            bandwidth_mib_s=settings.migration_bandwidth_mib_s,
+            timeout_s=settings.migration_timeout_s,
+        )  # fmt: skip
+        streamed = trio.current_time()
+        if mirrored:
+            await crossnode.finish_mirrors(source, mirrored, settings.migration_timeout_s)
+        _step(mgr, vm.id, "streamed", node=node)
+        await _hand_over(peers, vm.id, node)
+    except BaseException as err:
+        with trio.CancelScope(shield=True):
+            await _undo(peers, url, token, vm, source, mirrored)
+            reason = err.message if isinstance(err, HMError) else repr(err)
+            _step(mgr, vm.id, "failed", reason=reason)
+            shutil.rmtree(psk_dir, ignore_errors=True)
+        raise
+    with trio.CancelScope(shield=True):  # the VM is the destination's now: finish
+        _step(mgr, vm.id, "handed_over", node=node)
+        moved = await _commit(peers, url, token, vm, node)
+        switchover_ms = (trio.current_time() - streamed) * 1000
+        await _retire(mgr, vm, source, paths, old_tpm, shared=plan is None)
+    _step(
+        mgr, vm.id, "completed", node=node, source_node=peers.node,
+        total_time_ms=sent.total_time_ms, downtime_ms=sent.downtime_ms,
+        switchover_ms=round(switchover_ms, 1), transferred_bytes=sent.transferred_bytes,
+    )  # fmt: skip
+    return Migration(
+        vm=moved,
+        source_node=peers.node,
+        node=node,
+        total_time_ms=sent.total_time_ms,
+        downtime_ms=sent.downtime_ms,
+        setup_time_ms=sent.setup_time_ms,
+        transferred_bytes=sent.transferred_bytes,
+        switchover_ms=switchover_ms,
+    )
+
+
+async def _hand_over(peers: PeersLike, vm_id: str, node: str) -> None:
+    """Make ``node`` the owner in etcd.
+
+    Raises:
+        MigrationRefused: this node is no longer the owner. ClusterUnavailable: etcd
+            cannot say who owns the VM.
+    """
+    if not await peers.hand_over(vm_id, node):
+        raise MigrationRefused("this node no longer owns the VM", reasons=["ownership lost"])
+
+
+async def _commit(peers: PeersLike, url: str, token: str, vm: Vm, node: str) -> Vm:
+    """Tell the destination to run the VM; if it cannot be told, it runs it by itself
+    when its wait ends (etcd names it): the summary then says so."""
+    for attempt in range(_COMMIT_TRIES):
+        try:
+            return await peers.commit(url, token)
+        except ClusterUnavailable as err:
+            log.warning("%s: node %s did not confirm (try %d): %s", vm.id, node, attempt, err)
+            await trio.sleep(0.5 * (attempt + 1))
+        except MigrationRefused as err:
+            log.error("%s: node %s refused to run it after the hand-over: %s", vm.id, node, err)
+            break
+    reason = f"handed over to node {node}, which has not confirmed yet"
+    return vm.model_copy(update={"node": node, "state": VmState.UNKNOWN, "state_reason": reason})
+
+
+async def _retire(
+    mgr: OutgoingHost, vm: Vm, source: Machine, paths: VmPaths, old_tpm: Path, *, shared: bool
+) -> None:
+    """Quit the source QEMU without its exit changing anything; drop the record here."""
+    source.report.handed_over = True
+    await source.terminate(mgr._settings.kill_grace_s)
+    await source.finished.wait()
+    tpm.stop(tpm.TpmPaths.for_vm(paths, old_tpm))
+    await mgr._resources.release(vm, paths)
+    if shared and vm.security.vtpm:  # the destination has its own state dir beside it
+        shutil.rmtree(old_tpm, ignore_errors=True)
+    mgr.forget_moved(vm.id, files=not shared)
+
+
+async def _undo(
+    peers: PeersLike, url: str, token: str, vm: Vm, source: Machine, mirrored: list[str]
+) -> None:
+    """Before the hand-over: end the destination, let the guest go on here."""
+    with contextlib.suppress(HMError):
+        await peers.abort(url, token)
+    if source.exited.is_set():
+        return
+    await crossnode.undo_sending(source, mirrored)
+    with contextlib.suppress(HypervisorError):
+        await qmp_commands.migrate_cancel(source)
+        status = await qmp_commands.query_status(source)
+        if status.status == "postmigrate" and vm.state is VmState.RUNNING:
+            await qmp_commands.cont(source)

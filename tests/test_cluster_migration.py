@@ -1,0 +1,193 @@
+"""Live migration between two real ``hypermachine serve`` nodes on a real 3-member etcd:
+a running tiny guest moves with its RAM (a file in its RAM-backed root, its uptime)
+and its disk (a file it wrote to its ext4 disk), copied over NBD when its folder is
+the node's own and not copied when it is on the storage both nodes share. Exactly one
+QEMU runs the VM afterwards, etcd names the new owner, and the old node keeps no
+record. The node-to-node routes refuse every caller but a node of the cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from quart_trio import QuartTrio
+
+from clusternodes import Node, make_key, write_secret
+from etcdcluster import EtcdCluster
+from hypermachine.api.peer import install_peer_routes
+from hypermachine.cluster.keys import KEYS_PREFIX
+from hypermachine.cluster.membership import node_key
+from hypermachine.cluster.ownership import owner_key, view_key
+from hypermachine.cluster.quota import LIVE_PREFIX
+from support import qemu_pids_for, require_tiny
+from test_cluster_restart import _owner
+
+SECRET = b"the-migration-cluster-secret-of-32-bytes-or-more"
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory: pytest.TempPathFactory, etcd: EtcdCluster) -> Iterator[list[Node]]:
+    require_tiny()
+    root = tmp_path_factory.mktemp("migration")
+    secret = write_secret(root, SECRET)
+    shared = root / "shared"
+    keys = {"alice": make_key(root, etcd, "alice"), "admin": make_key(root, etcd, "ops", "--admin")}
+    found = []
+    for name in ("m1", "m2"):
+        (root / name).mkdir()
+        found.append(Node(name, root / name, keys, ("HM_SHARED_STORAGE_DIR", str(shared))))
+    try:
+        for node in found:
+            node.start(etcd, secret)
+        yield found
+    finally:
+        uuids = set()
+        for node in found:
+            for vm in node.vms("admin"):
+                uuids.add(vm["uuid"])
+                node.call("admin", "DELETE", f"/api/v1/vms/{vm['id']}?force=true")
+            node.server.stop()
+        for pid in qemu_pids_for(uuids):
+            os.kill(pid, signal.SIGKILL)
+        for prefix in (KEYS_PREFIX, owner_key(""), view_key(""), LIVE_PREFIX, node_key("m")):
+            etcd.delete_prefix(prefix)
+
+
+def _sh(node: Node, vm_id: str, script: str) -> str:
+    ran = node.call("alice", "POST", f"/api/v1/vms/{vm_id}/exec?wait_agent=120",
+                    json={"command": ["sh", "-c", script]})  # fmt: skip
+    assert ran.status_code == 200, ran.text
+    assert ran.json()["exit_code"] == 0, ran.json()
+    return str(ran.json()["stdout"])
+
+
+def _running(node: Node, name: str, **spec: Any) -> dict[str, Any]:
+    body = {"name": name, "image": "tiny", "node": node.name, "start": True, **spec}
+    made = node.call("alice", "POST", "/api/v1/vms", json=body)
+    assert made.status_code == 201, made.text
+    return dict(made.json())
+
+
+def _uptime(node: Node, vm_id: str) -> float:
+    return float(_sh(node, vm_id, "cut -d' ' -f1 /proc/uptime"))
+
+
+async def _migrated(
+    source: Node, dest: Node, via: Node, vm: dict[str, Any], etcd: EtcdCluster
+) -> dict[str, Any]:
+    """Move ``vm`` from ``source`` to ``dest`` (asked of ``via``) and check what must hold
+    whatever its storage: RAM, uptime, disk, one QEMU, etcd's owner, no record left."""
+    vm_id = vm["id"]
+    _sh(source, vm_id, "echo in-ram > /tmp/ram-marker && echo on-disk > /mnt/disk-marker && sync")
+    before = _uptime(source, vm_id)
+    moved = via.call("alice", "POST", f"/api/v1/vms/{vm_id}/migrate", json={"node": dest.name})
+    assert moved.status_code == 200, moved.text
+    result = moved.json()
+    assert (result["source_node"], result["node"], result["vm"]["node"]) == (
+        source.name, dest.name, dest.name,
+    )  # fmt: skip
+    assert result["vm"]["state"] == "running"
+    assert result["total_time_ms"] > 0 and result["downtime_ms"] >= 0
+
+    # The guest kept running: what was in its RAM, its uptime, its disk.
+    assert _sh(dest, vm_id, "cat /tmp/ram-marker /mnt/disk-marker") == "in-ram\non-disk\n"
+    assert _uptime(dest, vm_id) > before
+    _sh(dest, vm_id, "echo after > /mnt/after-marker && sync")
+    assert _sh(dest, vm_id, "cat /mnt/after-marker") == "after\n"
+
+    # One QEMU, the destination's; etcd names it; the source holds no record.
+    assert qemu_pids_for({vm["uuid"]}) == [result["vm"]["pid"]]
+    assert psutil.Process(result["vm"]["pid"]).ppid() != source.server.proc.pid
+    assert _owner(etcd, vm_id) == dest.name
+    assert [v["node"] for v in source.vms("alice") if v["id"] == vm_id] == [dest.name]
+    for node in (source, dest):  # any node answers for it
+        assert node.call("alice", "GET", f"/api/v1/vms/{vm_id}").json()["node"] == dest.name
+    done = _step_event(source, vm_id, "completed")
+    assert (done["total_time_ms"], done["downtime_ms"]) == (
+        result["total_time_ms"], result["downtime_ms"],
+    )  # fmt: skip
+    assert _step_event(dest, vm_id, "arrived")["source_node"] == source.name
+    return dict(result)
+
+
+def _step_event(node: Node, vm_id: str, step: str) -> dict[str, Any]:
+    """The data of the VM's ``vm.migration`` event with ``step`` in ``node``'s own log."""
+    headers = {"Authorization": f"Bearer {node.keys['admin']}"}
+    url = f"{node.server.url}/api/v1/events?vm_id={vm_id}&after=0"
+    with httpx.stream("GET", url, headers=headers, timeout=10) as answer:
+        for line in answer.iter_lines():
+            event = json.loads(line.partition(":")[2]) if line.startswith("data:") else {}
+            if event.get("type") == "vm.migration" and event["data"].get("step") == step:
+                return dict(event["data"])
+    raise AssertionError(f"no {step} step on {node.name}")
+
+
+async def test_a_running_vm_moves_to_another_node_with_its_disk_copied(
+    nodes: list[Node], etcd: EtcdCluster
+) -> None:
+    first, second = nodes
+    vm = _running(first, "moving")
+    assert _sh(first, vm["id"], "echo up") == "up\n"
+    unknown = first.call("alice", "POST", f"/api/v1/vms/{vm['id']}/migrate", json={"node": "m9"})
+    assert unknown.status_code == 404, unknown.text
+    folder = Path(first.server.data_dir) / "vms" / vm["id"]
+    assert (folder / "disk.qcow2").exists()
+
+    await _migrated(first, second, second, vm, etcd)
+    assert not folder.exists()  # its own folder went with it
+    assert (Path(second.server.data_dir) / "vms" / vm["id"] / "disk.qcow2").exists()
+    assert second.call("alice", "DELETE", f"/api/v1/vms/{vm['id']}?force=true").status_code == 204
+
+
+async def test_a_vm_on_shared_storage_moves_without_copying_its_disk(
+    nodes: list[Node], etcd: EtcdCluster
+) -> None:
+    first, second = nodes
+    vm = _running(second, "shared-moving", restart_policy="on_node_failure")
+    assert _sh(second, vm["id"], "echo up") == "up\n"
+    disk = next(Path(second.server.data_dir).parent.glob(f"shared/**/{vm['id']}/disk.qcow2"))
+    layer = disk.resolve().stat().st_ino
+
+    await _migrated(second, first, first, vm, etcd)
+    assert disk.resolve().stat().st_ino == layer  # the same file, not a copy
+    assert first.call("alice", "DELETE", f"/api/v1/vms/{vm['id']}?force=true").status_code == 204
+
+
+def _peer_rules() -> list[tuple[str, str]]:
+    """Every node-to-node route, from the route map the server builds."""
+    app = QuartTrio(__name__)
+    install_peer_routes(app)
+    return [
+        (method, rule.rule.replace("<token>", "0" * 32).replace("<name>", "disk-0001.qcow2"))
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/cluster/")
+        for method in sorted(rule.methods or ())
+        if method not in ("HEAD", "OPTIONS")
+    ]
+
+
+def test_the_node_to_node_routes_refuse_everyone_but_a_node(nodes: list[Node]) -> None:
+    first = nodes[0]
+    rules = _peer_rules()
+    assert len(rules) == 5
+    forged = {
+        "X-HM-Forwarded-By": "m2",
+        "X-HM-Forwarded-At": "0",
+        "X-HM-Forwarded-Caller": '{"admin": true, "key_id": null, "tenant": "", "tier": "free"}',
+        "X-HM-Forwarded-Signature": "0" * 64,
+    }
+    for method, path in rules:
+        for who, status in (("alice", 403), ("admin", 403)):
+            answer = first.call(who, method, path, content=b"{}")
+            assert answer.status_code == status, (who, method, path, answer.text)
+        answer = httpx.request(method, first.server.url + path, headers=forged, timeout=10)
+        assert answer.status_code == 401, (method, path, answer.text)
+        answer = httpx.request(method, first.server.url + path, content=b"{}", timeout=10)
+        assert answer.status_code == 403, (method, path, answer.text)  # no key at all
