@@ -12,7 +12,7 @@ May import: nothing of hypermachine (pydantic and the standard library only).
 from __future__ import annotations
 
 from .base import NAME_PATTERN, NODE_PATTERN, VmState
-from .cluster import MigrateRequest, Migration, Node, NodeList, NodeState
+from .cluster import FreeDevice, MigrateRequest, Migration, Node, NodeList, NodeState
 from .events import Event, EventType
 from .guest import (
     ExecOutput,
@@ -26,7 +26,14 @@ from .guest import (
     GuestPath,
     InterfaceStats,
 )
-from .host import Capability, CapabilityMap, FirmwareSet, HostCapabilities, SevCapabilities
+from .host import (
+    Capability,
+    CapabilityMap,
+    FirmwareKind,
+    FirmwareSet,
+    HostCapabilities,
+    SevCapabilities,
+)
 from .images import ImageInfo
 from .scripts import ScriptLimits, ScriptRequest, ScriptResponse
 from .snapshots import (
@@ -92,10 +99,12 @@ __all__ = [
     "FileReadRequest",
     "FileWriteRequest",
     "FileWritten",
+    "FirmwareKind",
     "FirmwareSet",
     "ForkRequest",
     "ForkResult",
     "ForwardInfo",
+    "FreeDevice",
     "GpuAssignment",
     "GpuSpec",
     "GuestAgentInfo",
