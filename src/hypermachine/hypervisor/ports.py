@@ -11,7 +11,14 @@ from typing import Protocol
 
 from ..models import Vm
 
-__all__ = ["CatalogueLike", "GuardLike", "ImageLike", "LiveCountLike", "OwnersLike"]
+__all__ = [
+    "CatalogueLike",
+    "GuardLike",
+    "ImageLike",
+    "LiveCountLike",
+    "OwnersLike",
+    "StorageCountLike",
+]
 
 
 class ImageLike(Protocol):
@@ -57,3 +64,11 @@ class LiveCountLike(Protocol):
 
     async def admit(self, vm: Vm, quota: int) -> None: ...
     async def leave(self, vm: Vm) -> None: ...
+
+
+class StorageCountLike(Protocol):
+    """The cluster's count of each tenant's stored bytes on every node
+    (``hypermachine.cluster.storage``)."""
+
+    async def admit(self, tenant: str, used_bytes: int, quota_bytes: int) -> None: ...
+    async def record(self, tenant: str, used_bytes: int) -> None: ...
