@@ -138,6 +138,7 @@ async def test_a_single_host_lists_itself(client: Any) -> None:
     assert answer.status_code == 200 and body["cluster"] is False, body
     (only,) = body["nodes"]
     assert only["state"] == "up" and only["vms"] == 0 and only["cpus"] >= 1
+    assert "bios" in only["firmware"], "SeaBIOS is built into QEMU"
     created = await client.post("/api/v1/vms", json={"name": "here", "image": "tiny"})
     vm = await created.get_json()
     assert vm["node"] == only["name"]

@@ -18,12 +18,13 @@ import trio
 
 from fakesysfs import FakeSysfs
 from hypermachine.api import Services
+from hypermachine.cluster.nodes import describe
 from hypermachine.config import ConfigError, Settings, load_settings
 from hypermachine.errors import DeviceInUse, DeviceUnavailable, Unsupported
 from hypermachine.hypervisor.devices.vfio import GpuAllocator, mdev_uuid
 from hypermachine.hypervisor.devices.vfio import gpu as gpu_of
 from hypermachine.hypervisor.qemu.argv import gpu_args
-from hypermachine.models import GpuAssignment, Vm, VmState
+from hypermachine.models import CreateVmRequest, GpuAssignment, Vm, VmState
 from support import make_settings
 
 GPU, AUDIO, BRIDGE = "0000:01:00.0", "0000:01:00.1", "0000:00:01.0"
@@ -335,3 +336,28 @@ async def test_this_host_lists_its_devices_and_why_none_can_be_passed() -> None:
     assert listed.devices, "no PCI device read from /sys"
     for device in listed.devices:
         assert not device.passthrough.possible and device.passthrough.reason, device
+
+
+async def test_a_nodes_description_lists_the_gpus_it_has_free(services: Services) -> None:
+    """What placement reads of a node (cluster/nodes.py) from the manager on this sysfs:
+    the passable GPU (and its audio function) while free, neither once a VM holds the GPU
+    (as a start does, without QEMU)."""
+    manager = services.manager
+    here = await describe(manager, name="n1", url="http://n1:8080")
+    assert [(d.address, d.kind) for d in here.free_devices] == [(GPU, "gpu"), (AUDIO, "audio")]
+    assert [(t.type, t.available_instances) for t in here.vgpu_types] == [
+        ("i915-GVTg_V5_4", 2), ("i915-GVTg_V5_8", 0)
+    ]  # fmt: skip
+    assert "bios" in here.firmware
+    spec = CreateVmRequest(name="holder", image="tiny", memory_mb=512, disk_gb=1,
+                           network={"type": "none"}, gpu={"device": GPU})  # fmt: skip
+    vm = await manager.wait_for((await manager.create(spec)).vm.id, {VmState.STOPPED}, 60)
+    paths = manager._paths(vm.id)
+    held = await manager._resources.acquire(vm, False, paths)
+    holding = vm.model_copy(update=held.fields)
+    try:
+        assert (await describe(manager, name="n1", url="http://n1:8080")).free_devices == []
+    finally:
+        await manager._resources.release(holding, paths)
+    again = await describe(manager, name="n1", url="http://n1:8080")
+    assert [d.address for d in again.free_devices] == [GPU, AUDIO]

@@ -30,6 +30,7 @@ from .cluster.peers import Peers
 from .cluster.quota import LiveLedger
 from .cluster.ratelimit import ClusterLimiter
 from .cluster.restart import Restarts
+from .cluster.storage import StorageLedger
 from .cluster.views import Views
 from .config import ConfigError, Settings
 from .errors import ClusterUnavailable
@@ -177,12 +178,7 @@ async def _join_cluster(
         raise ConfigError(f"node {name} could not register in etcd: {err}") from err
     ownership = Ownership(etcd, name, lambda: membership.cut_off)
     manager.owners = ownership
-    ledger = LiveLedger(etcd, name, lambda: membership.lease)
-    try:
-        await ledger.recount(manager.live_vms())  # what kept running through a restart
-    except ClusterUnavailable as err:
-        raise ConfigError(f"node {name}: {err.message}") from err
-    manager.live_count = ledger
+    await _count_quotas(etcd, membership, manager)
     forwarder = None
     if auth is not None:
         budget = max(settings.wait_timeout_max_s, settings.migration_timeout_s) + 30
@@ -197,6 +193,24 @@ async def _join_cluster(
         restarts = Restarts(etcd, membership, ownership, manager)
         nursery.start_soon(restarts.run, settings.node_lease_ttl_s / 3)
     return _Joined(membership, forwarder, views)
+
+
+async def _count_quotas(etcd: Etcd, membership: Membership, manager: Manager) -> None:
+    """Give the manager the cluster's counts of each tenant's live VMs and stored bytes,
+    once this node's own are counted: the VMs that kept running through a restart, and
+    what its files hold now.
+
+    Raises:
+        ConfigError: etcd could not be asked.
+    """
+    live = LiveLedger(etcd, membership.name, lambda: membership.lease)
+    storage = StorageLedger(etcd, membership.name)
+    try:
+        await live.recount(manager.live_vms())
+        await storage.recount(manager.snapshots.usage_by_tenant())
+    except ClusterUnavailable as err:
+        raise ConfigError(f"node {membership.name}: {err.message}") from err
+    manager.live_count, manager.storage_count = live, storage
 
 
 def _prepare_folders(settings: Settings) -> QemuIdentity | None:

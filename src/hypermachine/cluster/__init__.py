@@ -7,13 +7,15 @@ and the list of nodes (:mod:`.membership`), a node's description of itself
 (:mod:`.placement`), signed node-to-node requests (:mod:`.forwarding`), the
 cluster-wide view of VMs, ``unknown`` where their node is down (:mod:`.views`), the
 cluster's API keys (:mod:`.keys`), each tenant's live VMs of every node for its quota
-(:mod:`.quota`), each key's requests of every node for its rate limit
+(:mod:`.quota`), each tenant's stored bytes of every node for its storage quota
+(:mod:`.storage`), each key's requests of every node for its rate limit
 (:mod:`.ratelimit`) and a down node's shared-storage VMs booted again on exactly one
 survivor (:mod:`.restart`).
 
 May import: ``config``, ``errors``, ``models``, ``states``, ``store``,
 ``security.caller``, ``security.keybook`` and ``security.models`` (the keys it keeps),
-``security.ratelimit`` (the window it keeps), ``hypervisor.manager`` (a node describes
+``security.ratelimit`` (the window it keeps), ``security.admission`` (the storage
+quota's rule), ``hypervisor.manager`` (a node describes
 its own VMs and budget).
 """
 

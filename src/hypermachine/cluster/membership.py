@@ -55,7 +55,7 @@ class Membership:
         etcd: Etcd,
         name: str,
         ttl_s: int,
-        describe: Callable[[], Node],
+        describe: Callable[[], Awaitable[Node]],
         fence: Callable[[str], Awaitable[None]],
     ) -> None:
         self._etcd = etcd
@@ -87,7 +87,7 @@ class Membership:
         log.info("node %s registered in etcd (lease %x, %d s)", self.name, self._lease, self._ttl_s)
 
     async def _publish(self) -> None:
-        await self._etcd.put(node_key(self.name), self._describe().model_dump_json())
+        await self._etcd.put(node_key(self.name), (await self._describe()).model_dump_json())
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Register (a failure here is the caller's: the server does not start), then

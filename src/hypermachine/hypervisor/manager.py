@@ -70,7 +70,15 @@ from .migration_incoming import IncomingMigrations
 from .migration_service import MigrationService
 from .platform import capabilities, vmplatform
 from .platform.host import HostFacts, check_supported
-from .ports import CatalogueLike, GuardLike, ImageLike, LiveCountLike, OwnersLike, PeersLike
+from .ports import (
+    CatalogueLike,
+    GuardLike,
+    ImageLike,
+    LiveCountLike,
+    OwnersLike,
+    PeersLike,
+    StorageCountLike,
+)
 from .provision import Provisioning
 from .qemu import qmp_commands
 from .qemu.argv import BootSource, Platform
@@ -193,6 +201,7 @@ class Manager:
         self.owners: OwnersLike | None = None  # set when the node joins a cluster
         self.live_count: LiveCountLike | None = None  # likewise: quotas count every node
         self.peers: PeersLike | None = None  # likewise, with a cluster secret: migrations
+        self.storage_count: StorageCountLike | None = None
         self.migrations = MigrationService(self)
         self.incoming = IncomingMigrations(self)
 
@@ -539,6 +548,7 @@ class Manager:
                 except HMError as err:  # a key naming us for a deleted VM is harmless
                     log.warning("%s: its ownership key stays: %s", vm_id, err.message)
         self._finish_delete(vm_id)
+        await self.snapshots.count_storage(vm.tenant)  # its files are gone
 
     async def _release(self, vm_id: str) -> None:
         """Give back what the VM held on the host (tap, devices); idempotent."""

@@ -39,6 +39,7 @@ from .platform.host import HostFacts, check_supported
 from .ports import CatalogueLike, LiveCountLike, PeersLike
 from .qemu import qmp_commands
 from .qemu.machine import Machine
+from .snapshot_service import SnapshotService
 from .storage.snapshots import wait_migration
 from .vmfiles import nofollow
 from .vmfiles.confine import QemuIdentity
@@ -68,6 +69,7 @@ class IncomingHost(Protocol):
     qemu_identity: QemuIdentity | None
     peers: PeersLike | None
     live_count: LiveCountLike | None
+    snapshots: SnapshotService
 
     @property
     def migrations(self) -> _Destination: ...
@@ -278,6 +280,7 @@ class IncomingMigrations:
         await mgr._supervise(dest)
         await self._serve_nic(incoming)
         mgr._announce()
+        await mgr.snapshots.count_storage(vm.tenant)  # its folder is this node's now
         self._step(vm.id, "arrived", source_node=incoming.offer.source_node, pid=dest.pid)
         return mgr._live(record)
 

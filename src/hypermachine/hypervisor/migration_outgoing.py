@@ -207,6 +207,7 @@ async def _retire(
     if shared and vm.security.vtpm:  # the destination has its own state dir beside it
         shutil.rmtree(old_tpm, ignore_errors=True)
     mgr.forget_moved(vm.id, files=not shared)
+    await mgr.snapshots.count_storage(vm.tenant)  # its folder left this node
 
 
 async def _undo(

@@ -18,6 +18,7 @@ __all__ = [
     "LiveCountLike",
     "OwnersLike",
     "PeersLike",
+    "StorageCountLike",
 ]
 
 
@@ -83,3 +84,11 @@ class PeersLike(Protocol):
     async def abort(self, url: str, token: str) -> None: ...
     async def hand_over(self, vm_id: str, to_node: str) -> bool: ...
     async def owner(self, vm_id: str) -> str | None: ...
+
+
+class StorageCountLike(Protocol):
+    """The cluster's count of each tenant's stored bytes on every node
+    (``hypermachine.cluster.storage``)."""
+
+    async def admit(self, tenant: str, used_bytes: int, quota_bytes: int) -> None: ...
+    async def record(self, tenant: str, used_bytes: int) -> None: ...

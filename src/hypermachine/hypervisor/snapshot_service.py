@@ -29,6 +29,7 @@ import trio
 from ..config import Settings
 from ..errors import (
     AddressInUse,
+    ClusterUnavailable,
     HMError,
     HypervisorError,
     NameTaken,
@@ -51,13 +52,14 @@ from ..models import (
     VmSpec,
     VmState,
 )
+from ..security.admission import check_storage
 from ..states import Action, check
 from ..store import Store, utcnow
 from .devices import hostnet
 from .devices.resources import HostResources
 from .guest.service import GuestService
 from .platform import tpm
-from .ports import GuardLike
+from .ports import GuardLike, StorageCountLike
 from .qemu import qmp_commands
 from .qemu.machine import Machine
 from .storage import layers, snapfiles, snapshots
@@ -100,6 +102,7 @@ class SnapshotHost(Protocol):
     _store: Store
     _guard: GuardLike | None
     _resources: HostResources
+    storage_count: StorageCountLike | None
     _machines: dict[str, Machine]
     events: EventLog
     guest: GuestService
@@ -143,7 +146,9 @@ class SnapshotService:
 
             try:
                 async with self._mgr._lock(vm_id):
-                    outcome.value = await steps(self._mgr._store.get_vm(vm_id), begin)
+                    vm = self._mgr._store.get_vm(vm_id)
+                    outcome.value = await steps(vm, begin)
+                    await self.count_storage(vm.tenant)  # its files came or went
             except HMError as err:
                 if not started:
                     raise
@@ -206,21 +211,38 @@ class SnapshotService:
         dirs = [self._vm_dir(v.id) for v in self._mgr._store.all_vms() if v.tenant == tenant]
         return snapfiles.allocated_bytes(dirs)
 
-    def _check_storage(self, vm: Vm) -> None:
-        """Raises QuotaExceeded when the tenant's VMs hold more disk than its tier allows."""
+    def usage_by_tenant(self) -> dict[str, int]:
+        """The bytes each tenant's VM folders hold on this host."""
+        tenants = {vm.tenant for vm in self._mgr._store.all_vms()}
+        return {tenant: self._tenant_usage(tenant) for tenant in sorted(tenants)}
+
+    async def _check_storage(self, vm: Vm) -> None:
+        """Refuse when the tenant's VMs hold more disk than its tier allows: on this host,
+        or in a cluster on every node together (this node's bytes are then counted).
+
+        Raises:
+            QuotaExceeded, ClusterUnavailable (the cluster's count cannot be read).
+        """
         guard = self._mgr._guard
         quota = guard.storage_quota_bytes() if guard is not None else 0
-        if quota <= 0:
-            return
         used = self._tenant_usage(vm.tenant)
-        if used > quota:
-            raise QuotaExceeded(
-                f"tenant {vm.tenant!r} holds {used // 2**20} MiB of disk; its tier allows "
-                f"{quota // 2**20} MiB",
-                kind="storage",
-                limit_bytes=quota,
-                used_bytes=used,
-            )
+        cluster = self._mgr.storage_count
+        if cluster is None:
+            check_storage(vm.tenant, used, quota, where="on this host")
+        else:
+            await cluster.admit(vm.tenant, used, quota)
+
+    async def count_storage(self, tenant: str) -> None:
+        """Tell the cluster (if any) what the tenant's VMs hold here now. Not reaching
+        it is logged, not raised (the files have come or gone already): the count keeps
+        its last value until this node's next write for the tenant, or its start."""
+        cluster = self._mgr.storage_count
+        if cluster is None:
+            return
+        try:
+            await cluster.record(tenant, self._tenant_usage(tenant))
+        except ClusterUnavailable as err:
+            log.warning("tenant %s: its storage count here is stale: %s", tenant, err.message)
 
     # -- snapshot ----------------------------------------------------------------
 
@@ -228,7 +250,8 @@ class SnapshotService:
         """Take a snapshot (disk; with ``memory`` of a live VM, RAM and devices too).
 
         Raises:
-            InvalidState, NameTaken, SnapshotRefused, QuotaExceeded, HypervisorError.
+            InvalidState, NameTaken, SnapshotRefused, QuotaExceeded, ClusterUnavailable,
+            HypervisorError.
         """
 
         async def steps(vm: Vm, begin: Callable[[], None]) -> Snapshot:
@@ -242,16 +265,16 @@ class SnapshotService:
             memory = request.memory and machine is not None
             if memory and machine is not None:
                 snapshots.refuse_memory(vm, await snapshots.migration_blockers(machine))
-            self._check_storage(vm)
+            await self._check_storage(vm)
             begin()
             published = await self._capture(vm, request.name, machine, memory=memory, publish=True)
             snapshot = self._sized(vm_dir, published)
             self._step(vm.id, "completed", snapshot=request.name, size_bytes=snapshot.size_bytes)
             try:
-                self._check_storage(vm)
-            except QuotaExceeded:
+                await self._check_storage(vm)
+            except (QuotaExceeded, ClusterUnavailable) as err:  # never kept uncounted
                 published.remove()
-                self._step(vm.id, "deleted", snapshot=request.name, reason="storage quota")
+                self._step(vm.id, "deleted", snapshot=request.name, reason=err.message)
                 raise
             return snapshot
 
@@ -348,6 +371,7 @@ class SnapshotService:
             vm_dir = self._vm_dir(vm_id)
             dropped = layers.collect(vm_dir, self._keep_layers(vm_dir))
             self._step(vm_id, "deleted", snapshot=name, layers_dropped=dropped)
+            await self.count_storage(self._mgr._store.get_vm(vm_id).tenant)
 
     # -- restore -----------------------------------------------------------------
 
@@ -491,14 +515,15 @@ class SnapshotService:
         """Save RAM and device state, end QEMU: the VM is ``hibernated`` until ``start``.
 
         Raises:
-            InvalidState, SnapshotRefused, QuotaExceeded, HypervisorError.
+            InvalidState, SnapshotRefused, QuotaExceeded, ClusterUnavailable,
+            HypervisorError.
         """
 
         async def steps(vm: Vm, begin: Callable[[], None]) -> Vm:
             check(vm.state, Action.HIBERNATE)
             machine = self._mgr._machine(vm.id)
             snapshots.refuse_memory(vm, await snapshots.migration_blockers(machine))
-            self._check_storage(vm)
+            await self._check_storage(vm)
             begin()
             return await self._hibernate(vm, machine)
 
@@ -552,7 +577,7 @@ class SnapshotService:
 
         Raises:
             SnapshotNotFound, InvalidState, SnapshotRefused, NameTaken, AddressInUse,
-            PortInUse, QuotaExceeded, HypervisorError.
+            PortInUse, QuotaExceeded, ClusterUnavailable, HypervisorError.
         """
         names = (
             [request.name]
@@ -562,7 +587,7 @@ class SnapshotService:
 
         async def steps(parent: Vm, begin: Callable[[], None]) -> list[Vm]:
             self._check_children(parent, request)
-            self._check_storage(parent)
+            await self._check_storage(parent)
             if request.snapshot is not None:
                 begin()
                 folder = self._dir(parent.id, request.snapshot)
@@ -745,7 +770,7 @@ class SnapshotService:
 
         async def steps(parent: Vm, begin: Callable[[], None]) -> list[Vm]:
             self._check_children(parent, request)
-            self._check_storage(parent)
+            await self._check_storage(parent)
             folder = self._dir(parent.id, ref.snapshot)
             begin()
             children = await self._clone(parent, folder, [name], ips=None, start=start)

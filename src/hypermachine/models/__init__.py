@@ -14,6 +14,7 @@ from __future__ import annotations
 from .base import NAME_PATTERN, NODE_PATTERN, VmState
 from .cluster import (
     DiskPlan,
+    FreeDevice,
     IncomingOffer,
     IncomingPorts,
     MigrateRequest,
@@ -35,7 +36,14 @@ from .guest import (
     GuestPath,
     InterfaceStats,
 )
-from .host import Capability, CapabilityMap, FirmwareSet, HostCapabilities, SevCapabilities
+from .host import (
+    Capability,
+    CapabilityMap,
+    FirmwareKind,
+    FirmwareSet,
+    HostCapabilities,
+    SevCapabilities,
+)
 from .images import ImageInfo
 from .scripts import ScriptLimits, ScriptRequest, ScriptResponse
 from .snapshots import (
@@ -102,10 +110,12 @@ __all__ = [
     "FileReadRequest",
     "FileWriteRequest",
     "FileWritten",
+    "FirmwareKind",
     "FirmwareSet",
     "ForkRequest",
     "ForkResult",
     "ForwardInfo",
+    "FreeDevice",
     "GpuAssignment",
     "GpuSpec",
     "GuestAgentInfo",

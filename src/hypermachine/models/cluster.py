@@ -8,10 +8,12 @@ from enum import StrEnum
 from pydantic import Field
 
 from .base import NODE_PATTERN, _Strict
-from .vm import Vm
+from .host import FirmwareKind
+from .vm import MdevType, Vm
 
 __all__ = [
     "DiskPlan",
+    "FreeDevice",
     "IncomingOffer",
     "IncomingPorts",
     "MigrateRequest",
@@ -97,6 +99,13 @@ class NodeState(StrEnum):
     DOWN = "down"  # registered once, its lease has expired
 
 
+class FreeDevice(_Strict):
+    """A PCI device a node could pass through to a new VM now."""
+
+    address: str
+    kind: str = Field(description="gpu, or another kind the node's operator allows.")
+
+
 class Node(_Strict):
     """One host of the cluster, as it last described itself in etcd."""
 
@@ -113,6 +122,19 @@ class Node(_Strict):
     memory_mb: int
     free_vcpus: int = Field(description="vCPUs its admission budget has left.")
     free_memory_mb: int = Field(description="Memory its admission budget has left.")
+    firmware: list[FirmwareKind] = Field(
+        default_factory=list,
+        description="The kinds of firmware set it has: bios, uefi, uefi-secure-boot, confidential.",
+    )
+    free_devices: list[FreeDevice] = Field(
+        default_factory=list,
+        description="PCI devices it can pass through now: passable, and no VM holds them "
+        "or a device of their IOMMU group.",
+    )
+    vgpu_types: list[MdevType] = Field(
+        default_factory=list,
+        description="Its vGPU types, each with the instances left (the kernel's count).",
+    )
     vms: int = Field(description="VMs it holds.")
     live_vms: int = Field(description="Of those, with a QEMU process.")
     updated_at: datetime

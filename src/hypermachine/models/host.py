@@ -9,7 +9,17 @@ from pydantic import Field
 
 from .base import _Strict
 
-__all__ = ["Capability", "CapabilityMap", "FirmwareSet", "HostCapabilities", "SevCapabilities"]
+__all__ = [
+    "Capability",
+    "CapabilityMap",
+    "FirmwareKind",
+    "FirmwareSet",
+    "HostCapabilities",
+    "SevCapabilities",
+]
+
+# The kinds of firmware set a host may have (platform/firmware.py); a VM boots from one.
+FirmwareKind = Literal["bios", "uefi", "uefi-secure-boot", "confidential"]
 
 
 class Capability(_Strict):
@@ -34,7 +44,7 @@ class CapabilityMap(_Strict):
 class FirmwareSet(_Strict):
     """A boot firmware this host has, found from QEMU's firmware descriptors."""
 
-    kind: Literal["bios", "uefi", "uefi-secure-boot", "confidential"]
+    kind: FirmwareKind
     description: str
     device: Literal["builtin", "flash", "memory"] = Field(
         description="builtin: QEMU's SeaBIOS; flash: pflash CODE + per-VM VARS; memory: -bios."

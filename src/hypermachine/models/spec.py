@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from .base import _MAX_LABELS, NAME_PATTERN, NODE_PATTERN, _check_labels, _Strict
+from .host import FirmwareKind
 
 __all__ = [
     "CloudInitSpec",
@@ -333,6 +334,15 @@ class VmSpec(_Strict):
                 "ask for one of secure_boot and memory_encryption"
             )
         return self
+
+    def firmware_kind(self) -> FirmwareKind | None:
+        """The kind of host firmware set this VM boots from; None while ``firmware`` is
+        left to the image and security asks for nothing that decides it."""
+        if self.security.memory_encryption != "none":
+            return "confidential"
+        if self.security.secure_boot:
+            return "uefi-secure-boot"
+        return self.firmware
 
     @field_validator("labels")
     @classmethod

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from .base import VmState, _Strict
-from .spec import SnapshotRef, VmSpec
+from .spec import GpuSpec, SnapshotRef, VmSpec
 
 __all__ = [
     "DiskStats",
@@ -84,6 +84,11 @@ class MdevType(_Strict):
     description: str | None
     device_api: str | None
     available_instances: int
+
+    def fits(self, gpu: GpuSpec) -> bool:
+        """Whether a VM asking for the vGPU ``gpu`` may get an instance of this type."""
+        parent_fits = gpu.device is None or self.parent == gpu.device
+        return parent_fits and (gpu.profile is None or gpu.profile in (self.type, self.name))
 
 
 class HostDevices(_Strict):

@@ -29,7 +29,7 @@ async def _list_nodes(ctx: Context, args: NoInput) -> NodeList:
     if services.cluster is None:
         settings = services.settings
         url = settings.advertise or f"http://{settings.host}:{settings.port}"
-        here = describe(services.manager, name=settings.node_name, url=url)
+        here = await describe(services.manager, name=settings.node_name, url=url)
         return NodeList(nodes=[here], cluster=False)
     try:
         nodes = await services.cluster.nodes()
@@ -52,7 +52,8 @@ def cluster_operations() -> list[Operation]:
             ),
             returns=(
                 "{nodes: [{name, url, state, accelerator, capabilities, cpus, memory_mb, "
-                "free_vcpus, free_memory_mb, vms, live_vms}], cluster}."
+                "free_vcpus, free_memory_mb, firmware, free_devices, vgpu_types, vms, live_vms}], "
+                "cluster}."
             ),
             input=NoInput,
             handler=_list_nodes,

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import (
     AddressInUse,
+    ClusterUnavailable,
     HypervisorError,
     InvalidState,
     NameTaken,
@@ -114,7 +115,7 @@ def snapshot_operations() -> list[Operation]:
             handler=_take_snapshot,
             mutates=True,
             result=Snapshot,
-            errors=(*_REFUSALS, NameTaken),
+            errors=(*_REFUSALS, NameTaken, ClusterUnavailable),
             http=HttpRoute(
                 "POST", f"{_VM}/snapshots", status=201, body=SnapshotRequest, also=(202,)
             ),
@@ -187,7 +188,14 @@ def snapshot_operations() -> list[Operation]:
             handler=_fork_vm,
             mutates=True,
             result=ForkResult,
-            errors=(*_REFUSALS, SnapshotNotFound, NameTaken, AddressInUse, PortInUse),
+            errors=(
+                *_REFUSALS,
+                SnapshotNotFound,
+                NameTaken,
+                AddressInUse,
+                PortInUse,
+                ClusterUnavailable,
+            ),
             http=HttpRoute("POST", f"{_VM}/fork", status=201, body=ForkRequest),
         ),
         _tenant(
@@ -202,7 +210,7 @@ def snapshot_operations() -> list[Operation]:
             handler=_hibernate_vm,
             mutates=True,
             result=Vm,
-            errors=_REFUSALS,
+            errors=(*_REFUSALS, ClusterUnavailable),
             http=HttpRoute("POST", f"{_VM}/hibernate"),  # answered once hibernated
         ),
         Operation(
@@ -219,7 +227,15 @@ def snapshot_operations() -> list[Operation]:
             mutates=True,
             audit_details=lambda a: {"from": a.from_snapshot.model_dump()},
             result=Vm,
-            errors=(VmNotFound, SnapshotNotFound, NameTaken, AddressInUse, HypervisorError),
+            errors=(
+                VmNotFound,
+                SnapshotNotFound,
+                NameTaken,
+                AddressInUse,
+                QuotaExceeded,
+                ClusterUnavailable,
+                HypervisorError,
+            ),
             # REST: POST /api/v1/vms with from_snapshot (create_vm's route, another body).
             http=None,
         ),

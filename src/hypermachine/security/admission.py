@@ -1,4 +1,5 @@
-"""Admission before a VM starts: the tenant's VM quota and the host's budget. Pure.
+"""Admission before a VM starts: the tenant's VM quota and the host's budget; and the
+tenant's storage quota (:func:`check_storage`). Pure.
 
 The manager calls :func:`admit` between reading the live VMs and marking the new
 one ``starting``, with no checkpoint in between, so two racing starts are decided
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from ..errors import InsufficientResources, QuotaExceeded
 from ..models import Vm
 
-__all__ = ["HostBudget", "admit"]
+__all__ = ["HostBudget", "admit", "check_storage"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +72,20 @@ def admit(vm: Vm, live: Iterable[Vm], *, quota: int, budget: HostBudget) -> None
     others = [other for other in live if other.id != vm.id]
     _check_quota(vm, others, quota)
     _check_host(vm, others, budget)
+
+
+def check_storage(tenant: str, used_bytes: int, quota_bytes: int, *, where: str) -> None:
+    """Refuse when ``tenant`` holds more than ``quota_bytes`` (0: no limit) ``where``
+    (e.g. "on this host").
+
+    Raises:
+        QuotaExceeded: ``details.kind`` is ``storage``.
+    """
+    if 0 < quota_bytes < used_bytes:
+        raise QuotaExceeded(
+            f"tenant {tenant!r} holds {used_bytes // 2**20} MiB of disk {where}; its tier "
+            f"allows {quota_bytes // 2**20} MiB",
+            kind="storage",
+            limit_bytes=quota_bytes,
+            used_bytes=used_bytes,
+        )

@@ -314,12 +314,7 @@ def _held_keys(vm_id: str, gpu: GpuAssignment) -> dict[str, str]:
 
 
 def _matching_types(spec: GpuSpec, types: list[MdevType]) -> list[MdevType]:
-    return [
-        t
-        for t in types
-        if (spec.device is None or t.parent == spec.device)
-        and (spec.profile is None or spec.profile in (t.type, t.name))
-    ]
+    return [t for t in types if t.fits(spec)]
 
 
 def _vgpu_blocker(spec: GpuSpec, types: list[MdevType]) -> str | None:

@@ -90,14 +90,12 @@ def _firmware_set(vm: VmSpec, host: HostFacts) -> FirmwareSet | None:
     Raises:
         Unsupported: the host has no firmware of the kind the VM needs.
     """
-    variant = vm.security.memory_encryption
-    if variant == "none" and firmware_of(vm) != "uefi":
+    kind = vm.firmware_kind() or "bios"
+    if kind == "bios":
         return None
+    variant = vm.security.memory_encryption
     sets = host.capabilities.firmware if host.capabilities else []
-    if variant != "none":
-        found = firmware_for_confidential(sets, variant)
-    else:
-        found = pick(sets, "uefi-secure-boot" if vm.security.secure_boot else "uefi")
+    found = firmware_for_confidential(sets, variant) if kind == "confidential" else pick(sets, kind)
     if found is None:
         raise Unsupported(
             "this host has no firmware for this VM",
