@@ -191,3 +191,28 @@ def test_the_node_to_node_routes_refuse_everyone_but_a_node(nodes: list[Node]) -
         assert answer.status_code == 401, (method, path, answer.text)
         answer = httpx.request(method, first.server.url + path, content=b"{}", timeout=10)
         assert answer.status_code == 403, (method, path, answer.text)  # no key at all
+
+
+async def test_a_refused_migration_leaves_the_vm_running_where_it_was(
+    nodes: list[Node], etcd: EtcdCluster
+) -> None:
+    """The destination refuses (its tenant has a VM of that name already): the guest
+    runs on in its QEMU on the source, which still owns it; nothing is left behind."""
+    first, second = nodes
+    twin = second.call("alice", "POST", "/api/v1/vms",
+                       json={"name": "twin", "image": "tiny", "node": second.name})  # fmt: skip
+    assert twin.status_code == 201, twin.text
+    vm = _running(first, "twin")
+    _sh(first, vm["id"], "echo kept > /tmp/ram-marker")
+    pid = first.call("alice", "GET", f"/api/v1/vms/{vm['id']}").json()["pid"]
+
+    refused = first.call("alice", "POST", f"/api/v1/vms/{vm['id']}/migrate",
+                         json={"node": second.name})  # fmt: skip
+    assert refused.status_code == 409, refused.text
+    assert "twin" in refused.json()["error"]["message"]
+    assert _sh(first, vm["id"], "cat /tmp/ram-marker") == "kept\n"
+    assert qemu_pids_for({vm["uuid"]}) == [pid]
+    assert _owner(etcd, vm["id"]) == first.name
+    assert not (Path(second.server.data_dir) / "vms" / vm["id"]).exists()
+    for made in (vm["id"], twin.json()["id"]):
+        assert first.call("alice", "DELETE", f"/api/v1/vms/{made}?force=true").status_code == 204
