@@ -69,9 +69,10 @@ def _sh(node: Node, vm_id: str, script: str) -> str:
 
 
 def _running(node: Node, name: str, **spec: Any) -> dict[str, Any]:
-    body = {"name": name, "image": "tiny", "node": node.name, "start": True, **spec}
-    made = node.call("alice", "POST", "/api/v1/vms", json=body)
+    body = {"name": name, "image": "tiny", "node": node.name, "start": True, "wait": True}
+    made = node.call("alice", "POST", "/api/v1/vms", json={**body, **spec})
     assert made.status_code == 201, made.text
+    assert made.json()["state"] == "running", made.json()
     return dict(made.json())
 
 
@@ -157,7 +158,9 @@ async def test_a_vm_on_shared_storage_moves_without_copying_its_disk(
 
     await _migrated(second, first, first, vm, etcd)
     assert disk.resolve().stat().st_ino == layer  # the same file, not a copy
-    assert first.call("alice", "DELETE", f"/api/v1/vms/{vm['id']}?force=true").status_code == 204
+    await _migrated(first, second, first, vm, etcd)  # an arrived VM moves on again
+    assert disk.resolve().stat().st_ino == layer
+    assert second.call("alice", "DELETE", f"/api/v1/vms/{vm['id']}?force=true").status_code == 204
 
 
 def _peer_rules() -> list[tuple[str, str]]:

@@ -39,6 +39,7 @@ from .vmfiles.layout import VmPaths
 __all__ = [
     "TLS_ID",
     "disk_plan",
+    "finish_incoming",
     "finish_mirrors",
     "image_digest",
     "load_key",
@@ -181,6 +182,18 @@ async def receive_state(dest: Machine, stream: socket.socket) -> None:
     with connection:
         await qmp_commands.getfd(dest, connection.fileno(), _STREAM_FD)
     await qmp_commands.migrate_incoming(dest, _STREAM_FD)
+
+
+async def finish_incoming(dest: Machine, exported: list[str]) -> None:
+    """The stream is in: end the NBD export and forget the TLS settings, so that this
+    QEMU can later be a migration's source itself (to a node or on this host).
+
+    Raises:
+        HypervisorError: QEMU refused.
+    """
+    if exported:
+        await qmp_commands.stop_nbd_server(dest)
+    await qmp_commands.drop_tls(dest, TLS_ID)
 
 
 # -- the source -------------------------------------------------------------------

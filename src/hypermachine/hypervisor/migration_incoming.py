@@ -266,8 +266,8 @@ class IncomingMigrations:
         incoming.settled.set()
         self._pending.pop(incoming.offer.token, None)
         await wait_migration(dest, mgr._settings.migration_timeout_s, sending=False)
-        if incoming.offer.disk is not None:
-            await qmp_commands.stop_nbd_server(dest)
+        plan = incoming.offer.disk
+        await crossnode.finish_incoming(dest, plan.mirrored if plan is not None else [])
         if incoming.tpm_dir is not None:
             tpm.set_state_dir(incoming.paths.vm_dir, incoming.tpm_dir)
         if mgr.live_count is not None:
