@@ -8,6 +8,7 @@ and the bytes of RAM and devices sent.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from bench_snapshots import on_a_server
 
 from clusternodes import Node, make_key, write_secret
@@ -84,6 +86,15 @@ def between_nodes() -> dict[str, list[dict[str, float]]]:
             for node in nodes:
                 node.server.stop()
             etcd.stop()
+            _kill_left(root)
+
+
+def _kill_left(root: Path) -> None:
+    """VMs outlive their server by design: end the ones a failed run left."""
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(str(root) in arg for arg in proc.info.get("cmdline") or ()):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
 
 
 def _on_nodes(nodes: list[Node], key: str) -> dict[str, list[dict[str, float]]]:
