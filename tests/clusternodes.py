@@ -25,10 +25,12 @@ class Node:
         self.keys = keys
         self.env = env
 
-    def call(self, tenant: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def call(
+        self, tenant: str, method: str, path: str, timeout: float = 60, **kwargs: Any
+    ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.keys[tenant]}"}
         url = f"{self.server.url}{path}"
-        return httpx.request(method, url, headers=headers, timeout=60, **kwargs)
+        return httpx.request(method, url, headers=headers, timeout=timeout, **kwargs)
 
     def vms(self, tenant: str, query: str = "") -> list[dict[str, Any]]:
         answer = self.call(tenant, "GET", f"/api/v1/vms{query}")

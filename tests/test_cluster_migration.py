@@ -26,7 +26,7 @@ from hypermachine.cluster.keys import KEYS_PREFIX
 from hypermachine.cluster.membership import node_key
 from hypermachine.cluster.ownership import owner_key, view_key
 from hypermachine.cluster.quota import LIVE_PREFIX
-from support import qemu_pids_for, require_tiny
+from support import qemu_pids_for, require_tiny, wait_until
 from test_cluster_restart import _owner
 
 SECRET = b"the-migration-cluster-secret-of-32-bytes-or-more"
@@ -60,9 +60,9 @@ def nodes(tmp_path_factory: pytest.TempPathFactory, etcd: EtcdCluster) -> Iterat
             etcd.delete_prefix(prefix)
 
 
-def _sh(node: Node, vm_id: str, script: str) -> str:
-    ran = node.call("alice", "POST", f"/api/v1/vms/{vm_id}/exec?wait_agent=120",
-                    json={"command": ["sh", "-c", script]})  # fmt: skip
+def _sh(node: Node, vm_id: str, script: str, wait_s: int = 120) -> str:
+    ran = node.call("alice", "POST", f"/api/v1/vms/{vm_id}/exec?wait_agent={wait_s}",
+                    json={"command": ["sh", "-c", script]}, timeout=wait_s + 60)  # fmt: skip
     assert ran.status_code == 200, ran.text
     assert ran.json()["exit_code"] == 0, ran.json()
     return str(ran.json()["stdout"])
@@ -219,3 +219,35 @@ async def test_a_refused_migration_leaves_the_vm_running_where_it_was(
     assert not (Path(second.server.data_dir) / "vms" / vm["id"]).exists()
     for made in (vm["id"], twin.json()["id"]):
         assert first.call("alice", "DELETE", f"/api/v1/vms/{made}?force=true").status_code == 204
+
+
+EFIVARS = "/sys/firmware/efi/efivars"
+VAR_GUID = "3f6c2a5e-1b7d-4c9e-8f10-2a3b4c5d6e7f"
+VAR, AFTER_VAR = f"{EFIVARS}/HmMoved-{VAR_GUID}", f"{EFIVARS}/HmAfter-{VAR_GUID}"
+PCR16 = "/sys/class/tpm/tpm0/pcr-sha256/16"
+
+
+async def test_a_uefi_vm_moves_with_its_vtpm_and_its_vars(
+    nodes: list[Node], etcd: EtcdCluster
+) -> None:
+    """OVMF with a vTPM, moved with its folder copied: a UEFI variable written before
+    is there after and one written after lands in the destination's VARS file; the
+    TPM answers with the PCR the guest extended before (its state came in the stream)."""
+    first, second = nodes
+    vm = _running(first, "uefi-moving", image="tiny-efi", security={"vtpm": True})
+    vm_id = vm["id"]
+    _sh(first, vm_id, f"mount -t efivarfs efivarfs {EFIVARS}; "
+                      f"printf '\\007\\000\\000\\000before' > {VAR}", wait_s=300)  # fmt: skip
+    extend = "printf '\\200\\002\\000\\000\\000\\101\\000\\000\\001\\202\\000\\000\\000\\020"
+    extend += "\\000\\000\\000\\011\\100\\000\\000\\011\\000\\000\\000\\000\\000"
+    extend += "\\000\\000\\000\\001\\000\\013" + "\\252" * 32 + "' > /dev/tpm0"
+    before = _sh(first, vm_id, f"{extend}; cat {PCR16}")
+    assert before.strip() != "0" * 64
+
+    await _migrated(first, second, first, vm, etcd)
+    assert _sh(second, vm_id, f"tail -c +5 {VAR}") == "before"
+    assert _sh(second, vm_id, f"cat {PCR16}") == before
+    _sh(second, vm_id, f"printf '\\007\\000\\000\\000after!' > {AFTER_VAR}")
+    vars_file = Path(second.server.data_dir) / "vms" / vm_id / "efivars.fd"
+    await wait_until(lambda: b"after!" in vars_file.read_bytes(), what="the variable in VARS")
+    assert second.call("alice", "DELETE", f"/api/v1/vms/{vm_id}?force=true").status_code == 204
