@@ -3,15 +3,24 @@ the cluster's API keys made as an operator would."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from etcdcluster import EtcdCluster
+from hypermachine.cluster.keys import KEYS_PREFIX
+from hypermachine.cluster.membership import node_key
+from hypermachine.cluster.ownership import owner_key, view_key
+from hypermachine.cluster.quota import LIVE_PREFIX
 from realserver import Server, free_port
+from support import qemu_pids_for
 
 TTL_S = 3
 FREE_RATE = 24  # requests a minute of a free key, on all nodes together
@@ -63,3 +72,28 @@ def write_secret(root: Path, secret: bytes) -> Path:
     path.write_bytes(secret)
     path.chmod(0o600)
     return path
+
+
+@contextmanager
+def running(nodes: list[Node], etcd: EtcdCluster, secret: Path) -> Iterator[list[Node]]:
+    """Start ``nodes``; on the way out delete the VMs each live one holds, stop them,
+    kill any QEMU a killed node left, and clear what they left in the session's etcd
+    (which outlives a test module)."""
+    try:
+        for node in nodes:
+            node.start(etcd, secret)
+        yield nodes
+    finally:
+        uuids = set()
+        for node in nodes:
+            alive = node.server.proc is not None and node.server.proc.poll() is None
+            for vm in node.vms("admin") if alive else ():
+                uuids.add(vm["uuid"])
+                if vm["node"] == node.name:
+                    node.call("admin", "DELETE", f"/api/v1/vms/{vm['id']}?force=true")
+            node.server.stop()
+        for pid in qemu_pids_for(uuids):
+            os.kill(pid, signal.SIGKILL)
+        prefixes = (KEYS_PREFIX, owner_key(""), view_key(""), LIVE_PREFIX)
+        for prefix in (*prefixes, *(node_key(node.name) for node in nodes)):
+            etcd.delete_prefix(prefix)

@@ -10,8 +10,6 @@ routes refuse every caller but a node of the cluster."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,13 +19,9 @@ import psutil
 import pytest
 from quart_trio import QuartTrio
 
-from clusternodes import Node, make_key, write_secret
+from clusternodes import Node, make_key, running, write_secret
 from etcdcluster import EtcdCluster
 from hypermachine.api.peer import install_peer_routes
-from hypermachine.cluster.keys import KEYS_PREFIX
-from hypermachine.cluster.membership import node_key
-from hypermachine.cluster.ownership import owner_key, view_key
-from hypermachine.cluster.quota import LIVE_PREFIX
 from support import qemu_pids_for, require_tiny, wait_until
 from test_cluster_restart import _owner
 
@@ -45,21 +39,8 @@ def nodes(tmp_path_factory: pytest.TempPathFactory, etcd: EtcdCluster) -> Iterat
     for name in ("m1", "m2"):
         (root / name).mkdir()
         found.append(Node(name, root / name, keys, ("HM_SHARED_STORAGE_DIR", str(shared))))
-    try:
-        for node in found:
-            node.start(etcd, secret)
+    with running(found, etcd, secret):
         yield found
-    finally:
-        uuids = set()
-        for node in found:
-            for vm in node.vms("admin"):
-                uuids.add(vm["uuid"])
-                node.call("admin", "DELETE", f"/api/v1/vms/{vm['id']}?force=true")
-            node.server.stop()
-        for pid in qemu_pids_for(uuids):
-            os.kill(pid, signal.SIGKILL)
-        for prefix in (KEYS_PREFIX, owner_key(""), view_key(""), LIVE_PREFIX, node_key("m")):
-            etcd.delete_prefix(prefix)
 
 
 def _sh(node: Node, vm_id: str, script: str, wait_s: int = 120) -> str:

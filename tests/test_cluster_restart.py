@@ -21,13 +21,10 @@ import psutil
 import pytest
 import trio
 
-from clusternodes import TTL_S, Node, make_key, write_secret
+from clusternodes import TTL_S, Node, make_key, running, write_secret
 from etcdcluster import EtcdCluster
 from hypermachine.cluster.etcd import Etcd
-from hypermachine.cluster.keys import KEYS_PREFIX
-from hypermachine.cluster.membership import node_key
-from hypermachine.cluster.ownership import Ownership, owner_key, view_key
-from hypermachine.cluster.quota import LIVE_PREFIX
+from hypermachine.cluster.ownership import Ownership, owner_key
 from support import qemu_pids_for, require_tiny, wait_until
 
 NAMES = ("r1", "r2", "r3")
@@ -46,23 +43,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, etcd: EtcdCluster) -> Iter
     for name in NAMES:
         (root / name).mkdir()
         nodes.append(Node(name, root / name, keys, ("HM_SHARED_STORAGE_DIR", str(shared))))
-    try:
-        for node in nodes:
-            node.start(etcd, secret)
+    with running(nodes, etcd, secret):
         yield nodes
-    finally:
-        uuids = set()
-        for node in nodes:  # the session's etcd outlives this module: leave no VM in it
-            alive = node.server.proc is not None and node.server.proc.poll() is None
-            for vm in node.vms("admin") if alive else ():
-                uuids.add(vm["uuid"])
-                node.call("admin", "DELETE", f"/api/v1/vms/{vm['id']}?force=true")
-            node.server.stop()
-        for pid in qemu_pids_for(uuids):  # a QEMU left by a killed server
-            os.kill(pid, signal.SIGKILL)
-        # What no live node could delete (the VMs of a node left down) goes too.
-        for prefix in (KEYS_PREFIX, owner_key(""), view_key(""), LIVE_PREFIX, node_key("r")):
-            etcd.delete_prefix(prefix)
 
 
 def _owner(etcd: EtcdCluster, vm_id: str) -> str | None:

@@ -21,9 +21,8 @@ import pytest
 import trio
 from httpx_ws import WebSocketUpgradeError, aconnect_ws
 
-from clusternodes import FREE_RATE, TTL_S, Node, make_key, write_secret
+from clusternodes import FREE_RATE, TTL_S, Node, make_key, running, write_secret
 from etcdcluster import EtcdCluster
-from hypermachine.cluster.keys import KEYS_PREFIX
 from support import qemu_pids_for, require_tiny, wait_until
 
 NAMES = ("v1", "v2", "v3")
@@ -41,17 +40,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, etcd: EtcdCluster) -> Iter
     for name in NAMES:
         (root / name).mkdir()
         nodes.append(Node(name, root / name, keys))
-    try:
-        for node in nodes:
-            node.start(etcd, secret)
+    with running(nodes, etcd, secret):
         yield nodes
-    finally:
-        for node in nodes:  # the session's etcd outlives this module: leave no VM in it
-            for vm in node.vms("admin") if node.server.proc else ():
-                if vm["node"] == node.name:
-                    node.call("admin", "DELETE", f"/api/v1/vms/{vm['id']}?force=true")
-            node.server.stop()
-        etcd.delete_prefix(KEYS_PREFIX)
 
 
 def _create(node: Node, tenant: str, name: str, on: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..models import Migration, Vm
 from .qemu import qmp_commands
 from .qemu.machine import Machine
 from .storage.snapshots import wait_migration
@@ -35,6 +36,7 @@ __all__ = [
     "clear_committed",
     "destination",
     "exchange",
+    "finished",
     "is_committed",
     "leftovers",
     "mark_committed",
@@ -64,6 +66,28 @@ class Figures:
             setup_time_ms=status.setup_time_ms,
             transferred_bytes=status.transferred_bytes,
         )
+
+
+def finished(
+    vm: Vm, figures: Figures, *, source_node: str, node: str, switchover_ms: float
+) -> tuple[Migration, dict[str, object]]:
+    """A completed migration's answer, and its ``completed`` event's data."""
+    answer = Migration(
+        vm=vm,
+        source_node=source_node,
+        node=node,
+        total_time_ms=figures.total_time_ms,
+        downtime_ms=figures.downtime_ms,
+        setup_time_ms=figures.setup_time_ms,
+        transferred_bytes=figures.transferred_bytes,
+        switchover_ms=switchover_ms,
+    )
+    data: dict[str, object] = {
+        "node": node, "source_node": source_node, "total_time_ms": figures.total_time_ms,
+        "downtime_ms": figures.downtime_ms, "switchover_ms": round(switchover_ms, 1),
+        "transferred_bytes": figures.transferred_bytes,
+    }  # fmt: skip
+    return answer, data
 
 
 def destination(paths: VmPaths, token: str) -> VmPaths:

@@ -36,7 +36,7 @@ from ..errors import ClusterUnavailable, HMError, HypervisorError, MigrationRefu
 from ..events import EventLog
 from ..models import DiskPlan, EventType, IncomingOffer, Migration, Vm, VmState
 from ..store import Store
-from . import crossnode
+from . import crossnode, migration
 from .devices.resources import HostResources
 from .platform import tpm
 from .ports import CatalogueLike, PeersLike
@@ -151,21 +151,12 @@ async def to_node(mgr: OutgoingHost, vm: Vm, source: Machine, node: str) -> Migr
         moved = await _commit(peers, url, token, vm, node)
         switchover_ms = (trio.current_time() - streamed) * 1000
         await _retire(mgr, vm, source, paths, old_tpm, shared=plan is None)
-    _step(
-        mgr, vm.id, "completed", node=node, source_node=peers.node,
-        total_time_ms=sent.total_time_ms, downtime_ms=sent.downtime_ms,
-        switchover_ms=round(switchover_ms, 1), transferred_bytes=sent.transferred_bytes,
-    )  # fmt: skip
-    return Migration(
-        vm=moved,
-        source_node=peers.node,
-        node=node,
-        total_time_ms=sent.total_time_ms,
-        downtime_ms=sent.downtime_ms,
-        setup_time_ms=sent.setup_time_ms,
-        transferred_bytes=sent.transferred_bytes,
+    answer, data = migration.finished(
+        moved, migration.Figures.of(sent), source_node=peers.node, node=node,
         switchover_ms=switchover_ms,
-    )
+    )  # fmt: skip
+    _step(mgr, vm.id, "completed", **data)
+    return answer
 
 
 async def _hand_over(peers: PeersLike, vm_id: str, node: str) -> None:

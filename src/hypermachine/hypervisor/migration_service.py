@@ -176,21 +176,12 @@ class MigrationService:
             moved = self._mgr._store.update_vm(vm.id, pid=dest.pid)
             self._mgr._announce()
         node = self._settings.node_name
-        self._step(
-            vm.id, "completed", node=node, pid=dest.pid, total_time_ms=figures.total_time_ms,
-            downtime_ms=figures.downtime_ms, switchover_ms=round(switchover_ms, 1),
-            transferred_bytes=figures.transferred_bytes,
-        )  # fmt: skip
-        return Migration(
-            vm=self._mgr._live(moved),
-            source_node=node,
-            node=node,
-            total_time_ms=figures.total_time_ms,
-            downtime_ms=figures.downtime_ms,
-            setup_time_ms=figures.setup_time_ms,
-            transferred_bytes=figures.transferred_bytes,
+        answer, data = migration.finished(
+            self._mgr._live(moved), figures, source_node=node, node=node,
             switchover_ms=switchover_ms,
-        )
+        )  # fmt: skip
+        self._step(vm.id, "completed", pid=dest.pid, **data)
+        return answer
 
     async def destination_qemu(
         self, vm: Vm, paths: VmPaths, tpm_dir: Path | None, nic: socket.socket | None
