@@ -199,7 +199,7 @@ async def check_moved(
     return moved
 
 
-def check_restart_leftovers(services: Services, vm_id: str) -> None:
+async def check_restart_leftovers(services: Services, vm_id: str) -> None:
     """What a server killed mid-migration leaves (an uncommitted destination's run dir
     and TPM dir) is removed at recovery; the VM's own QEMU and TPM stay."""
     manager = services.manager
@@ -210,11 +210,11 @@ def check_restart_leftovers(services: Services, vm_id: str) -> None:
     (stray.run_dir / "qemu.pid").write_text("1\n")  # not this VM's QEMU: never killed
     (paths.vm_dir / "tpm-0badc0de").mkdir()
     pid = manager.get(vm_id).pid
-    assert manager.migrations.recover(manager.get(vm_id)) is True
+    assert await manager.migrations.recover(manager.get(vm_id)) is True
     assert not stray.run_dir.exists() and not (paths.vm_dir / "tpm-0badc0de").exists()
     assert tpm.state_dir_of(paths.vm_dir) == current and current.is_dir()
     assert pid is not None and not process_gone(pid)
-    assert manager.migrations.recover(manager.get(vm_id)) is False
+    assert await manager.migrations.recover(manager.get(vm_id)) is False
 
 
 async def check_refusals(client: Any, services: Services, vm_id: str) -> None:
@@ -269,7 +269,7 @@ async def check_migrations(client: Any, services: Services, vm_id: str) -> None:
     first = await check_moved(client, services, vm_id, {})
     second = await check_moved(client, services, vm_id, {"node": services.settings.node_name})
     assert second["vm"]["pid"] != first["vm"]["pid"]
-    check_restart_leftovers(services, vm_id)
+    await check_restart_leftovers(services, vm_id)
     # The destination owns the VM's VARS file: what the guest writes now lands there.
     await write_var(client, vm_id, "HmAfter", "hmvars-after")
     assert b"hmvars-after" in vars_file(services.manager._paths(vm_id)).read_bytes()

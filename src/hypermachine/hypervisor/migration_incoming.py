@@ -33,6 +33,7 @@ from ..security.admission import HostBudget, admit
 from ..states import LIVE_STATES
 from ..store import Store
 from . import crossnode
+from .devices import network
 from .devices.resources import HostResources
 from .platform import tpm
 from .platform.host import HostFacts, check_supported
@@ -157,6 +158,12 @@ class IncomingMigrations:
         if (vm.tenant, vm.name) in known:
             raise NameTaken(f"tenant {vm.tenant!r} has a VM named {vm.name!r} here", name=vm.name)
         check_supported(vm, mgr.host)
+        blockers = mgr._resources.unsupported(vm)
+        if blockers:
+            reasons = [f"{field}: {why}" for field, why in blockers.items()]
+            raise MigrationRefused("this node cannot run the VM: " + "; ".join(reasons))
+        if vm.network_info is not None:  # its static IP, its MAC: not another VM's here
+            network.check_conflicts(vm.network_info, vm.id, mgr._store.all_vms())
         live = [other for other in mgr._store.all_vms() if other.state in LIVE_STATES]
         admit(vm, live, quota=0, budget=mgr._budget)
         image = mgr._catalogue.get(vm.image)
@@ -214,6 +221,9 @@ class IncomingMigrations:
         nic = mgr._resources.incoming_nic(vm)
         qemu_end, incoming.passt_end = nic if nic is not None else (None, None)
         try:
+            tapped = await mgr._resources.incoming_tap(vm)
+            if tapped is not None:  # the record names this node's tap from now on
+                incoming.record = vm = vm.model_copy(update={"network_info": tapped})
             incoming.dest = await mgr.migrations.destination_qemu(
                 vm, incoming.paths, incoming.tpm_dir, qemu_end
             )
@@ -317,6 +327,9 @@ class IncomingMigrations:
         if incoming.passt_end is not None:
             incoming.passt_end.close()
         paths = incoming.paths
+        info = incoming.record.network_info
+        if incoming.offer.vm.network_info != info and info is not None and info.tap is not None:
+            await self._mgr._resources.drop_tap(info.tap)  # the one made here
         if incoming.tpm_dir is not None:
             tpm.stop(tpm.TpmPaths.for_vm(paths, incoming.tpm_dir))
             if tpm.state_dir_of(paths.vm_dir) != incoming.tpm_dir:

@@ -5,18 +5,20 @@ On one host this moves a guest to a new QEMU (a newer binary, say) while it runs
 The steps, each a ``vm.migration`` event (``step``):
 
 1. **checks** (the request gets these refusals): the VM is running or paused, QEMU
-   reports no migration blockers (a VFIO device...), it has no memory encryption and
-   no bridge NIC (its tap can be opened by one QEMU only; not built yet).
+   reports no migration blockers (a VFIO device...), it has no memory encryption.
 2. **destination** — a QEMU started ``-incoming defer`` in its own run dir, with its
    own swtpm on an empty state dir (the TPM state travels in the stream) and, for a
-   NAT VM, its own end of a new passt socket. The disk and the UEFI VARS file are the
-   same files: the destination takes them over only when it runs.
+   NAT VM, its own end of a new passt socket; for a bridge VM, a tap of its own on the
+   same bridge (``hmt…`` and ``hmu…`` take turns), with the same anti-spoofing rules.
+   The disk and the UEFI VARS file are the same files: the destination takes them
+   over only when it runs.
 3. **stream** — RAM and devices over a socket pair (:mod:`.migration`); the guest runs
    meanwhile and pauses only for the last pass.
 4. **switch-over** — ``migration.committed`` is written, the TPM dir switched, the
-   destination continued: from here it is the VM. The source is quit, the run dirs
-   swapped, a new passt serves the destination's NIC, and supervision moves to the
-   new QEMU. The event ``completed`` carries QEMU's total time and downtime.
+   destination continued: from here it is the VM (a bridge VM's record names the new
+   tap). The source is quit (with its tap), the run dirs swapped, a new passt serves
+   the destination's NIC, and supervision moves to the new QEMU. The event
+   ``completed`` carries QEMU's total time and downtime.
 
 Anything failing before the switch-over ends the destination and leaves the guest
 running in its QEMU as before; the request gets the error.
@@ -36,10 +38,11 @@ from typing import Any, Protocol
 import psutil
 import trio
 
-from ..errors import HMError, HypervisorError, MigrationRefused, NodeNotFound, Unsupported
-from ..models import EventType, MigrateRequest, Migration, Vm, VmState
+from ..errors import HMError, HypervisorError, MigrationRefused, NodeNotFound
+from ..models import EventType, MigrateRequest, Migration, NetworkInfo, Vm, VmState
 from ..states import Action, transition
 from . import migration, migration_outgoing
+from .devices import hostnet, network
 from .migration_outgoing import OutgoingHost
 from .platform import tpm, vmplatform
 from .platform.host import HostFacts
@@ -110,10 +113,7 @@ class MigrationService:
             transition(vm.state, Action.MIGRATE)
             source = self._mgr._machine(vm.id)
             refuse(vm, await migration_blockers(source))
-            try:
-                nic = self._mgr._resources.incoming_nic(vm)
-            except Unsupported as err:
-                raise MigrationRefused(err.message, reasons=[err.message]) from err
+            nic = self._mgr._resources.incoming_nic(vm)
             if elsewhere is not None and nic is not None:
                 for end in nic:
                     end.close()  # the destination node makes its own
@@ -135,9 +135,12 @@ class MigrationService:
         qemu_end, passt_end = nic if nic is not None else (None, None)
         self._step(vm.id, "started", node=self._settings.node_name)
         dest: Machine | None = None
+        tapped: NetworkInfo | None = None
         try:
             try:
-                dest = await self.destination_qemu(vm, dest_paths, new_tpm, qemu_end)
+                tapped = await self._mgr._resources.incoming_tap(vm)
+                dest_vm = vm if tapped is None else vm.model_copy(update={"network_info": tapped})
+                dest = await self.destination_qemu(dest_vm, dest_paths, new_tpm, qemu_end)
             finally:
                 if qemu_end is not None:
                     qemu_end.close()  # the destination QEMU holds its own copy
@@ -150,6 +153,8 @@ class MigrationService:
             )
             streamed = trio.current_time()
             migration.mark_committed(dest_paths)
+            if tapped is not None:  # a restart from here on keeps the destination's tap
+                self._mgr._store.update_vm(vm.id, network_info=tapped)
             if new_tpm is not None:
                 tpm.set_state_dir(canonical.vm_dir, new_tpm)
             if vm.state is VmState.RUNNING:
@@ -160,11 +165,15 @@ class MigrationService:
                 passt_end.close()
             with trio.CancelScope(shield=True):
                 await self._undo(vm, source, dest, dest_paths, new_tpm, old_tpm)
+                if tapped is not None and tapped.tap is not None:
+                    await self._mgr._resources.drop_tap(tapped.tap)
                 reason = err.message if isinstance(err, HMError) else repr(err)
                 self._step(vm.id, "failed", reason=reason)
             raise
         with trio.CancelScope(shield=True):  # the destination is the VM now: finish
             await self._retire(source, canonical, old_tpm)
+            if tapped is not None and vm.network_info is not None and vm.network_info.tap:
+                await self._mgr._resources.drop_tap(vm.network_info.tap)  # the source's
             migration.exchange(dest_paths.run_dir, canonical.run_dir)
             migration.clear_committed(canonical)
             dest.paths = canonical  # its sockets answer under the VM's names now
@@ -186,7 +195,8 @@ class MigrationService:
     async def destination_qemu(
         self, vm: Vm, paths: VmPaths, tpm_dir: Path | None, nic: socket.socket | None
     ) -> Machine:
-        """A QEMU waiting for the VM's state (``-incoming defer``), QMP connected.
+        """A QEMU waiting for the VM's state (``-incoming defer``), QMP connected; a
+        bridge VM's NIC on the tap ``vm.network_info`` names.
 
         Raises:
             HMError: its swtpm, its firmware or QEMU itself would not start.
@@ -200,8 +210,10 @@ class MigrationService:
         nic_fd = nic.fileno() if nic is not None else None
         argv = mgr.qemu_argv(vm, boot, paths, platform, nic_fd, incoming=True)
         passed = () if nic_fd is None else (nic_fd,)
+        tap = vm.network_info.tap if vm.network_info is not None else None
         try:
-            child = spawn_qemu(argv, paths, mgr.qemu_identity, None, pass_fds=passed)
+            tap_fd = hostnet.open_tap(tap) if tap is not None else None
+            child = spawn_qemu(argv, paths, mgr.qemu_identity, tap_fd, pass_fds=passed)
         except ValueError as err:
             raise HypervisorError(f"the destination QEMU could not be started: {err}") from err
         machine = Machine(vm_id=vm.id, pid=child.pid, paths=paths, child=child)
@@ -259,11 +271,13 @@ class MigrationService:
 
     # -- after a server restart --------------------------------------------------
 
-    def recover(self, vm: Vm) -> bool:
+    async def recover(self, vm: Vm) -> bool:
         """Finish or undo a migration a server restart cut short; True if there was one.
 
         A committed destination is the VM: its source is killed and the run dirs
-        swapped. An uncommitted one is killed and removed (the source goes on).
+        swapped. An uncommitted one is killed and removed (the source goes on). A
+        bridge VM keeps the tap its record names (the destination's once committed)
+        and loses the other.
         """
         canonical = self._mgr._paths(vm.id)
         found = migration.leftovers(canonical)
@@ -285,6 +299,9 @@ class MigrationService:
             for stale in canonical.vm_dir.glob("tpm-*"):
                 if stale != current:
                     shutil.rmtree(stale, ignore_errors=True)
+            kept = self._mgr._store.get_vm(vm.id).network_info
+            if vm.network.type == "bridge" and kept is not None:
+                await self._mgr._resources.drop_tap(network.other_tap(vm.id, kept.tap))
         return bool(found)
 
 

@@ -68,7 +68,7 @@ class Readoption:
         if vm.state in (VmState.SNAPSHOTTING, VmState.RESTORING):
             prior = self._m.snapshots.recover_prior_state(vm)
         if vm.state in LIVE_STATES:
-            if self._m.migrations.recover(vm) and vm.state is VmState.RUNNING:
+            if await self._m.migrations.recover(vm) and vm.state is VmState.RUNNING:
                 prior = VmState.RUNNING  # its QEMU may be paused for the switch-over
             pid = adopt_pid(paths, vm.uuid)
             if pid is not None and self._m.snapshots.hibernation_written(vm):

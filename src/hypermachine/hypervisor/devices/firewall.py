@@ -44,9 +44,11 @@ __all__ = [
 HOST_TABLE = "inet hm_host"
 
 
-def tap_table(vm_id: str) -> str:
-    """The VM's bridge table: ``bridge hm_`` + the VM id's 12 hex digits."""
-    return "bridge hm_" + vm_id.removeprefix("vm-")[:12]
+def tap_table(tap: str) -> str:
+    """A VM's tap's bridge table: ``bridge hm_`` + the VM id's 12 hex digits (a
+    migration's second tap, ``hmu…``: ``_u`` after them)."""
+    digits = tap[3:]
+    return f"bridge hm_{digits}" if tap.startswith("hmt") else f"bridge hm_{digits}_{tap[2]}"
 
 
 def _replace(table: str, body: str) -> str:
@@ -78,8 +80,8 @@ def _mac(text: str) -> str:
     return text.lower()
 
 
-def tap_guard(vm_id: str, info: NetworkInfo) -> str:
-    """The VM's anti-spoofing table for its tap (``info`` of a bridge VM)."""
+def tap_guard(info: NetworkInfo) -> str:
+    """The anti-spoofing table for a bridge VM's tap (``info.tap``)."""
     if info.tap is None or info.mac is None:
         raise ValueError("a bridge VM's network has no tap or MAC planned")
     mac = _mac(info.mac)
@@ -101,7 +103,7 @@ def tap_guard(vm_id: str, info: NetworkInfo) -> str:
         "  }\n"
         "  chain guest {\n" + "".join(f"    {rule}\n" for rule in rules) + "  }\n"
     )
-    return _replace(tap_table(vm_id), body)
+    return _replace(tap_table(info.tap), body)
 
 
 class Nftables:

@@ -30,6 +30,7 @@ __all__ = [
     "kernel_ip_param",
     "mac_address",
     "nic",
+    "other_tap",
     "plan",
     "tap_name",
 ]
@@ -91,9 +92,16 @@ def mac_address(vm_uuid: str, nic: int = 0) -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
 
 
-def tap_name(vm_id: str) -> str:
-    """The VM's tap device: ``hmt`` + the VM id's 12 hex digits (15 chars, IFNAMSIZ)."""
-    return "hmt" + vm_id.removeprefix("vm-")[:12]
+def tap_name(vm_id: str, *, alternate: bool = False) -> str:
+    """The VM's tap device: ``hmt`` + the VM id's 12 hex digits (15 chars, IFNAMSIZ);
+    ``alternate``: ``hmu`` + them, the tap a migration's destination opens beside it."""
+    return ("hmu" if alternate else "hmt") + vm_id.removeprefix("vm-")[:12]
+
+
+def other_tap(vm_id: str, current: str | None) -> str:
+    """The tap a migration's destination gets: the name the VM's current tap has not
+    (on this host both exist until the switch-over; the VM then keeps the new one)."""
+    return tap_name(vm_id, alternate=current in (None, tap_name(vm_id)))
 
 
 def _macs_in_use(others: Iterable[Vm]) -> set[str]:

@@ -158,7 +158,7 @@ class HostResources:
                 held.nic = await self._passt.start(info, paths)
             if info is not None and info.tap is not None and info.bridge is not None:
                 await self._taps.create(info.tap, info.bridge)
-                await self._nft.apply(firewall.tap_guard(vm.id, info))
+                await self._nft.apply(firewall.tap_guard(info))
             held.fields["gpu_assignment"] = await self._gpus.acquire(vm)
         except BaseException:
             if held.nic is not None:
@@ -172,21 +172,35 @@ class HostResources:
 
     @staticmethod
     def incoming_nic(vm: Vm) -> tuple[socket.socket, socket.socket] | None:
-        """A migration's destination QEMU's NIC: (QEMU's end, passt's end) of a new
-        socket for a NAT VM, None for a VM without a NIC. Its passt starts in
-        :meth:`hand_over_nic`, once the source's has let go of the forwarded ports.
-
-        Raises:
-            Unsupported: a bridge VM (its tap cannot be opened by two QEMUs).
-        """
-        if vm.network.type == "bridge":
-            raise Unsupported(
-                "live migration of a bridge VM is not built yet (its tap is opened once)",
-                unsupported={"network.type": "bridge"},
-            )
-        if vm.network.type == "none":
+        """A migration's destination QEMU's NAT NIC: (QEMU's end, passt's end) of a new
+        socket, None for a VM without one (a bridge VM gets its tap from
+        :meth:`incoming_tap`). Its passt starts in :meth:`hand_over_nic`, once the
+        source's has let go of the forwarded ports."""
+        if vm.network.type != "nat":
             return None
         return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+    async def incoming_tap(self, vm: Vm) -> NetworkInfo | None:
+        """A bridge VM's migration destination: a tap of its own (the name the VM's
+        tap has not, :func:`network.other_tap`) on the VM's bridge, with the same
+        anti-spoofing rules; the VM's network as it will be. None for other VMs.
+
+        Raises:
+            HypervisorError: the tap could not be made (no such bridge here...).
+        """
+        info = vm.network_info
+        if vm.network.type != "bridge" or info is None or info.bridge is None:
+            return None
+        tap = network.other_tap(vm.id, info.tap)
+        moved = info.model_copy(update={"tap": tap})
+        await self._taps.create(tap, info.bridge)
+        try:
+            await self._nft.apply(firewall.tap_guard(moved))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.drop_tap(tap)
+            raise
+        return moved
 
     async def hand_over_nic(
         self, vm: Vm, source: VmPaths, dest: VmPaths, guest_end: socket.socket
@@ -237,12 +251,17 @@ class HostResources:
         if vm.network.type == "nat":
             await self._passt.stop(paths)
         if vm.network.type == "bridge":
-            try:
-                await self._nft.apply(firewall.unguard(firewall.tap_table(vm.id)))
-            except HypervisorError as err:
-                log.error("%s: its tap rules stay: %s %s", vm.id, err.message, err.details)
-            with contextlib.suppress(HypervisorError):
-                await self._taps.remove(network.tap_name(vm.id))
+            info = vm.network_info
+            await self.drop_tap(info.tap if info and info.tap else network.tap_name(vm.id))
+
+    async def drop_tap(self, tap: str) -> None:
+        """Remove a tap and its rules (idempotent; failures are logged)."""
+        try:
+            await self._nft.apply(firewall.unguard(firewall.tap_table(tap)))
+        except HypervisorError as err:
+            log.error("tap %s: its rules stay: %s %s", tap, err.message, err.details)
+        with contextlib.suppress(HypervisorError):
+            await self._taps.remove(tap)
 
     # -- host facts --------------------------------------------------------------
 
