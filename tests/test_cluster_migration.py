@@ -22,23 +22,40 @@ from quart_trio import QuartTrio
 from clusternodes import Node, make_key, running, write_secret
 from etcdcluster import EtcdCluster
 from hypermachine.api.peer import install_peer_routes
+from hypermachine.hypervisor.devices.hostnet import interface_exists
 from support import qemu_pids_for, require_tiny, wait_until
 from test_cluster_restart import _owner
+from testnet import ScratchBridge, scratch_bridge
 
 SECRET = b"the-migration-cluster-secret-of-32-bytes-or-more"
 
 
 @pytest.fixture(scope="module")
-def nodes(tmp_path_factory: pytest.TempPathFactory, etcd: EtcdCluster) -> Iterator[list[Node]]:
+def bridge() -> Iterator[ScratchBridge]:
+    """A bridge both nodes have (they run on one kernel here; on real hosts each its
+    own bridge of the same name on the same segment), with a peer namespace on it."""
+    with scratch_bridge(peer=True) as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def nodes(
+    tmp_path_factory: pytest.TempPathFactory, etcd: EtcdCluster, bridge: ScratchBridge
+) -> Iterator[list[Node]]:
     require_tiny()
     root = tmp_path_factory.mktemp("migration")
     secret = write_secret(root, SECRET)
     shared = root / "shared"
     keys = {"alice": make_key(root, etcd, "alice"), "admin": make_key(root, etcd, "ops", "--admin")}
+    config = root / "bridges.toml"
+    config.write_text(f"[bridges.{bridge.name}]\n" + "".join(
+        f'{key} = "{value}"\n' for key, value in bridge.config().items()
+    ))  # fmt: skip
+    env = (("HM_SHARED_STORAGE_DIR", str(shared)), ("HM_CONFIG", str(config)))
     found = []
     for name in ("m1", "m2"):
         (root / name).mkdir()
-        found.append(Node(name, root / name, keys, ("HM_SHARED_STORAGE_DIR", str(shared))))
+        found.append(Node(name, root / name, keys, *env))
     with running(found, etcd, secret):
         yield found
 
@@ -113,19 +130,25 @@ def _step_event(node: Node, vm_id: str, step: str) -> dict[str, Any]:
     raise AssertionError(f"no {step} step on {node.name}")
 
 
-async def test_a_vm_on_shared_storage_moves_without_copying_its_disk(
-    nodes: list[Node], etcd: EtcdCluster
+async def test_a_bridge_vm_on_shared_storage_moves_without_copying_its_disk(
+    nodes: list[Node], etcd: EtcdCluster, bridge: ScratchBridge
 ) -> None:
+    """On a bridge with a static IP: the peer reaches it after each move, through the
+    destination's own tap; the source's tap is gone."""
     first, second = nodes
-    vm = _running(second, "shared-moving", restart_policy="on_node_failure")
+    address = bridge.host(30)
+    vm = _running(second, "shared-moving", restart_policy="on_node_failure",
+                  network={"type": "bridge", "ip": address})  # fmt: skip
     assert _sh(second, vm["id"], "echo up") == "up\n"
     disk = next(Path(second.server.data_dir).parent.glob(f"shared/**/{vm['id']}/disk.qcow2"))
     layer = disk.resolve().stat().st_ino
 
-    await _migrated(second, first, first, vm, etcd)
-    assert disk.resolve().stat().st_ino == layer  # the same file, not a copy
-    await _migrated(first, second, first, vm, etcd)  # an arrived VM moves on again
-    assert disk.resolve().stat().st_ino == layer
+    for source, dest in ((second, first), (first, second)):  # an arrived VM moves on too
+        tap = source.call("alice", "GET", f"/api/v1/vms/{vm['id']}").json()["network_info"]["tap"]
+        moved = await _migrated(source, dest, first, vm, etcd)
+        assert disk.resolve().stat().st_ino == layer  # the same file, not a copy
+        assert moved["vm"]["network_info"]["tap"] != tap and not interface_exists(tap)
+        await wait_until(lambda: bridge.ping(address), timeout=60, what="the moved VM's ping")
     await _refused(second, first, vm, etcd)
     assert second.call("alice", "DELETE", f"/api/v1/vms/{vm['id']}?force=true").status_code == 204
 
