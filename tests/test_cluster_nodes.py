@@ -94,7 +94,7 @@ async def test_nodes_see_each_other_and_a_killed_one_goes_down(
     assert created["node"] == "n1", created
     check_ownership(first, etcd, created)
     moved = httpx.post(f"{first.url}/api/v1/vms/{created['id']}/migrate", json={"node": "n2"})
-    assert (moved.status_code, moved.json()["error"]["code"]) == (409, "MIGRATION_REFUSED")
+    assert (moved.status_code, moved.json()["error"]["code"]) == (409, "INVALID_STATE")
     await wait_until(
         lambda: nodes(third)["n1"]["vms"] == 1, timeout=TTL_S * 5, what="n1 to count its VM"
     )
