@@ -176,7 +176,7 @@ def _peer_rules() -> list[tuple[str, str]]:
     app = QuartTrio(__name__)
     install_peer_routes(app)
     return [
-        (method, rule.rule.replace("<token>", "0" * 32).replace("<name>", "disk-0001.qcow2"))
+        (method, rule.rule.replace("<token>", "0" * 32).replace("<path:name>", "disk-0001.qcow2"))
         for rule in app.url_map.iter_rules()
         if rule.rule.startswith("/cluster/")
         for method in sorted(rule.methods or ())
@@ -213,10 +213,11 @@ PCR16 = "/sys/class/tpm/tpm0/pcr-sha256/16"
 async def test_a_uefi_vm_moves_with_its_vtpm_and_its_vars(
     nodes: list[Node], etcd: EtcdCluster
 ) -> None:
-    """OVMF with a vTPM, moved with its folder copied (disk layers, VARS): a UEFI
-    variable written before is there after and one written after lands in the
+    """OVMF with a vTPM, moved with its folder copied (disk layers, VARS, a snapshot): a
+    UEFI variable written before is there after and one written after lands in the
     destination's VARS file; the TPM answers with the PCR the guest extended before
-    (its state came in the stream); the source's folder is gone."""
+    (its state came in the stream); the source's folder is gone; the memory snapshot
+    taken before the move restores on the destination."""
     first, second = nodes
     vm = _running(first, "uefi-moving", image="tiny-efi", security={"vtpm": True})
     vm_id = vm["id"]
@@ -230,6 +231,11 @@ async def test_a_uefi_vm_moves_with_its_vtpm_and_its_vars(
     extend += "\\000\\000\\000\\001\\000\\013" + "\\252" * 32 + "' > /dev/tpm0"
     before = _sh(first, vm_id, f"{extend}; cat {PCR16}")
     assert before.strip() != "0" * 64
+    _sh(first, vm_id, "echo at-snapshot > /tmp/snap-marker")
+    snap = first.call("alice", "POST", f"/api/v1/vms/{vm_id}/snapshots",
+                      json={"name": "before-move", "memory": True}, timeout=300)  # fmt: skip
+    assert snap.status_code == 201, snap.text
+    _sh(first, vm_id, "echo after-snapshot > /tmp/snap-marker")
 
     await _migrated(first, second, first, vm, etcd)
     assert not folder.exists()  # its own folder went with it
@@ -238,4 +244,11 @@ async def test_a_uefi_vm_moves_with_its_vtpm_and_its_vars(
     _sh(second, vm_id, f"printf '\\007\\000\\000\\000after!' > {AFTER_VAR}")
     vars_file = Path(second.server.data_dir) / "vms" / vm_id / "efivars.fd"
     await wait_until(lambda: b"after!" in vars_file.read_bytes(), what="the variable in VARS")
+
+    listed = second.call("alice", "GET", f"/api/v1/vms/{vm_id}/snapshots").json()
+    assert [s["name"] for s in listed["snapshots"]] == ["before-move"], listed
+    back = second.call("alice", "POST", f"/api/v1/vms/{vm_id}/snapshots/before-move/restore",
+                       json={}, timeout=300)  # fmt: skip
+    assert back.status_code == 200, back.text
+    assert _sh(second, vm_id, "cat /tmp/snap-marker") == "at-snapshot\n"
     assert second.call("alice", "DELETE", f"/api/v1/vms/{vm_id}?force=true").status_code == 204

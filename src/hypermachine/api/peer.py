@@ -23,7 +23,7 @@ from ..security.http import raw_body
 __all__ = ["install_peer_routes"]
 
 _PREFIX = "/cluster/v1/migrations"
-_FILE_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{0,63}$")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+/-]{0,511}$")
 
 
 def _manager() -> Manager:
@@ -45,7 +45,7 @@ async def _offer(token: str) -> Response:
 async def _file(token: str, name: str) -> Response:
     manager = _manager()
     if not _FILE_NAME.fullmatch(name):
-        raise BadRequest("not a file name of a VM folder", name=name[:80])
+        raise BadRequest("not a path inside a VM folder", name=name[:80])
     offset = request.args.get("offset", "")
     if not offset.isdigit():
         raise BadRequest("offset must be a whole number of bytes", offset=offset[:40])
@@ -73,6 +73,6 @@ def install_peer_routes(app: QuartTrio) -> None:
     tokened = f"{_PREFIX}/<token>"
     app.add_url_rule(tokened, "peer_offer", _offer, methods=["POST"])
     app.add_url_rule(tokened, "peer_abort", _abort, methods=["DELETE"])
-    app.add_url_rule(f"{tokened}/files/<name>", "peer_file", _file, methods=["PUT"])
+    app.add_url_rule(f"{tokened}/files/<path:name>", "peer_file", _file, methods=["PUT"])
     app.add_url_rule(f"{tokened}/open", "peer_open", _open, methods=["POST"])
     app.add_url_rule(f"{tokened}/commit", "peer_commit", _commit, methods=["POST"])

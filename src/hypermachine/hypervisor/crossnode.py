@@ -30,8 +30,8 @@ from ..models import DiskPlan
 from .platform import vmplatform
 from .qemu import qmp_commands
 from .qemu.machine import Machine
-from .storage import disks, layers
-from .storage.snapshots import wait_migration
+from .storage import disks, layers, snapfiles
+from .storage.snapshots import top_node, wait_migration
 from .vmfiles import nofollow
 from .vmfiles.confine import QemuIdentity
 from .vmfiles.layout import VmPaths
@@ -100,34 +100,55 @@ def disk_plan(paths: VmPaths, image_sha256: str | None, image_format: str | None
     size = disks.qcow2_virtual_size(vm_dir / top)
     if not chain or size is None:
         raise MigrationRefused("the VM's disk is not a layer chain this server can copy")
-    frozen = chain[1:]
+    frozen = [name for name in layers.all_layers(vm_dir) if name != top]
     vars_file = vmplatform.vars_file(paths)
-    files = [*frozen, *(p.name for p in (paths.seed_iso, vars_file) if p.is_file())]
+    fixed = [p.name for p in (paths.seed_iso, vars_file) if p.is_file()]
+    files = [*frozen, *fixed, *_snapshot_files(vm_dir)]
     mirrored = [_DISK_NODE, *([_VARS_NODE] if vars_file.is_file() else [])]
     return DiskPlan(
         files={name: (vm_dir / name).stat().st_size for name in files},
         top=top,
         virtual_size=size,
-        below=frozen[0] if frozen else None,
-        bottom=chain[-1],
+        below=chain[1] if len(chain) > 1 else None,
+        on_image=[name for name in (*frozen, top) if _on_image(vm_dir / name)],
         image_sha256=image_sha256,
         image_format=image_format,
         mirrored=mirrored,
     )
 
 
+def _on_image(layer: Path) -> bool:
+    """Whether the layer is backed by the catalogue image (an absolute path)."""
+    return (layers.backing_of(layer) or "").startswith("/")
+
+
+def _snapshot_files(vm_dir: Path) -> list[str]:
+    """Every file of the VM's finished snapshots, as paths inside its folder (not the
+    hidden ones: swtpm's ``.lock`` in a copied TPM state dir is no state)."""
+    found = []
+    for snapshot in snapfiles.list_snapshots(vm_dir):
+        for file in sorted(snapshot.path.rglob("*")):
+            inside = file.relative_to(vm_dir)
+            hidden = any(part.startswith(".") for part in inside.parts)
+            if file.is_file() and not file.is_symlink() and not hidden:
+                found.append(str(inside))
+    return found
+
+
 async def remake_disk(qemu_img: str, vm_dir: Path, plan: DiskPlan, image: Path | None) -> None:
-    """On the destination, once the files are in: the lowest layer backed by this
-    node's copy of the image, an empty top layer above the chain, ``disk.qcow2``.
+    """On the destination, once the files are in: the layers that were backed by the
+    image backed by this node's copy of it, an empty top layer above the chain,
+    ``disk.qcow2``.
 
     Raises:
         HypervisorError: qemu-img failed.
     """
-    if image is not None and plan.bottom != plan.top and plan.image_format is not None:
-        await disks.qemu_img(
-            qemu_img, "rebase", "-u", "-b", str(image), "-F", plan.image_format,
-            str(vm_dir / str(plan.bottom)),
-        )  # fmt: skip
+    for name in plan.on_image if image is not None and plan.image_format else ():
+        if name != plan.top:
+            await disks.qemu_img(
+                qemu_img, "rebase", "-u", "-b", str(image), "-F", str(plan.image_format),
+                str(vm_dir / name),
+            )  # fmt: skip
     if plan.below is not None:
         backing: list[str] = ["-b", plan.below, "-F", "qcow2"]
     elif image is not None and plan.image_format is not None:
@@ -217,8 +238,10 @@ async def start_mirrors(
         fd_name = f"{_NBD_FD}-{node}"
         await _hand_connection(source, host, port, fd_name)
         await qmp_commands.add_nbd_target(source, node + _PEER_SUFFIX, node, fd_name, TLS_ID)
+        # The destination's disk is one node again; here snapshots may have stacked more.
+        written = await top_node(source) if node == _DISK_NODE else node
         await qmp_commands.mirror(
-            source, _job(node), node, node + _PEER_SUFFIX, whole=node != _DISK_NODE
+            source, _job(node), written, node + _PEER_SUFFIX, whole=node != _DISK_NODE
         )
     with trio.move_on_after(timeout_s):
         while True:

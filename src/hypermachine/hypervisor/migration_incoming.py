@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import socket
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from .ports import CatalogueLike, LiveCountLike, PeersLike
 from .qemu import qmp_commands
 from .qemu.machine import Machine
 from .snapshot_service import SnapshotService
+from .storage.layers import TOP
 from .storage.snapshots import wait_migration
 from .vmfiles import nofollow
 from .vmfiles.confine import QemuIdentity
@@ -96,6 +98,15 @@ class _Incoming:
     dest: Machine | None = None
     passt_end: socket.socket | None = None
     settled: trio.Event = field(default_factory=trio.Event)
+
+
+_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+
+def _folder_path(name: str) -> bool:
+    """A plain path inside a VM's folder: a few parts, none empty, hidden or ``..``."""
+    parts = name.split("/")
+    return len(parts) <= 4 and all(_PART.fullmatch(part) for part in parts)
 
 
 class IncomingMigrations:
@@ -169,6 +180,8 @@ class IncomingMigrations:
         image = mgr._catalogue.get(vm.image)
         if not image.available:
             raise MigrationRefused(f"image {vm.image!r} is not on this node")
+        if offer.disk is not None and not all(map(_folder_path, offer.disk.files)):
+            raise MigrationRefused("the offer names a file outside the VM's folder")
         if offer.disk is None:
             if not (mgr.shared_storage and vm.restart_policy == "on_node_failure"):
                 raise MigrationRefused("this node does not see the VM's shared storage")
@@ -191,12 +204,15 @@ class IncomingMigrations:
         incoming = self._get(token)
         plan = incoming.offer.disk
         size = plan.files.get(name) if plan is not None else None
-        if size is None or name in (plan.top if plan else "", "disk.qcow2"):
+        if size is None or not _folder_path(name) or name in (plan.top if plan else "", TOP):
             raise MigrationRefused(f"file {name!r} is not part of this migration")
         if offset != incoming.received.get(name, 0) or offset + len(data) > size:
             raise MigrationRefused(f"chunk at {offset} of {name!r} is out of place")
+        *inside, leaf = name.split("/")
+        parent = incoming.paths.vm_dir.joinpath(*inside)
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a folder this node made
         flags = os.O_WRONLY | (os.O_CREAT | os.O_EXCL if offset == 0 else 0)
-        with nofollow.Folder(incoming.paths.vm_dir) as folder, folder.open(name, flags) as file:
+        with nofollow.Folder(parent) as folder, folder.open(leaf, flags) as file:
             file.seek(offset)
             file.write(data)
         incoming.received[name] = offset + len(data)

@@ -43,7 +43,6 @@ from .ports import CatalogueLike, PeersLike
 from .qemu import qmp_commands
 from .qemu.machine import Machine
 from .snapshot_service import SnapshotService
-from .storage import snapfiles
 from .vmfiles.confine import QemuIdentity
 from .vmfiles.layout import VmPaths
 
@@ -75,19 +74,14 @@ def _step(mgr: OutgoingHost, vm_id: str, step: str, **data: Any) -> None:
 
 
 async def _plan(mgr: OutgoingHost, vm: Vm, paths: VmPaths) -> DiskPlan | None:
-    """How the destination remakes the folder; None when it is on shared storage.
+    """How the destination remakes the folder (its snapshots too); None when it is on
+    shared storage.
 
     Raises:
-        MigrationRefused: snapshots that would not travel.
+        MigrationRefused: a disk this server cannot copy.
     """
     if vm.restart_policy == "on_node_failure":
         return None
-    if any(snapfiles.list_snapshots(paths.vm_dir)):
-        raise MigrationRefused(
-            "a VM with snapshots moves to another node only on shared storage; delete "
-            "its snapshots first",
-            reasons=["snapshots not on shared storage"],
-        )
     image = mgr._catalogue.get(vm.image)
     digest = None if image.disk is None else await crossnode.image_digest(image.disk, image.sha256)
     fmt = None if image.disk is None else image.format

@@ -55,7 +55,9 @@ class DiskPlan(_Strict):
     ``files`` travel first as they are (frozen layers, the seed, the VARS), then the
     written ``top`` layer and the VARS are mirrored over NBD while the guest runs."""
 
-    files: dict[str, int] = Field(description="File name in the VM's folder → its size.")
+    files: dict[str, int] = Field(
+        description="Path in the VM's folder (its layers, seed, VARS, snapshots) → size."
+    )
     top: str = Field(pattern=r"^disk-\d{4,}\.qcow2$")
     virtual_size: int = Field(ge=1)
     below: str | None = Field(
@@ -63,10 +65,9 @@ class DiskPlan(_Strict):
         pattern=r"^disk-\d{4,}\.qcow2$",
         description="The layer under the top (one of files); None: the image itself.",
     )
-    bottom: str | None = Field(
-        default=None,
-        pattern=r"^disk-\d{4,}\.qcow2$",
-        description="The lowest layer, backed by the catalogue image (or by nothing).",
+    on_image: list[str] = Field(
+        default_factory=list,
+        description="The layers backed by the catalogue image (an absolute path).",
     )
     image_sha256: str | None = Field(
         default=None,

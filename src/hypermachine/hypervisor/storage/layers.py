@@ -27,6 +27,7 @@ from . import disks
 __all__ = [
     "FIRST",
     "TOP",
+    "all_layers",
     "backing_of",
     "chain",
     "collect",
@@ -48,7 +49,8 @@ def _number(name: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def _layers(vm_dir: Path) -> list[str]:
+def all_layers(vm_dir: Path) -> list[str]:
+    """The layer files in the folder, oldest first."""
     return sorted((p.name for p in vm_dir.iterdir() if _LAYER.match(p.name)), key=_number)
 
 
@@ -114,7 +116,7 @@ async def create_above(qemu_img: str, vm_dir: Path, below: str) -> str:
     size = disks.qcow2_virtual_size(vm_dir / below)
     if size is None:
         raise HypervisorError(f"disk layer {below} is not a qcow2 image")
-    name = f"disk-{max(map(_number, _layers(vm_dir)), default=0) + 1:04d}.qcow2"
+    name = f"disk-{max(map(_number, all_layers(vm_dir)), default=0) + 1:04d}.qcow2"
     await disks.qemu_img(
         qemu_img, "create", "-q", "-f", "qcow2", "-u",
         "-b", below, "-F", "qcow2", str(vm_dir / name), str(size),
@@ -133,7 +135,7 @@ def collect(vm_dir: Path, keep: Iterable[str]) -> list[str]:
     """Delete the layers no chain in ``keep`` (the top, the snapshots' layers) reaches;
     returns their names."""
     wanted = {layer for name in keep for layer in chain(vm_dir, name)}
-    dropped = [name for name in _layers(vm_dir) if name not in wanted]
+    dropped = [name for name in all_layers(vm_dir) if name not in wanted]
     for name in dropped:
         (vm_dir / name).unlink()
     return dropped

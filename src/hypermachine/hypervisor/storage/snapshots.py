@@ -33,6 +33,7 @@ __all__ = [
     "migration_blockers",
     "refuse_memory",
     "save_memory",
+    "top_node",
     "wait_migration",
 ]
 
@@ -66,7 +67,8 @@ def refuse_memory(vm: Vm, blockers: list[str]) -> None:
         )
 
 
-async def _top_node(machine: Machine) -> str:
+async def top_node(machine: Machine) -> str:
+    """The block node the VM's disk device writes to (a snapshot puts new ones on top)."""
     for device in await qmp_commands.query_block(machine):
         ours = DISK_DEVICE in (device.qdev, device.device) or device.qdev.endswith(
             f"/{DISK_DEVICE}/virtio-backend"
@@ -94,7 +96,7 @@ async def freeze_live(
     """
     layers.settle_legacy(vm_dir)
     frozen = layers.current(vm_dir)
-    node = await _top_node(machine)
+    node = await top_node(machine)
     new = await layers.create_above(qemu_img, vm_dir, frozen)
     if owner is not None:
         os.chown(vm_dir / new, *owner)
