@@ -22,7 +22,9 @@ from quart_trio import QuartTrio
 from clusternodes import Node, make_key, running, write_secret
 from etcdcluster import EtcdCluster
 from hypermachine.api.peer import install_peer_routes
+from hypermachine.cluster.forwarding import NodeAuth
 from hypermachine.hypervisor.devices.hostnet import interface_exists
+from hypermachine.security.caller import SYSTEM
 from support import qemu_pids_for, require_tiny, wait_until
 from test_cluster_restart import _owner
 from testnet import ScratchBridge, scratch_bridge
@@ -252,3 +254,32 @@ async def test_a_uefi_vm_moves_with_its_vtpm_and_its_vars(
     assert back.status_code == 200, back.text
     assert _sh(second, vm_id, "cat /tmp/snap-marker") == "at-snapshot\n"
     assert second.call("alice", "DELETE", f"/api/v1/vms/{vm_id}?force=true").status_code == 204
+
+
+def test_a_signed_offer_cannot_place_files_outside_the_vms_folder(
+    nodes: list[Node], tmp_path: Path
+) -> None:
+    """Even a node holding the cluster secret cannot make another write outside the
+    folder of the VM it offers, nor send chunks of files it did not offer."""
+    first, second = nodes
+    made = second.call("alice", "POST", "/api/v1/vms", json={"name": "offered", "image": "tiny"})
+    assert made.status_code == 201, made.text
+    vm = {**made.json(), "id": "vm-0ffe0ffe0ffe", "name": "offered-copy"}
+    auth = NodeAuth("m2", SECRET)
+    token = "0f" * 16
+    plan = {"files": {"../../outside": 4}, "top": "disk-0001.qcow2", "virtual_size": 1 << 30,
+            "mirrored": ["disk0"]}  # fmt: skip
+    offer = json.dumps({"token": token, "source_node": "m2", "vm": vm, "disk": plan}).encode()
+
+    def signed(method: str, path: str, body: bytes) -> httpx.Response:
+        headers = auth.headers(SYSTEM, method, path, body)
+        return httpx.request(method, first.server.url + path, headers=headers, content=body)
+
+    refused = signed("POST", f"/cluster/v1/migrations/{token}", offer)
+    assert refused.status_code == 409 and "outside" in refused.text, refused.text
+    assert not (Path(first.server.data_dir) / "vms" / vm["id"]).exists()
+    chunk = signed("PUT", f"/cluster/v1/migrations/{token}/files/disk-0009.qcow2?offset=0", b"x")
+    assert chunk.status_code == 404, chunk.text  # no such migration: nothing written
+    hidden = signed("PUT", f"/cluster/v1/migrations/{token}/files/.hidden?offset=0", b"evil")
+    assert hidden.status_code == 400, hidden.text
+    assert second.call("alice", "DELETE", f"/api/v1/vms/{made.json()['id']}").status_code == 204
