@@ -26,6 +26,7 @@ import contextlib
 import logging
 import secrets
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -69,10 +70,6 @@ class OutgoingHost(Protocol):
     def forget_moved(self, vm_id: str, *, files: bool) -> None: ...
 
 
-def _step(mgr: OutgoingHost, vm_id: str, step: str, **data: Any) -> None:
-    mgr.events.record(EventType.MIGRATION_STEP, vm_id, step=step, **data)
-
-
 async def _plan(mgr: OutgoingHost, vm: Vm, paths: VmPaths) -> DiskPlan | None:
     """How the destination remakes the folder (its snapshots too); None when it is on
     shared storage.
@@ -86,6 +83,77 @@ async def _plan(mgr: OutgoingHost, vm: Vm, paths: VmPaths) -> DiskPlan | None:
     digest = None if image.disk is None else await crossnode.image_digest(image.disk, image.sha256)
     fmt = None if image.disk is None else image.format
     return crossnode.disk_plan(paths, digest, fmt)
+
+
+@dataclass
+class _Move:
+    """One migration to another node, as the source runs it."""
+
+    mgr: OutgoingHost
+    peers: PeersLike
+    vm: Vm
+    source: Machine
+    node: str
+    url: str
+    plan: DiskPlan | None
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
+
+    @property
+    def paths(self) -> VmPaths:
+        return self.mgr._paths(self.vm.id)
+
+    @property
+    def psk_dir(self) -> Path:
+        return self.paths.run_dir / f"tls-{self.token[:8]}"
+
+    @property
+    def mirrored(self) -> list[str]:
+        return self.plan.mirrored if self.plan is not None else []
+
+    def step(self, step: str, **data: Any) -> None:
+        self.mgr.events.record(EventType.MIGRATION_STEP, self.vm.id, step=step, **data)
+
+    async def send(self) -> qmp_commands.MigrationStatus:
+        """Everything before the hand-over: the offer, the files, the disk copies, the
+        stream. Returns QEMU's figures (the guest is paused on this node)."""
+        peers, settings, vm = self.peers, self.mgr._settings, self.vm
+        await peers.offer(self.url, IncomingOffer(
+            token=self.token, source_node=peers.node, vm=vm, disk=self.plan
+        ))  # fmt: skip
+        for name in self.plan.files if self.plan is not None else {}:
+            await peers.upload(self.url, self.token, name, self.paths.vm_dir / name)
+        crossnode.write_psk(self.psk_dir, peers.psk(self.token, vm.uuid), self.mgr.qemu_identity)
+        ports = await peers.open(self.url, self.token)
+        self.step("destination_ready", node=self.node)
+        await crossnode.load_key(self.source, self.psk_dir)
+        budget = settings.migration_timeout_s
+        if ports.nbd_port is not None:
+            await crossnode.start_mirrors(
+                self.source, ports.host, ports.nbd_port, self.mirrored, budget
+            )
+            self.step("disks_copied", node=self.node)
+        sent = await crossnode.send_state(
+            self.source, self.node, ports.host, ports.migration_port,
+            bandwidth_mib_s=settings.migration_bandwidth_mib_s, timeout_s=budget,
+        )  # fmt: skip
+        if self.mirrored:
+            await crossnode.finish_mirrors(self.source, self.mirrored, budget)
+        self.step("streamed", node=self.node)
+        return sent
+
+    async def undo(self, err: BaseException) -> None:
+        """Before the hand-over: end the destination, let the guest go on here."""
+        with contextlib.suppress(HMError):
+            await self.peers.abort(self.url, self.token)
+        if not self.source.exited.is_set():
+            await crossnode.undo_sending(self.source, self.mirrored)
+            with contextlib.suppress(HypervisorError):
+                await qmp_commands.migrate_cancel(self.source)
+                status = await qmp_commands.query_status(self.source)
+                if status.status == "postmigrate" and self.vm.state is VmState.RUNNING:
+                    await qmp_commands.cont(self.source)
+        self.step("failed", reason=err.message if isinstance(err, HMError) else repr(err))
+        shutil.rmtree(self.psk_dir, ignore_errors=True)
 
 
 async def to_node(mgr: OutgoingHost, vm: Vm, source: Machine, node: str) -> Migration:
@@ -103,53 +171,26 @@ async def to_node(mgr: OutgoingHost, vm: Vm, source: Machine, node: str) -> Migr
     url = await peers.url_of(node)
     paths = mgr._paths(vm.id)
     old_tpm = tpm.state_dir_of(paths.vm_dir)  # the destination names its own at commit
-    plan = await _plan(mgr, vm, paths)
-    token = secrets.token_hex(16)
-    offer = IncomingOffer(token=token, source_node=peers.node, vm=vm, disk=plan)
-    psk_dir = paths.run_dir / f"tls-{token[:8]}"
-    settings = mgr._settings
-    _step(mgr, vm.id, "started", node=peers.node, to_node=node, shared=plan is None)
-    mirrored = plan.mirrored if plan is not None else []
+    move = _Move(mgr, peers, vm, source, node, url, await _plan(mgr, vm, paths))
+    move.step("started", node=peers.node, to_node=node, shared=move.plan is None)
     try:
-        await peers.offer(url, offer)
-        for name in plan.files if plan is not None else {}:
-            await peers.upload(url, token, name, paths.vm_dir / name)
-        crossnode.write_psk(psk_dir, peers.psk(token, vm.uuid), mgr.qemu_identity)
-        ports = await peers.open(url, token)
-        _step(mgr, vm.id, "destination_ready", node=node)
-        await crossnode.load_key(source, psk_dir)
-        if ports.nbd_port is not None:
-            await crossnode.start_mirrors(
-                source, ports.host, ports.nbd_port, mirrored, settings.migration_timeout_s
-            )
-            _step(mgr, vm.id, "disks_copied", node=node)
-        sent = await crossnode.send_state(
-            source, node, ports.host, ports.migration_port,
-            bandwidth_mib_s=settings.migration_bandwidth_mib_s,
-            timeout_s=settings.migration_timeout_s,
-        )  # fmt: skip
+        sent = await move.send()
         streamed = trio.current_time()
-        if mirrored:
-            await crossnode.finish_mirrors(source, mirrored, settings.migration_timeout_s)
-        _step(mgr, vm.id, "streamed", node=node)
         await _hand_over(peers, vm.id, node)
     except BaseException as err:
         with trio.CancelScope(shield=True):
-            await _undo(peers, url, token, vm, source, mirrored)
-            reason = err.message if isinstance(err, HMError) else repr(err)
-            _step(mgr, vm.id, "failed", reason=reason)
-            shutil.rmtree(psk_dir, ignore_errors=True)
+            await move.undo(err)
         raise
     with trio.CancelScope(shield=True):  # the VM is the destination's now: finish
-        _step(mgr, vm.id, "handed_over", node=node)
-        moved = await _commit(peers, url, token, vm, node)
+        move.step("handed_over", node=node)
+        moved = await _commit(peers, url, move.token, vm, node)
         switchover_ms = (trio.current_time() - streamed) * 1000
-        await _retire(mgr, vm, source, paths, old_tpm, shared=plan is None)
+        await _retire(mgr, vm, source, paths, old_tpm, shared=move.plan is None)
     answer, data = migration.finished(
         moved, migration.Figures.of(sent), source_node=peers.node, node=node,
         switchover_ms=switchover_ms,
     )  # fmt: skip
-    _step(mgr, vm.id, "completed", **data)
+    move.step("completed", **data)
     return answer
 
 
@@ -193,19 +234,3 @@ async def _retire(
         shutil.rmtree(old_tpm, ignore_errors=True)
     mgr.forget_moved(vm.id, files=not shared)
     await mgr.snapshots.count_storage(vm.tenant)  # its folder left this node
-
-
-async def _undo(
-    peers: PeersLike, url: str, token: str, vm: Vm, source: Machine, mirrored: list[str]
-) -> None:
-    """Before the hand-over: end the destination, let the guest go on here."""
-    with contextlib.suppress(HMError):
-        await peers.abort(url, token)
-    if source.exited.is_set():
-        return
-    await crossnode.undo_sending(source, mirrored)
-    with contextlib.suppress(HypervisorError):
-        await qmp_commands.migrate_cancel(source)
-        status = await qmp_commands.query_status(source)
-        if status.status == "postmigrate" and vm.state is VmState.RUNNING:
-            await qmp_commands.cont(source)
