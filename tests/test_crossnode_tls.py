@@ -114,7 +114,7 @@ async def test_a_stranger_streaming_a_real_state_without_the_key_gets_nothing_in
     intruder = await _machine(bridge, paths)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(crossnode.receive_state, dest, stream)
+            nursery.start_soon(crossnode.receive_state, dest, stream, frozenset({"127.0.0.1"}))
             connection = trio.socket.socket()
             await connection.connect(("127.0.0.1", port))
             with connection:
@@ -138,6 +138,27 @@ async def _sent(machine: Machine) -> str | None:
             if status in ("completed", "failed", "cancelled"):
                 return status
             await trio.sleep(0.05)
+
+
+async def test_a_connection_from_another_host_is_closed_and_the_source_still_gets_in(
+    waiting: tuple[Machine, socket.socket, int],
+) -> None:
+    """Only the source node's address may take the stream port: another's connection
+    is closed unread, and the port still takes the source's (here 127.0.0.2)."""
+    dest, stream, _ = waiting
+    port = stream.getsockname()[1]
+    source = trio.socket.socket()
+    with trio.fail_after(30), source:  # receive_state returns once QEMU has the source's
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(crossnode.receive_state, dest, stream, frozenset({"127.0.0.2"}))
+            stranger = trio.socket.socket()
+            await stranger.connect(("127.0.0.1", port))
+            with stranger:
+                assert await stranger.recv(1) == b""  # closed by the destination's server
+            await source.bind(("127.0.0.2", 0))
+            await source.connect(("127.0.0.1", port))
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)
 
 
 async def test_without_a_stranger_the_destination_waits(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import socket
 from pathlib import Path
 
@@ -51,6 +52,8 @@ __all__ = [
     "undo_sending",
     "write_psk",
 ]
+
+log = logging.getLogger(__name__)
 
 TLS_ID = "hm-migration-tls"
 _NBD_FD = "hm-nbd"
@@ -191,15 +194,22 @@ async def open_incoming(
     return stream, nbd_port
 
 
-async def receive_state(dest: Machine, stream: socket.socket) -> None:
-    """Take the first connection to ``stream`` (then closed) as the migration stream.
-    A connection that is not the source fails its TLS handshake, and the migration.
+async def receive_state(dest: Machine, stream: socket.socket, sources: frozenset[str]) -> None:
+    """Take the first connection to ``stream`` from one of the ``sources`` addresses
+    (the source node's) as the migration stream; the listener then closes. Others are
+    closed unread; one from a source address that is not the source fails its TLS
+    handshake, and the migration.
 
     Raises:
         HypervisorError: QEMU refused.
     """
     with contextlib.closing(trio.socket.from_stdlib_socket(stream)) as listener:
-        connection, _ = await listener.accept()
+        while True:
+            connection, peer = await listener.accept()
+            if peer[0] in sources:
+                break
+            log.warning("a connection from %s to a migration's stream port, closed", peer[0])
+            connection.close()
     with connection:
         await qmp_commands.getfd(dest, connection.fileno(), _STREAM_FD)
     await qmp_commands.migrate_incoming(dest, _STREAM_FD)

@@ -234,6 +234,7 @@ class IncomingMigrations:
                 mgr._settings.qemu_img_binary, incoming.paths.vm_dir, plan, image.disk
             )
         host = urlsplit(mgr._settings.advertise).hostname or "127.0.0.1"
+        sources = await self._addresses(incoming.offer.source_node)
         nic = mgr._resources.incoming_nic(vm)
         qemu_end, incoming.passt_end = nic if nic is not None else (None, None)
         try:
@@ -253,10 +254,26 @@ class IncomingMigrations:
             incoming.dest, host, incoming.psk_dir, exported
         )
         port = int(stream.getsockname()[1])
-        mgr._spawn(vm.id, self._receive, token, stream)
+        mgr._spawn(vm.id, self._receive, token, stream, sources)
         mgr._spawn(vm.id, self._settle_when_quiet, token)
         self._step(vm.id, "destination_ready", pid=incoming.dest.pid)
         return IncomingPorts(host=host, migration_port=port, nbd_port=nbd_port)
+
+    async def _addresses(self, node: str) -> frozenset[str]:
+        """The addresses the source node's advertised host resolves to.
+
+        Raises:
+            MigrationRefused: it cannot be found or resolved.
+        """
+        peers = self._mgr.peers
+        if peers is None:
+            raise MigrationRefused("this node takes no migrations (no cluster secret)")
+        host = urlsplit(await peers.url_of(node)).hostname or ""
+        try:
+            found = await trio.socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except OSError as err:
+            raise MigrationRefused(f"the source node's address {host!r}: {err}") from err
+        return frozenset(str(entry[4][0]) for entry in found)
 
     async def commit(self, token: str) -> Vm:
         """The source says the stream is complete and etcd names this node: run it.
@@ -354,7 +371,7 @@ class IncomingMigrations:
         if incoming.made_folder:
             shutil.rmtree(paths.vm_dir, ignore_errors=True)
 
-    async def _receive(self, token: str, stream: socket.socket) -> None:
+    async def _receive(self, token: str, stream: socket.socket, sources: frozenset[str]) -> None:
         """Take the stream's connection, unless the migration is settled first."""
         incoming = self._get(token)
         async with trio.open_nursery() as nursery:
@@ -362,7 +379,7 @@ class IncomingMigrations:
             async def receive() -> None:
                 try:
                     if incoming.dest is not None:
-                        await crossnode.receive_state(incoming.dest, stream)
+                        await crossnode.receive_state(incoming.dest, stream, sources)
                 except (HMError, OSError) as err:  # the source's wait fails: it aborts
                     log.error("%s: the migration stream was not taken: %s", token, err)
                 nursery.cancel_scope.cancel()
