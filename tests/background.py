@@ -2,8 +2,9 @@
 
 A test marked ``@pytest.mark.background.with_args(check)`` has its ``check`` started as soon as
 the suite is collected, when other tests run beside it (conftest), so its waiting
-overlaps theirs; the test itself only waits for the check's outcome. Run alone, the
-test starts the check and waits for it.
+overlaps theirs; the test itself only waits for the check's outcome. Run alone, or in
+a pytest-xdist worker (``make test``: the other worker runs beside it), the test starts
+the check and waits for it.
 """
 
 from __future__ import annotations

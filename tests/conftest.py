@@ -114,8 +114,10 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the checks of background tests now when other tests run beside them."""
-    if len(session.items) < 2:
+    """Start the checks of background tests now when other tests run beside them (not
+    in a pytest-xdist worker: it collects every test but runs only its share, and the
+    other worker runs beside it anyway)."""
+    if len(session.items) < 2 or os.environ.get("PYTEST_XDIST_WORKER"):
         return
     for item in session.items:
         marker = item.get_closest_marker("background")
