@@ -9,7 +9,9 @@ routes refuse every caller but a node of the cluster."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,15 @@ from clusternodes import Node, make_key, running, write_secret
 from etcdcluster import EtcdCluster
 from hypermachine.api.peer import install_peer_routes
 from hypermachine.cluster.forwarding import NodeAuth
+from hypermachine.cluster.ownership import owner_key
 from hypermachine.hypervisor.devices.hostnet import interface_exists
+from hypermachine.hypervisor.qemu import qmp_commands
+from hypermachine.hypervisor.qemu.machine import Machine
+from hypermachine.hypervisor.qemu.qmp import QmpBridge
+from hypermachine.hypervisor.storage.snapshots import wait_migration
+from hypermachine.hypervisor.vmfiles.layout import VmPaths
 from hypermachine.security.caller import SYSTEM
-from support import qemu_pids_for, require_tiny, wait_until
+from support import process_gone, qemu_pids_for, require_tiny, wait_until
 from test_cluster_restart import _owner
 from testnet import ScratchBridge, scratch_bridge
 
@@ -283,3 +291,48 @@ def test_a_signed_offer_cannot_place_files_outside_the_vms_folder(
     hidden = signed("PUT", f"/cluster/v1/migrations/{token}/files/.hidden?offset=0", b"evil")
     assert hidden.status_code == 400, hidden.text
     assert second.call("alice", "DELETE", f"/api/v1/vms/{made.json()['id']}").status_code == 204
+
+
+async def test_a_source_that_died_after_the_hand_over_drops_its_paused_copy(
+    nodes: list[Node], etcd: EtcdCluster
+) -> None:
+    """The source's server dies between handing the VM over in etcd and quitting its
+    QEMU, which stays paused with its state sent (``postmigrate``). Restarted, the
+    server drops that QEMU and the record: it never runs a second copy."""
+    first, _ = nodes
+    vm = _running(first, "stale-source")
+    assert _sh(first, vm["id"], "echo up") == "up\n"
+    pid = first.call("alice", "GET", f"/api/v1/vms/{vm['id']}").json()["pid"]
+    argv = psutil.Process(pid).cmdline()
+    run_dir = Path(argv[argv.index("-pidfile") + 1]).parent
+    first.server.kill9()
+
+    # As the crash left it: the state sent (to /dev/null here), etcd naming m2.
+    bridge = QmpBridge()
+    paths = VmPaths(vm_dir=Path(first.server.data_dir) / "vms" / vm["id"], run_dir=run_dir)
+    qemu = Machine(vm_id=vm["id"], pid=pid, paths=paths)
+    try:
+        await qemu.connect(bridge, 20)
+        with open(os.devnull, "wb") as sink:
+            await qmp_commands.getfd(qemu, sink.fileno(), "gone")
+        await qmp_commands.migrate(qemu, "gone")
+        await wait_migration(qemu, 60, sending=True)
+        assert (await qmp_commands.query_status(qemu)).status == "postmigrate"
+    finally:
+        if qemu.session is not None:
+            await qemu.session.close()
+        bridge.close()
+    _put(etcd, owner_key(vm["id"]), "m2")
+
+    first.start(etcd, Path(first.server.data_dir).parent / "cluster.secret")
+    await wait_until(lambda: process_gone(pid), what="the stale copy's QEMU to go")
+    assert qemu_pids_for({vm["uuid"]}) == []
+    assert _step_event(first, vm["id"], "left")["node"] == "m1"  # its record went
+    assert not paths.vm_dir.exists()  # and its folder: m2 has the copy
+    etcd.delete_prefix(owner_key(vm["id"]))
+
+
+def _put(etcd: EtcdCluster, key: str, value: str) -> None:
+    body = {"key": base64.b64encode(key.encode()).decode(),
+            "value": base64.b64encode(value.encode()).decode()}  # fmt: skip
+    httpx.post(f"{etcd.client_urls[0]}/v3/kv/put", json=body, timeout=10).raise_for_status()

@@ -25,7 +25,7 @@ from .cluster import Etcd, EtcdError, Membership
 from .cluster.forwarding import Forwarder, NodeAuth, read_secret
 from .cluster.keys import ClusterKeys
 from .cluster.nodes import describe
-from .cluster.ownership import Ownership
+from .cluster.ownership import Ownership, drop_moved
 from .cluster.peers import Peers
 from .cluster.quota import LiveLedger
 from .cluster.ratelimit import ClusterLimiter
@@ -178,6 +178,10 @@ async def _join_cluster(
         raise ConfigError(f"node {name} could not register in etcd: {err}") from err
     ownership = Ownership(etcd, name, lambda: membership.cut_off)
     manager.owners = ownership
+    try:
+        await drop_moved(ownership, manager, name)  # before the quotas count it here
+    except ClusterUnavailable as err:
+        raise ConfigError(f"node {name}: {err.message}") from err
     await _count_quotas(etcd, membership, manager)
     forwarder = None
     if auth is not None:

@@ -13,11 +13,18 @@ changing the key only if it still names the down node.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..errors import ClusterUnavailable, OwnedElsewhere
 from ..models import Vm
 from .etcd import Etcd, EtcdError
+
+if TYPE_CHECKING:
+    from ..hypervisor.manager import Manager
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Ownership", "owner_key"]
 
@@ -102,3 +109,25 @@ class Ownership:
                 await self._etcd.delete(view_key(vm_id))  # not a beat later (cluster.views)
         except EtcdError as err:
             raise ClusterUnavailable(f"VM ownership cannot be given up: {err}") from err
+
+
+async def drop_moved(ownership: Ownership, manager: Manager, node: str) -> list[str]:
+    """At start-up: the VMs this node runs that another node owns now and whose QEMU
+    here has sent its state away (this server died during a migration, after the
+    hand-over) are not this node's: their QEMUs go (``Manager.moved_away``).
+
+    Raises:
+        ClusterUnavailable: etcd cannot say who owns them.
+    """
+    dropped = []
+    for vm in manager.live_vms():
+        try:
+            owner = await ownership.owner(vm.id)
+        except EtcdError as err:
+            raise ClusterUnavailable(f"VM ownership cannot be checked: {err}") from err
+        if owner not in (None, node) and await manager.moved_away(vm.id):
+            log.warning(
+                "%s: moved to node %s while this server was away; dropped here", vm.id, owner
+            )
+            dropped.append(vm.id)
+    return dropped

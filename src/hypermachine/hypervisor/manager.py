@@ -560,6 +560,28 @@ class Manager:
         if vm.gpu_assignment is not None:
             self._store.update_vm(vm_id, gpu_assignment=None)
 
+    async def moved_away(self, vm_id: str) -> bool:
+        """For a VM another node owns: if this node's QEMU of it has sent its state away
+        (paused ``postmigrate``: a migration's source whose server died after handing it
+        over), quit that QEMU and drop the record, files too unless shared; True if so.
+        Any other QEMU is left alone (it may be the only copy)."""
+        machine = self._machines.get(vm_id)
+        if machine is None:
+            return False
+        try:
+            status = await qmp_commands.query_status(machine)
+        except HypervisorError:
+            return False
+        if status.status != "postmigrate":
+            return False
+        vm = self._store.get_vm(vm_id)
+        machine.report.handed_over = True
+        await machine.terminate(self._settings.kill_grace_s)
+        await machine.finished.wait()
+        await self._resources.release(vm, self._paths(vm_id))
+        self.forget_moved(vm_id, files=vm.restart_policy != "on_node_failure")
+        return True
+
     def forget_moved(self, vm_id: str, *, files: bool) -> None:
         """Drop the record of a VM another node runs now (live-migrated there);
         ``files``: its folder too (not on shared storage)."""
