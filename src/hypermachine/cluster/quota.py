@@ -20,7 +20,25 @@ from ..errors import ClusterUnavailable, QuotaExceeded
 from ..models import Vm
 from .etcd import Etcd, EtcdError, KeyValue
 
-__all__ = ["LIVE_PREFIX", "LiveLedger"]
+__all__ = ["LIVE_PREFIX", "LiveLedger", "guarded_count"]
+
+Plan = Callable[[list[KeyValue]], list[tuple[str, str, int]]]
+
+
+async def guarded_count(etcd: Etcd, guard: str, prefix: str, plan: Plan, what: str) -> None:
+    """One admission against a count kept under ``prefix`` (``Etcd.guarded_write``).
+
+    Raises:
+        ClusterUnavailable: etcd cannot be asked, or ``what`` kept changing. Whatever
+            ``plan`` raises (the quota's refusal).
+    """
+    try:
+        written = await etcd.guarded_write(guard, prefix, plan)
+    except EtcdError as err:
+        raise ClusterUnavailable(f"{what} cannot be counted: {err}") from err
+    if not written:
+        raise ClusterUnavailable(f"{what} kept changing; try again")
+
 
 LIVE_PREFIX = "/hypermachine/live/"
 _GUARD_PREFIX = "/hypermachine/live-guard/"
@@ -59,12 +77,8 @@ class LiveLedger:
                 )
             return [(guard, vm.id, 0), (mine, self._node, self._lease())]
 
-        try:
-            written = await self._etcd.guarded_write(guard, f"{LIVE_PREFIX}{vm.tenant}/", plan)
-        except EtcdError as err:
-            raise ClusterUnavailable(f"the tenant's live VMs cannot be counted: {err}") from err
-        if not written:
-            raise ClusterUnavailable(f"tenant {vm.tenant!r}'s live VMs kept changing; try again")
+        what = f"tenant {vm.tenant!r}'s live VMs"
+        await guarded_count(self._etcd, guard, f"{LIVE_PREFIX}{vm.tenant}/", plan, what)
 
     async def recount(self, vms: Iterable[Vm]) -> None:
         """Count ``vms`` live under this node's current lease: the VMs that kept

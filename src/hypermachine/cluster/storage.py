@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from ..errors import ClusterUnavailable
 from ..security.admission import check_storage
 from .etcd import Etcd, EtcdError, KeyValue
+from .quota import guarded_count
 
 __all__ = ["STORAGE_PREFIX", "StorageLedger"]
 
@@ -63,12 +64,8 @@ class StorageLedger:
             check_storage(tenant, others + used_bytes, quota_bytes, where=where)
             return [(guard, self._node, 0), (mine, str(used_bytes), 0)]
 
-        try:
-            written = await self._etcd.guarded_write(guard, f"{STORAGE_PREFIX}{tenant}/", plan)
-        except EtcdError as err:
-            raise ClusterUnavailable(f"the tenant's storage cannot be counted: {err}") from err
-        if not written:
-            raise ClusterUnavailable(f"tenant {tenant!r}'s storage count kept changing; try again")
+        what = f"tenant {tenant!r}'s storage"
+        await guarded_count(self._etcd, guard, f"{STORAGE_PREFIX}{tenant}/", plan, what)
 
     async def record(self, tenant: str, used_bytes: int) -> None:
         """Count ``used_bytes`` as what ``tenant`` holds on this node, whatever the total
