@@ -247,6 +247,14 @@ async def test_a_uefi_vm_moves_with_its_vtpm_and_its_vars(
     assert snap.status_code == 201, snap.text
     _sh(first, vm_id, "echo after-snapshot > /tmp/snap-marker")
 
+    # A link planted in the folder (QEMU's user may write it) is never read through.
+    planted = folder / "disk-0099.qcow2"
+    planted.symlink_to("/etc/hostname")
+    refused = first.call("alice", "POST", f"/api/v1/vms/{vm_id}/migrate", json={"node": "m2"})
+    assert refused.status_code == 409 and "disk-0099.qcow2" in refused.text, refused.text
+    assert not (Path(second.server.data_dir) / "vms" / vm_id).exists()
+    planted.unlink()
+
     await _migrated(first, second, first, vm, etcd)
     assert not folder.exists()  # its own folder went with it
     assert _sh(second, vm_id, f"tail -c +5 {VAR}") == "before"

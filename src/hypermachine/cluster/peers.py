@@ -11,8 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 import trio
@@ -68,16 +67,15 @@ class Peers:
         """Raises: MigrationRefused (the node's reason), ClusterUnavailable."""
         await self._call(url, "POST", f"/{offer.token}", offer.model_dump_json().encode())
 
-    async def upload(self, url: str, token: str, name: str, path: Path) -> None:
-        """Send the file at ``path`` under ``name``, chunk by chunk.
+    async def upload(self, url: str, token: str, name: str, file: BinaryIO) -> None:
+        """Send what ``file`` (opened by the caller) holds under ``name``, chunk by chunk.
 
         Raises: MigrationRefused, ClusterUnavailable.
         """
         offset = 0
-        async with await trio.open_file(path, "rb") as file:
-            while chunk := await file.read(CHUNK_BYTES):
-                await self._call(url, "PUT", f"/{token}/files/{name}?offset={offset}", chunk)
-                offset += len(chunk)
+        while chunk := await trio.to_thread.run_sync(file.read, CHUNK_BYTES):
+            await self._call(url, "PUT", f"/{token}/files/{name}?offset={offset}", chunk)
+            offset += len(chunk)
 
     async def open(self, url: str, token: str) -> IncomingPorts:
         """The destination QEMU waits: where. Raises: MigrationRefused, ClusterUnavailable."""

@@ -21,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import socket
+import stat
 from pathlib import Path
 
 import trio
@@ -108,6 +110,11 @@ def disk_plan(paths: VmPaths, image_sha256: str | None, image_format: str | None
     fixed = [p.name for p in (paths.seed_iso, vars_file) if p.is_file()]
     files = [*frozen, *fixed, *_snapshot_files(vm_dir)]
     mirrored = [_DISK_NODE, *([_VARS_NODE] if vars_file.is_file() else [])]
+    for name in files:  # the QEMU user may write this folder: a link here is planted
+        if not _plain(vm_dir, name):
+            raise MigrationRefused(
+                f"{name} in the VM's folder is not a regular file (a symlink?)", file=name
+            )
     return DiskPlan(
         files={name: (vm_dir / name).stat().st_size for name in files},
         top=top,
@@ -118,6 +125,15 @@ def disk_plan(paths: VmPaths, image_sha256: str | None, image_format: str | None
         image_format=image_format,
         mirrored=mirrored,
     )
+
+
+def _plain(vm_dir: Path, name: str) -> bool:
+    """Whether ``name`` is a regular file reached through real folders only."""
+    parts = Path(name).parts
+    folders = (vm_dir.joinpath(*parts[:depth]) for depth in range(1, len(parts)))
+    if not all(stat.S_ISDIR(os.lstat(folder).st_mode) for folder in folders):
+        return False
+    return stat.S_ISREG(os.lstat(vm_dir / name).st_mode)
 
 
 def _on_image(layer: Path) -> bool:

@@ -44,6 +44,7 @@ from .ports import CatalogueLike, PeersLike
 from .qemu import qmp_commands
 from .qemu.machine import Machine
 from .snapshot_service import SnapshotService
+from .vmfiles import nofollow
 from .vmfiles.confine import QemuIdentity
 from .vmfiles.layout import VmPaths
 
@@ -121,7 +122,10 @@ class _Move:
             token=self.token, source_node=peers.node, vm=vm, disk=self.plan
         ))  # fmt: skip
         for name in self.plan.files if self.plan is not None else {}:
-            await peers.upload(self.url, self.token, name, self.paths.vm_dir / name)
+            *inside, leaf = name.split("/")  # never through a link the guest's user made
+            parent = self.paths.vm_dir.joinpath(*inside)
+            with nofollow.Folder(parent) as folder, folder.open(leaf) as file:
+                await peers.upload(self.url, self.token, name, file)
         crossnode.write_psk(self.psk_dir, peers.psk(self.token, vm.uuid), self.mgr.qemu_identity)
         ports = await peers.open(self.url, self.token)
         self.step("destination_ready", node=self.node)
