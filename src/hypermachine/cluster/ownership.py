@@ -78,6 +78,16 @@ class Ownership:
         found = await self._etcd.get(owner_key(vm_id))
         return found.value.decode(errors="replace") if found is not None else None
 
+    async def owners(self) -> dict[str, str]:
+        """Every VM's owner, by VM id (one read).
+
+        Raises:
+            EtcdError: etcd refused or could not be reached.
+        """
+        prefix = owner_key("")
+        found = await self._etcd.get_prefix(prefix)
+        return {kv.key.removeprefix(prefix): kv.value.decode(errors="replace") for kv in found}
+
     async def take(self, vm_id: str, from_node: str) -> bool:
         """Make this node the VM's owner if its key still names ``from_node`` (one
         compare-and-swap: of the nodes trying at once, exactly one succeeds).
@@ -119,12 +129,13 @@ async def drop_moved(ownership: Ownership, manager: Manager, node: str) -> list[
     Raises:
         ClusterUnavailable: etcd cannot say who owns them.
     """
+    try:
+        owners = await ownership.owners()
+    except EtcdError as err:
+        raise ClusterUnavailable(f"VM ownership cannot be checked: {err}") from err
     dropped = []
     for vm in manager.live_vms():
-        try:
-            owner = await ownership.owner(vm.id)
-        except EtcdError as err:
-            raise ClusterUnavailable(f"VM ownership cannot be checked: {err}") from err
+        owner = owners.get(vm.id)
         if owner not in (None, node) and await manager.moved_away(vm.id):
             log.warning(
                 "%s: moved to node %s while this server was away; dropped here", vm.id, owner

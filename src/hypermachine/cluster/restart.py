@@ -41,7 +41,6 @@ __all__ = ["Restarts"]
 
 log = logging.getLogger(__name__)
 
-_OWNERS = owner_key("")
 # A VM last seen in one of these was meant to run: it is booted again.
 _BOOTED = LIVE_STATES - {VmState.STOPPING}
 _SETTLED = {VmState.RUNNING, VmState.PAUSED, VmState.STOPPED, VmState.ERROR}
@@ -85,8 +84,7 @@ class Restarts:
             for node in await self._membership.nodes()
             if node.state is NodeState.DOWN and node.name != me
         }
-        for kv in await self._etcd.get_prefix(_OWNERS):
-            vm_id, owner = kv.key.removeprefix(_OWNERS), kv.value.decode(errors="replace")
+        for vm_id, owner in (await self._ownership.owners()).items():
             if owner in down:
                 await self._take(vm_id, owner)
             elif owner != me and self._manager.forget_taken(vm_id):

@@ -78,19 +78,24 @@ def write_psk(folder: Path, key: str, identity: QemuIdentity | None) -> Path:
 # -- the disk folder, when storage is not shared ------------------------------
 
 
+_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+
+
 async def image_digest(disk: Path, known: str | None) -> str:
-    """The image file's sha256: the catalogue's, or hashed now."""
+    """The image file's sha256: the catalogue's, or hashed once per version of the file
+    (an image is not rewritten in place; every migration of its VMs asks)."""
     if known is not None:
         return known
+    st = disk.stat()
+    key = (str(disk), st.st_ino, st.st_mtime_ns, st.st_size)
+    if key not in _DIGESTS:
 
-    def hashed() -> str:
-        digest = hashlib.sha256()
-        with open(disk, "rb") as file:
-            while chunk := file.read(1 << 20):
-                digest.update(chunk)
-        return digest.hexdigest()
+        def hashed() -> str:
+            with open(disk, "rb") as file:
+                return hashlib.file_digest(file, "sha256").hexdigest()
 
-    return await trio.to_thread.run_sync(hashed)
+        _DIGESTS[key] = await trio.to_thread.run_sync(hashed)
+    return _DIGESTS[key]
 
 
 def disk_plan(paths: VmPaths, image_sha256: str | None, image_format: str | None) -> DiskPlan:

@@ -18,13 +18,15 @@ migration service composes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..models import Migration, Vm
+from ..errors import HypervisorError
+from ..models import Migration, Vm, VmState
 from .qemu import qmp_commands
 from .qemu.machine import Machine
 from .storage.snapshots import wait_migration
@@ -40,6 +42,7 @@ __all__ = [
     "is_committed",
     "leftovers",
     "mark_committed",
+    "resume_source",
     "stream",
 ]
 
@@ -88,6 +91,18 @@ def finished(
         "transferred_bytes": figures.transferred_bytes,
     }  # fmt: skip
     return answer, data
+
+
+async def resume_source(source: Machine, vm: Vm) -> None:
+    """A failed migration: stop sending, and let a guest that was running run on in
+    its source QEMU (a completed stream left it paused; ``cont`` takes the disk back)."""
+    if source.exited.is_set():
+        return
+    with contextlib.suppress(HypervisorError):
+        await qmp_commands.migrate_cancel(source)
+        status = await qmp_commands.query_status(source)
+        if status.status == "postmigrate" and vm.state is VmState.RUNNING:
+            await qmp_commands.cont(source)
 
 
 def destination(paths: VmPaths, token: str) -> VmPaths:

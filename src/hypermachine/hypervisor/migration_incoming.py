@@ -163,7 +163,8 @@ class IncomingMigrations:
             p.offer.vm.id == vm.id for p in self._pending.values()
         ):
             raise MigrationRefused(f"VM {vm.id} is already coming to this node")
-        known = {(other.tenant, other.name): other.id for other in mgr._store.all_vms()}
+        others = list(mgr._store.all_vms())
+        known = {(other.tenant, other.name): other.id for other in others}
         if vm.id in known.values():
             raise MigrationRefused(f"VM {vm.id} is on this node already")
         if (vm.tenant, vm.name) in known:
@@ -174,8 +175,8 @@ class IncomingMigrations:
             reasons = [f"{field}: {why}" for field, why in blockers.items()]
             raise MigrationRefused("this node cannot run the VM: " + "; ".join(reasons))
         if vm.network_info is not None:  # its static IP, its MAC: not another VM's here
-            network.check_conflicts(vm.network_info, vm.id, mgr._store.all_vms())
-        live = [other for other in mgr._store.all_vms() if other.state in LIVE_STATES]
+            network.check_conflicts(vm.network_info, vm.id, others)
+        live = [other for other in others if other.state in LIVE_STATES]
         admit(vm, live, quota=0, budget=mgr._budget)
         image = mgr._catalogue.get(vm.image)
         if not image.available:

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import trio
 
 from ..config import Settings
-from ..errors import ClusterUnavailable, HMError, HypervisorError, MigrationRefused
+from ..errors import ClusterUnavailable, HMError, MigrationRefused
 from ..events import EventLog
 from ..models import DiskPlan, EventType, IncomingOffer, Migration, Vm, VmState
 from ..store import Store
@@ -151,11 +151,7 @@ class _Move:
             await self.peers.abort(self.url, self.token)
         if not self.source.exited.is_set():
             await crossnode.undo_sending(self.source, self.mirrored)
-            with contextlib.suppress(HypervisorError):
-                await qmp_commands.migrate_cancel(self.source)
-                status = await qmp_commands.query_status(self.source)
-                if status.status == "postmigrate" and self.vm.state is VmState.RUNNING:
-                    await qmp_commands.cont(self.source)
+        await migration.resume_source(self.source, self.vm)
         self.step("failed", reason=err.message if isinstance(err, HMError) else repr(err))
         shutil.rmtree(self.psk_dir, ignore_errors=True)
 

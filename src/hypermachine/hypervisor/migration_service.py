@@ -243,13 +243,7 @@ class MigrationService:
                 tpm.set_state_dir(dest_paths.vm_dir, old_tpm)
             shutil.rmtree(new_tpm, ignore_errors=True)
         shutil.rmtree(dest_paths.run_dir, ignore_errors=True)
-        if source.exited.is_set():
-            return
-        with contextlib.suppress(HypervisorError):
-            await qmp_commands.migrate_cancel(source)
-            status = await qmp_commands.query_status(source)
-            if status.status == "postmigrate" and vm.state is VmState.RUNNING:
-                await qmp_commands.cont(source)  # takes the disk back
+        await migration.resume_source(source, vm)
 
     async def _retire(self, source: Machine, paths: VmPaths, tpm_dir: Path) -> None:
         """Quit the source QEMU without its exit changing the VM; its swtpm goes with it."""
