@@ -15,6 +15,8 @@ import psutil
 import pytest
 import trio
 
+import guestconsole
+from guestconsole import PROMPT, vm_paths
 from hypermachine.api import Services
 from hypermachine.config import Settings
 from hypermachine.hypervisor.platform import tpm
@@ -52,25 +54,26 @@ def settings(data_dir: Path, compile_cache: Path, tmp_path: Path) -> Settings:
 
 
 class Console:
-    """The VM's serial console: its log and its socket.
+    """The VM's serial console log, and typing into the guest's shell.
 
     The server rotates the log when the VM starts, so a mark is (file, length): text
     "since" a mark in another file is all of that file.
     """
 
-    def __init__(self, paths: VmPaths) -> None:
-        self.paths = paths
-        self._stream: trio.SocketStream | None = None
+    def __init__(self, services: Services, vm_id: str) -> None:
+        self.services = services
+        self.vm_id = vm_id
+        self.log = vm_paths(services, vm_id).console_log
 
     def text(self) -> str:
         try:
-            return self.paths.console_log.read_bytes().decode("utf-8", "replace")
+            return self.log.read_bytes().decode("utf-8", "replace")
         except FileNotFoundError:
             return ""
 
     def _inode(self) -> int | None:
         try:
-            return self.paths.console_log.stat().st_ino
+            return self.log.stat().st_ino
         except FileNotFoundError:
             return None
 
@@ -82,22 +85,31 @@ class Console:
         return self.text()[length:] if self._inode() == inode else self.text()
 
     async def wait_for(
-        self, needle: str, *, since: tuple[int | None, int] = (None, 0), timeout: float = BOOT_S
+        self, *needles: str, since: tuple[int | None, int] = (None, 0), timeout: float = BOOT_S
     ) -> None:
-        await wait_until(lambda: needle in self._since(since), timeout=timeout, what=needle)
+        """Wait until the text since ``since`` shows ``needles``, each after the one before."""
 
-    async def run(self, command: str, answer: str, timeout: float = 60) -> None:
-        """Type ``command`` on the guest's shell and wait for ``answer`` after it."""
+        def found() -> bool:
+            text, start = self._since(since), 0
+            for needle in needles:
+                at = text.find(needle, start)
+                if at < 0:
+                    return False
+                start = at + len(needle)
+            return True
+
+        try:
+            await wait_until(found, timeout=timeout, what=" then ".join(needles))
+        except AssertionError as missing:
+            tail = self._since(since)[-2000:]
+            raise AssertionError(f"{missing}; the console since: {tail!r}") from None
+
+    async def run(self, command: str, answer: str, timeout: float = 120) -> None:
+        """Type ``command`` on the guest's shell; wait for ``answer`` and the next prompt."""
         since = self.mark()
-        if self._stream is None:  # stays open: QEMU drops input a leaving client left unread
-            self._stream = await trio.open_unix_socket(str(self.paths.serial_socket))
-        await self._stream.send_all(command.encode() + b"\n")
-        await self.wait_for(answer, since=since, timeout=timeout)
-
-    async def close(self) -> None:
-        if self._stream is not None:
-            await self._stream.aclose()
-            self._stream = None
+        async with guestconsole.console(self.services, self.vm_id) as shell:
+            await shell.type(command)
+            await self.wait_for(answer, PROMPT, since=since, timeout=timeout)
 
 
 @pytest.fixture
@@ -141,55 +153,49 @@ async def test_secure_boot_and_vtpm_survive_vm_and_server_restarts(
     assert vm.firmware == "uefi"
     assert vm.security_notes and "unencrypted" in vm.security_notes[0]  # no -kernel caveat
     tpm_paths = tpm.TpmPaths.for_vm(paths)
-    console = Console(paths)
-    try:
-        await console.wait_for("HM-SECUREBOOT=1")
-        await console.wait_for("hm-tiny# ")
-        assert "HM-SECUREBOOT=0" not in console.text()
+    console = Console(svc, vm.id)
+    await console.wait_for("HM-SECUREBOOT=1", PROMPT)
+    assert "HM-SECUREBOOT=0" not in console.text()
 
-        # its own VARS, copied from the Microsoft-enrolled template, in the VM's dir
-        assert vars_file(paths).stat().st_size == MS_VARS.stat().st_size
-        machine = svc.manager._machine(vm.id)
-        tpms = await machine.execute("query-tpm")
-        assert isinstance(tpms, list) and len(tpms) == 1, tpms
-        assert tpms[0]["model"] == "tpm-crb" and tpms[0]["options"]["type"] == "emulator"
-        await console.run("echo HM-TPM=$(cat /sys/class/tpm/tpm0/tpm_version_major)", "HM-TPM=2")
+    # its own VARS, copied from the Microsoft-enrolled template, in the VM's dir
+    assert vars_file(paths).stat().st_size == MS_VARS.stat().st_size
+    machine = svc.manager._machine(vm.id)
+    tpms = await machine.execute("query-tpm")
+    assert isinstance(tpms, list) and len(tpms) == 1, tpms
+    assert tpms[0]["model"] == "tpm-crb" and tpms[0]["options"]["type"] == "emulator"
+    await console.run("echo HM-TPM=$(cat /sys/class/tpm/tpm0/tpm_version_major)", "HM-TPM=2")
 
-        # a UEFI variable written by the guest lands in the VM's own VARS file
-        var = f"/sys/firmware/efi/efivars/HmTest-{VAR_GUID}"
-        await console.run(
-            "mount -t efivarfs efivarfs /sys/firmware/efi/efivars; "
-            f"printf '\\007\\000\\000\\000hmvars42' > {var}; echo HM-WROTE=$?",
-            "HM-WROTE=0",
-        )
-        swtpm_pid = tpm.find(tpm_paths)
-        assert swtpm_pid is not None
+    # a UEFI variable written by the guest lands in the VM's own VARS file
+    var = f"/sys/firmware/efi/efivars/HmTest-{VAR_GUID}"
+    await console.run(
+        "mount -t efivarfs efivarfs /sys/firmware/efi/efivars; "
+        f"printf '\\007\\000\\000\\000hmvars42' > {var}; echo HM-WROTE=$?",
+        "HM-WROTE=0",
+    )
+    swtpm_pid = tpm.find(tpm_paths)
+    assert swtpm_pid is not None
 
-        # VM restart: swtpm goes with QEMU; VARS and TPM state stay
-        await svc.manager.stop(vm.id)
-        stopped = await svc.manager.wait_for(vm.id, {VmState.STOPPED}, 90)
-        assert stopped.state_reason == "the guest powered off (ACPI)"
-        await console.close()
-        await wait_until(lambda: process_gone(swtpm_pid), what="swtpm to exit with QEMU")
-        assert swtpm_pids(tpm_paths.state_dir) == []
-        assert (tpm_paths.state_dir / "tpm2-00.permall").is_file()
+    # VM restart: swtpm goes with QEMU; VARS and TPM state stay
+    await svc.manager.stop(vm.id)
+    stopped = await svc.manager.wait_for(vm.id, {VmState.STOPPED}, 90)
+    assert stopped.state_reason == "the guest powered off (ACPI)"
+    await wait_until(lambda: process_gone(swtpm_pid), what="swtpm to exit with QEMU")
+    assert swtpm_pids(tpm_paths.state_dir) == []
+    assert (tpm_paths.state_dir / "tpm2-00.permall").is_file()
 
-        since = console.mark()
-        await svc.manager.start(vm.id)
-        await svc.manager.wait_for(vm.id, {VmState.RUNNING}, 120)
-        await console.wait_for("HM-SECUREBOOT=1", since=since)
-        await console.wait_for("hm-tiny# ", since=since)
-        await console.run(
-            f"mount -t efivarfs efivarfs /sys/firmware/efi/efivars; echo HM-VAR=$(strings {var})",
-            "HM-VAR=hmvars42",
-        )
-        await console.run("echo HM-TPM=$(cat /sys/class/tpm/tpm0/tpm_version_major)", "HM-TPM=2")
-        manufactured = tpm_paths.log.read_text().count("Starting vTPM manufacturing")
-        assert manufactured == 1, "swtpm_setup must run once, at create"
-        pids = (svc.manager.get(vm.id).pid, tpm.find(tpm_paths))
-        assert None not in pids
-    finally:
-        await console.close()
+    since = console.mark()
+    await svc.manager.start(vm.id)
+    await svc.manager.wait_for(vm.id, {VmState.RUNNING}, 120)
+    await console.wait_for("HM-SECUREBOOT=1", PROMPT, since=since)
+    await console.run(
+        f"mount -t efivarfs efivarfs /sys/firmware/efi/efivars; echo HM-VAR=$(strings {var})",
+        "HM-VAR=hmvars42",
+    )
+    await console.run("echo HM-TPM=$(cat /sys/class/tpm/tpm0/tpm_version_major)", "HM-TPM=2")
+    manufactured = tpm_paths.log.read_text().count("Starting vTPM manufacturing")
+    assert manufactured == 1, "swtpm_setup must run once, at create"
+    pids = (svc.manager.get(vm.id).pid, tpm.find(tpm_paths))
+    assert None not in pids
 
 
 async def test_server_restart_readopts_swtpm(settings: Settings, efi_image: Path) -> None:
@@ -219,8 +225,8 @@ async def test_server_restart_readopts_swtpm(settings: Settings, efi_image: Path
 
 
 async def test_unsigned_shim_is_refused_by_the_firmware(svc: Services) -> None:
-    _, paths = await boot(svc, "unsigned", "tiny-efi-unsigned", secure_boot=True)
-    console = Console(paths)
+    vm, _ = await boot(svc, "unsigned", "tiny-efi-unsigned", secure_boot=True)
+    console = Console(svc, vm.id)
     # OVMF tries the disk, refuses it, finds nothing else to boot and says so.
     await console.wait_for("No bootable option or device was found", timeout=BOOT_S)
     text = console.text()
