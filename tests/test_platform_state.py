@@ -303,8 +303,9 @@ async def test_platform_state_follows_snapshots_and_migrations(
     fresh_vars, fresh_tpm = vars_file(paths).read_bytes(), tpm_state().read_bytes()
 
     await mgr.start(vm.id)
-    await Console(paths).wait_for("HM-READY tiny", timeout=BOOT_S)
-    assert "HM-SECUREBOOT=0" in Console(paths).text()  # plain OVMF boots the signed chain
+    console = Console(services, vm.id)
+    await console.wait_for("HM-READY tiny", timeout=BOOT_S)
+    assert "HM-SECUREBOOT=0" in console.text()  # plain OVMF boots the signed chain
     await check_snapshots(services, vm.id, paths)
     await check_migrations(client, services, vm.id)
 
