@@ -80,7 +80,7 @@ async def guest(svc: Services, vm_id: str, script: str, stdin: bytes | None = No
         timeout_s=60,
     )
     result = await svc.manager.guest.exec(vm_id, request, wait_agent_s=BOOT_S)
-    assert result.exit_code == 0, result
+    assert result.exit_code == 0 and result.stdout is not None, result
     return result.stdout
 
 
@@ -150,7 +150,7 @@ async def uptime(client: Any, vm_id: str) -> float:
 
 async def migrate(client: Any, vm_id: str, body: dict[str, Any]) -> dict[str, Any]:
     status, moved = await post(client, f"/api/v1/vms/{vm_id}/migrate", body)
-    assert status == 200, moved
+    assert status == 200 and isinstance(moved, dict), moved
     return moved
 
 
