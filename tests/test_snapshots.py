@@ -441,3 +441,27 @@ async def test_fork_and_template_refuse_bad_input(client: Any, services: Service
     done = await client.get(f"/api/v1/vms/{vm['id']}/wait?state=stopped&timeout=30")
     assert done.status_code == 200
     assert [s.name for s in services.manager.list_snapshots(vm["id"])] == ["later"]
+
+
+async def test_a_damaged_snapshot_layer_fails_the_restore_cleanly(
+    client: Any, services: Services
+) -> None:
+    """The frozen layer lives in the VM's folder, where QEMU's user can write: a restore
+    from one that is no longer a qcow2 image is refused, and the VM stays manageable."""
+    status, vm = await post(client, "/api/v1/vms", {"name": "damaged", **TINY, "wait": True})
+    assert (status, vm["state"]) == (201, "stopped"), vm
+    status, snap = await post(client, f"/api/v1/vms/{vm['id']}/snapshots", {"name": "s"})
+    assert status == 201, snap
+    _, layer = services.manager.snapshots._dir(vm["id"], "s").meta()
+    frozen = services.settings.vms_dir / vm["id"] / layer
+    with frozen.open("r+b") as image:
+        image.write(b"\0" * 512)  # no qcow2 header any more
+
+    status, got = await post(client, f"/api/v1/vms/{vm['id']}/snapshots/s/restore", {})
+    assert (status, got["error"]["code"]) == (500, "HYPERVISOR_ERROR"), got
+    assert layer in got["error"]["message"], got
+    after = services.manager.get(vm["id"])
+    assert after.state is VmState.STOPPED, after
+    assert after.state_reason is not None and "restore failed" in after.state_reason
+    deleted = await client.delete(f"/api/v1/vms/{vm['id']}?force=true")
+    assert deleted.status_code in (200, 202, 204), await deleted.get_json()
