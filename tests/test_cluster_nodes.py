@@ -5,6 +5,7 @@ processes register under leases and see each other; a node killed with SIGKILL t
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -121,6 +122,29 @@ def test_a_node_that_cannot_reach_etcd_does_not_start(data_dir: Path, tiny: Path
     )  # fmt: skip
     assert done.returncode == 2, done.stderr  # a configuration error, said in one line
     assert b"no etcd member answered" in done.stderr, done.stderr
+
+
+def test_a_node_refused_while_it_joins_says_why_in_one_line(
+    data_dir: Path, etcd: EtcdCluster, tiny: Path
+) -> None:
+    """A refusal found once the manager runs (here: a cluster secret too short to sign
+    with) is the same one-line configuration error, not a traceback."""
+    secret = data_dir / "secret"
+    secret.write_bytes(b"short")
+    port = free_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "hypermachine.cli", "--data-dir", str(data_dir), "serve",
+         "--port", str(port), "--node", "refused", "--etcd", etcd.endpoints,
+         "--advertise", f"http://127.0.0.1:{port}"],
+        capture_output=True, timeout=120, check=False,
+        env={**_without_hm_settings(), "HM_CLUSTER_SECRET_FILE": str(secret)},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert b"cluster_secret_file" in done.stderr and b"Traceback" not in done.stderr, done.stderr
+
+
+def _without_hm_settings() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("HM_")}
 
 
 def test_a_cluster_node_needs_its_name_and_url() -> None:

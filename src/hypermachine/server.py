@@ -34,6 +34,7 @@ from .cluster.storage import StorageLedger
 from .cluster.views import Views
 from .config import ConfigError, Settings
 from .errors import ClusterUnavailable
+from .groups import sole_exception
 from .hypervisor.manager import Manager
 from .hypervisor.platform.host import HostFacts, probe_host
 from .hypervisor.qemu.qmp import QmpBridge
@@ -90,8 +91,14 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     async with _security(settings) as security:
         host = await trio.to_thread.run_sync(probe_host, settings.qemu_binary, settings.accelerator)
         identity = await trio.to_thread.run_sync(_prepare_folders, settings)
-        async with _running(settings, security, host, identity) as services:
-            yield services
+        try:
+            async with _running(settings, security, host, identity) as services:
+                yield services
+        except BaseExceptionGroup as group:  # a step of the start-up refused
+            refusal = sole_exception(group)
+            if not isinstance(refusal, ConfigError):
+                raise
+            raise refusal from None
 
 
 @asynccontextmanager

@@ -12,7 +12,7 @@ server's own exception classes (``hypermachine.errors``), one per error code.
 Importing this package needs only the client's dependencies (httpx, pydantic, …),
 none of the server's. See docs/sdk.md.
 
-May import: ``errors``, ``models`` (and nothing that needs the server's dependencies).
+May import: ``errors``, ``groups``, ``models`` (and nothing that needs the server's dependencies).
 """
 
 from __future__ import annotations

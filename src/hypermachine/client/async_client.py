@@ -22,6 +22,7 @@ from httpx_ws import (
 )
 
 from ..errors import VmNotFound
+from ..groups import sole_exception
 from ..models import (
     Event,
     ExecOutput,
@@ -302,7 +303,7 @@ class AsyncVmHandle(VmHandleBase):
         except WebSocketUpgradeError as err:
             raise error_from_response(err.response) from None
         except BaseExceptionGroup as group:  # httpx-ws runs the session in a task group
-            raise _sole(group) from None
+            raise sole_exception(group) from None
 
     async def script(
         self,
@@ -313,15 +314,6 @@ class AsyncVmHandle(VmHandleBase):
     ) -> ScriptResponse:
         request = ScriptRequest(code=code, args=args, limits=limits)
         return await self._client._run(routes.run_script(self.id, request))
-
-
-def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one exception a task group wrapped, or the group when there are several."""
-    leaves = group.exceptions
-    if len(leaves) == 1:
-        leaf = leaves[0]
-        return _sole(leaf) if isinstance(leaf, BaseExceptionGroup) else leaf
-    return group
 
 
 class AsyncFiles:

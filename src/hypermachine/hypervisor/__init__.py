@@ -20,6 +20,6 @@ The rooms below, each importing only the rooms listed in its own docstring:
                of snapshots
     guest/     the guest: its agent (protocol and channel), exec and files, console
 
-May import: ``config``, ``errors``, ``events``, ``models``, ``security.admission``,
-``security.caller``, ``states``, ``store``, ``telemetry``.
+May import: ``concurrently``, ``config``, ``errors``, ``events``, ``models``,
+``security.admission``, ``security.caller``, ``states``, ``store``, ``telemetry``.
 """
