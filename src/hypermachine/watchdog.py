@@ -20,11 +20,12 @@ Protocol, on the unix socket ``RUNTIME_DIR/watchdog.sock`` (mode 0600: the serve
 user alone may connect; QEMU's user may search the folder but not feed it): each
 line is a deadline, in seconds on the system's monotonic clock (``CLOCK_MONOTONIC``,
 Python's ``time.monotonic()``), and replaces the one before; the reply is one line,
-``armed <seconds left>`` or ``refused <why>``. A deadline already past fences at
-once (the server's own rule would have fenced by then); anything that is not a
-finite number at most :data:`MAX_AHEAD_S` ahead is refused and changes nothing. A
-connection closing changes nothing either: a dead server's deadline stands. Until
-the first deadline the watchdog is unarmed and kills nothing.
+``armed <seconds left>`` or ``refused: <why> (<armed or not>)``. A deadline already
+past fences at once (the server's own rule would have fenced by then); anything else
+than plain digits with an optional fraction, at most :data:`MAX_AHEAD_S` ahead, is
+refused and changes nothing. A connection closing changes nothing either: a dead
+server's deadline stands. Until the first deadline the watchdog is unarmed and kills
+nothing.
 
 The QEMUs of this node are those whose command line ``build_argv`` made with the VM's
 run dir in this runtime dir (:func:`~hypermachine.hypervisor.qemu.argv.launched_in`),
@@ -36,8 +37,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import math
 import os
+import re
 import selectors
 import signal
 import socket
@@ -70,6 +71,7 @@ ALREADY_GUARDED = 3  # exit status: another watchdog holds this runtime dir
 MAX_AHEAD_S = 600.0  # two thirds of the longest lease (300 s), with room
 MAX_LINE = 64  # bytes; a longer line drops its connection
 MAX_CONNECTIONS = 8
+_DEADLINE = re.compile(rb"[0-9]{1,12}(\.[0-9]{1,9})?")
 _SWEEPS = 3  # a QEMU started while the first sweep ran is caught by the next
 
 _START = "import sys; from hypermachine.watchdog import main; sys.exit(main(sys.argv[1:]))"
@@ -83,17 +85,15 @@ def command(runtime_dir: Path) -> list[str]:
 
 
 def parse_deadline(line: bytes, now: float) -> float:
-    """The deadline a line of the protocol gives (seconds, monotonic clock).
+    """The deadline a line of the protocol gives (seconds, monotonic clock): digits,
+    optionally a point and more digits, nothing else (no sign, exponent, ``nan``).
 
     Raises:
-        ValueError: not a finite number, or more than :data:`MAX_AHEAD_S` ahead of ``now``.
+        ValueError: not such a number, or more than :data:`MAX_AHEAD_S` ahead of ``now``.
     """
-    try:
-        deadline = float(line.decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError):
-        raise ValueError("not a number") from None
-    if not math.isfinite(deadline):
-        raise ValueError("not a finite number")
+    if not _DEADLINE.fullmatch(line):
+        raise ValueError("not a number of seconds")
+    deadline = float(line)
     if deadline - now > MAX_AHEAD_S:
         raise ValueError(f"more than {MAX_AHEAD_S:.0f} s ahead")
     return deadline
@@ -204,17 +204,20 @@ class _Watchdog:
 
     def _take(self, line: bytes) -> bytes:
         now = time.monotonic()
-        if len(line) > MAX_LINE:
-            return b"refused: a line longer than %d bytes\n" % MAX_LINE
         try:
             deadline = parse_deadline(line, now)
         except ValueError as err:
             log.warning("refused a deadline: %s", err)
-            return f"refused: {err}\n".encode()
+            return f"refused: {err} ({self._state(now)})\n".encode()
         if self.deadline is None:
             log.info("armed: fencing in %.3f s unless fed again", deadline - now)
         self.deadline = deadline
         return f"armed {deadline - now:.3f}\n".encode()
+
+    def _state(self, now: float) -> str:
+        if self.deadline is None:
+            return "unarmed"
+        return f"armed, {self.deadline - now:.3f} s left"
 
     def _reply(self, conn: _Connection, answer: bytes) -> bool:
         try:

@@ -56,8 +56,8 @@ class WatchdogFeeder:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            while self._latest is not None and self._latest != self._delivered:
-                if not await self._deliver(self._latest):
+            while self._latest != self._delivered:
+                if not await self._deliver():
                     await trio.sleep(_RETRY_S)
 
     async def aclose(self) -> None:
@@ -65,34 +65,49 @@ class WatchdogFeeder:
         and close the connection; the watchdog lives on."""
         with trio.CancelScope(shield=True):
             with trio.move_on_after(_LEAVING_S):
-                if self._latest is not None and self._latest != self._delivered:
-                    await self._deliver(self._latest)
+                if self._latest != self._delivered:
+                    await self._deliver()
             await self._drop()
 
-    async def _deliver(self, deadline: float) -> bool:
-        try:
-            with trio.fail_after(_SPAWN_S + _ANSWER_S):
-                await self._send(deadline)
-        except (OSError, trio.BrokenResourceError, trio.TooSlowError, _Refused) as err:
-            await self._drop()
-            if not self._failing:
-                log.error("the watchdog of %s was not fed: %r", self._runtime_dir, err)
-            self._failing = True
-            return False
+    async def _deliver(self) -> bool:
+        """Send the newest deadline; whether the watchdog took it. A connection used
+        before may have gone with its watchdog (it fenced and exited): then once more
+        on a new one."""
+        while True:
+            reused = self._stream is not None
+            try:
+                with trio.fail_after(_SPAWN_S + _ANSWER_S):
+                    deadline = await self._send_latest()
+                break
+            except (OSError, trio.BrokenResourceError, trio.TooSlowError, _Refused) as err:
+                await self._drop()
+                if not reused:
+                    if not self._failing:
+                        log.error("the watchdog of %s was not fed: %r", self._runtime_dir, err)
+                    self._failing = True
+                    return False
         if self._failing:
             log.warning("the watchdog of %s is fed again", self._runtime_dir)
         self._failing = False
         self._delivered = deadline
         return True
 
-    async def _send(self, deadline: float) -> None:
+    async def _send_latest(self) -> float | None:
+        """Connect if need be, then send the newest deadline (read once connected:
+        starting a watchdog takes a while, and meanwhile a renewal may move it)."""
         if self._stream is None:
             self._stream = await self._connect()
-        await self._stream.send_all(f"{deadline!r}\n".encode())
+        deadline = self._latest
+        if deadline is not None:
+            await self._send(self._stream, deadline)
+        return deadline
+
+    async def _send(self, stream: trio.SocketStream, deadline: float) -> None:
+        await stream.send_all(f"{deadline:.6f}\n".encode())
         answer = b""
         with trio.fail_after(_ANSWER_S):
             while not answer.endswith(b"\n"):
-                data = await self._stream.receive_some(256)
+                data = await stream.receive_some(256)
                 if not data or len(answer) > 256:
                     raise _Refused(f"no answer ({answer!r})")
                 answer += data

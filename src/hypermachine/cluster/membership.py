@@ -19,11 +19,12 @@ says has expired fences too, and the node then registers again under a new lease
 renewals that succeed again end the cut-off (the fenced VMs stay stopped).
 
 A server that is killed or hangs cannot fence, so each deadline it would fence at goes
-to ``arm`` too (the node's watchdog: ``cluster.feeder``), which kills this node's QEMUs
-when that moment passes with no newer one. For the same reason a server leaving while
-QEMUs of this node run (``qemus_running``) does not revoke its lease: it renews it a
-last time and leaves it to run out, and the watchdog fences at that deadline unless a
-server of this node is back and feeding it first (it re-adopts them).
+to ``arm`` too (the node's watchdog: ``cluster.feeder``), which kills this node's
+QEMUs once that moment and a twelfth of the TTL pass with no newer one. For the same
+reason a server leaving while QEMUs of this node run (``qemus_running``) does not
+revoke its lease: it renews it a last time and leaves it to run out, and the watchdog
+fences at that deadline unless a server of this node is back and feeding it first
+(it re-adopts them).
 """
 
 from __future__ import annotations
@@ -119,9 +120,15 @@ class Membership:
 
     def _renewed(self, sent: float) -> None:
         """A renewal (or grant) sent at ``sent`` succeeded: the node fences itself two
-        thirds of a TTL later unless it renews again, and so does its watchdog."""
+        thirds of a TTL later unless it renews again, and its watchdog a twelfth of a
+        TTL after that (a server that lives fences first and records why; the lease
+        lasts at least a quarter of a TTL longer)."""
         self._renewed_at = sent
-        self._arm(sent + self._fence_after)
+        self._arm(self._watchdog_at)
+
+    @property
+    def _watchdog_at(self) -> float:
+        return self._renewed_at + self._fence_after + self._ttl_s / 12
 
     async def _beat(self) -> None:
         beat = self._ttl_s / 3
@@ -173,7 +180,7 @@ class Membership:
         else:
             if not self.cut_off:
                 self._renewed(sent)
-        left = self._renewed_at + self._fence_after - trio.current_time()
+        left = self._watchdog_at - trio.current_time()
         log.warning(
             "node %s leaves with QEMUs running: its lease is left to run out, and its "
             "watchdog kills them in %.1f s unless a server of this node is back by then",
