@@ -24,12 +24,12 @@ def start(runtime_dir: Path) -> subprocess.CompletedProcess[bytes]:
 def pids(runtime_dir: Path) -> list[int]:
     """The watchdogs of ``runtime_dir`` running now."""
     wanted = command(runtime_dir)[1:]
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        if proc.info["cmdline"] and proc.info["cmdline"][1:] == wanted:
-            if proc.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(proc.pid)
-    return found
+    return [
+        proc.pid
+        for proc in psutil.process_iter(["cmdline", "status"])
+        if (proc.info["cmdline"] or [])[1:] == wanted
+        and proc.info["status"] != psutil.STATUS_ZOMBIE
+    ]
 
 
 def feed(runtime_dir: Path, *lines: bytes) -> list[str]:
