@@ -21,7 +21,7 @@ import psutil
 import pytest
 from quart_trio import QuartTrio
 
-from clusternodes import Node, make_key, running, write_secret
+from clusternodes import Node, kill_watchdog, make_key, running, write_secret
 from etcdcluster import EtcdCluster
 from hypermachine.api.peer import install_peer_routes
 from hypermachine.cluster.forwarding import NodeAuth
@@ -305,7 +305,8 @@ async def test_a_source_that_died_after_the_hand_over_drops_its_paused_copy(
     nodes: list[Node], etcd: EtcdCluster
 ) -> None:
     """The source's server dies between handing the VM over in etcd and quitting its
-    QEMU, which stays paused with its state sent (``postmigrate``). Restarted, the
+    QEMU, which stays paused with its state sent (``postmigrate``); its watchdog is
+    gone too, or it would fence that QEMU before the test has staged it. Restarted, the
     server drops that QEMU and the record: it never runs a second copy."""
     first, _ = nodes
     vm = _running(first, "stale-source")
@@ -314,6 +315,7 @@ async def test_a_source_that_died_after_the_hand_over_drops_its_paused_copy(
     argv = psutil.Process(pid).cmdline()
     run_dir = Path(argv[argv.index("-pidfile") + 1]).parent
     first.server.kill9()
+    kill_watchdog(first)
 
     # As the crash left it: the state sent (to /dev/null here), etcd naming m2.
     bridge = QmpBridge()
