@@ -164,8 +164,8 @@ class Membership:
         """Revoke the lease (the others see this node ``down`` at once), unless QEMUs
         of this node run: they must not outlive it, and a server of this node started
         again soon re-adopts them. Then the lease is renewed a last time and left to
-        run out; the watchdog, armed with that renewal, kills them two thirds of a TTL
-        later unless a new server feeds it first."""
+        run out; the watchdog, armed with that renewal, kills them three quarters of a
+        TTL later unless a new server feeds it first."""
         if self._qemus_running is None or not await self._qemus_running():
             try:
                 await self._etcd.revoke(self._lease)
@@ -178,8 +178,7 @@ class Membership:
         except EtcdError as err:
             log.warning("node %s: no last renewal: %s", self.name, err)
         else:
-            if not self.cut_off:
-                self._renewed(sent)
+            self._renewed(sent)
         left = self._watchdog_at - trio.current_time()
         log.warning(
             "node %s leaves with QEMUs running: its lease is left to run out, and its "
