@@ -200,3 +200,13 @@ async def test_a_server_back_within_its_lease_keeps_its_qemu(
     assert qemu_pids_for({vm["uuid"]}) == [pid]
     assert watchdogs.pids(node.runtime_dir) == [watchdog], "the same watchdog, fed again"
     assert "killed" not in (node.runtime_dir / LOG_NAME).read_text()
+
+    # With no QEMU left, a stop revokes the lease: down at once, not a lease later.
+    assert node.call("alice", "DELETE", f"/api/v1/vms/{vm['id']}?force=true").status_code == 204
+    node.server.stop()
+    await wait_until(
+        lambda: cluster[0].node_states()["w4"] == "down",
+        timeout=LONG_TTL_S / 3,
+        what="w4 down once stopped",
+    )
+    node.start(etcd, secret)  # for the module's clean-up
