@@ -20,7 +20,7 @@ import pytest
 import trio
 
 import watchdogs
-from clusternodes import TTL_S, Node, make_key, owner_of, running, write_secret
+from clusternodes import Node, make_key, owner_of, running, write_secret
 from etcdcluster import EtcdCluster
 from hypermachine.watchdog import LOG_NAME
 from support import process_gone, qemu_pids_for, require_tiny, wait_until
@@ -30,6 +30,9 @@ pytestmark = pytest.mark.qemu
 NAMES = ("w1", "w2", "w3")
 SECRET = b"the-watchdog-cluster-secret-of-32-bytes-or-more"
 BOOT_S = 60  # a tiny guest's boot under TCG on a busy 2-core host, with margin
+# Three chained takeovers: a lease whose renewals a busy 2-core host does not miss by
+# itself (the node would fence its VM on its own), still short enough to wait for.
+TTL_S = 5
 # w4 is killed and started again with its VM running: a third of this lease (the least
 # its watchdog waits after a kill) covers a server's restart on a busy host.
 LONG_TTL_S = 30
@@ -67,7 +70,7 @@ class Copies:
         while True:
             found = await trio.to_thread.run_sync(qemu_pids_for, {self.uuid})
             self.most = max(self.most, len(found))
-            await trio.sleep(0.05)
+            await trio.sleep(0.25)  # a second copy would live for seconds: its boot at least
 
 
 @asynccontextmanager
@@ -104,6 +107,15 @@ async def _running_on(
     return _node(cluster, str(owner))
 
 
+async def _guest_running(cluster: list[Node], etcd: EtcdCluster, vm: dict[str, Any]) -> Node:
+    """The node the guest runs on; started again by its owner if a test before left it
+    stopped (so one failure does not fail the tests after it)."""
+    owner = owner_of(etcd, vm["id"])
+    if owner is not None and _node(cluster, owner).read(vm["id"])["state"] in ("stopped", "error"):
+        _node(cluster, owner).call("alice", "POST", f"/api/v1/vms/{vm['id']}/start", json={})
+    return await _running_on(cluster, etcd, vm)
+
+
 async def _fenced_before_down(
     observers: list[Node], gone: Node, vm: dict[str, Any], pid: int
 ) -> None:
@@ -136,7 +148,7 @@ async def test_a_killed_servers_qemu_is_fenced_and_the_vm_runs_on_exactly_one_ot
 async def test_a_hung_servers_qemu_is_fenced_and_waking_brings_no_second_copy(
     cluster: list[Node], etcd: EtcdCluster, guest: dict[str, Any]
 ) -> None:
-    hung = await _running_on(cluster, etcd, guest)
+    hung = await _guest_running(cluster, etcd, guest)
     others = [node for node in cluster[:3] if node is not hung]
     assert hung.server.proc is not None
     (pid,) = qemu_pids_for({guest["uuid"]})
@@ -164,7 +176,7 @@ async def test_a_hung_servers_qemu_is_fenced_and_waking_brings_no_second_copy(
 async def test_a_server_stopped_with_its_qemu_running_leaves_no_second_copy(
     cluster: list[Node], etcd: EtcdCluster, guest: dict[str, Any]
 ) -> None:
-    stopped = await _running_on(cluster, etcd, guest)
+    stopped = await _guest_running(cluster, etcd, guest)
     others = [node for node in cluster[:3] if node is not stopped]
     (pid,) = qemu_pids_for({guest["uuid"]})
     async with sampled(guest["uuid"]):
