@@ -84,7 +84,7 @@ def bench_boot(client: httpx.Client, data_dir: Path) -> None:
         client.delete(f"/api/v1/vms/{vm['id']}?force=true")
 
         with tempfile.TemporaryDirectory(prefix="hm-bench-") as scratch:
-            hand = _hand_argv([a.decode() for a in argv], Path(scratch))
+            by_hand = _hand_argv([a.decode() for a in argv], Path(scratch))
             # The VM's disk went with the VM: give the hand run its own overlay.
             disk = Path(scratch) / "disk.qcow2"
             subprocess.run(
@@ -92,10 +92,10 @@ def bench_boot(client: httpx.Client, data_dir: Path) -> None:
                  str(REPO / "images/tiny/disk.qcow2"), "-F", "qcow2", str(disk)],
                 check=True,
             )  # fmt: skip
-            hand = [a.replace(str(data_dir / "vms" / vm["id"] / "disk.qcow2"), str(disk))
-                    for a in hand]  # fmt: skip
+            by_hand = [a.replace(str(data_dir / "vms" / vm["id"] / "disk.qcow2"), str(disk))
+                       for a in by_hand]  # fmt: skip
             t0 = time.monotonic()
-            proc = subprocess.Popen(hand, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(by_hand, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 hand_times.append(_wait_marker(Path(scratch) / "console.log") - t0)
             finally:

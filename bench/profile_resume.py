@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from hypermachine.hypervisor import manager, snapshot_service  # noqa: E402
 from hypermachine.hypervisor.devices import cloudinit, passt, resources  # noqa: E402
 from hypermachine.hypervisor.guest import guest_agent  # noqa: E402
+from hypermachine.hypervisor.platform import vmplatform  # noqa: E402
 from hypermachine.hypervisor.qemu import machine  # noqa: E402
 from hypermachine.hypervisor.storage import layers, snapshots  # noqa: E402
 from hypermachine.models import (  # noqa: E402
@@ -37,6 +38,7 @@ from hypermachine.models import (  # noqa: E402
     ExecRequest,
     ForkRequest,
     SnapshotRequest,
+    Vm,
     VmState,
 )
 from hypermachine.server import open_services  # noqa: E402
@@ -82,7 +84,7 @@ def instrument() -> None:
     _timed_async(passt.PasstProcesses, "start", lambda *a, **k: "passt started")
     _timed_sync(cloudinit, "write_seed", "cloud-init seed written")
     _timed_async(resources.HostResources, "acquire", lambda *a, **k: "host resources held")
-    _timed_async(manager.vmplatform, "launch_platform", lambda *a, **k: "firmware/TPM ready")
+    _timed_async(vmplatform, "launch_platform", lambda *a, **k: "firmware/TPM ready")
     _timed_sync(manager, "build_argv", "argv built")
     _timed_sync(manager, "spawn_qemu", "QEMU process started")
     _timed_async(machine.Machine, "connect", lambda *a, **k: "QMP connected")
@@ -156,8 +158,9 @@ async def main() -> None:
                         made = await mgr.fork(
                             vm_id, ForkRequest(name=f"f{n}", snapshot="warm", wait=True)
                         )
-                        children.append(made[0].id)
-                        return made[0].id
+                        child: Vm = made[0]
+                        children.append(child.id)
+                        return child.id
 
                     forks.append(await timeline(f"fork {n}", fork, svc))
                     await mgr.delete(children[0], force=True)

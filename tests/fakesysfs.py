@@ -56,8 +56,8 @@ class FakeSysfs:
                 (folder / name).write_text("")
         (root / "kernel" / "iommu_groups").mkdir(parents=True)
         (root / "bus" / "mdev" / "devices").mkdir(parents=True)
-        for address, vendor, device, klass, driver, group in DEVICES:
-            self._device(address, vendor, device, klass, driver, group if iommu else None)
+        for address, vendor, device, klass, bound, group in DEVICES:
+            self._device(address, vendor, device, klass, bound, group if iommu else None)
         self._mdev_types()
 
     def _device(

@@ -37,7 +37,7 @@ async def served(services: Services) -> AsyncIterator[str]:
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         await nursery.start(
-            lambda task_status: serve(  # type: ignore[arg-type]
+            lambda task_status: serve(
                 create_app(services), config, shutdown_trigger=stop.wait, task_status=task_status
             )
         )

@@ -69,7 +69,7 @@ async def wait_until(
 def process_gone(pid: int) -> bool:
     """True once ``pid`` has exited (a zombie awaiting its reaper counts as gone)."""
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
 

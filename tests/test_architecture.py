@@ -167,16 +167,18 @@ def _qmp_commands() -> set[str]:
             continue
         targets = {t.id for t in node.targets if isinstance(t, ast.Name)}
         if "READ_ONLY_QMP" in targets:  # a set of command names
-            names |= {c.value for c in ast.walk(node.value) if isinstance(c, ast.Constant)}
+            names |= {str(c.value) for c in ast.walk(node.value) if isinstance(c, ast.Constant)}
         elif targets & {"_ATTESTATION", "_PROBE"}:  # (key, command) pairs
-            names |= {
-                pair.elts[1].value
-                for pair in ast.walk(node.value)
-                if isinstance(pair, ast.Tuple)
-                and len(pair.elts) == 2
-                and all(isinstance(e, ast.Constant) for e in pair.elts)
-            }
+            names |= {command for _, command in _constant_pairs(node.value)}
     return names
+
+
+def _constant_pairs(tree: ast.AST) -> Iterator[tuple[str, str]]:
+    for pair in ast.walk(tree):
+        if isinstance(pair, ast.Tuple) and len(pair.elts) == 2:
+            key, value = pair.elts
+            if isinstance(key, ast.Constant) and isinstance(value, ast.Constant):
+                yield str(key.value), str(value.value)
 
 
 # Words that are QMP commands and plain English too: outside the vocabulary they are

@@ -24,7 +24,7 @@ from hypermachine.hypervisor.platform.capabilities import (
 )
 from hypermachine.hypervisor.platform.firmware import find_firmware, firmware_for_confidential
 from hypermachine.hypervisor.platform.host import HostFacts, check_supported
-from hypermachine.models import HostCapabilities, VmSpec
+from hypermachine.models import HostCapabilities, SecuritySpec, VmSpec
 
 SEV_CAPS = {"pdh": "AAAA", "cert-chain": "BBBB", "cpu0-id": "CCCC", "cbitpos": 51,
             "reduced-phys-bits": 1}  # fmt: skip
@@ -282,10 +282,10 @@ def test_check_supported_refuses_exactly_what_is_missing(
     caps = probe(tmp_path, sys_root=root, firmware_dir=firmware_dir,
                  types=[*BASE_TYPES, "sev-guest"], sev=SEV_CAPS, dev=("sev",))  # fmt: skip
     facts = HostFacts("kvm", "auto", "9.2.0", 8, 16 << 30, capabilities=caps)
-    ok = VmSpec(name="a", image="tiny", security={"memory_encryption": "sev", "vtpm": True})
+    ok = VmSpec(name="a", image="tiny", security=SecuritySpec(memory_encryption="sev", vtpm=True))
     if caps.capabilities.vtpm.available:
         check_supported(ok, facts)  # nothing raised
-    es = VmSpec(name="a", image="tiny", security={"memory_encryption": "sev_es"})
+    es = VmSpec(name="a", image="tiny", security=SecuritySpec(memory_encryption="sev_es"))
     with pytest.raises(Unsupported) as refused:
         check_supported(es, facts)
     assert refused.value.details["unsupported"] == {
@@ -295,10 +295,13 @@ def test_check_supported_refuses_exactly_what_is_missing(
 
 
 def test_unprobed_host_refuses_security() -> None:
-    spec = VmSpec(name="a", image="tiny", security={"secure_boot": True})
+    spec = VmSpec(name="a", image="tiny", security=SecuritySpec(secure_boot=True))
     with pytest.raises(Unsupported) as refused:
         check_supported(spec, host())
-    assert "not been probed" in refused.value.details["unsupported"]["security.secure_boot"]
+    unsupported = refused.value.details["unsupported"]
+    assert (
+        isinstance(unsupported, dict) and "not been probed" in unsupported["security.secure_boot"]
+    )
 
 
 def test_real_qemu_answers_the_probe() -> None:

@@ -114,6 +114,7 @@ async def _migrated(
 
     # One QEMU, the destination's; etcd names it; the source holds no record.
     assert qemu_pids_for({vm["uuid"]}) == [result["vm"]["pid"]]
+    assert source.server.proc is not None
     assert psutil.Process(result["vm"]["pid"]).ppid() != source.server.proc.pid
     assert owner_of(etcd, vm_id) == dest.name
     assert [v["node"] for v in source.vms("alice") if v["id"] == vm_id] == [dest.name]

@@ -101,7 +101,7 @@ def _snapshot(node: Node, vm: dict[str, Any], name: str) -> Any:
 
 
 def _folder(node: Node, vm: dict[str, Any]) -> Path:
-    return node.server.data_dir / "vms" / vm["id"]
+    return node.server.data_dir / "vms" / str(vm["id"])
 
 
 async def _counted(etcd: EtcdCluster, node: Node) -> int | None:

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from httpx_ws import WebSocketUpgradeError, aconnect_ws
+from httpx_ws import AsyncWebSocketSession, WebSocketUpgradeError, aconnect_ws
 
 from clusternodes import FREE_RATE, RESTART_TTL_S, TTL_S, Node, make_key, running, write_secret
 from etcdcluster import EtcdCluster
@@ -240,6 +240,7 @@ async def test_a_tenants_quota_counts_its_vms_of_every_node(
 async def _console_says(node: Node, headers: dict[str, str], vm_id: str, word: str) -> str:
     """Type ``echo`` on the VM's serial console through ``node``; what came back."""
     seen = b""
+    ws: AsyncWebSocketSession
     async with (
         httpx.AsyncClient(base_url=node.server.url, headers=headers, timeout=60) as http,
         aconnect_ws(f"/api/v1/vms/{vm_id}/console", http) as ws,

@@ -24,7 +24,7 @@ from hypermachine.errors import DeviceInUse, DeviceUnavailable, Unsupported
 from hypermachine.hypervisor.devices.vfio import GpuAllocator, mdev_uuid
 from hypermachine.hypervisor.devices.vfio import gpu as gpu_of
 from hypermachine.hypervisor.qemu.argv import gpu_args
-from hypermachine.models import CreateVmRequest, GpuAssignment, Vm, VmState
+from hypermachine.models import CreateVmRequest, GpuAssignment, GpuSpec, Vm, VmState
 from support import make_settings
 
 GPU, AUDIO, BRIDGE = "0000:01:00.0", "0000:01:00.1", "0000:00:01.0"
@@ -43,7 +43,7 @@ def make_vm(n: int, gpu: dict[str, Any], held: GpuAssignment | None = None) -> V
         uuid=f"6b1d2f0e-0000-4000-8000-00000000000{n}",
         name=f"g{n}",
         image="tiny",
-        gpu={"enabled": True, **gpu},
+        gpu=GpuSpec(enabled=True, **gpu),
         gpu_assignment=held,
         state=VmState.STOPPED,
         created_at=now,
@@ -173,7 +173,9 @@ async def test_only_display_devices_are_passed_through_unless_the_operator_allow
     vm = make_vm(1, {"device": device})
     with pytest.raises(Unsupported) as refused:
         await allocator(sysfs).acquire(vm)
-    reason = refused.value.details["unsupported"]["gpu"]
+    unsupported = refused.value.details["unsupported"]
+    assert isinstance(unsupported, dict)
+    reason = unsupported["gpu"]
     assert f"a {what} controller, not a display device" in reason and "passthrough_allow" in reason
     assert sysfs_writes(caplog) == []  # the host driver keeps it
     assert sysfs.override(device) == "(null)\n"
@@ -349,8 +351,10 @@ async def test_a_nodes_description_lists_the_gpus_it_has_free(services: Services
         ("i915-GVTg_V5_4", 2), ("i915-GVTg_V5_8", 0)
     ]  # fmt: skip
     assert "bios" in here.firmware
-    spec = CreateVmRequest(name="holder", image="tiny", memory_mb=512, disk_gb=1,
-                           network={"type": "none"}, gpu={"device": GPU})  # fmt: skip
+    spec = CreateVmRequest.model_validate(  # a request's gpu.device alone means enabled
+        {"name": "holder", "image": "tiny", "memory_mb": 512, "disk_gb": 1,
+         "network": {"type": "none"}, "gpu": {"device": GPU}}
+    )  # fmt: skip
     vm = await manager.wait_for((await manager.create(spec)).vm.id, {VmState.STOPPED}, 60)
     paths = manager._paths(vm.id)
     held = await manager._resources.acquire(vm, False, paths)

@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +29,7 @@ from guestconsole import console, console_text, wait_console
 from hypermachine.api import Services
 from hypermachine.config import Settings
 from hypermachine.hypervisor.devices.hostnet import interface_exists, port_free
-from hypermachine.models import CreateVmRequest, VmState
+from hypermachine.models import CreateVmRequest, NetworkSpec, VmState
 from hypermachine.server import open_services
 from livehttp import served
 from support import (
@@ -168,7 +169,7 @@ async def _static_ips_answer(services: Services, bridge: ScratchBridge, a: Any, 
         address = vm["network"]["ip"].split("/")[0]
         await wait_console(services, vm["id"], f"HM-NET eth0 {address}")
         await wait_until(
-            lambda address=address: bridge.ping(address),
+            partial(bridge.ping, address),
             timeout=60,
             what=f"{address} to answer ping from the peer namespace",
         )
@@ -267,17 +268,18 @@ async def test_tap_of_a_vm_that_died_while_the_server_was_away_is_removed(
         image="tiny",
         memory_mb=512,
         disk_gb=1,
-        network={"type": "bridge", "ip": bridge.host(20)},
+        network=NetworkSpec(type="bridge", ip=bridge.host(20)),
         start=True,
     )
     async with open_services(settings) as svc:
         created = await svc.manager.create(request)
         vm = await svc.manager.wait_for(created.vm.id, {VmState.RUNNING}, BOOT_S)
-    assert vm.network_info is not None and vm.network_info.tap is not None and vm.pid
+    pid = vm.pid
+    assert vm.network_info is not None and vm.network_info.tap is not None and pid
     tap = vm.network_info.tap
     assert interface_exists(tap), "QEMU and its tap outlive the server"
-    psutil.Process(vm.pid).kill()
-    await wait_until(lambda: process_gone(vm.pid), what="QEMU to die")
+    psutil.Process(pid).kill()
+    await wait_until(lambda: process_gone(pid), what="QEMU to die")
 
     async with open_services(settings) as svc:
         try:
@@ -340,10 +342,10 @@ async def test_fork_children_on_a_bridge_get_their_own_address_and_mac(
         ).stdout  # fmt: skip
         assert f"ether saddr != {info['mac']} drop" in table and f"saddr != {ip} drop" in table
         expected = f"{info['mac']} {ip}/24 {gateway}"
-        await wait_until_read(lambda c=child: guest_identity(client, c["id"]), expected)
+        await wait_until_read(partial(guest_identity, client, child["id"]), expected)
     assert len({c["network_info"]["mac"] for c in children}) == 2
     for address in (parent_ip, *child_ips):
-        await wait_until(lambda a=address: bridge.ping(a), timeout=60, what=f"{address} to answer")
+        await wait_until(partial(bridge.ping, address), timeout=60, what=f"{address} to answer")
     for child, ip in zip(children, child_ips, strict=True):
         neighbours = bridge.in_netns("ip", "neigh", "show", ip).stdout
         assert child["network_info"]["mac"] in neighbours, neighbours

@@ -80,7 +80,7 @@ async def guest(svc: Services, vm_id: str, script: str, stdin: bytes | None = No
         timeout_s=60,
     )
     result = await svc.manager.guest.exec(vm_id, request, wait_agent_s=BOOT_S)
-    assert result.exit_code == 0, result
+    assert result.exit_code == 0 and result.stdout is not None, result
     return result.stdout
 
 
@@ -150,7 +150,7 @@ async def uptime(client: Any, vm_id: str) -> float:
 
 async def migrate(client: Any, vm_id: str, body: dict[str, Any]) -> dict[str, Any]:
     status, moved = await post(client, f"/api/v1/vms/{vm_id}/migrate", body)
-    assert status == 200, moved
+    assert status == 200 and isinstance(moved, dict), moved
     return moved
 
 
@@ -303,8 +303,9 @@ async def test_platform_state_follows_snapshots_and_migrations(
     fresh_vars, fresh_tpm = vars_file(paths).read_bytes(), tpm_state().read_bytes()
 
     await mgr.start(vm.id)
-    await Console(paths).wait_for("HM-READY tiny", timeout=BOOT_S)
-    assert "HM-SECUREBOOT=0" in Console(paths).text()  # plain OVMF boots the signed chain
+    console = Console(services, vm.id)
+    await console.wait_for("HM-READY tiny", timeout=BOOT_S)
+    assert "HM-SECUREBOOT=0" in console.text()  # plain OVMF boots the signed chain
     await check_snapshots(services, vm.id, paths)
     await check_migrations(client, services, vm.id)
 

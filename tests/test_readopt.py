@@ -40,9 +40,10 @@ async def test_restart_in_process_readopts(settings: Settings, tiny: Path) -> No
     assert vm.pid is not None and psutil.pid_exists(vm.pid)
     network = passt_of(settings, vm.id)
     assert network is not None
-    assert goner.pid is not None
-    psutil.Process(goner.pid).kill()
-    await wait_until(lambda: process_gone(goner.pid), what="goner to die")
+    goner_pid = goner.pid
+    assert goner_pid is not None
+    psutil.Process(goner_pid).kill()
+    await wait_until(lambda: process_gone(goner_pid), what="goner to die")
 
     async with open_services(settings) as svc:
         try:

@@ -22,7 +22,7 @@ from hypermachine.config import Settings
 from hypermachine.hypervisor.platform import tpm
 from hypermachine.hypervisor.platform.vmplatform import vars_file
 from hypermachine.hypervisor.vmfiles.layout import VmPaths
-from hypermachine.models import CreateVmRequest, SecuritySpec, VmState
+from hypermachine.models import CreateVmRequest, NetworkSpec, SecuritySpec, VmState
 from hypermachine.server import open_services
 from support import REPO, make_settings, process_gone, qemu_pids_for, remove_all_vms, wait_until
 
@@ -136,7 +136,7 @@ async def boot(services: Services, name: str, image: str, **security: Any) -> tu
             image=image,
             memory_mb=512,
             disk_gb=1,
-            network={"type": "none"},
+            network=NetworkSpec(type="none"),
             security=SecuritySpec(**security),
             start=True,
         )

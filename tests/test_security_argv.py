@@ -23,6 +23,7 @@ from hypermachine.models import (
     CreateVmRequest,
     FirmwareSet,
     HostCapabilities,
+    SecuritySpec,
     SevCapabilities,
     VmSpec,
 )
@@ -263,7 +264,7 @@ async def test_no_sev_capabilities_is_refused(tmp_path: Path) -> None:
 )
 def test_bad_security_specs(security_: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
-        VmSpec(name="a", image="tiny", security=security_)
+        VmSpec.model_validate({"name": "a", "image": "tiny", "security": security_})
 
 
 @pytest.mark.parametrize(
@@ -293,12 +294,14 @@ def test_firmware_must_fit_security(spec: dict[str, Any]) -> None:
 def test_firmware_defaults(
     asked: str | None, security_: dict[str, Any], image: str, resolved: str
 ) -> None:
-    request = CreateVmRequest(name="a", image="x", firmware=asked, security=security_)
+    request = CreateVmRequest.model_validate(
+        {"name": "a", "image": "x", "firmware": asked, "security": security_}
+    )
     assert vmplatform.resolve_firmware(request, image).firmware == resolved
 
 
 def test_direct_kernel_secure_boot_is_called_out() -> None:
-    spec = VmSpec(name="a", image="tiny", security={"secure_boot": True})
+    spec = VmSpec(name="a", image="tiny", security=SecuritySpec(secure_boot=True))
     notes = vmplatform.security_notes(spec, direct_kernel=True)
     assert len(notes) == 1 and "does not verify this VM's kernel" in notes[0]
     assert vmplatform.security_notes(spec, direct_kernel=False) == []

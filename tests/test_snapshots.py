@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,7 @@ async def check_fork(client: Any, services: Services, parent_id: str) -> list[di
     body = {"name": "child", "snapshot": "s1", "count": 2, "wait": True}
     status, forked = await post(client, f"/api/v1/vms/{parent_id}/fork", body)
     assert status == 201, forked
-    children = forked["vms"]
+    children: list[dict[str, Any]] = forked["vms"]
     assert [c["name"] for c in children] == ["child-1", "child-2"]
     assert all(c["state"] == "running" for c in children), children
     assert all(c["from_snapshot"] == {"vm_id": parent_id, "snapshot": "s1"} for c in children)
@@ -155,7 +156,7 @@ async def check_fork(client: Any, services: Services, parent_id: str) -> list[di
     assert all(len(p) == 1 for p in ports) and len({p[0] for p in ports}) == 3, ports
     for vm in vms:  # the children's guests took their own MAC through the agent
         mac = vm["network"]["mac"]
-        await wait_until_read(lambda v=vm: guest_mac(client, v["id"]), mac, timeout=60)
+        await wait_until_read(partial(guest_mac, client, vm["id"]), mac, timeout=60)
     # The remap is reported as each child is made, and each host port reaches its own guest.
     forking = [e.data for e in services.manager.events.after(0, vm_id=parent_id)
                if e.type == "vm.snapshot" and e.data["step"] == "forking"]  # fmt: skip
@@ -400,7 +401,8 @@ async def test_storage_quota_counts_the_tenants_vm_folders(services: Services) -
         with pytest.raises(QuotaExceeded) as caught:
             await manager.snapshot(vm.id, SnapshotRequest(name="big"))
         assert caught.value.details["kind"] == "storage"
-        assert caught.value.details["used_bytes"] > caught.value.details["limit_bytes"]
+        used, limit = (caught.value.details[k] for k in ("used_bytes", "limit_bytes"))
+        assert isinstance(used, int) and isinstance(limit, int) and used > limit
         assert manager.list_snapshots(vm.id) == []
         assert manager.get(vm.id).state is VmState.STOPPED
 
@@ -439,3 +441,27 @@ async def test_fork_and_template_refuse_bad_input(client: Any, services: Service
     done = await client.get(f"/api/v1/vms/{vm['id']}/wait?state=stopped&timeout=30")
     assert done.status_code == 200
     assert [s.name for s in services.manager.list_snapshots(vm["id"])] == ["later"]
+
+
+async def test_a_damaged_snapshot_layer_fails_the_restore_cleanly(
+    client: Any, services: Services
+) -> None:
+    """The frozen layer lives in the VM's folder, where QEMU's user can write: a restore
+    from one that is no longer a qcow2 image is refused, and the VM stays manageable."""
+    status, vm = await post(client, "/api/v1/vms", {"name": "damaged", **TINY, "wait": True})
+    assert (status, vm["state"]) == (201, "stopped"), vm
+    status, snap = await post(client, f"/api/v1/vms/{vm['id']}/snapshots", {"name": "s"})
+    assert status == 201, snap
+    _, layer = services.manager.snapshots._dir(vm["id"], "s").meta()
+    frozen = services.settings.vms_dir / vm["id"] / layer
+    with frozen.open("r+b") as image:
+        image.write(b"\0" * 512)  # no qcow2 header any more
+
+    status, got = await post(client, f"/api/v1/vms/{vm['id']}/snapshots/s/restore", {})
+    assert (status, got["error"]["code"]) == (500, "HYPERVISOR_ERROR"), got
+    assert layer in got["error"]["message"], got
+    after = services.manager.get(vm["id"])
+    assert after.state is VmState.STOPPED, after
+    assert after.state_reason is not None and "restore failed" in after.state_reason
+    deleted = await client.delete(f"/api/v1/vms/{vm['id']}?force=true")
+    assert deleted.status_code in (200, 202, 204), await deleted.get_json()

@@ -253,8 +253,8 @@ def test_boot_console_qga_reboot_powerdown(boot: Any) -> None:
 
     # reboot -f from inside resets the machine and the guest comes back
     prompts = g.serial_text().count("hm-tiny# ")
-    events = asyncio.run(_qmp_until(g, {"RESET"}, type_line="reboot -f", timeout=30))
-    assert any(e["event"] == "RESET" and e["data"]["guest"] for e in events), events
+    resets = asyncio.run(_qmp_until(g, {"RESET"}, type_line="reboot -f", timeout=30))
+    assert any(e["event"] == "RESET" and e["data"]["guest"] for e in resets), resets
     g.wait_serial(MARKER, count=2)
     g.wait_serial("hm-tiny# ", count=prompts + 1, timeout=60)
 

@@ -131,7 +131,7 @@ async def test_unknown_tool_format_is_a_clean_404(client: Any) -> None:
 
 # -- the raw MCP endpoint (the SDK-driven tests are in test_mcp_sdk.py) -------------
 
-INIT = {
+INIT: dict[str, Any] = {
     "jsonrpc": "2.0",
     "id": 1,
     "method": "initialize",

@@ -45,7 +45,7 @@ def gemini_call(name: str, arguments: dict[str, Any], *, snake: bool = False) ->
     return part.model_dump(mode="json", by_alias=not snake, exclude_none=True)
 
 
-async def execute(client: Any, call: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+async def execute(client: Any, call: dict[str, Any]) -> tuple[bool, Any]:
     """Post ``call``; check the answer has its provider's shape; return (ok, data)."""
     response = await client.post("/agentic/execute", json=call)
     assert response.status_code == 200, await response.get_data()

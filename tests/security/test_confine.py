@@ -19,7 +19,7 @@ from hypermachine.config import ConfigError
 from hypermachine.hypervisor.platform import tpm
 from hypermachine.hypervisor.vmfiles.confine import DEFAULT_QEMU_USER, resolve_qemu_identity
 from hypermachine.hypervisor.vmfiles.layout import VmPaths
-from hypermachine.models import CreateVmRequest, SnapshotRequest, VmState
+from hypermachine.models import CreateVmRequest, SecuritySpec, SnapshotRequest, VmState
 from hypermachine.server import open_services
 from support import make_settings, qemu_pids_for, remove_all_vms, wait_until
 
@@ -74,7 +74,11 @@ async def test_qemu_and_swtpm_run_as_the_unprivileged_user(
             private_dir.chmod(0o700)
             assert not _reaches(DEFAULT_QEMU_USER, private_dir)
             request = CreateVmRequest(
-                name="jail", image="tiny", memory_mb=512, disk_gb=1, security={"vtpm": True}
+                name="jail",
+                image="tiny",
+                memory_mb=512,
+                disk_gb=1,
+                security=SecuritySpec(vtpm=True),
             )
             vm = (await svc.manager.create(request)).vm
             await svc.manager.wait_for(vm.id, {VmState.STOPPED}, 60)
@@ -87,10 +91,9 @@ async def test_qemu_and_swtpm_run_as_the_unprivileged_user(
             for pid in (vm.pid, swtpm):  # QEMU, and the swtpm it talks to
                 assert _status(pid, "Uid") == [user.pw_uid] * 4, pid
                 assert _status(pid, "Gid") == [user.pw_gid] * 4, pid
-                assert set(_status(pid, "Groups")) <= {
-                    user.pw_gid,
-                    *svc.manager.qemu_identity.groups,
-                }
+                identity = svc.manager.qemu_identity
+                assert identity is not None
+                assert set(_status(pid, "Groups")) <= {user.pw_gid, *identity.groups}
             # made by swtpm_setup as that user, signed by this data dir's own local CA
             state = paths.vm_dir / "tpm" / "tpm2-00.permall"
             assert state.stat().st_uid == user.pw_uid
@@ -161,7 +164,11 @@ async def test_swtpm_does_not_follow_a_symlink_in_the_vms_folder(
     async with open_services(settings) as svc:
         try:
             request = CreateVmRequest(
-                name="tpm-link", image="tiny", memory_mb=512, disk_gb=1, security={"vtpm": True}
+                name="tpm-link",
+                image="tiny",
+                memory_mb=512,
+                disk_gb=1,
+                security=SecuritySpec(vtpm=True),
             )
             vm = (await svc.manager.create(request)).vm
             await svc.manager.wait_for(vm.id, {VmState.STOPPED}, 60)

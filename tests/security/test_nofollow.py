@@ -19,7 +19,7 @@ from hypermachine.hypervisor.devices import cloudinit
 from hypermachine.hypervisor.guest.console import rotate_at_start, rotate_if_over, tail_lines
 from hypermachine.hypervisor.qemu.machine import adopt_pid, spawn_qemu
 from hypermachine.hypervisor.vmfiles.layout import VmPaths, claim_server_dir
-from hypermachine.models import Vm, VmState
+from hypermachine.models import CloudInitSpec, Vm, VmState
 from hypermachine.server import open_services
 from support import make_settings
 
@@ -53,7 +53,7 @@ def seeded_vm() -> Vm:
         uuid="3f2a0c4e-1111-4222-8333-444455556666",
         name="seeded",
         image="tiny",
-        cloud_init={"hostname": "seeded"},
+        cloud_init=CloudInitSpec(hostname="seeded"),
         state=VmState.STOPPED,
         created_at=now,
         updated_at=now,

@@ -163,7 +163,7 @@ async def websocket_refusal(client: Any, path: str, headers: dict[str, str]) -> 
         async with client.websocket(path, headers=headers) as ws:
             await ws.receive()
     except* WebsocketResponseError as group:
-        refused = [err.response for err in group.exceptions]  # type: ignore[attr-defined]
+        refused = [e.response for e in group.exceptions if isinstance(e, WebsocketResponseError)]
     if not refused:
         return 101, "upgraded"
     return refused[0].status_code, await refused[0].get_json()

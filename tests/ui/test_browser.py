@@ -70,7 +70,7 @@ class Site:
     def open(self, path: str) -> None:
         self.browser.get(self.server.url + path)
 
-    def wait(self, timeout: float = 30) -> WebDriverWait:
+    def wait(self, timeout: float = 30) -> WebDriverWait[Any]:
         return WebDriverWait(self.browser, timeout)
 
     def find(self, css: str, timeout: float = 30) -> Any:
@@ -85,7 +85,9 @@ class Site:
             return (str(found[0].text),) if found else False
 
         wait = WebDriverWait(self.browser, 30, ignored_exceptions=(StaleElementReferenceException,))
-        return wait.until(read)[0]  # type: ignore[index]
+        found = wait.until(read)
+        assert isinstance(found, tuple)
+        return str(found[0])
 
     def click(self, css: str) -> None:
         """Click an element, again if a live update replaced it under the pointer."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
@@ -111,12 +111,13 @@ class Client(BaseClient):
         after: int | None = None,
         follow: bool = True,
         quiet: float = 1.0,
-    ) -> Iterator[Event]:
+    ) -> Generator[Event, None, None]:
         """The event log: events after id ``after`` (None: only new ones), as they happen.
 
         A broken stream is re-opened with ``Last-Event-ID`` so no event is lost or
         repeated. ``follow=False`` ends once the stream has been ``quiet`` seconds
-        without an event (to read what was logged so far, pass ``after=0``).
+        without an event (to read what was logged so far, pass ``after=0``). ``close()``
+        ends the stream.
         """
         failures = 0
         while True:

@@ -22,10 +22,12 @@ import os
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
+from ..concurrently import run_all
 from ..config import Settings
 from ..errors import (
     AddressInUse,
@@ -409,10 +411,14 @@ class SnapshotService:
         snapshot, layer = folder.meta()
         name = snapshot.name
         vm_dir = self._vm_dir(vm.id)
-        async with trio.open_nursery() as nursery:  # the new top is made while QEMU quits
-            nursery.start_soon(self._end_qemu, vm.id, "restoring a snapshot")
-            top = await layers.create_above(self._settings.qemu_img_binary, vm_dir, layer)
-        layers.point_top(vm_dir, top)
+        made: list[str] = []
+
+        async def new_top() -> None:
+            made.append(await layers.create_above(self._settings.qemu_img_binary, vm_dir, layer))
+
+        # The new top is made while QEMU quits; if it cannot be, QEMU still ends.
+        await run_all(partial(self._end_qemu, vm.id, "restoring a snapshot"), new_top)
+        layers.point_top(vm_dir, made[0])
         snapfiles.copy_platform(vm_dir, tpm.state_dir_of(vm_dir), folder.path, to_vm=True)
         layers.collect(vm_dir, self._keep_layers(vm_dir))
         Resume.of(vm_dir).discard()
