@@ -3,6 +3,7 @@ the cluster's API keys made as an operator would."""
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
@@ -14,25 +15,41 @@ from typing import Any
 
 import httpx
 
+import watchdogs
 from etcdcluster import EtcdCluster
 from hypermachine.cluster.keys import KEYS_PREFIX
 from hypermachine.cluster.membership import node_key
 from hypermachine.cluster.ownership import owner_key, view_key
 from hypermachine.cluster.quota import LIVE_PREFIX
+from hypermachine.config import load_settings
 from realserver import Server, free_port
 from support import qemu_pids_for
 
 TTL_S = 3
+# A lease under which a server restarted with QEMUs running is back (registered, its
+# watchdog fed) before its watchdog fences them: a restart on a busy 2-core host.
+RESTART_TTL_S = 15
 FREE_RATE = 24  # requests a minute of a free key, on all nodes together
 
 
 class Node:
-    """One node, and the cluster's API keys of its tenants (every node takes them)."""
+    """One node, and the cluster's API keys of its tenants (every node takes them).
 
-    def __init__(self, name: str, data: Path, keys: dict[str, str], *env: tuple[str, str]) -> None:
+    ``ttl_s``: its lease; a server of the node restarted while its QEMUs run must be
+    back within about a third of it (before its watchdog fences them)."""
+
+    def __init__(
+        self, name: str, data: Path, keys: dict[str, str], *env: tuple[str, str], ttl_s: int = TTL_S
+    ) -> None:
         self.name, self.server = name, Server(data, free_port())
         self.keys = keys
         self.env = env
+        self.ttl_s = ttl_s
+
+    @property
+    def runtime_dir(self) -> Path:
+        """Where its VMs' run dirs and its watchdog's socket are."""
+        return load_settings(environ={}, overrides={"data_dir": self.server.data_dir}).runtime_dir
 
     def call(
         self, tenant: str, method: str, path: str, timeout: float = 60, **kwargs: Any
@@ -41,6 +58,24 @@ class Node:
         url = f"{self.server.url}{path}"
         return httpx.request(method, url, headers=headers, timeout=timeout, **kwargs)
 
+    def node_states(self) -> dict[str, str]:
+        """Each node's state as this node lists it."""
+        answer = self.call("admin", "GET", "/api/v1/nodes")
+        assert answer.status_code == 200, answer.text
+        return {node["name"]: node["state"] for node in answer.json()["nodes"]}
+
+    def read(self, vm_id: str, tenant: str = "alice") -> dict[str, Any]:
+        answer = self.call(tenant, "GET", f"/api/v1/vms/{vm_id}")
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    def create(self, name: str, tenant: str = "alice", **spec: Any) -> dict[str, Any]:
+        """A tiny guest created here and started."""
+        body = {"name": name, "image": "tiny", "node": self.name, "start": True, **spec}
+        made = self.call(tenant, "POST", "/api/v1/vms", json=body)
+        assert made.status_code == 201, made.text
+        return dict(made.json())
+
     def vms(self, tenant: str, query: str = "") -> list[dict[str, Any]]:
         answer = self.call(tenant, "GET", f"/api/v1/vms{query}")
         assert answer.status_code == 200, answer.text
@@ -48,13 +83,27 @@ class Node:
 
     def start(self, etcd: EtcdCluster, secret: Path) -> None:
         self.server.start(
-            ("HM_NODE_LEASE_TTL_S", str(TTL_S)),
+            ("HM_NODE_LEASE_TTL_S", str(self.ttl_s)),
             ("HM_CLUSTER_SECRET_FILE", str(secret)),
             ("HM_VM_QUOTA_FREE", "1"),
             ("HM_RATE_LIMIT_FREE", str(FREE_RATE)),
             *self.env,
             args=["--node", self.name, "--etcd", etcd.endpoints, "--advertise", self.server.url],
         )
+
+
+def owner_of(etcd: EtcdCluster, vm_id: str) -> str | None:
+    """The node a VM's owner key names, read straight from etcd."""
+    key = base64.b64encode(owner_key(vm_id).encode()).decode()
+    answer = httpx.post(f"{etcd.client_urls[0]}/v3/kv/range", json={"key": key}, timeout=10)
+    kvs = answer.json().get("kvs", [])
+    return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
+
+
+def kill_watchdog(node: Node) -> None:
+    """SIGKILL the node's watchdog (a crash that took it too)."""
+    for pid in watchdogs.pids(node.runtime_dir):
+        os.kill(pid, signal.SIGKILL)
 
 
 def make_key(data: Path, etcd: EtcdCluster, tenant: str, *flags: str) -> str:

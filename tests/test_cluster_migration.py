@@ -21,7 +21,7 @@ import psutil
 import pytest
 from quart_trio import QuartTrio
 
-from clusternodes import Node, make_key, running, write_secret
+from clusternodes import Node, kill_watchdog, make_key, owner_of, running, write_secret
 from etcdcluster import EtcdCluster
 from hypermachine.api.peer import install_peer_routes
 from hypermachine.cluster.forwarding import NodeAuth
@@ -34,7 +34,6 @@ from hypermachine.hypervisor.storage.snapshots import wait_migration
 from hypermachine.hypervisor.vmfiles.layout import VmPaths
 from hypermachine.security.caller import SYSTEM
 from support import process_gone, qemu_pids_for, require_tiny, wait_until
-from test_cluster_restart import _owner
 from testnet import ScratchBridge, scratch_bridge
 
 SECRET = b"the-migration-cluster-secret-of-32-bytes-or-more"
@@ -117,7 +116,7 @@ async def _migrated(
     assert qemu_pids_for({vm["uuid"]}) == [result["vm"]["pid"]]
     assert source.server.proc is not None
     assert psutil.Process(result["vm"]["pid"]).ppid() != source.server.proc.pid
-    assert _owner(etcd, vm_id) == dest.name
+    assert owner_of(etcd, vm_id) == dest.name
     assert [v["node"] for v in source.vms("alice") if v["id"] == vm_id] == [dest.name]
     for node in (source, dest):  # any node answers for it
         assert node.call("alice", "GET", f"/api/v1/vms/{vm_id}").json()["node"] == dest.name
@@ -178,7 +177,7 @@ async def _refused(source: Node, dest: Node, vm: dict[str, Any], etcd: EtcdClust
     assert vm["name"] in refused.json()["error"]["message"]
     assert _sh(source, vm["id"], "cat /tmp/ram-marker") == "kept\n"
     assert qemu_pids_for({vm["uuid"]}) == [pid]
-    assert _owner(etcd, vm["id"]) == source.name
+    assert owner_of(etcd, vm["id"]) == source.name
     assert dest.call("alice", "DELETE", f"/api/v1/vms/{twin.json()['id']}").status_code == 204
 
 
@@ -306,7 +305,8 @@ async def test_a_source_that_died_after_the_hand_over_drops_its_paused_copy(
     nodes: list[Node], etcd: EtcdCluster
 ) -> None:
     """The source's server dies between handing the VM over in etcd and quitting its
-    QEMU, which stays paused with its state sent (``postmigrate``). Restarted, the
+    QEMU, which stays paused with its state sent (``postmigrate``); its watchdog is
+    gone too, or it would fence that QEMU before the test has staged it. Restarted, the
     server drops that QEMU and the record: it never runs a second copy."""
     first, _ = nodes
     vm = _running(first, "stale-source")
@@ -315,6 +315,7 @@ async def test_a_source_that_died_after_the_hand_over_drops_its_paused_copy(
     argv = psutil.Process(pid).cmdline()
     run_dir = Path(argv[argv.index("-pidfile") + 1]).parent
     first.server.kill9()
+    kill_watchdog(first)
 
     # As the crash left it: the state sent (to /dev/null here), etcd naming m2.
     bridge = QmpBridge()

@@ -15,8 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
+import watchdogs
 from etcdcluster import EtcdCluster
-from hypermachine.config import ConfigError, load_settings
+from hypermachine.config import ConfigError, Settings, load_settings
+from hypermachine.watchdog import SOCKET_NAME
 from realserver import Server, free_port
 from support import qemu_pids_for, wait_until
 from test_etcd_harness import get, put
@@ -156,7 +158,9 @@ def test_a_cluster_node_needs_its_name_and_url() -> None:
         load_settings(environ={}, overrides={"node": "Not_A_Label"})
 
 
-async def test_a_single_host_lists_itself(client: Any) -> None:
+async def test_a_single_host_lists_itself(client: Any, settings: Settings) -> None:
+    assert not (settings.runtime_dir / SOCKET_NAME).exists(), "a single host has no watchdog"
+    assert watchdogs.pids(settings.runtime_dir) == []
     answer = await client.get("/api/v1/nodes")
     body = await answer.get_json()
     assert answer.status_code == 200 and body["cluster"] is False, body

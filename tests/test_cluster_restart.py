@@ -2,14 +2,14 @@
 one storage folder and a real 3-member etcd: a crashed node's (server and QEMU killed)
 VM with ``restart_policy: on_node_failure`` boots again on exactly one other node from
 the same disk file, one with the default policy stays ``unknown``, and the crashed node
-back does not run the taken VM; a node whose server died while its QEMU runs on keeps
-the only copy (QEMU's image lock refuses each taker, which gives the VM back). The
+back does not run the taken VM; a node whose server and watchdog died while its QEMU
+runs on keeps the only copy (QEMU's image lock refuses each taker, which gives the VM
+back). The
 compare-and-swap of the owner key raced by two nodes has one winner; the policy
 without shared storage is refused."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -21,7 +21,7 @@ import psutil
 import pytest
 import trio
 
-from clusternodes import TTL_S, Node, make_key, running, write_secret
+from clusternodes import TTL_S, Node, kill_watchdog, make_key, owner_of, running, write_secret
 from etcdcluster import EtcdCluster
 from hypermachine.cluster.etcd import Etcd
 from hypermachine.cluster.ownership import Ownership, owner_key
@@ -45,26 +45,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, etcd: EtcdCluster) -> Iter
         nodes.append(Node(name, root / name, keys, ("HM_SHARED_STORAGE_DIR", str(shared))))
     with running(nodes, etcd, secret):
         yield nodes
-
-
-def _owner(etcd: EtcdCluster, vm_id: str) -> str | None:
-    key = base64.b64encode(owner_key(vm_id).encode()).decode()
-    answer = httpx.post(f"{etcd.client_urls[0]}/v3/kv/range", json={"key": key}, timeout=10)
-    kvs = answer.json().get("kvs", [])
-    return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
-
-
-def _create(node: Node, name: str, **spec: Any) -> dict[str, Any]:
-    body = {"name": name, "image": "tiny", "node": node.name, "start": True, **spec}
-    made = node.call("alice", "POST", "/api/v1/vms", json=body)
-    assert made.status_code == 201, made.text
-    return dict(made.json())
-
-
-def _read(node: Node, vm_id: str) -> dict[str, Any]:
-    answer = node.call("alice", "GET", f"/api/v1/vms/{vm_id}")
-    assert answer.status_code == 200, answer.text
-    return dict(answer.json())
 
 
 def _cmdline(pid: int) -> str:
@@ -105,7 +85,7 @@ async def test_two_nodes_taking_the_same_vm_exactly_one_wins(etcd: EtcdCluster) 
                 nursery.start_soon(take, 0)
                 nursery.start_soon(take, 1)
             assert len(won) == 1, won
-            assert _owner(etcd, vm_id) == won[0]
+            assert owner_of(etcd, vm_id) == won[0]
             assert not await takers[0].take(vm_id, "gone"), "a taken VM is not taken again"
             await clients[0].delete(owner_key(vm_id))
     finally:
@@ -132,12 +112,12 @@ async def test_a_crashed_nodes_vm_boots_again_on_exactly_one_survivor(
     cluster: list[Node], etcd: EtcdCluster
 ) -> None:
     first, second, third = cluster
-    moved = _create(first, "moves", restart_policy="on_node_failure")
-    stays = _create(first, "stays")
+    moved = first.create("moves", restart_policy="on_node_failure")
+    stays = first.create("stays")
     assert moved["restart_policy"] == "on_node_failure" and stays["restart_policy"] == "never"
     for vm in (moved, stays):
         await wait_until(
-            lambda vm=vm: _read(first, vm["id"])["state"] == "running",  # type: ignore[misc]
+            lambda vm=vm: first.read(vm["id"])["state"] == "running",  # type: ignore[misc]
             timeout=BOOT_S,
             what=f"{vm['name']} running on r1",
         )
@@ -153,11 +133,11 @@ async def test_a_crashed_nodes_vm_boots_again_on_exactly_one_survivor(
         os.kill(pid, signal.SIGKILL)
 
     def running_elsewhere() -> str | None:
-        owner = _owner(etcd, moved["id"])
+        owner = owner_of(etcd, moved["id"])
         pids = qemu_pids_for({moved["uuid"]})
         if owner not in ("r2", "r3") or len(pids) != 1:
             return None
-        seen = [_read(node, moved["id"]) for node in (second, third)]
+        seen = [node.read(moved["id"]) for node in (second, third)]
         done = all(vm["state"] == "running" and vm["node"] == owner for vm in seen)
         return owner if done else None
 
@@ -171,28 +151,30 @@ async def test_a_crashed_nodes_vm_boots_again_on_exactly_one_survivor(
     taken = _events(owner, moved["id"], "vm.taken_over")
     assert taken["data"]["from_node"] == "r1", taken
     for node in (second, third):
-        kept = _read(node, stays["id"])
+        kept = node.read(stays["id"])
         assert (kept["state"], kept["node"]) == ("unknown", "r1"), kept
-    assert _owner(etcd, stays["id"]) == "r1"
+    assert owner_of(etcd, stays["id"]) == "r1"
 
     # r1 is back: it does not run the taken VM, and drops its record of it.
     first.start(etcd, first.server.data_dir.parent / "cluster.secret")
     await wait_until(
-        lambda: _read(first, moved["id"])["node"] == new_owner,
+        lambda: first.read(moved["id"])["node"] == new_owner,
         timeout=TTL_S * 3,
         what="r1 to answer for the VM with its new owner's record",
     )
     assert qemu_pids_for({moved["uuid"]}) == [new_pid], "still one QEMU with its UUID"
-    assert _read(first, stays["id"])["state"] == "stopped", "its own VM: as its recovery found it"
+    assert first.read(stays["id"])["state"] == "stopped", "its own VM: as its recovery found it"
     started = first.call("alice", "POST", f"/api/v1/vms/{moved['id']}/start", json={})
     assert started.status_code == 409, started.text  # forwarded: it runs already
     assert qemu_pids_for({moved["uuid"]}) == [new_pid]
 
-    # The new owner's server dies but its QEMU runs on: each node taking the VM next
-    # cannot open the disk a second time (QEMU's image lock), so it gives the VM back
-    # (the key names the dead server's node again, its own record goes): one copy, one
-    # record.
+    # The new owner's server dies, and its watchdog with it, but its QEMU runs on
+    # (tests/test_cluster_watchdog.py has the watchdog fence it): each node taking the
+    # VM next cannot open the disk a second time (QEMU's image lock), so it gives the
+    # VM back (the key names the dead server's node again, its own record goes): one
+    # copy, one record.
     owner.server.kill9()
+    kill_watchdog(owner)
     takers = [node for node in cluster if node is not owner]
 
     def gave_back(node: Node) -> bool:
@@ -207,7 +189,7 @@ async def test_a_crashed_nodes_vm_boots_again_on_exactly_one_survivor(
     for node in takers:
         log = (node.server.data_dir / "server.log").read_text(errors="replace")
         assert "lock" in log.split(f"given back to {owner.name}")[1].splitlines()[0].lower()
-        seen = _read(node, moved["id"])  # from the cluster's view: no record of its own
+        seen = node.read(moved["id"])  # from the cluster's view: no record of its own
         assert (seen["state"], seen["node"]) == ("unknown", owner.name), seen
-    assert _owner(etcd, moved["id"]) == owner.name
+    assert owner_of(etcd, moved["id"]) == owner.name
     assert qemu_pids_for({moved["uuid"]}) == [new_pid], "the first QEMU is the only one"

@@ -2,7 +2,8 @@
 
 The shared modules at this level (``config``, ``errors``, ``states``, ``store``,
 ``events``, ``telemetry``, ``images``) sit under the packages; ``server``, ``cli``,
-``hostcli`` and ``scriptcli`` assemble the packages into programs. Each package
+``hostcli`` and ``scriptcli`` assemble the packages into programs; ``watchdog`` is a
+program of its own, a cluster node's QEMU killer that imports almost nothing. Each package
 says in its own docstring what it may import (tests/test_architecture.py holds
 them to it, and to no import cycle anywhere).
 

@@ -22,6 +22,7 @@ from hypercorn.trio.tcp_server import TCPServer
 
 from .api import Services, create_app
 from .cluster import Etcd, EtcdError, Membership
+from .cluster.feeder import WatchdogFeeder
 from .cluster.forwarding import Forwarder, NodeAuth, read_secret
 from .cluster.keys import ClusterKeys
 from .cluster.nodes import describe
@@ -45,6 +46,7 @@ from .sandbox import Limits, RhaiRuntime
 from .sandbox.hostapi import ScriptService
 from .security import Security, SecurityStore
 from .store import Store
+from .watchdog import node_qemus
 
 __all__ = ["open_services", "serve"]
 
@@ -140,6 +142,7 @@ async def _running(
     finally:
         if joined is not None:
             with trio.CancelScope(shield=True):
+                await joined.feeder.aclose()  # the lease's last renewal, if it was kept
                 await joined.membership.close()
                 if joined.forwarder is not None:
                     await joined.forwarder.aclose()
@@ -151,6 +154,7 @@ async def _running(
 @dataclass(frozen=True)
 class _Joined:
     membership: Membership
+    feeder: WatchdogFeeder
     forwarder: Forwarder | None
     views: Views
 
@@ -171,12 +175,16 @@ async def _join_cluster(
     secret_file = settings.cluster_secret_file
     auth = NodeAuth(name, read_secret(secret_file)) if secret_file is not None else None
     etcd = Etcd(settings.etcd_urls, timeout_s=settings.etcd_timeout_s)
+    feeder = WatchdogFeeder(settings.runtime_dir)
+    nursery.start_soon(feeder.run)
     membership = Membership(
         etcd,
         name,
         settings.node_lease_ttl_s,
         partial(describe, manager, name=name, url=url),
         fence=manager.fence,
+        arm=feeder.arm,
+        qemus_running=partial(_qemus_running, settings),
     )
     try:
         await nursery.start(membership.run)
@@ -203,7 +211,12 @@ async def _join_cluster(
     if manager.shared_storage:
         restarts = Restarts(etcd, membership, ownership, manager)
         nursery.start_soon(restarts.run, settings.node_lease_ttl_s / 3)
-    return _Joined(membership, forwarder, views)
+    return _Joined(membership, feeder, forwarder, views)
+
+
+async def _qemus_running(settings: Settings) -> bool:
+    """Whether any QEMU of this node runs (a process, whatever the manager's state)."""
+    return bool(await trio.to_thread.run_sync(node_qemus, settings.runtime_dir))
 
 
 async def _count_quotas(etcd: Etcd, membership: Membership, manager: Manager) -> None:

@@ -17,6 +17,14 @@ hanging is given up then), the node is *cut off* and stops its own VMs first
 (``fence``): by the time anyone sees it ``down``, none of its QEMUs runs. A lease etcd
 says has expired fences too, and the node then registers again under a new lease;
 renewals that succeed again end the cut-off (the fenced VMs stay stopped).
+
+A server that is killed or hangs cannot fence, so each deadline it would fence at goes
+to ``arm`` too (the node's watchdog: ``cluster.feeder``), which kills this node's
+QEMUs once that moment and a twelfth of the TTL pass with no newer one. For the same
+reason a server leaving while QEMUs of this node run (``qemus_running``) does not
+revoke its lease: it renews it a last time and leaves it to run out, and the watchdog
+fences at that deadline unless a server of this node is back and feeding it first
+(it re-adopts them).
 """
 
 from __future__ import annotations
@@ -57,13 +65,20 @@ class Membership:
         ttl_s: int,
         describe: Callable[[], Awaitable[Node]],
         fence: Callable[[str], Awaitable[None]],
+        *,
+        arm: Callable[[float], None] = lambda deadline: None,
+        qemus_running: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._etcd = etcd
         self.name = name
         self._ttl_s = ttl_s
+        self._fence_after = ttl_s * 2 / 3
         self._describe = describe
         self._fence = fence
+        self._arm = arm  # told each moment the node would fence itself (Trio's clock)
+        self._qemus_running = qemus_running  # None: the lease is always revoked on leaving
         self._lease = 0
+        self._renewed_at = 0.0  # when the last renewal (or grant) that succeeded was sent
         self.cut_off = False  # fenced: no renewal succeeded within two thirds of the TTL
 
     @property
@@ -81,9 +96,11 @@ class Membership:
         Raises:
             EtcdError: etcd refused or could not be reached.
         """
+        sent = trio.current_time()
         self._lease = await self._etcd.grant(self._ttl_s)
         await self._etcd.put(alive_key(self.name), self.name, lease=self._lease)
         await self._publish()
+        self._renewed(sent)
         log.info("node %s registered in etcd (lease %x, %d s)", self.name, self._lease, self._ttl_s)
 
     async def _publish(self) -> None:
@@ -91,40 +108,48 @@ class Membership:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Register (a failure here is the caller's: the server does not start), then
-        keep the lease alive until cancelled; the lease is revoked on the way out."""
+        keep the lease alive until cancelled; on the way out the lease is revoked, or
+        left to run out while QEMUs of this node run."""
         await self.register()
         task_status.started()
         try:
             await self._beat()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
-                try:
-                    await self._etcd.revoke(self._lease)
-                except EtcdError as err:
-                    log.warning("node %s: lease not revoked: %s", self.name, err)
+                await self._leave()
+
+    def _renewed(self, sent: float) -> None:
+        """A renewal (or grant) sent at ``sent`` succeeded: the node fences itself two
+        thirds of a TTL later unless it renews again, and its watchdog a twelfth of a
+        TTL after that (a server that lives fences first and records why; the lease
+        lasts at least a quarter of a TTL longer)."""
+        self._renewed_at = sent
+        self._arm(self._watchdog_at)
+
+    @property
+    def _watchdog_at(self) -> float:
+        return self._renewed_at + self._fence_after + self._ttl_s / 12
 
     async def _beat(self) -> None:
         beat = self._ttl_s / 3
-        fence_after = self._ttl_s * 2 / 3
-        renewed = trio.current_time()  # when the last renewal that succeeded was sent
         while True:
             await trio.sleep(beat)
             sent = trio.current_time()
             problem = "no answer before the fencing deadline"
             # Until fenced, a renewal may take until the fencing deadline; after, a TTL.
-            deadline = sent + self._ttl_s if self.cut_off else renewed + fence_after
-            with trio.move_on_at(deadline):
+            fencing_at = self._renewed_at + self._fence_after
+            with trio.move_on_at(sent + self._ttl_s if self.cut_off else fencing_at):
                 try:
                     await self._renew()
                     problem = ""
                 except EtcdError as err:
                     problem = str(err)
             if not problem:
-                renewed = sent
+                self._renewed(sent)
                 if self.cut_off:
                     self.cut_off = False
                     log.warning("node %s reaches etcd again", self.name)
-            elif not self.cut_off and trio.current_time() >= renewed + fence_after:
+            elif not self.cut_off and trio.current_time() >= fencing_at:
                 await self._cut_off(f"its etcd lease could not be renewed: {problem}")
 
     async def _renew(self) -> None:
@@ -134,6 +159,33 @@ class Membership:
             await self._cut_off("its etcd lease expired")
             await self.register()
         await self._publish()
+
+    async def _leave(self) -> None:
+        """Revoke the lease (the others see this node ``down`` at once), unless QEMUs
+        of this node run: they must not outlive it, and a server of this node started
+        again soon re-adopts them. Then the lease is renewed a last time and left to
+        run out; the watchdog, armed with that renewal, kills them three quarters of a
+        TTL later unless a new server feeds it first."""
+        if self._qemus_running is None or not await self._qemus_running():
+            try:
+                await self._etcd.revoke(self._lease)
+            except EtcdError as err:
+                log.warning("node %s: lease not revoked: %s", self.name, err)
+            return
+        sent = trio.current_time()
+        try:
+            await self._etcd.keep_alive(self._lease)
+        except EtcdError as err:
+            log.warning("node %s: no last renewal: %s", self.name, err)
+        else:
+            self._renewed(sent)
+        left = self._watchdog_at - trio.current_time()
+        log.warning(
+            "node %s leaves with QEMUs running: its lease is left to run out, and its "
+            "watchdog kills them in %.1f s unless a server of this node is back by then",
+            self.name,
+            max(left, 0.0),
+        )
 
     async def _cut_off(self, reason: str) -> None:
         self.cut_off = True

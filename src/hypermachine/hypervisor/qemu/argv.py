@@ -12,6 +12,7 @@ server's own layout and catalogue.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = [
     "escape_option",
     "gpu_args",
     "launched_for",
+    "launched_in",
     "nic_args",
     "probe_argv",
     "seed_args",
@@ -415,3 +417,14 @@ def probe_argv(qemu_binary: str, accelerator: str) -> list[str]:
 def launched_for(cmdline: list[str], uuid: str) -> bool:
     """Whether a process's command line is a QEMU :func:`build_argv` made for ``uuid``."""
     return uuid in cmdline and "-uuid" in cmdline
+
+
+def launched_in(cmdline: list[str], runtime_dir: str) -> bool:
+    """Whether a process's command line is a QEMU :func:`build_argv` made for a VM whose
+    run dir is directly inside ``runtime_dir`` (its ``-pidfile`` is there): one of the
+    QEMUs of the server owning that runtime dir."""
+    if "-uuid" not in cmdline or "-pidfile" not in cmdline[:-1]:
+        return False
+    pidfile = cmdline[cmdline.index("-pidfile") + 1]
+    run_dir = os.path.dirname(os.path.normpath(pidfile))
+    return os.path.isabs(pidfile) and os.path.dirname(run_dir) == os.path.normpath(runtime_dir)
