@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 _ANSWER_S = 5.0  # the watchdog answers at once; longer means it is stuck
 _RETRY_S = 0.5
+_RETRY_MAX_S = 8.0
 _SPAWN_S = 30.0  # the watchdog's start: a Python interpreter on a busy host
 _LEAVING_S = 10.0  # the last delivery, as the server shuts down
 
@@ -56,9 +57,11 @@ class WatchdogFeeder:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
+            delay = _RETRY_S
             while self._latest != self._delivered:
-                if not await self._deliver():
-                    await trio.sleep(_RETRY_S)
+                if not await self._deliver():  # each try may start a Python: back off
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, _RETRY_MAX_S)
 
     async def aclose(self) -> None:
         """Deliver a deadline not delivered yet (the last one, as the server leaves)
