@@ -121,7 +121,13 @@ async def wait_migration(
         with trio.fail_after(timeout_s):
             while True:
                 status = await qmp_commands.query_migrate(machine)
-                if status.status == "completed" and status.sending == sending:
+                # A QEMU that sent a stream before (a memory snapshot) reads "completed"
+                # with a zero total time until the new stream has set up.
+                if (
+                    status.status == "completed"
+                    and status.sending == sending
+                    and (not sending or status.total_time_ms > 0)
+                ):
                     return status
                 if status.status in ("failed", "cancelled"):
                     raise HypervisorError(
