@@ -16,7 +16,7 @@ import pytest
 import trio
 
 import guestconsole
-from guestconsole import PROMPT, vm_paths
+from guestconsole import PROMPT, console_text, vm_paths
 from hypermachine.api import Services
 from hypermachine.config import Settings
 from hypermachine.hypervisor.platform import tpm
@@ -66,10 +66,7 @@ class Console:
         self.log = vm_paths(services, vm_id).console_log
 
     def text(self) -> str:
-        try:
-            return self.log.read_bytes().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
+        return console_text(self.services, self.vm_id)
 
     def _inode(self) -> int | None:
         try:
