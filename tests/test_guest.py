@@ -190,7 +190,8 @@ async def check_console(client: Any, base: str, vm_id: str) -> None:
         assert refused.value.status == 409
         assert json.loads(refused.value.body)["error"]["code"] == "CONSOLE_BUSY"
     log = await client.get(f"/api/v1/vms/{vm_id}/console/log?tail=2000")
-    assert any("HM-WS-42" in line for line in (await log.get_json())["lines"])
+    lines = (await log.get_json())["lines"]
+    assert any("HM-WS-42" in line for line in lines), (seen[-300:], len(lines), lines[-15:])
 
 
 async def guest_pid_of_agent(client: Any, vm_id: str) -> str | None:

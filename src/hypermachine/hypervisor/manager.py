@@ -68,7 +68,7 @@ from .guest.service import GuestService
 from .metrics import require_live, vm_metrics
 from .migration_incoming import IncomingMigrations
 from .migration_service import MigrationService
-from .platform import capabilities, vmplatform
+from .platform import bios_reset, capabilities, vmplatform
 from .platform.host import HostFacts, check_supported
 from .ports import (
     CatalogueLike,
@@ -906,9 +906,15 @@ class Manager:
 
     @_owned
     async def reboot(self, vm_id: str) -> Vm:
-        """Hard reset of the guest (QMP ``system_reset``); the VM stays running."""
+        """Hard reset of the guest (QMP ``system_reset``); the VM stays running.
+
+        A BIOS guest is reset only once SeaBIOS is not halfway through shadowing
+        itself (see :mod:`.platform.bios_reset`)."""
+        bios = self._store.get_vm(vm_id).firmware == "bios"
 
         async def reset(machine: Machine) -> None:
+            if bios:
+                await bios_reset.wait_until_resettable(machine, _BIOS_COPY_TIMEOUT_S)
             await qmp_commands.system_reset(machine)
             self.guest.guest_reset(vm_id)
 
@@ -1083,6 +1089,10 @@ class Manager:
         """Every VM this host holds, whoever's (no caller check: for counting)."""
         return tuple(self._store.all_vms())
 
+
+# SeaBIOS's copy of itself takes milliseconds; one still unfinished this long after a
+# reboot was asked for is not running its firmware, and is reset as asked.
+_BIOS_COPY_TIMEOUT_S = 5.0
 
 # A guest can miss an ACPI power-button press (early in boot, before its handler
 # runs); like a person at the machine, press again now and then until it powers off.

@@ -52,6 +52,7 @@ __all__ = [
     "query_migrate",
     "query_status",
     "quit_qemu",
+    "read_guest_words",
     "start_nbd_server",
     "stop",
     "stop_nbd_server",
@@ -145,6 +146,26 @@ async def system_powerdown(target: Target) -> None:
 async def quit_qemu(target: Target) -> None:
     """``quit``: end QEMU at once."""
     await target.execute("quit")
+
+
+async def read_guest_words(target: Target, address: int, count: int) -> tuple[int, ...] | None:
+    """``count`` 32-bit words of guest-physical memory at ``address``, as the vCPUs see
+    it (through the chipset's mapping); None when QEMU's answer cannot be read.
+
+    QMP has no such read, so this is HMP's ``xp``; its answer is lines of
+    ``<address>: 0x<word> 0x<word> …``."""
+    answer = await target.execute(
+        "human-monitor-command", {"command-line": f"xp /{count}xw {address:#x}"}
+    )
+    if not isinstance(answer, str):
+        return None
+    try:
+        words = tuple(
+            int(word, 16) for line in answer.splitlines() for word in line.split(":", 1)[1].split()
+        )
+    except (IndexError, ValueError):
+        return None
+    return words if len(words) == count else None
 
 
 # -- block devices -----------------------------------------------------------
