@@ -17,7 +17,7 @@ import trio
 from hypermachine.api import Services
 from hypermachine.config import Settings, load_settings
 from livehttp import Websocket, WebsocketRefused, open_sse, served
-from support import wait_until
+from support import wait_until, wait_until_read
 
 pytestmark = pytest.mark.qemu
 
@@ -189,9 +189,14 @@ async def check_console(client: Any, base: str, vm_id: str) -> None:
                 pass
         assert refused.value.status == 409
         assert json.loads(refused.value.body)["error"]["code"] == "CONSOLE_BUSY"
-    log = await client.get(f"/api/v1/vms/{vm_id}/console/log?tail=2000")
-    lines = (await log.get_json())["lines"]
-    assert any("HM-WS-42" in line for line in lines), (seen[-300:], len(lines), lines[-15:])
+
+    async def logged() -> bool:
+        log = await client.get(f"/api/v1/vms/{vm_id}/console/log?tail=2000")
+        return any("HM-WS-42" in line for line in (await log.get_json())["lines"])
+
+    # QEMU writes a byte to the socket, then to the log: on a busy host the client
+    # can see it first.
+    await wait_until_read(logged, True, timeout=10)
 
 
 async def guest_pid_of_agent(client: Any, vm_id: str) -> str | None:
