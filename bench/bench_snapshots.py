@@ -3,7 +3,8 @@
 For the 512 MiB tiny guest, side by side in one run: cold boot -> first exec answered,
 restore -> first exec, fork -> first exec (each the median of 5), the memory snapshot's
 save time and size, hibernate and resume times. Targets on this 2-core TCG machine:
-restore and fork to first exec <= 0.2 x cold boot and <= 400 ms.
+restore and fork to first exec <= 0.2 x cold boot and <= 400 ms. Beside them, the floor
+of a restore on this host, with bare QEMU and nothing of ours (bare_restore.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import bare_restore
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +123,9 @@ def bench(client: httpx.Client) -> dict[str, float]:
 
     resume_ms = _timed(resume)
     client.delete(f"/api/v1/vms/{parent}?force=true")
+    bare = bare_restore.floor(RUNS)
     return {
+        **{f"bare_{key}": value for key, value in bare.items()},
         "cold": statistics.median(cold),
         "warm_exec": statistics.median(warm_exec),
         **_split("restore", restores),
@@ -144,6 +148,10 @@ def report(f: dict[str, float]) -> None:
         running, first = f[key + "_running"], f[key + "_exec"]
         print(f"    of which: to running {running:.0f} ms, then the first exec {first:.0f} ms "
               f"(a warm guest's exec: {f['warm_exec']:.0f} ms)")  # fmt: skip
+    print(f"  floor: bare QEMU 7.2, nothing of ours {f['bare_total']:4.0f} ms   (QEMU's start and "
+          f"the RAM loaded {f['bare_start'] + f['bare_load']:.0f} ms, then the guest's own part "
+          f"{f['bare_guest']:.0f} ms: TCG translates {f['bare_blocks']:.0f} blocks anew; its "
+          f"next exec {f['bare_warm']:.0f} ms)")  # fmt: skip
     print(f"  memory snapshot save        {f['save']:8.0f} ms   ({f['size_mb']:.0f} MiB on disk)")
     print(f"  hibernate (RAM saved, QEMU gone) {f['hibernate']:3.0f} ms")
     print(f"  resume -> first exec        {f['resume']:8.0f} ms")
