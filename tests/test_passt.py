@@ -10,14 +10,23 @@ from pathlib import Path
 
 import pytest
 
+from guestconsole import vm_paths
+from hypermachine.api import Services
 from hypermachine.errors import HypervisorError
 from hypermachine.hypervisor.devices import passt
 from hypermachine.hypervisor.devices.hostnet import port_free
 from hypermachine.hypervisor.vmfiles.confine import unprivileged_identity
 from hypermachine.hypervisor.vmfiles.layout import VmPaths
-from hypermachine.models import ForwardInfo, NetworkInfo
+from hypermachine.models import (
+    CreateVmRequest,
+    ForwardInfo,
+    NetworkInfo,
+    NetworkSpec,
+    PortForward,
+    VmState,
+)
 from realserver import free_port
-from support import process_gone, wait_until
+from support import process_gone, qemu_pids_for, wait_until
 
 
 def nat(port: int) -> NetworkInfo:
@@ -43,7 +52,8 @@ async def test_ready_means_its_forward_listens_and_it_ends_with_its_socket(
 ) -> None:
     paths.vm_dir.mkdir()
     port = free_port()
-    qemu_end = await processes.start(nat(port), paths)
+    qemu_end, guest_end = socket.socketpair()
+    await processes.serve(nat(port), paths, guest_end)
     pid = passt.find(passt.PasstPaths.for_vm(paths))
     try:
         assert pid is not None
@@ -65,7 +75,28 @@ async def test_a_forward_it_cannot_bind_fails_the_start(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(HypervisorError) as raised:
-            await processes.start(nat(port), paths)
+        qemu_end, guest_end = socket.socketpair()
+        with qemu_end, pytest.raises(HypervisorError) as raised:
+            await processes.serve(nat(port), paths, guest_end)
     assert "bind" in str(raised.value.details.get("log", ""))
     assert not passt.PasstPaths.for_vm(paths).pidfile.exists()
+
+
+@pytest.mark.qemu
+@pytest.mark.hm_settings(passt_binary="false")  # a passt that cannot start
+async def test_a_passt_that_cannot_start_fails_the_boot_and_leaves_nothing(
+    services: Services,
+) -> None:
+    """passt starts beside QEMU, and the guest runs only once passt serves: if it cannot
+    start, the VM ends ``error`` saying so, its QEMU is gone and its ports are free."""
+    port = free_port()
+    request = CreateVmRequest(
+        name="no-net", image="tiny", memory_mb=512, disk_gb=1,
+        network=NetworkSpec(ports=[PortForward(host=port, guest=80)]), start=True,
+    )  # fmt: skip
+    created = await services.manager.create(request)
+    vm = await services.manager.wait_for(created.vm.id, {VmState.ERROR}, 120)
+    assert vm.state_reason is not None and "passt could not start" in vm.state_reason, vm
+    assert qemu_pids_for({vm.uuid}) == []
+    assert port_free("127.0.0.1", port, "tcp")
+    assert passt.find(passt.PasstPaths.for_vm(vm_paths(services, vm.id))) is None

@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 import trio
 
+from ..concurrently import run_all
 from ..config import ConfigError, Settings
 from ..errors import (
     HMError,
@@ -49,6 +50,7 @@ from ..models import (
     HostDevices,
     MigrateRequest,
     Migration,
+    NetworkInfo,
     Snapshot,
     SnapshotRequest,
     Vm,
@@ -62,7 +64,7 @@ from ..states import LIVE_STATES, Action, check, transition
 from ..store import Store, VmQuery, fingerprint, utcnow
 from ..telemetry import Telemetry
 from .devices import hostnet
-from .devices.resources import HostResources
+from .devices.resources import Held, HostResources
 from .guest.console import ConsoleService, rotate_at_start
 from .guest.service import GuestService
 from .metrics import require_live, vm_metrics
@@ -659,14 +661,14 @@ class Manager:
             await self._not_live(vm)
             raise
         vm = self._store.update_vm(vm_id, **held.fields)
-        await self._nursery_start(vm_id, self._launch, vm, _boot_source(image), held.nic, resume)
+        await self._nursery_start(vm_id, self._launch, vm, _boot_source(image), held, resume)
         return vm
 
     async def _launch(
         self,
         vm: Vm,
         boot: BootSource,
-        nic: socket.socket | None = None,
+        held: Held,
         resume: Resume | None = None,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -674,18 +676,26 @@ class Manager:
         paths = self._paths(vm.id)
         settings = self._settings
         try:
-            child = await self._spawn_qemu(vm, boot, nic, incoming=resume is not None)
+            child = await self._spawn_qemu(vm, boot, held.nic, incoming=resume is not None)
         finally:
-            if nic is not None:
-                nic.close()  # QEMU holds its own copy of passt's socket
+            if held.nic is not None:
+                held.nic.close()  # QEMU holds its own copy of its network socket
+                held.nic = None
         if child is None:
+            held.close()
             task_status.started()
             return
         machine = Machine(vm_id=vm.id, pid=child.pid, paths=paths, child=child)
         self._machines[vm.id] = machine
 
         async def bring_up() -> None:
-            await machine.connect(self._bridge, settings.qmp_connect_timeout_s)
+            connect = partial(machine.connect, self._bridge, settings.qmp_connect_timeout_s)
+            passt_end, held.passt_end = held.passt_end, None
+            info = vm.network_info
+            if passt_end is None or info is None:
+                await connect()
+            else:  # the guest runs (cont) only once passt serves its network
+                await run_all(connect, partial(self._serve_network, info, paths, passt_end))
             if resume is None:
                 await qmp_commands.cont(machine)
                 state = VmState.RUNNING
@@ -694,6 +704,19 @@ class Manager:
             self._on_machine_state(machine, state, None)
 
         await self._supervise_here(machine, boot=bring_up, task_status=task_status)
+
+    async def _serve_network(
+        self, info: NetworkInfo, paths: VmPaths, passt_end: socket.socket
+    ) -> None:
+        """Start a NAT VM's passt on its end of QEMU's network socket.
+
+        Raises:
+            HypervisorError: passt could not start (the VM then fails to boot, saying so).
+        """
+        try:
+            await self._resources.serve_nic(info, paths, passt_end)
+        finally:
+            passt_end.close()  # passt holds its own copy (or never started)
 
     async def _spawn_qemu(
         self, vm: Vm, boot: BootSource, nic: socket.socket | None, *, incoming: bool

@@ -12,11 +12,13 @@ configured forward address).
 
 Life of a VM's passt:
 
-* **start** (before QEMU) — :meth:`PasstProcesses.start` makes a connected socket
-  pair, starts ``passt --foreground --fd N`` with one end (as the QEMU user when the
-  server is root), waits until passt reports its pid through a pipe (``--pid``),
-  which it does once its forwards are bound, and returns the other end for QEMU's
-  ``-netdev stream``. No socket path, so nothing to poll for and nothing to plant.
+* **start** (beside QEMU) — the VM's resources make a connected socket pair; QEMU
+  gets one end for its ``-netdev stream`` and :meth:`PasstProcesses.serve`, while
+  QEMU starts, runs ``passt --foreground --fd N`` on the other (as the QEMU user when
+  the server is root) and waits until passt reports its pid through a pipe
+  (``--pid``), which it does once its forwards are bound; the guest runs only then.
+  Frames QEMU sends before wait in the socket. No socket path, so nothing to poll for
+  and nothing to plant.
 * **stop** — with ``--fd`` passt exits once QEMU closes its end; :meth:`stop`
   (called once QEMU has exited) ends one still there and reaps it.
 * **restart of the server** — passt, like QEMU, outlives it: :func:`find` re-finds it
@@ -121,20 +123,6 @@ class PasstProcesses:
         self._timeout_s = timeout_s
         self._identity = identity
         self._children: dict[Path, subprocess.Popen[bytes]] = {}
-
-    async def start(self, info: NetworkInfo, vm_paths: VmPaths) -> socket.socket:
-        """Start the VM's passt; return QEMU's end of its connected socket.
-
-        Raises:
-            HypervisorError: passt could not start or bind a forward within the budget.
-        """
-        guest_end, qemu_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            await self.serve(info, vm_paths, guest_end)
-        except BaseException:
-            qemu_end.close()
-            raise
-        return qemu_end
 
     async def serve(self, info: NetworkInfo, vm_paths: VmPaths, guest_end: socket.socket) -> None:
         """Start the VM's passt on ``guest_end``, the other end of QEMU's socket (closed

@@ -44,10 +44,19 @@ log = logging.getLogger(__name__)
 @dataclass
 class Held:
     """What :meth:`HostResources.acquire` set up: VM fields to record, and for a NAT
-    VM QEMU's end of its passt socket (QEMU gets it; the caller closes this copy)."""
+    VM the two ends of its network socket: QEMU's (QEMU gets it; the caller closes this
+    copy) and passt's, which :meth:`HostResources.serve_nic` starts passt on while QEMU
+    starts (the caller closes it if QEMU could not be started)."""
 
     fields: dict[str, Any] = field(default_factory=dict)
     nic: socket.socket | None = None
+    passt_end: socket.socket | None = None
+
+    def close(self) -> None:
+        """Close the ends not handed over yet."""
+        for end in (self.nic, self.passt_end):
+            if end is not None:
+                end.close()
 
 
 class HostResources:
@@ -154,15 +163,14 @@ class HostResources:
         await trio.to_thread.run_sync(cloudinit.write_seed, vm, direct_kernel, paths)
         held = Held()
         try:
-            if info is not None and info.type == "nat":
-                held.nic = await self._passt.start(info, paths)
+            if info is not None and info.type == "nat":  # passt starts beside QEMU
+                held.nic, held.passt_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             if info is not None and info.tap is not None and info.bridge is not None:
                 await self._taps.create(info.tap, info.bridge)
                 await self._nft.apply(firewall.tap_guard(info))
             held.fields["gpu_assignment"] = await self._gpus.acquire(vm)
         except BaseException:
-            if held.nic is not None:
-                held.nic.close()
+            held.close()
             with trio.CancelScope(shield=True):
                 await self._release_network(vm, paths)
             raise
@@ -219,7 +227,8 @@ class HostResources:
         await self._passt.serve(info, dest, guest_end)
 
     async def serve_nic(self, info: NetworkInfo, paths: VmPaths, guest_end: socket.socket) -> None:
-        """A passt for a VM that arrived from another node, on ``guest_end``.
+        """A passt on ``guest_end``: a starting VM's (its QEMU starts meanwhile), or one
+        that arrived from another node.
 
         Raises:
             HypervisorError: passt could not start (the guest has no network).
