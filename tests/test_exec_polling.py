@@ -1,0 +1,94 @@
+"""How often a command's end is polled: qemu-ga has no exit event, so the server asks
+``guest-exec-status``, every 25 ms during the command's first 100 ms. Those 100 ms
+count from when the guest started the command, not from the request: a guest whose
+``guest-exec`` is slow to answer (a restored guest under TCG takes ≈ 200 ms, its
+translation cache empty) must still have a short command's end seen quickly.
+
+The guest here is a stand-in qemu-ga on a real socket, in virtual time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
+
+import trio
+import trio.testing
+
+from hypermachine.events import EventLog
+from hypermachine.hypervisor.guest.service import GuestService
+from hypermachine.models import ExecRequest, ExecStatus, Vm, VmState
+from hypermachine.store import Store
+from support import make_settings
+
+EXEC_ANSWER_S = 0.2  # how long the stand-in takes to answer guest-exec
+RUNS_FOR_S = 0.15  # how long its command runs once started
+
+
+class SlowToStartAgent:
+    """qemu-ga answering ``guest-exec`` after EXEC_ANSWER_S; records each status poll."""
+
+    def __init__(self) -> None:
+        self.started_at: float | None = None
+        self.polls: list[float] = []
+
+    def _value(self, command: str) -> object:
+        now = trio.current_time()
+        if command == "guest-info":
+            return {"version": "stand-in"}
+        if command == "guest-exec":
+            self.started_at = now
+            return {"pid": 7}
+        if command == "guest-exec-status":
+            self.polls.append(now)
+            assert self.started_at is not None
+            if now - self.started_at >= RUNS_FOR_S:
+                return {"exited": True, "exitcode": 0}
+            return {"exited": False}
+        return {}
+
+    async def serve(self, stream: trio.SocketStream) -> None:
+        buffer = b""
+        while chunk := await stream.receive_some(65536):
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                request = json.loads(line.lstrip(b"\xff"))
+                command = request["execute"]
+                if command == "guest-sync-delimited":
+                    sync = json.dumps({"return": request["arguments"]["id"]}).encode()
+                    await stream.send_all(b"\xff" + sync + b"\n")
+                    continue
+                if command == "guest-exec":
+                    await trio.sleep(EXEC_ANSWER_S)
+                reply = {"return": self._value(command), "id": request["id"]}
+                await stream.send_all(json.dumps(reply).encode() + b"\n")
+
+
+async def test_a_command_is_polled_every_25_ms_in_its_own_first_100_ms(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    guest = SlowToStartAgent()
+    socket_path = tmp_path / "qga.sock"
+    listener = trio.socket.socket(trio.socket.AF_UNIX)
+    await listener.bind(str(socket_path))
+    listener.listen()
+    events = EventLog(Store(tmp_path / "db.sqlite3"), retain=100)
+    running = cast(Vm, SimpleNamespace(state=VmState.RUNNING))
+    settings = make_settings(tmp_path / "data", tmp_path / "cache")
+    service = GuestService(settings, events, lambda _vm_id: running)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, guest.serve, [trio.SocketListener(listener)])
+        nursery.start_soon(service.attend, "vm-1", socket_path)
+        result = await service.exec("vm-1", ExecRequest(command=["true"]), wait_agent_s=10)
+        nursery.cancel_scope.cancel()
+    assert result.status is ExecStatus.EXITED and result.exit_code == 0, result
+    assert guest.started_at is not None
+    since_start = [t - guest.started_at for t in guest.polls]
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(since_start) if a < 0.1]
+    assert gaps and max(gaps) <= 0.025, since_start
+    seen_late = guest.polls[-1] - guest.started_at - RUNS_FOR_S
+    assert seen_late <= 0.1, seen_late  # past 100 ms the polls thin out, at most 100 ms apart
