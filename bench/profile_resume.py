@@ -81,7 +81,7 @@ def _timed_sync(owner: Any, name: str, label: str) -> None:
 def instrument() -> None:
     _timed_async(snapshot_service.SnapshotService, "_end_qemu", lambda *a, **k: "old QEMU ended")
     _timed_async(layers, "create_above", lambda *a, **k: "qemu-img: new top layer")
-    _timed_async(passt.PasstProcesses, "start", lambda *a, **k: "passt started")
+    _timed_async(passt.PasstProcesses, "serve", lambda *a, **k: "passt serving (beside QEMU)")
     _timed_sync(cloudinit, "write_seed", "cloud-init seed written")
     _timed_async(resources.HostResources, "acquire", lambda *a, **k: "host resources held")
     _timed_async(vmplatform, "launch_platform", lambda *a, **k: "firmware/TPM ready")

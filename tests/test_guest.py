@@ -259,9 +259,13 @@ async def test_exec_files_console_events_on_one_guest(client: Any, services: Ser
         }
 
         await check_exec(client, vm_id)
-        details = await (await client.get(f"/api/v1/vms/{vm_id}")).get_json()
-        assert details["guest_agent"]["connected"] is True
-        assert details["guest_agent"]["version"].startswith("7.")
+
+        async def agent_shown() -> tuple[bool, str]:
+            details = await (await client.get(f"/api/v1/vms/{vm_id}")).get_json()
+            shown = details["guest_agent"]
+            return shown["connected"], (shown["version"] or "")[:2]
+
+        await wait_until_read(agent_shown, (True, "7."), timeout=10)
         await check_streamed_exec(client, http, vm_id, nursery)
         await check_files(client, vm_id)
         await check_console(client, base, vm_id)

@@ -95,7 +95,8 @@ async def _normal_vm_still_served(client: Any, normal: str, after: str) -> None:
 async def _attack_agent(client: Any, services: Services, vm_id: str, stream: str) -> None:
     """Exec in the hostile VM: its agent's garbage must come back as an agent error."""
     agent = await services.manager.guest.agent(vm_id, wait_s=BOOT_S)
-    assert agent.info.version == "hm-hostile", agent.info  # the stand-in, not qemu-ga
+    # the stand-in, not qemu-ga (its version is asked a moment after the sync)
+    await wait_until(lambda: agent.info.version == "hm-hostile", timeout=10, what="its version")
     status, got = await _exec(client, vm_id, "true")
     why = AGENT_STREAMS[stream]
     if status == 200:  # guest-exec was answered; guest-exec-status was the garbage

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 _DELIMITER = 0xFF
 _SYNC_BACKOFF_MAX_S = 10.0
 _FIRST_CONNECT_RETRY_S = 0.02
+_VERSION_AFTER_S = 0.5
 T = TypeVar("T")
 
 
@@ -221,13 +222,9 @@ class GuestAgent:
     async def _session(self, channel: _Channel) -> None:
         while True:
             await self._sync_until_answered(channel)
-            async with self._lock:
-                with trio.move_on_after(self._timing.command_timeout_s):
-                    info = await channel.call(next(self._ids), "guest-info", None, AgentInfo)
-                    self._set_connected(channel, info.version)
-            if self.connected:
-                await self._keep_alive(channel)
-                self._set_disconnected("the guest agent stopped answering")
+            self._set_connected(channel)  # an answered sync is an agent: commands may go
+            await self._keep_alive(channel)
+            self._set_disconnected("the guest agent stopped answering")
 
     async def _sync_until_answered(self, channel: _Channel) -> None:
         wait = self._timing.sync_timeout_s
@@ -239,18 +236,32 @@ class GuestAgent:
             wait = min(wait * 2, _SYNC_BACKOFF_MAX_S)
 
     async def _keep_alive(self, channel: _Channel) -> None:
-        """Return when the agent stops answering pings (or a command timed out)."""
+        """Ask qemu-ga's version, then ping it; return when it stops answering (or a
+        command timed out). The version is asked ``_VERSION_AFTER_S`` after the sync,
+        so it never stands in front of a first command that was waiting for the agent
+        (a restored guest answers ``guest-info`` in 15-40 ms under TCG)."""
+        first = True
         while True:
-            with trio.move_on_after(self._timing.ping_interval_s):
+            wait = _VERSION_AFTER_S if first else self._timing.ping_interval_s
+            with trio.move_on_after(wait):
                 await self._trouble.wait()
             if self._trouble.is_set():
                 self._trouble = trio.Event()
                 return
             async with self._lock:
                 with trio.move_on_after(self._timing.command_timeout_s):
-                    await channel.call(next(self._ids), "guest-ping", None, Done)
+                    if first:
+                        await self._learn_version(channel)
+                        first = False
+                    else:
+                        await channel.call(next(self._ids), "guest-ping", None, Done)
                     continue
             return
+
+    async def _learn_version(self, channel: _Channel) -> None:
+        with contextlib.suppress(AgentRefused):  # a guest may block guest-info: no version
+            info = await channel.call(next(self._ids), "guest-info", None, AgentInfo)
+            self.info = self.info.model_copy(update={"version": info.version})
 
     def session_lost(self, reason: str) -> None:
         """The agent's session is gone (the guest was reset): disconnected now, and the
@@ -259,10 +270,10 @@ class GuestAgent:
             self._trouble.set()
             self._set_disconnected(reason)
 
-    def _set_connected(self, channel: _Channel, version: str | None) -> None:
+    def _set_connected(self, channel: _Channel) -> None:
         self._channel = channel
         self._trouble = trio.Event()  # trouble from before this sync is past
-        self.info = GuestAgentInfo(connected=True, version=version, last_error=self.info.last_error)
+        self.info = GuestAgentInfo(connected=True, last_error=self.info.last_error)
         self._announce(None)
 
     def _set_disconnected(self, reason: str, *, violation: bool = False) -> None:

@@ -285,9 +285,7 @@ class GuestService:
 
     def _agent_changed(self, agent: GuestAgent, reason: str | None) -> None:
         if agent.connected:
-            self._events.record(
-                EventType.GUEST_AGENT_CONNECTED, agent.vm_id, version=agent.info.version
-            )
+            self._events.record(EventType.GUEST_AGENT_CONNECTED, agent.vm_id)
         else:
             self._events.record(EventType.GUEST_AGENT_DISCONNECTED, agent.vm_id, reason=reason)
         self._announce()

@@ -1,8 +1,13 @@
-"""How often a command's end is polled: qemu-ga has no exit event, so the server asks
-``guest-exec-status``, every 25 ms during the command's first 100 ms. Those 100 ms
-count from when the guest started the command, not from the request: a guest whose
-``guest-exec`` is slow to answer (a restored guest under TCG takes ≈ 200 ms, its
-translation cache empty) must still have a short command's end seen quickly.
+"""The first exec after the agent answers (a restored guest's, under TCG every request
+costs it tens of ms while its translation cache fills): nothing of ours goes ahead of
+it, and its end is seen quickly.
+
+* Once a sync is answered the command goes; qemu-ga's version (``guest-info``) is
+  asked afterwards, and a guest that refuses ``guest-info`` stays usable.
+* qemu-ga has no exit event, so the server asks ``guest-exec-status`` every 25 ms
+  during the command's first 100 ms. Those 100 ms count from when the guest started
+  the command, not from the request: a guest whose ``guest-exec`` is slow to answer
+  (≈ 200 ms for a restored guest) must still have a short command's end seen quickly.
 
 The guest here is a stand-in qemu-ga on a real socket, in virtual time.
 """
@@ -20,7 +25,14 @@ import trio.testing
 
 from hypermachine.events import EventLog
 from hypermachine.hypervisor.guest.service import GuestService
-from hypermachine.models import ExecRequest, ExecStatus, Vm, VmState
+from hypermachine.models import (
+    ExecRequest,
+    ExecResult,
+    ExecStatus,
+    GuestAgentInfo,
+    Vm,
+    VmState,
+)
 from hypermachine.store import Store
 from support import make_settings
 
@@ -31,9 +43,11 @@ RUNS_FOR_S = 0.15  # how long its command runs once started
 class SlowToStartAgent:
     """qemu-ga answering ``guest-exec`` after EXEC_ANSWER_S; records each status poll."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, refuse_info: bool = False) -> None:
+        self.refuse_info = refuse_info
         self.started_at: float | None = None
         self.polls: list[float] = []
+        self.commands: list[str] = []  # after the sync, in the order they came
 
     def _value(self, command: str) -> object:
         now = trio.current_time()
@@ -62,16 +76,23 @@ class SlowToStartAgent:
                     sync = json.dumps({"return": request["arguments"]["id"]}).encode()
                     await stream.send_all(b"\xff" + sync + b"\n")
                     continue
+                self.commands.append(command)
                 if command == "guest-exec":
                     await trio.sleep(EXEC_ANSWER_S)
-                reply = {"return": self._value(command), "id": request["id"]}
+                reply: dict[str, object] = {"return": self._value(command), "id": request["id"]}
+                if command == "guest-info" and self.refuse_info:
+                    reply = {
+                        "error": {"class": "GenericError", "desc": "blocked"},
+                        "id": reply["id"],
+                    }
                 await stream.send_all(json.dumps(reply).encode() + b"\n")
 
 
-async def test_a_command_is_polled_every_25_ms_in_its_own_first_100_ms(
-    tmp_path: Path, autojump_clock: trio.testing.MockClock
-) -> None:
-    guest = SlowToStartAgent()
+async def _exec_against(
+    guest: SlowToStartAgent, tmp_path: Path
+) -> tuple[ExecResult, GuestAgentInfo]:
+    """One ``true`` through a GuestService whose VM's agent is ``guest``; then waits
+    (virtual time) until the agent's version is asked."""
     socket_path = tmp_path / "qga.sock"
     listener = trio.socket.socket(trio.socket.AF_UNIX)
     await listener.bind(str(socket_path))
@@ -84,7 +105,41 @@ async def test_a_command_is_polled_every_25_ms_in_its_own_first_100_ms(
         nursery.start_soon(trio.serve_listeners, guest.serve, [trio.SocketListener(listener)])
         nursery.start_soon(service.attend, "vm-1", socket_path)
         result = await service.exec("vm-1", ExecRequest(command=["true"]), wait_agent_s=10)
+        with trio.move_on_after(10):
+            while "guest-info" not in guest.commands:
+                await trio.sleep(0.01)
+        await trio.sleep(0.01)  # its answer is read
+        info = service.info("vm-1")
         nursery.cancel_scope.cancel()
+    return result, info
+
+
+async def test_the_first_command_goes_before_the_agents_version_is_asked(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    guest = SlowToStartAgent()
+    result, info = await _exec_against(guest, tmp_path)
+    assert result.status is ExecStatus.EXITED and result.exit_code == 0, result
+    assert guest.commands[0] == "guest-exec", guest.commands
+    assert "guest-info" in guest.commands, guest.commands
+    assert info.version == "stand-in" and info.connected, info
+
+
+async def test_a_guest_refusing_guest_info_stays_usable(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    guest = SlowToStartAgent(refuse_info=True)
+    result, info = await _exec_against(guest, tmp_path)
+    assert result.status is ExecStatus.EXITED and result.exit_code == 0, result
+    assert "guest-info" in guest.commands, guest.commands
+    assert info.version is None and info.connected, info
+
+
+async def test_a_command_is_polled_every_25_ms_in_its_own_first_100_ms(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    guest = SlowToStartAgent()
+    result, _ = await _exec_against(guest, tmp_path)
     assert result.status is ExecStatus.EXITED and result.exit_code == 0, result
     assert guest.started_at is not None
     since_start = [t - guest.started_at for t in guest.polls]
