@@ -91,8 +91,8 @@ class SlowToStartAgent:
 async def _exec_against(
     guest: SlowToStartAgent, tmp_path: Path
 ) -> tuple[ExecResult, GuestAgentInfo]:
-    """One ``true`` through a GuestService whose VM's agent is ``guest``; then waits
-    (virtual time) until the agent's version is asked."""
+    """One ``true`` through a GuestService whose VM's agent is ``guest`` (it must exit
+    0); then waits (virtual time) until the agent's version is asked and answered."""
     socket_path = tmp_path / "qga.sock"
     listener = trio.socket.socket(trio.socket.AF_UNIX)
     await listener.bind(str(socket_path))
@@ -108,9 +108,10 @@ async def _exec_against(
         with trio.move_on_after(10):
             while "guest-info" not in guest.commands:
                 await trio.sleep(0.01)
-        await trio.sleep(0.01)  # its answer is read
+        await trio.testing.wait_all_tasks_blocked()  # its answer is read
         info = service.info("vm-1")
         nursery.cancel_scope.cancel()
+    assert result.status is ExecStatus.EXITED and result.exit_code == 0, result
     return result, info
 
 
@@ -118,8 +119,7 @@ async def test_the_first_command_goes_before_the_agents_version_is_asked(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     guest = SlowToStartAgent()
-    result, info = await _exec_against(guest, tmp_path)
-    assert result.status is ExecStatus.EXITED and result.exit_code == 0, result
+    _, info = await _exec_against(guest, tmp_path)
     assert guest.commands[0] == "guest-exec", guest.commands
     assert "guest-info" in guest.commands, guest.commands
     assert info.version == "stand-in" and info.connected, info
@@ -129,8 +129,7 @@ async def test_a_guest_refusing_guest_info_stays_usable(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     guest = SlowToStartAgent(refuse_info=True)
-    result, info = await _exec_against(guest, tmp_path)
-    assert result.status is ExecStatus.EXITED and result.exit_code == 0, result
+    _, info = await _exec_against(guest, tmp_path)
     assert "guest-info" in guest.commands, guest.commands
     assert info.version is None and info.connected, info
 
@@ -139,8 +138,7 @@ async def test_a_command_is_polled_every_25_ms_in_its_own_first_100_ms(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     guest = SlowToStartAgent()
-    result, _ = await _exec_against(guest, tmp_path)
-    assert result.status is ExecStatus.EXITED and result.exit_code == 0, result
+    await _exec_against(guest, tmp_path)
     assert guest.started_at is not None
     since_start = [t - guest.started_at for t in guest.polls]
     gaps = [round(b - a, 6) for a, b in itertools.pairwise(since_start) if a < 0.1]
