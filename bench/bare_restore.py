@@ -164,8 +164,7 @@ def _boot_and_save(folder: Path) -> int:
                 raise TimeoutError("the tiny guest did not boot")
             time.sleep(0.05)
         agent = _Agent(folder / "qga.sock")
-        agent.send({"execute": "guest-sync-delimited", "arguments": {"id": 1}})
-        agent.await_sync(1)
+        agent.sync(1)
         for _ in range(3):
             agent.run_true()
         agent.close()

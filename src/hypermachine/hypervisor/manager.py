@@ -50,7 +50,6 @@ from ..models import (
     HostDevices,
     MigrateRequest,
     Migration,
-    NetworkInfo,
     Snapshot,
     SnapshotRequest,
     Vm,
@@ -690,12 +689,13 @@ class Manager:
 
         async def bring_up() -> None:
             connect = partial(machine.connect, self._bridge, settings.qmp_connect_timeout_s)
-            passt_end, held.passt_end = held.passt_end, None
             info = vm.network_info
-            if passt_end is None or info is None:
+            if held.passt_end is None or info is None:
                 await connect()
             else:  # the guest runs (cont) only once passt serves its network
-                await run_all(connect, partial(self._serve_network, info, paths, passt_end))
+                passt_end, held.passt_end = held.passt_end, None  # serve_nic closes it
+                serve = partial(self._resources.serve_nic, info, paths, passt_end)
+                await run_all(connect, serve)
             if resume is None:
                 await qmp_commands.cont(machine)
                 state = VmState.RUNNING
@@ -703,20 +703,10 @@ class Manager:
                 state = await self.snapshots.resume_into(machine, vm, resume)
             self._on_machine_state(machine, state, None)
 
-        await self._supervise_here(machine, boot=bring_up, task_status=task_status)
-
-    async def _serve_network(
-        self, info: NetworkInfo, paths: VmPaths, passt_end: socket.socket
-    ) -> None:
-        """Start a NAT VM's passt on its end of QEMU's network socket.
-
-        Raises:
-            HypervisorError: passt could not start (the VM then fails to boot, saying so).
-        """
         try:
-            await self._resources.serve_nic(info, paths, passt_end)
+            await self._supervise_here(machine, boot=bring_up, task_status=task_status)
         finally:
-            passt_end.close()  # passt holds its own copy (or never started)
+            held.close()  # passt's end, if QEMU ended before bring_up handed it over
 
     async def _spawn_qemu(
         self, vm: Vm, boot: BootSource, nic: socket.socket | None, *, incoming: bool

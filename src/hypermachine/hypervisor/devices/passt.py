@@ -126,15 +126,31 @@ class PasstProcesses:
 
     async def serve(self, info: NetworkInfo, vm_paths: VmPaths, guest_end: socket.socket) -> None:
         """Start the VM's passt on ``guest_end``, the other end of QEMU's socket (closed
-        here: passt holds its own copy). A migration's destination QEMU gets its socket
-        first; its passt starts once the source's has let go of the forwarded ports.
+        here on every path: passt holds its own copy). A migration's destination QEMU
+        gets its socket first; its passt starts once the source's has let go of the
+        forwarded ports.
 
         Raises:
             HypervisorError: passt could not start or bind a forward within the budget.
         """
         paths = PasstPaths.for_vm(vm_paths)
-        await self.stop(vm_paths)  # a stale one would hold the forwarded ports
-        vm_paths.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with guest_end:
+            await self.stop(vm_paths)  # a stale one would hold the forwarded ports
+            vm_paths.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            child, ready_r = self._spawn(info, paths, guest_end)
+        self._children[paths.pidfile] = child
+        try:
+            await self._wait_ready(ready_r, child, paths)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.stop(vm_paths)
+            raise
+        log.info("passt pid %d serves %s", child.pid, vm_paths.run_dir.name)
+
+    def _spawn(
+        self, info: NetworkInfo, paths: PasstPaths, guest_end: socket.socket
+    ) -> tuple[subprocess.Popen[bytes], int]:
+        """passt started on ``guest_end``; the read end of the pipe it reports ready on."""
         ready_r, ready_w = os.pipe()
         try:
             if self._identity is not None:  # passt opens /dev/fd/N as its own user
@@ -156,15 +172,7 @@ class PasstProcesses:
             raise HypervisorError(f"cannot start passt: {err.strerror}") from err
         finally:
             os.close(ready_w)
-            guest_end.close()
-        self._children[paths.pidfile] = child
-        try:
-            await self._wait_ready(ready_r, child, paths)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self.stop(vm_paths)
-            raise
-        log.info("passt pid %d serves %s", child.pid, vm_paths.run_dir.name)
+        return child, ready_r
 
     async def _wait_ready(
         self, ready_r: int, child: subprocess.Popen[bytes], paths: PasstPaths

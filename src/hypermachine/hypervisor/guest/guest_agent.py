@@ -33,6 +33,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -240,23 +241,28 @@ class GuestAgent:
         command timed out). The version is asked ``_VERSION_AFTER_S`` after the sync,
         so it never stands in front of a first command that was waiting for the agent
         (a restored guest answers ``guest-info`` in 15-40 ms under TCG)."""
-        first = True
-        while True:
-            wait = _VERSION_AFTER_S if first else self._timing.ping_interval_s
-            with trio.move_on_after(wait):
-                await self._trouble.wait()
-            if self._trouble.is_set():
-                self._trouble = trio.Event()
-                return
-            async with self._lock:
-                with trio.move_on_after(self._timing.command_timeout_s):
-                    if first:
-                        await self._learn_version(channel)
-                        first = False
-                    else:
-                        await channel.call(next(self._ids), "guest-ping", None, Done)
-                    continue
+        if not await self._answered_after(_VERSION_AFTER_S, partial(self._learn_version, channel)):
             return
+        ping = partial(self._ping, channel)
+        while await self._answered_after(self._timing.ping_interval_s, ping):
+            pass
+
+    async def _answered_after(self, wait_s: float, request: Callable[[], Awaitable[None]]) -> bool:
+        """After ``wait_s`` (cut short by trouble), ``request`` under the lock; False on
+        trouble, or when it got no answer in time."""
+        with trio.move_on_after(wait_s):
+            await self._trouble.wait()
+        if self._trouble.is_set():
+            self._trouble = trio.Event()
+            return False
+        async with self._lock:
+            with trio.move_on_after(self._timing.command_timeout_s):
+                await request()
+                return True
+        return False
+
+    async def _ping(self, channel: _Channel) -> None:
+        await channel.call(next(self._ids), "guest-ping", None, Done)
 
     async def _learn_version(self, channel: _Channel) -> None:
         with contextlib.suppress(AgentRefused):  # a guest may block guest-info: no version
