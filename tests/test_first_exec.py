@@ -43,8 +43,8 @@ RUNS_FOR_S = 0.15  # how long its command runs once started
 class SlowToStartAgent:
     """qemu-ga answering ``guest-exec`` after EXEC_ANSWER_S; records each status poll."""
 
-    def __init__(self, *, refuse_info: bool = False) -> None:
-        self.refuse_info = refuse_info
+    def __init__(self, *, info_answer: bytes | None = None) -> None:
+        self.info_answer = info_answer  # a line to answer guest-info with ({id}: its id)
         self.started_at: float | None = None
         self.polls: list[float] = []
         self.commands: list[str] = []  # after the sync, in the order they came
@@ -79,20 +79,19 @@ class SlowToStartAgent:
                 self.commands.append(command)
                 if command == "guest-exec":
                     await trio.sleep(EXEC_ANSWER_S)
-                reply: dict[str, object] = {"return": self._value(command), "id": request["id"]}
-                if command == "guest-info" and self.refuse_info:
-                    reply = {
-                        "error": {"class": "GenericError", "desc": "blocked"},
-                        "id": reply["id"],
-                    }
+                if command == "guest-info" and self.info_answer is not None:
+                    await stream.send_all(self.info_answer.replace(b"{id}", b"%d" % request["id"]))
+                    continue
+                reply = {"return": self._value(command), "id": request["id"]}
                 await stream.send_all(json.dumps(reply).encode() + b"\n")
 
 
 async def _exec_against(
-    guest: SlowToStartAgent, tmp_path: Path
+    guest: SlowToStartAgent, tmp_path: Path, *, then_again: bool = False
 ) -> tuple[ExecResult, GuestAgentInfo]:
     """One ``true`` through a GuestService whose VM's agent is ``guest`` (it must exit
-    0); then waits (virtual time) until the agent's version is asked and answered."""
+    0); then waits (virtual time) until the agent's version is asked and answered, and
+    returns the agent's info as it is then (``then_again``: one more ``true`` after)."""
     socket_path = tmp_path / "qga.sock"
     listener = trio.socket.socket(trio.socket.AF_UNIX)
     await listener.bind(str(socket_path))
@@ -110,6 +109,9 @@ async def _exec_against(
                 await trio.sleep(0.01)
         await trio.testing.wait_all_tasks_blocked()  # its answer is read
         info = service.info("vm-1")
+        if then_again:
+            again = await service.exec("vm-1", ExecRequest(command=["true"]), wait_agent_s=10)
+            assert again.status is ExecStatus.EXITED, again
         nursery.cancel_scope.cancel()
     assert result.status is ExecStatus.EXITED and result.exit_code == 0, result
     return result, info
@@ -128,10 +130,20 @@ async def test_the_first_command_goes_before_the_agents_version_is_asked(
 async def test_a_guest_refusing_guest_info_stays_usable(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    guest = SlowToStartAgent(refuse_info=True)
+    refusal = b'{"error": {"class": "GenericError", "desc": "blocked"}, "id": {id}}\n'
+    guest = SlowToStartAgent(info_answer=refusal)
     _, info = await _exec_against(guest, tmp_path)
     assert "guest-info" in guest.commands, guest.commands
     assert info.version is None and info.connected, info
+
+
+async def test_garbage_for_guest_info_is_a_violation_and_the_agent_recovers(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    guest = SlowToStartAgent(info_answer=b'{"return": {"version": 7}, "id": {id}}\n')
+    _, info = await _exec_against(guest, tmp_path, then_again=True)
+    assert not info.connected and info.last_error is not None, info
+    assert "version" in info.last_error, info
 
 
 async def test_a_command_is_polled_every_25_ms_in_its_own_first_100_ms(
