@@ -167,7 +167,8 @@ def _boot_and_save(folder: Path) -> int:
         agent.sync(1)
         for _ in range(3):
             agent.run_true()
-        agent.close()
+        # Saved with the agent's socket connected, as a manager keeps it: a qemu-ga that
+        # finds its host end closed sleeps 100 ms before each new look.
         qmp.run("stop")
         qmp.run("migrate-set-parameters", {"max-bandwidth": 1 << 40})
         with open(folder / "ram", "wb") as ram:
@@ -175,6 +176,7 @@ def _boot_and_save(folder: Path) -> int:
             qmp.run("migrate", {"uri": "fd:ram"})
         while qmp.run("query-migrate").get("status") not in ("completed", "failed"):
             time.sleep(_POLL_S)
+        agent.close()
     return (folder / "ram").stat().st_size
 
 

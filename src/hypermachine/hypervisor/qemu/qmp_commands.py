@@ -296,6 +296,11 @@ async def migrate_set_bandwidth(target: Target, bytes_per_s: int) -> None:
     await target.execute("migrate-set-parameters", {"max-bandwidth": bytes_per_s})
 
 
+async def migrate_skip_announce(target: Target) -> None:
+    """No self-announcing rounds once an incoming stream has loaded."""
+    await target.execute("migrate-set-parameters", {"announce-rounds": 0})
+
+
 async def migrate_set_capabilities(target: Target, enabled: dict[str, bool]) -> None:
     capabilities = [{"capability": name, "state": on} for name, on in enabled.items()]
     await target.execute("migrate-set-capabilities", {"capabilities": capabilities})

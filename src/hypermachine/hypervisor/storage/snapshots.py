@@ -161,12 +161,17 @@ async def save_memory(
         os.fsync(f.fileno())
 
 
-async def load_memory(machine: Machine, source: Path, *, timeout_s: float) -> None:
+async def load_memory(
+    machine: Machine, source: Path, *, timeout_s: float, announce: bool = True
+) -> None:
     """Load ``source`` into a QEMU started with ``-incoming defer``; it ends paused.
+    Without ``announce``, the guest's NIC does not announce its address once loaded.
 
     Raises:
         HypervisorError: QEMU refused the stream or the budget ran out.
     """
+    if not announce:
+        await qmp_commands.migrate_skip_announce(machine)
     fd = os.open(source, os.O_RDONLY)
     try:
         await qmp_commands.getfd(machine, fd, _FD_NAME)
