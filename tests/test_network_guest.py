@@ -344,7 +344,8 @@ async def test_fork_children_on_a_bridge_get_their_own_address_and_mac(
         expected = f"{info['mac']} {ip}/24 {gateway}"
         await wait_until_read(partial(guest_identity, client, child["id"]), expected)
         machine = services.manager._machine(child["id"])  # a bridge's switches learn the MAC
-        assert (await machine.execute("query-migrate-parameters"))["announce-rounds"] == 5
+        parameters: Any = await machine.execute("query-migrate-parameters")
+        assert parameters["announce-rounds"] == 5
     assert len({c["network_info"]["mac"] for c in children}) == 2
     for address in (parent_ip, *child_ips):
         await wait_until(partial(bridge.ping, address), timeout=60, what=f"{address} to answer")
