@@ -81,11 +81,11 @@ _DEFAULT_ENV = {
 }
 # $0 is the temp-file stem; "$@" the caller's argv (never parsed by the shell).
 _WRAPPER = 'exec "$@" >>"$0.out" 2>>"$0.err"'
-# A command's status is polled (qemu-ga has no exit event): every 25 ms for its first
-# 100 ms, where short commands end (`true` takes 30-70 ms under TCG), then less and less
+# A command's status is polled (qemu-ga has no exit event): every 10 ms for its first
+# 100 ms, where short commands end (`true` takes 5-70 ms under TCG), then less and less
 # often (each poll costs the guest a request). The 100 ms count from when the guest
 # started it: a restored guest's first guest-exec alone takes ~200 ms under TCG.
-_POLL_FIRST_S = 0.025
+_POLL_FIRST_S = 0.01
 _POLL_STEADY_S = 0.1
 _AGENT_STATES = (VmState.STARTING, VmState.RUNNING)
 # A caller willing to wait for the agent also waits through these (on the way to running).
