@@ -6,5 +6,6 @@ and the resume image (then renames them into place); :mod:`.snapshots` is what Q
 does for a snapshot (migration blockers, freezing the disk, RAM to and from a
 descriptor).
 
-May import: ``errors``, ``models``, ``hypervisor.qemu``.
+May import: ``errors``, ``models``, ``hypervisor.qemu``, ``hypervisor.vmfiles`` (a new
+layer is written into a folder the QEMU user owns).
 """
