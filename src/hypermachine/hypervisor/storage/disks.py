@@ -9,7 +9,15 @@ import trio
 
 from ...errors import HypervisorError, ValidationFailed
 
-__all__ = ["create_blank", "create_overlay", "qcow2_virtual_size", "qemu_img", "virtual_size"]
+__all__ = [
+    "QCOW2_HEADER_BYTES",
+    "create_blank",
+    "create_overlay",
+    "qcow2_size_field",
+    "qcow2_virtual_size",
+    "qemu_img",
+    "virtual_size",
+]
 
 GIB = 1024**3
 
@@ -31,13 +39,21 @@ async def qemu_img(binary: str, *args: str) -> str:
 _QCOW2_MAGIC = b"QFI\xfb"
 
 
-def qcow2_virtual_size(image: Path) -> int | None:
-    """The size field of a qcow2 header (big-endian u64 at offset 24), or None."""
-    with open(image, "rb") as f:
-        header = f.read(32)
-    if len(header) < 32 or header[:4] != _QCOW2_MAGIC:
+QCOW2_HEADER_BYTES = 32  # magic, version, backing file offset and size, cluster bits, size
+
+
+def qcow2_size_field(header: bytes) -> int | None:
+    """The size field of a qcow2 header (big-endian u64 at offset 24), or None when
+    ``header`` is not the start of one."""
+    if len(header) < QCOW2_HEADER_BYTES or header[:4] != _QCOW2_MAGIC:
         return None
     return int.from_bytes(header[24:32], "big")
+
+
+def qcow2_virtual_size(image: Path) -> int | None:
+    """The size field of ``image``'s qcow2 header, or None."""
+    with open(image, "rb") as f:
+        return qcow2_size_field(f.read(QCOW2_HEADER_BYTES))
 
 
 async def virtual_size(binary: str, image: Path, image_format: str) -> int:

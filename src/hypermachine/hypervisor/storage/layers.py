@@ -43,7 +43,6 @@ __all__ = [
 TOP = "disk.qcow2"
 FIRST = "disk-0001.qcow2"
 _LAYER = re.compile(r"^disk-(\d{4,})\.qcow2$")
-_QCOW2_MAGIC = b"QFI\xfb"
 # An empty layer is the same bytes for the same backing name and size (qemu-img -u
 # names the backing file without opening it), so each is made once and then copied:
 # a copy takes well under a millisecond, qemu-img ~10 ms of a fork's or restore's time.
@@ -91,8 +90,8 @@ def point_top(vm_dir: Path, name: str) -> None:
 def backing_of(image: Path) -> str | None:
     """The backing file name written in a qcow2 header, or None (none, or not qcow2)."""
     with open(image, "rb") as f:
-        header = f.read(20)
-        if len(header) < 20 or header[:4] != _QCOW2_MAGIC:
+        header = f.read(disks.QCOW2_HEADER_BYTES)
+        if disks.qcow2_size_field(header) is None:
             return None
         offset = int.from_bytes(header[8:16], "big")
         size = int.from_bytes(header[16:20], "big")
