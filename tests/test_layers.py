@@ -5,10 +5,12 @@ name the QEMU user planted in the VM's folder (it owns that folder)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
+import trio
 
 from hypermachine.errors import HypervisorError
 from hypermachine.hypervisor.storage import layers
@@ -80,3 +82,40 @@ async def test_a_planted_name_fails_the_layer_and_is_not_written_through(
         await layers.create_above("qemu-img", vm_dir, layers.FIRST)
     assert victim.read_bytes() == b"the host's own"
     assert (vm_dir / "disk-0002.qcow2").is_symlink()
+
+
+def test_a_planted_layer_is_read_neither_through_a_symlink_nor_as_a_fifo(tmp_path: Path) -> None:
+    """The QEMU user swaps a frozen layer for a symlink to a host qcow2 (the server
+    would read the host file's header) or for a FIFO (a blocking open would hang the
+    server): neither is read as a layer, and the server carries on."""
+    vm_dir = _vm_dir(tmp_path, "vm")
+    host_image = tmp_path / "host.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw",
+         "-u", str(host_image), "1M"], check=True,
+    )  # fmt: skip
+    (vm_dir / "disk-0002.qcow2").symlink_to(host_image)
+    os.mkfifo(vm_dir / "disk-0003.qcow2")
+    for planted in ("disk-0002.qcow2", "disk-0003.qcow2"):
+        assert layers.backing_of(vm_dir / planted) is None
+        assert layers.virtual_size(vm_dir / planted) is None
+        assert layers.chain(vm_dir, planted) == []
+
+
+async def test_a_layer_above_a_planted_fifo_is_refused(tmp_path: Path) -> None:
+    vm_dir = _vm_dir(tmp_path, "vm")
+    os.mkfifo(vm_dir / "disk-0002.qcow2")
+    with trio.fail_after(10), pytest.raises(HypervisorError, match="not a qcow2 image"):
+        await layers.create_above("qemu-img", vm_dir, "disk-0002.qcow2")
+
+
+def test_a_huge_backing_name_length_is_not_read_whole(tmp_path: Path) -> None:
+    """A layer whose header claims a 4 GiB backing file name: at most the 1023 bytes
+    qcow2 allows are read."""
+    vm_dir = _vm_dir(tmp_path, "vm")
+    layer = vm_dir / layers.FIRST
+    header = bytearray(layer.read_bytes())
+    header[16:20] = (2**32 - 1).to_bytes(4, "big")
+    layer.write_bytes(bytes(header))
+    backing = layers.backing_of(layer)
+    assert backing is not None and len(backing) <= 1023

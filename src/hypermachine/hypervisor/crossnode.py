@@ -107,7 +107,7 @@ def disk_plan(paths: VmPaths, image_sha256: str | None, image_format: str | None
     vm_dir = paths.vm_dir
     top = layers.current(vm_dir)
     chain = layers.chain(vm_dir, top)
-    size = disks.qcow2_virtual_size(vm_dir / top)
+    size = layers.virtual_size(vm_dir / top)
     if not chain or size is None:
         raise MigrationRefused("the VM's disk is not a layer chain this server can copy")
     frozen = [name for name in layers.all_layers(vm_dir) if name != top]

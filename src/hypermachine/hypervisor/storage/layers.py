@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -38,11 +39,13 @@ __all__ = [
     "link_chain",
     "point_top",
     "settle_legacy",
+    "virtual_size",
 ]
 
 TOP = "disk.qcow2"
 FIRST = "disk-0001.qcow2"
 _LAYER = re.compile(r"^disk-(\d{4,})\.qcow2$")
+_BACKING_NAME_MAX = 1023  # qcow2's limit on the backing file name
 # An empty layer is the same bytes for the same backing name and size (qemu-img -u
 # names the backing file without opening it), so each is made once and then copied:
 # a copy takes well under a millisecond, qemu-img ~10 ms of a fork's or restore's time.
@@ -89,23 +92,52 @@ def point_top(vm_dir: Path, name: str) -> None:
 
 def backing_of(image: Path) -> str | None:
     """The backing file name written in a qcow2 header, or None (none, or not qcow2)."""
-    with open(image, "rb") as f:
-        header = f.read(disks.QCOW2_HEADER_BYTES)
-        if disks.qcow2_size_field(header) is None:
-            return None
-        offset = int.from_bytes(header[8:16], "big")
-        size = int.from_bytes(header[16:20], "big")
-        if offset == 0 or size == 0:
-            return None
-        f.seek(offset)
-        return f.read(size).decode(errors="replace")
+    header = _header(image)
+    return header[1] if header is not None else None
+
+
+def virtual_size(image: Path) -> int | None:
+    """A layer's guest-visible size from its qcow2 header, or None (not qcow2)."""
+    header = _header(image)
+    return header[0] if header is not None else None
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _header(image: Path) -> tuple[int, str | None] | None:
+    """(virtual size, backing file name) of a qcow2 layer, or None when it is not one.
+
+    The QEMU user owns the folder, so the layer is read through the folder's
+    descriptor: a symlink there is not followed, a FIFO does not block the server, and
+    the name is read up to the 1023 bytes qcow2 allows, whatever length it claims.
+    """
+    try:
+        with nofollow.Folder(image.parent) as folder, folder.open(image.name) as f:
+            header = f.read(disks.QCOW2_HEADER_BYTES)
+            size = disks.qcow2_size_field(header)
+            if size is None:
+                return None
+            offset = int.from_bytes(header[8:16], "big")
+            length = min(int.from_bytes(header[16:20], "big"), _BACKING_NAME_MAX)
+            if offset == 0 or length == 0:
+                return size, None
+            f.seek(offset)
+            return size, f.read(length).decode(errors="replace")
+    except OSError:  # gone, or not a regular file (NotRegularFile)
+        return None
 
 
 def chain(vm_dir: Path, name: str) -> list[str]:
     """``name`` and the layers below it in ``vm_dir``, top first (the catalogue image,
-    outside the folder, ends the walk)."""
+    outside the folder, ends the walk, and so does a name that is not a regular file:
+    a symlink or FIFO the QEMU user planted is never linked into a fork or kept)."""
     found: list[str] = []
-    while name and _LAYER.match(name) and (vm_dir / name).exists() and name not in found:
+    while name and _LAYER.match(name) and _regular(vm_dir / name) and name not in found:
         found.append(name)
         name = backing_of(vm_dir / name) or ""
     return found
@@ -121,7 +153,7 @@ async def create_above(qemu_img: str, vm_dir: Path, below: str) -> str:
     Raises:
         HypervisorError: qemu-img failed, or the layer could not be written.
     """
-    size = disks.qcow2_virtual_size(vm_dir / below)
+    size = virtual_size(vm_dir / below)
     if size is None:
         raise HypervisorError(f"disk layer {below} is not a qcow2 image")
     image = await _empty_layer(qemu_img, below, size)
