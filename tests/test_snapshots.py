@@ -368,11 +368,12 @@ async def test_a_server_killed_mid_snapshot_leaves_the_vm_running(
         await svc.manager._machine(vm.id).execute("stop")
         vm_dir = settings.vms_dir / vm.id
         folder = snapfiles.snapshot_dir(vm_dir, "half", partial=True)
-        folder.path.mkdir(parents=True)
+        folder.make()
         stub = Snapshot(name="half", vm_id=vm.id, created_at=vm.created_at, memory=True,
                         size_bytes=0, vm_state=VmState.RUNNING)  # fmt: skip
         folder.write_meta(stub, layer="")
-        folder.memory.write_bytes(b"half a stream")
+        with folder.new_memory() as memory:
+            memory.write(b"half a stream")
         svc.manager._set(vm.id, VmState.SNAPSHOTTING, None)
     assert vm.pid is not None and psutil.pid_exists(vm.pid)
 

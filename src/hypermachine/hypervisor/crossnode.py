@@ -151,10 +151,9 @@ def _snapshot_files(vm_dir: Path) -> list[str]:
     hidden ones: swtpm's ``.lock`` in a copied TPM state dir is no state)."""
     found = []
     for snapshot in snapfiles.list_snapshots(vm_dir):
-        for file in sorted(snapshot.path.rglob("*")):
-            inside = file.relative_to(vm_dir)
-            hidden = any(part.startswith(".") for part in inside.parts)
-            if file.is_file() and not file.is_symlink() and not hidden:
+        for file in snapshot.files():
+            inside = Path(*snapshot.parts, file)
+            if not any(part.startswith(".") for part in inside.parts):
                 found.append(str(inside))
     return found
 

@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import os
 import socket
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from ..models import Migration, Vm, VmState
 from .qemu import qmp_commands
 from .qemu.machine import Machine
 from .storage.snapshots import wait_migration
+from .vmfiles import nofollow
 from .vmfiles.layout import VmPaths
 
 __all__ = [
@@ -122,11 +124,15 @@ def leftovers(paths: VmPaths) -> list[VmPaths]:
 
 
 def mark_committed(dest: VmPaths) -> None:
-    (dest.run_dir / COMMITTED).write_bytes(b"")
+    nofollow.write_file(dest.run_dir / COMMITTED, b"")  # the QEMU user owns the run dir
 
 
 def is_committed(dest: VmPaths) -> bool:
-    return (dest.run_dir / COMMITTED).is_file()
+    with nofollow.Folder(dest.run_dir) as run_dir:
+        try:
+            return stat.S_ISREG(run_dir.lstat(COMMITTED).st_mode)
+        except FileNotFoundError:
+            return False
 
 
 def clear_committed(paths: VmPaths) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import os
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
@@ -193,15 +192,14 @@ class SnapshotService:
 
     def _dir(self, vm_id: str, name: str) -> SnapshotDir:
         found = snapfiles.snapshot_dir(self._vm_dir(vm_id), name)
-        if not (found.path / "meta.json").exists():
+        if not found.exists:
             raise SnapshotNotFound(f"VM {vm_id} has no snapshot {name!r}", snapshot=name)
         return found
 
     @staticmethod
     def _sized(vm_dir: Any, folder: SnapshotDir) -> Snapshot:
         snapshot, layer = folder.meta()
-        size = snapfiles.allocated_bytes([folder.path, vm_dir / layer])
-        return snapshot.model_copy(update={"size_bytes": size})
+        return snapshot.model_copy(update={"size_bytes": snapfiles.snapshot_bytes(folder, layer)})
 
     def _keep_layers(self, vm_dir: Any) -> list[str]:
         """The layers something still needs: the top and every snapshot's."""
@@ -259,7 +257,7 @@ class SnapshotService:
         async def steps(vm: Vm, begin: Callable[[], None]) -> Snapshot:
             check(vm.state, Action.SNAPSHOT)
             vm_dir = self._vm_dir(vm.id)
-            if snapfiles.snapshot_dir(vm_dir, request.name).path.exists():
+            if snapfiles.snapshot_dir(vm_dir, request.name).taken:
                 raise NameTaken(
                     f"VM {vm.id} already has a snapshot {request.name!r}", name=request.name
                 )
@@ -304,8 +302,7 @@ class SnapshotService:
         before = vm.state
         vm_dir = self._vm_dir(vm.id)
         folder = snapfiles.snapshot_dir(vm_dir, name, partial=True)
-        folder.remove()  # what an earlier failure may have left
-        folder.path.mkdir(mode=0o700, parents=True)
+        folder.make()  # fresh: whatever an earlier failure left is removed
         # Written first: a server restarted mid-snapshot reads the state to go back to.
         stub = Snapshot(
             name=name, vm_id=vm.id, created_at=utcnow(), memory=memory, size_bytes=0,
@@ -329,15 +326,10 @@ class SnapshotService:
             else:
                 layer = await snapshots.freeze_stopped(self._settings.qemu_img_binary, vm_dir)
             self._step(vm.id, "disk_frozen", snapshot=name, layer=layer)
-            snapfiles.copy_platform(vm_dir, tpm.state_dir_of(vm_dir), folder.path)
+            snapfiles.copy_platform(vm_dir, tpm.state_dir_of(vm_dir), folder)
             if memory and machine is not None:
-                await snapshots.save_memory(
-                    machine,
-                    folder.memory,
-                    bandwidth_mib_s=self._settings.migration_bandwidth_mib_s,
-                    timeout_s=self._settings.snapshot_timeout_s,
-                )
-                self._step(vm.id, "memory_saved", snapshot=name, bytes=folder.memory.stat().st_size)
+                await self._save_memory(machine, folder)
+                self._step(vm.id, "memory_saved", snapshot=name, bytes=folder.memory_size())
             folder.write_meta(stub.model_copy(update={"created_at": utcnow()}), layer=layer)
             if publish:
                 folder = folder.publish()
@@ -350,6 +342,15 @@ class SnapshotService:
             raise
         await self._back_to(vm.id, before, machine, paused)
         return folder
+
+    async def _save_memory(self, machine: Machine, into: snapfiles.StateFolder) -> None:
+        with into.new_memory() as target:
+            await snapshots.save_memory(
+                machine,
+                target,
+                bandwidth_mib_s=self._settings.migration_bandwidth_mib_s,
+                timeout_s=self._settings.snapshot_timeout_s,
+            )
 
     async def _back_to(
         self, vm_id: str, state: VmState, machine: Machine | None, paused: bool
@@ -419,7 +420,7 @@ class SnapshotService:
         # The new top is made while QEMU quits; if it cannot be, QEMU still ends.
         await run_all(partial(self._end_qemu, vm.id, "restoring a snapshot"), new_top)
         layers.point_top(vm_dir, made[0])
-        snapfiles.copy_platform(vm_dir, tpm.state_dir_of(vm_dir), folder.path, to_vm=True)
+        snapfiles.copy_platform(vm_dir, tpm.state_dir_of(vm_dir), folder, to_vm=True)
         layers.collect(vm_dir, self._keep_layers(vm_dir))
         Resume.of(vm_dir).discard()
         if not snapshot.memory:
@@ -445,9 +446,8 @@ class SnapshotService:
     @staticmethod
     def _stage_resume(vm_dir: Any, folder: SnapshotDir, vm_state: VmState, info: Any) -> None:
         staged = Resume.of(vm_dir, partial=True)
-        staged.discard()
-        staged.path.mkdir(mode=0o700)
-        os.link(folder.memory, staged.memory)
+        staged.make()
+        folder.link_memory(staged)
         staged.write_state(vm_state, info.mac if info is not None else None)
         staged.publish()
 
@@ -468,9 +468,10 @@ class SnapshotService:
         # A NAT guest's only neighbour is its new passt, which learns the guest's MAC
         # from its first frame: announcing it would only cost the guest TCG time.
         announce = info is None or info.type != "nat"
-        await snapshots.load_memory(
-            machine, resume.memory, timeout_s=self._settings.snapshot_timeout_s, announce=announce
-        )
+        with resume.open_memory() as source:
+            await snapshots.load_memory(
+                machine, source, timeout_s=self._settings.snapshot_timeout_s, announce=announce
+            )
         if vm_state is S.RUNNING:
             await qmp_commands.cont(machine)
         resume.discard()
@@ -544,8 +545,7 @@ class SnapshotService:
         before = vm.state
         vm_dir = self._vm_dir(vm.id)
         staged = Resume.of(vm_dir, partial=True)
-        staged.discard()
-        staged.path.mkdir(mode=0o700)
+        staged.make()
         info = vm.network_info
         # Written first: a server restarted mid-way reads the state to go back to.
         staged.write_state(before, info.mac if info is not None else None)
@@ -554,12 +554,7 @@ class SnapshotService:
         try:
             if before is S.RUNNING:
                 await qmp_commands.stop(machine)
-            await snapshots.save_memory(
-                machine,
-                staged.memory,
-                bandwidth_mib_s=self._settings.migration_bandwidth_mib_s,
-                timeout_s=self._settings.snapshot_timeout_s,
-            )
+            await self._save_memory(machine, staged)
         except BaseException as err:
             with trio.CancelScope(shield=True):
                 staged.discard()
@@ -567,7 +562,7 @@ class SnapshotService:
                 reason = err.message if isinstance(err, HMError) else repr(err)
                 self._step(vm.id, "failed", reason=reason)
             raise
-        size = staged.memory.stat().st_size
+        size = staged.memory_size()
         staged.publish()
         self._step(vm.id, "memory_saved", bytes=size)
         await self._end_qemu(vm.id, "hibernated")
@@ -760,7 +755,7 @@ class SnapshotService:
             layers.link_chain(parent_dir, layer, child_dir)
             top = await layers.create_above(self._settings.qemu_img_binary, child_dir, layer)
             layers.point_top(child_dir, top)
-            snapfiles.copy_platform(child_dir, tpm.state_dir_of(child_dir), folder.path, to_vm=True)
+            snapfiles.copy_platform(child_dir, tpm.state_dir_of(child_dir), folder, to_vm=True)
             if snapshot.memory:
                 self._stage_resume(child_dir, folder, snapshot.vm_state, parent.network_info)
         except (HMError, OSError) as err:
@@ -798,10 +793,10 @@ class SnapshotService:
         the partial snapshot), after removing what was half-written."""
         vm_dir = self._vm_dir(vm.id)
         prior = None
-        for folder in vm_dir.glob("snapshots/.partial-*"):
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                prior = SnapshotDir(folder).meta()[0].vm_state
-        with contextlib.suppress(OSError, ValueError, KeyError):
+        for folder in snapfiles.partial_snapshots(vm_dir):
+            with contextlib.suppress(OSError, HypervisorError):
+                prior = folder.meta()[0].vm_state
+        with contextlib.suppress(OSError, HypervisorError):
             prior = Resume.of(vm_dir, partial=True).state()[0]  # a hibernation's
         snapfiles.clear_partial(vm_dir)
         return prior

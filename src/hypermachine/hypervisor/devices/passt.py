@@ -42,6 +42,7 @@ import trio
 
 from ...errors import HypervisorError
 from ...models import ForwardInfo, NetworkInfo
+from ..vmfiles import nofollow
 from ..vmfiles.confine import QemuIdentity
 from ..vmfiles.layout import VmPaths
 
@@ -99,13 +100,13 @@ def _record(pidfile: Path, pid: int) -> None:
         started = psutil.Process(pid).create_time()
     except psutil.Error as err:
         raise HypervisorError("passt ended as soon as it was ready") from err
-    pidfile.write_text(f"{pid} {started!r}\n")
+    nofollow.write_file(pidfile, f"{pid} {started!r}\n".encode())
 
 
 def find(paths: PasstPaths) -> int | None:
     """The pid of this VM's running passt: the recorded pid with the recorded start time."""
     try:
-        pid_text, started_text = paths.pidfile.read_text().split()
+        pid_text, started_text = nofollow.read_file(paths.pidfile, limit=64).decode().split()
         process = psutil.Process(int(pid_text))
         alive = process.status() != psutil.STATUS_ZOMBIE
         same = abs(process.create_time() - float(started_text)) < 0.01
@@ -214,6 +215,6 @@ def _reap(child: subprocess.Popen[bytes], timeout_s: float) -> None:
 
 def _tail(path: Path, limit: int = 400) -> str:
     try:
-        return path.read_text(errors="replace")[-limit:].strip()
+        return nofollow.read_file(path, limit).decode(errors="replace").strip()
     except OSError:
         return ""

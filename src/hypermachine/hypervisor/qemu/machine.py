@@ -119,12 +119,22 @@ class ExitReport:
 
 
 def _listening_socket(path: Path) -> socket.socket:
+    """A socket listening at ``path``, mode 0600: only the server connects (QEMU is
+    handed the listening fd). The run dir belongs to the QEMU user, so the socket is
+    bound and its mode set in the runtime dir (the server's), then renamed into place:
+    a ``chmod`` by path could follow a symlink swapped in after the bind."""
+    staged = path.parent.with_name(f".{path.parent.name}.q")  # no longer than `path`
     with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+        staged.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(str(path))
-    path.chmod(0o600)  # only the server connects (QEMU is handed the listening fd)
-    sock.listen(8)
+    try:
+        sock.bind(str(staged))
+        staged.chmod(0o600)
+        staged.replace(path)
+        sock.listen(8)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 

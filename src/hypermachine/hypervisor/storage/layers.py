@@ -63,9 +63,21 @@ def all_layers(vm_dir: Path) -> list[str]:
     return sorted((p.name for p in vm_dir.iterdir() if _LAYER.match(p.name)), key=_number)
 
 
+def is_layer(name: str) -> bool:
+    """Whether ``name`` is a layer's name (a bare ``disk-NNNN.qcow2``)."""
+    return _LAYER.fullmatch(name) is not None
+
+
 def current(vm_dir: Path) -> str:
-    """The layer ``disk.qcow2`` points to (the one QEMU writes)."""
-    return os.readlink(vm_dir / TOP)
+    """The layer ``disk.qcow2`` points to (the one QEMU writes).
+
+    Raises:
+        HypervisorError: the link names something else (the QEMU user owns the folder).
+    """
+    name = os.readlink(vm_dir / TOP)
+    if not is_layer(name):
+        raise HypervisorError(f"{vm_dir / TOP} points to {name[:200]!r}, not to a disk layer")
+    return name
 
 
 def settle_legacy(vm_dir: Path) -> None:
@@ -143,12 +155,16 @@ def chain(vm_dir: Path, name: str) -> list[str]:
     return found
 
 
-async def create_above(qemu_img: str, vm_dir: Path, below: str) -> str:
+async def create_above(
+    qemu_img: str, vm_dir: Path, below: str, owner: tuple[int, int] | None = None
+) -> str:
     """A new empty top layer backed by ``below``; returns its name (not yet the top).
+    With ``owner`` (uid, gid) the layer is given to that user.
 
     The folder belongs to the QEMU user, so the layer is created ``O_EXCL`` through the
-    folder's descriptor: a name planted there (a symlink to a host file) fails the call
-    instead of being written through.
+    folder's descriptor (and handed over through that descriptor): a name planted there
+    (a symlink to a host file), even swapped in after the write, fails the call or is
+    left alone instead of being written through or handed over.
 
     Raises:
         HypervisorError: qemu-img failed, or the layer could not be written.
@@ -164,6 +180,8 @@ async def create_above(qemu_img: str, vm_dir: Path, below: str) -> str:
             folder.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644) as out,
         ):
             out.write(image)
+            if owner is not None:
+                os.fchown(out.fileno(), *owner)
     except OSError as err:
         raise HypervisorError(f"cannot write disk layer {name}: {err.strerror}") from err
     return name
@@ -192,10 +210,12 @@ async def _empty_layer(qemu_img: str, below: str, size: int) -> bytes:
 
 
 def link_chain(source_dir: Path, name: str, target_dir: Path) -> None:
-    """Hard-link ``name`` and the layers below it into ``target_dir`` (same names)."""
+    """Hard-link ``name`` and the layers below it into ``target_dir`` (same names);
+    a layer swapped for a symlink meanwhile is refused, its target never linked."""
     target_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for layer in chain(source_dir, name):
-        os.link(source_dir / layer, target_dir / layer)
+    with nofollow.Folder(source_dir) as source, nofollow.Folder(target_dir) as target:
+        for layer in chain(source_dir, name):
+            source.link(layer, target, layer)
 
 
 def collect(vm_dir: Path, keep: Iterable[str]) -> list[str]:

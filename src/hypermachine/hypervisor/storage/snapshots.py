@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import trio
 
@@ -97,9 +98,7 @@ async def freeze_live(
     layers.settle_legacy(vm_dir)
     frozen = layers.current(vm_dir)
     node = await top_node(machine)
-    new = await layers.create_above(qemu_img, vm_dir, frozen)
-    if owner is not None:
-        os.chown(vm_dir / new, *owner)
+    new = await layers.create_above(qemu_img, vm_dir, frozen, owner)
     layers.point_top(vm_dir, new)
     overlay = new.removesuffix(".qcow2")
     await qmp_commands.blockdev_add_qcow2(machine, overlay, str(vm_dir / new))
@@ -141,41 +140,34 @@ async def wait_migration(
 
 
 async def save_memory(
-    machine: Machine, target: Path, *, bandwidth_mib_s: int, timeout_s: float
+    machine: Machine, target: BinaryIO, *, bandwidth_mib_s: int, timeout_s: float
 ) -> None:
-    """Write the paused VM's RAM and device state to ``target`` (QEMU ends ``postmigrate``;
-    ``cont`` resumes it).
+    """Write the paused VM's RAM and device state to ``target``, a fresh file the server
+    opened (QEMU gets a copy of its descriptor; it ends ``postmigrate``, ``cont``
+    resumes it).
 
     Raises:
         HypervisorError: QEMU refused or failed, or the budget ran out.
     """
     await qmp_commands.migrate_set_bandwidth(machine, bandwidth_mib_s * 1024 * 1024)
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        await qmp_commands.getfd(machine, fd, _FD_NAME)
-    finally:
-        os.close(fd)  # QEMU holds its own copy
+    await qmp_commands.getfd(machine, target.fileno(), _FD_NAME)
     await qmp_commands.migrate(machine, _FD_NAME)
     await wait_migration(machine, timeout_s, sending=True)
-    with open(target, "rb") as f:
-        os.fsync(f.fileno())
+    os.fsync(target.fileno())
 
 
 async def load_memory(
-    machine: Machine, source: Path, *, timeout_s: float, announce: bool = True
+    machine: Machine, source: BinaryIO, *, timeout_s: float, announce: bool = True
 ) -> None:
-    """Load ``source`` into a QEMU started with ``-incoming defer``; it ends paused.
-    Without ``announce``, the guest's NIC does not announce its address once loaded.
+    """Load ``source`` (a RAM file the server opened) into a QEMU started with
+    ``-incoming defer``; it ends paused. Without ``announce``, the guest's NIC does not
+    announce its address once loaded.
 
     Raises:
         HypervisorError: QEMU refused the stream or the budget ran out.
     """
     if not announce:
         await qmp_commands.migrate_skip_announce(machine)
-    fd = os.open(source, os.O_RDONLY)
-    try:
-        await qmp_commands.getfd(machine, fd, _FD_NAME)
-    finally:
-        os.close(fd)
+    await qmp_commands.getfd(machine, source.fileno(), _FD_NAME)
     await qmp_commands.migrate_incoming(machine, _FD_NAME)
     await wait_migration(machine, timeout_s, sending=False)

@@ -12,7 +12,10 @@ the QEMU user planted (``console.log -> /etc/shadow``), so here:
   file, else :class:`NotRegularFile`;
 * a file is *written* as a fresh one (whatever had the name is unlinked, the new
   file is created ``O_EXCL``) and renamed into place, so a symlink at the target
-  is replaced, never written through.
+  is replaced, never written through;
+* a folder inside is reached the same way (:meth:`Folder.sub`), one name at a time,
+  so a folder the user swapped for a symlink to a host folder is refused, and a tree
+  is removed through descriptors (:meth:`Folder.remove`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import stat
 from pathlib import Path
 from types import TracebackType
@@ -38,10 +42,18 @@ class NotRegularFile(OSError):
 class Folder:
     """An open directory whose files are reached only through its descriptor."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, parent: Folder | None = None) -> None:
+        """Open ``path`` (with ``parent``: its last name, inside that folder).
+
+        Raises:
+            NotRegularFile: it is a symlink or not a folder. FileNotFoundError, OSError.
+        """
         self.path = path
         try:
-            self.fd = os.open(path, _DIR_FLAGS)
+            if parent is None:
+                self.fd = os.open(path, _DIR_FLAGS)
+            else:
+                self.fd = os.open(path.name, _DIR_FLAGS, dir_fd=parent.fd)
         except OSError as err:
             if err.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise NotRegularFile(err.errno, "not a plain folder", str(path)) from err
@@ -105,6 +117,67 @@ class Folder:
         with self.create(partial, mode) as f:
             f.write(data)
         self.replace(partial, name)
+
+    def read(self, name: str, limit: int) -> bytes:
+        """The first ``limit`` bytes of the regular file ``name``.
+
+        Raises:
+            NotRegularFile, FileNotFoundError, OSError.
+        """
+        with self.open(name) as f:
+            return f.read(limit)
+
+    def sub(self, name: str) -> Folder:
+        """The folder ``name`` in this one (not through a symlink).
+
+        Raises:
+            NotRegularFile, FileNotFoundError, OSError.
+        """
+        return Folder(self.path / name, parent=self)
+
+    def mkdir(self, name: str, mode: int = 0o700) -> None:
+        """Create the folder ``name``; one that is already a plain folder is kept.
+
+        Raises:
+            NotRegularFile: the name is taken by something else (a symlink...).
+        """
+        try:
+            os.mkdir(name, mode, dir_fd=self.fd)
+        except FileExistsError as err:
+            st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode):
+                where = str(self.path / name)
+                raise NotRegularFile(errno.EEXIST, "not a plain folder", where) from err
+
+    def remove(self, name: str) -> None:
+        """Remove ``name``: a folder with all it holds (walked through descriptors),
+        anything else (a symlink is removed, not followed) unlinked; gone already is fine."""
+        try:
+            st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(name, dir_fd=self.fd)
+        else:
+            self.unlink(name)
+
+    def names(self) -> list[str]:
+        return os.listdir(self.fd)
+
+    def lstat(self, name: str) -> os.stat_result:
+        return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+
+    def link(self, name: str, into: Folder, new_name: str) -> None:
+        """Hard-link the regular file ``name`` into the folder ``into``.
+
+        Raises:
+            NotRegularFile, FileNotFoundError, OSError.
+        """
+        if not stat.S_ISREG(self.lstat(name).st_mode):
+            raise NotRegularFile(errno.EINVAL, "not a regular file", str(self.path / name))
+        # A symlink swapped in after the check is linked as the symlink (never its
+        # target), and every later open refuses it.
+        os.link(name, new_name, src_dir_fd=self.fd, dst_dir_fd=into.fd, follow_symlinks=False)
 
 
 def read_file(path: Path, limit: int | None = None) -> bytes:
