@@ -82,6 +82,9 @@ def make_settings(data_dir: Path, compile_cache: Path, **overrides: object) -> S
             "compile_cache_dir": compile_cache,
             "stop_timeout_s": 20.0,
             "qmp_connect_timeout_s": 20.0,
+            # Each test picks the restore path it checks: a standby is made only where
+            # it asks for one (tests/test_standby.py), never in a race with its steps.
+            "snapshot_standby": False,
             **overrides,
         },
     )

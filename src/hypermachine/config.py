@@ -183,6 +183,12 @@ class Settings:
     # 1 GiB take 8 s).
     snapshot_timeout_s: float = 300.0
     migration_bandwidth_mib_s: int = 64 * 1024
+    # Restores kept ready: a paused QEMU holding a memory snapshot's RAM, so restoring it
+    # is a switch-over (docs/snapshots.md). It holds the VM's memory once more, within
+    # the host's budget (a VM start that needs the room drops standbys); made this long
+    # after the snapshot or restore, so it does not compete with the guest's first steps.
+    snapshot_standby: bool = True
+    snapshot_standby_after_s: float = 1.0
     # Live migration (docs/cluster.md): the budget of one, stream and switch-over.
     migration_timeout_s: float = 300.0
     # This host's name among the nodes of a cluster ("": the host name).

@@ -88,6 +88,7 @@ from .qemu.machine import ArgvBuilder, Companion, Machine, spawn_qemu
 from .qemu.qmp import QmpBridge
 from .readopt import Readoption
 from .snapshot_service import SnapshotService
+from .standby import Standbys
 from .storage.snapfiles import Resume
 from .vm_argv import build_argv
 from .vmfiles.confine import QemuIdentity, make_reachable
@@ -205,6 +206,7 @@ class Manager:
         self.storage_count: StorageCountLike | None = None
         self.migrations = MigrationService(self)
         self.incoming = IncomingMigrations(self)
+        self.standbys = Standbys(self)
 
     # -- life of the manager ---------------------------------------------------
 
@@ -217,7 +219,11 @@ class Manager:
             for vm in list(self._store.all_vms()):
                 await self._readoption.recover(vm)
             task_status.started()
-            await trio.sleep_forever()
+            try:
+                await trio.sleep_forever()
+            finally:  # standbys are a cache: never left holding memory behind the server
+                with trio.CancelScope(shield=True):
+                    await self.standbys.drop_all("the server stops")
 
     def _spawn(self, vm_id: str, fn: Any, *args: Any) -> None:
         """Start one VM's task in the manager's nursery, contained (see _vm_task)."""
@@ -538,6 +544,7 @@ class Manager:
             if self.owners is not None and vm.restart_policy == "on_node_failure":
                 await self.owners.hold(vm)  # its files are shared: never another node's
             self._set(vm_id, deleting, None)
+            await self.standbys.drop(vm_id, "the VM is deleted")
             machine = self._machines.get(vm_id)
             if machine is not None:
                 machine.report.stop_requested = "deleted"
@@ -642,12 +649,16 @@ class Manager:
         quota = self._guard.vm_quota() if self._guard is not None else 0
         if self.live_count is not None:  # the tenant's live VMs of every node count
             await self.live_count.admit(vm, quota)
+
         # Admission and the move to `starting` (which reserves the VM's share) run with
         # no checkpoint in between: under Trio no other start can interleave here (and
         # a VM created with start=true is never seen "stopped", see _provision).
-        live = (other for other in self._store.all_vms() if other.state in LIVE_STATES)
+        def admitted(budget: HostBudget) -> None:
+            live = (other for other in self._store.all_vms() if other.state in LIVE_STATES)
+            admit(vm, live, quota=quota, budget=budget)
+
         try:
-            admit(vm, live, quota=quota, budget=self._budget)
+            await self.standbys.make_room(admitted)
         except HMError:
             await self._not_live(vm)
             raise
@@ -755,8 +766,10 @@ class Manager:
         nic_fd: int | None,
         *,
         incoming: bool,
+        top: str | None = None,
     ) -> ArgvBuilder:
-        """The argv builder ``spawn_qemu`` calls with the QMP and tap descriptors."""
+        """The argv builder ``spawn_qemu`` calls with the QMP and tap descriptors
+        (``top``: the disk's top layer instead of the one ``disk.qcow2`` names)."""
 
         def argv(qmp_fd: int, tap_fd: int | None) -> list[str]:
             return build_argv(
@@ -769,6 +782,7 @@ class Manager:
                 nic_fd=nic_fd if nic_fd is not None else tap_fd,
                 platform=platform,
                 incoming=incoming,
+                top=top,
             )
 
         return argv
@@ -852,6 +866,8 @@ class Manager:
                 shutdown_reason=report.shutdown_reason,
             )
             vmplatform.after_exit(machine.paths)
+            if not machine.report.keep_state:  # a restore keeps it: it may be the next
+                self.standbys.drop_soon(machine.vm_id, "its QEMU ended")
             if current is VmState.DELETING:
                 return
             machine.paths.clear_runtime()
@@ -1011,6 +1027,7 @@ class Manager:
     @_owned
     async def migrate(self, vm_id: str, request: MigrateRequest) -> Migration:
         """Raises: NodeNotFound, InvalidState, MigrationRefused, HypervisorError."""
+        await self.standbys.drop(vm_id, "the VM migrates")  # its tap, its QEMU binary
         return await self.migrations.migrate(vm_id, request)
 
     # -- metrics ---------------------------------------------------------------

@@ -46,6 +46,7 @@ __all__ = [
     "mark_committed",
     "resume_source",
     "stream",
+    "take_run_dir",
 ]
 
 COMMITTED = "migration.committed"
@@ -139,6 +140,15 @@ def clear_committed(paths: VmPaths) -> None:
     """Drop the marker once the destination's run dir is the VM's: left there, it would
     mark that dir committed again when a later migration swaps it out."""
     (paths.run_dir / COMMITTED).unlink(missing_ok=True)
+
+
+def take_run_dir(dest: VmPaths, paths: VmPaths) -> None:
+    """Give the VM's run dir name to the destination's (the source's QEMU is gone):
+    swapped with the source's, or renamed when the source left none."""
+    if paths.run_dir.exists():
+        exchange(dest.run_dir, paths.run_dir)
+    else:
+        dest.run_dir.rename(paths.run_dir)
 
 
 def exchange(a: Path, b: Path) -> None:

@@ -42,6 +42,7 @@ from .ports import CatalogueLike, LiveCountLike, PeersLike
 from .qemu import qmp_commands
 from .qemu.machine import Machine
 from .snapshot_service import SnapshotService
+from .standby import Standbys
 from .storage.layers import TOP
 from .storage.snapshots import wait_migration
 from .vmfiles import nofollow
@@ -73,6 +74,7 @@ class IncomingHost(Protocol):
     peers: PeersLike | None
     live_count: LiveCountLike | None
     snapshots: SnapshotService
+    standbys: Standbys
 
     @property
     def migrations(self) -> _Destination: ...
@@ -177,7 +179,7 @@ class IncomingMigrations:
         if vm.network_info is not None:  # its static IP, its MAC: not another VM's here
             network.check_conflicts(vm.network_info, vm.id, others)
         live = [other for other in others if other.state in LIVE_STATES]
-        admit(vm, live, quota=0, budget=mgr._budget)
+        await mgr.standbys.make_room(lambda budget: admit(vm, live, quota=0, budget=budget))
         image = mgr._catalogue.get(vm.image)
         if not image.available:
             raise MigrationRefused(f"image {vm.image!r} is not on this node")

@@ -79,6 +79,7 @@ class MigrationHost(OutgoingHost, Protocol):
         nic_fd: int | None,
         *,
         incoming: bool,
+        top: str | None = None,
     ) -> ArgvBuilder: ...
 
 
@@ -171,13 +172,13 @@ class MigrationService:
                 self._step(vm.id, "failed", reason=reason)
             raise
         with trio.CancelScope(shield=True):  # the destination is the VM now: finish
-            await self._retire(source, canonical, old_tpm)
+            await self.retire(source, canonical, old_tpm)
             if tapped is not None and vm.network_info is not None and vm.network_info.tap:
                 await self._mgr._resources.drop_tap(vm.network_info.tap)  # the source's
             migration.exchange(dest_paths.run_dir, canonical.run_dir)
             migration.clear_committed(canonical)
             dest.paths = canonical  # its sockets answer under the VM's names now
-            await self._serve_nic(vm, dest_paths, canonical, passt_end)
+            await self.serve_nic(vm, dest_paths, canonical, passt_end)
             shutil.rmtree(dest_paths.run_dir, ignore_errors=True)  # the source's, now
             if new_tpm is not None:
                 shutil.rmtree(old_tpm, ignore_errors=True)
@@ -193,10 +194,16 @@ class MigrationService:
         return answer
 
     async def destination_qemu(
-        self, vm: Vm, paths: VmPaths, tpm_dir: Path | None, nic: socket.socket | None
+        self,
+        vm: Vm,
+        paths: VmPaths,
+        tpm_dir: Path | None,
+        nic: socket.socket | None,
+        top: str | None = None,
     ) -> Machine:
         """A QEMU waiting for the VM's state (``-incoming defer``), QMP connected; a
-        bridge VM's NIC on the tap ``vm.network_info`` names.
+        bridge VM's NIC on the tap ``vm.network_info`` names; ``top``: its own disk
+        top layer (a standby's), not the VM's.
 
         Raises:
             HMError: its swtpm, its firmware or QEMU itself would not start.
@@ -208,7 +215,7 @@ class MigrationService:
             vm, boot, paths, mgr.host, self._settings, mgr.qemu_identity, incoming_tpm=tpm_dir
         )
         nic_fd = nic.fileno() if nic is not None else None
-        argv = mgr.qemu_argv(vm, boot, paths, platform, nic_fd, incoming=True)
+        argv = mgr.qemu_argv(vm, boot, paths, platform, nic_fd, incoming=True, top=top)
         passed = () if nic_fd is None else (nic_fd,)
         tap = vm.network_info.tap if vm.network_info is not None else None
         try:
@@ -245,16 +252,18 @@ class MigrationService:
         shutil.rmtree(dest_paths.run_dir, ignore_errors=True)
         await migration.resume_source(source, vm)
 
-    async def _retire(self, source: Machine, paths: VmPaths, tpm_dir: Path) -> None:
+    async def retire(self, source: Machine, paths: VmPaths, tpm_dir: Path) -> None:
         """Quit the source QEMU without its exit changing the VM; its swtpm goes with it."""
         source.report.handed_over = True
         await source.terminate(self._settings.kill_grace_s)
         await source.finished.wait()  # its guest agent client and console tasks ended
         tpm.stop(tpm.TpmPaths.for_vm(paths, tpm_dir))
 
-    async def _serve_nic(
+    async def serve_nic(
         self, vm: Vm, old: VmPaths, new: VmPaths, passt_end: socket.socket | None
     ) -> None:
+        """The old QEMU is gone: a new passt (the old one stopped) serves the new QEMU's
+        NIC; a failure is an event, the guest runs on without network."""
         if passt_end is None:
             return
         try:
@@ -278,10 +287,7 @@ class MigrationService:
         for dest in found:
             if migration.is_committed(dest):
                 _kill(adopt_pid(canonical, vm.uuid))
-                if canonical.run_dir.exists():
-                    migration.exchange(dest.run_dir, canonical.run_dir)
-                else:
-                    dest.run_dir.rename(canonical.run_dir)
+                migration.take_run_dir(dest, canonical)
                 migration.clear_committed(canonical)
                 log.warning("%s: finished a migration the server restart cut short", vm.id)
             else:

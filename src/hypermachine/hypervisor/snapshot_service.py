@@ -68,7 +68,7 @@ from .storage.snapfiles import Resume, SnapshotDir
 from .vmfiles.confine import QemuIdentity
 from .vmfiles.layout import VmPaths
 
-__all__ = ["SnapshotHost", "SnapshotService"]
+__all__ = ["SnapshotHost", "SnapshotService", "StandbysLike"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,17 @@ class _Outcome(Generic[T]):
         return self.value
 
 
+class StandbysLike(Protocol):
+    """Restores kept ready (``standby.Standbys``) as the snapshot service uses them."""
+
+    def ready_for(self, vm_id: str, snapshot: Snapshot) -> bool: ...
+    def layers_of(self, vm_id: str) -> list[str]: ...
+    def holding(self, vm_id: str) -> str | None: ...
+    def prepare_soon(self, vm_id: str, name: str) -> None: ...
+    async def drop(self, vm_id: str, why: str) -> None: ...
+    async def restore(self, vm: Vm, snapshot: Snapshot) -> bool: ...
+
+
 class SnapshotHost(Protocol):
     """The manager as the snapshot service sees it."""
 
@@ -108,6 +119,7 @@ class SnapshotHost(Protocol):
     events: EventLog
     guest: GuestService
     qemu_identity: QemuIdentity | None
+    standbys: StandbysLike
 
     def _paths(self, vm_id: str) -> VmPaths: ...
     async def _reach_folders(self) -> None: ...
@@ -182,13 +194,15 @@ class SnapshotService:
 
     def of_vm(self, vm_id: str) -> list[Snapshot]:
         """The VM's complete snapshots, oldest first (the caller owns the VM)."""
-        vm_dir = self._vm_dir(vm_id)
-        return [self._sized(vm_dir, d) for d in snapfiles.list_snapshots(vm_dir)]
+        return [self._described(vm_id, d) for d in snapfiles.list_snapshots(self._vm_dir(vm_id))]
 
     def get(self, vm_id: str, name: str) -> Snapshot:
         """Raises: SnapshotNotFound."""
-        vm_dir = self._vm_dir(vm_id)
-        return self._sized(vm_dir, self._dir(vm_id, name))
+        return self._described(vm_id, self._dir(vm_id, name))
+
+    def _described(self, vm_id: str, folder: SnapshotDir) -> Snapshot:
+        snapshot = self._sized(folder)
+        return snapshot.model_copy(update={"ready": self._mgr.standbys.ready_for(vm_id, snapshot)})
 
     def _dir(self, vm_id: str, name: str) -> SnapshotDir:
         found = snapfiles.snapshot_dir(self._vm_dir(vm_id), name)
@@ -197,13 +211,18 @@ class SnapshotService:
         return found
 
     @staticmethod
-    def _sized(vm_dir: Any, folder: SnapshotDir) -> Snapshot:
+    def _sized(folder: SnapshotDir) -> Snapshot:
         snapshot, layer = folder.meta()
         return snapshot.model_copy(update={"size_bytes": snapfiles.snapshot_bytes(folder, layer)})
 
-    def _keep_layers(self, vm_dir: Any) -> list[str]:
-        """The layers something still needs: the top and every snapshot's."""
-        return [layers.current(vm_dir), *(d.meta()[1] for d in snapfiles.list_snapshots(vm_dir))]
+    def _keep_layers(self, vm_id: str) -> list[str]:
+        """The layers something still needs: the top, every snapshot's, the standby's."""
+        vm_dir = self._vm_dir(vm_id)
+        return [
+            layers.current(vm_dir),
+            *(d.meta()[1] for d in snapfiles.list_snapshots(vm_dir)),
+            *self._mgr.standbys.layers_of(vm_id),
+        ]
 
     # -- storage quota -----------------------------------------------------------
 
@@ -267,8 +286,10 @@ class SnapshotService:
                 snapshots.refuse_memory(vm, await snapshots.migration_blockers(machine))
             await self._check_storage(vm)
             begin()
-            published = await self._capture(vm, request.name, machine, memory=memory, publish=True)
-            snapshot = self._sized(vm_dir, published)
+            published = await self._capture(
+                vm, request.name, machine, memory=memory, standby=request.standby, publish=True
+            )
+            snapshot = self._sized(published)
             self._step(vm.id, "completed", snapshot=request.name, size_bytes=snapshot.size_bytes)
             try:
                 await self._check_storage(vm)
@@ -276,6 +297,7 @@ class SnapshotService:
                 published.remove()
                 self._step(vm.id, "deleted", snapshot=request.name, reason=err.message)
                 raise
+            self._keep_ready(vm.id, snapshot)
             return snapshot
 
         before = self._mgr._store.get_vm(vm_id).state
@@ -293,7 +315,14 @@ class SnapshotService:
         return await outcome.result()
 
     async def _capture(
-        self, vm: Vm, name: str, machine: Machine | None, *, memory: bool, publish: bool = False
+        self,
+        vm: Vm,
+        name: str,
+        machine: Machine | None,
+        *,
+        memory: bool,
+        standby: bool = False,
+        publish: bool = False,
     ) -> SnapshotDir:
         """Freeze the disk, copy VARS/TPM and (``memory``) save RAM into a partial
         snapshot folder, listed once ``publish``ed; the VM is back in its state afterwards
@@ -306,7 +335,7 @@ class SnapshotService:
         # Written first: a server restarted mid-snapshot reads the state to go back to.
         stub = Snapshot(
             name=name, vm_id=vm.id, created_at=utcnow(), memory=memory, size_bytes=0,
-            vm_state=before,
+            vm_state=before, standby=standby and memory,
         )  # fmt: skip
         folder.write_meta(stub, layer="")
         self._mgr._set(vm.id, S.SNAPSHOTTING, None)
@@ -370,9 +399,12 @@ class SnapshotService:
         Raises: SnapshotNotFound.
         """
         async with self._mgr._lock(vm_id):
-            self._dir(vm_id, name).remove()
+            folder = self._dir(vm_id, name)
+            if self._mgr.standbys.holding(vm_id) == name:
+                await self._mgr.standbys.drop(vm_id, f"snapshot {name} is deleted")
+            folder.remove()
             vm_dir = self._vm_dir(vm_id)
-            dropped = layers.collect(vm_dir, self._keep_layers(vm_dir))
+            dropped = layers.collect(vm_dir, self._keep_layers(vm_id))
             self._step(vm_id, "deleted", snapshot=name, layers_dropped=dropped)
             await self.count_storage(self._mgr._store.get_vm(vm_id).tenant)
 
@@ -407,11 +439,23 @@ class SnapshotService:
         return vm
 
     async def _restore(self, vm: Vm, folder: SnapshotDir) -> Vm:
-        """End QEMU, put a new top on the snapshot's layer, restore VARS/TPM and (memory
-        snapshots) resume the saved RAM."""
+        """Switch to the snapshot's standby if one is ready; else end QEMU, put a new top
+        on the snapshot's layer, restore VARS/TPM and (memory snapshots) resume the
+        saved RAM in a new QEMU."""
         snapshot, layer = folder.meta()
         name = snapshot.name
         vm_dir = self._vm_dir(vm.id)
+        try:
+            switched = await self._mgr.standbys.restore(vm, snapshot)
+        except (HMError, OSError) as err:  # the usual way, from wherever it stopped
+            reason = err.message if isinstance(err, HMError) else str(err)
+            self._step(vm.id, "standby_failed", snapshot=name, reason=reason)
+            switched = False
+        if switched:
+            layers.collect(vm_dir, self._keep_layers(vm.id))
+            self._step(vm.id, "restored", snapshot=name, standby=True)
+            self._keep_ready(vm.id, snapshot)
+            return self._mgr._store.get_vm(vm.id)
         made: list[str] = []
 
         async def new_top() -> None:
@@ -421,15 +465,22 @@ class SnapshotService:
         await run_all(partial(self._end_qemu, vm.id, "restoring a snapshot"), new_top)
         layers.point_top(vm_dir, made[0])
         snapfiles.copy_platform(vm_dir, tpm.state_dir_of(vm_dir), folder, to_vm=True)
-        layers.collect(vm_dir, self._keep_layers(vm_dir))
+        layers.collect(vm_dir, self._keep_layers(vm.id))
         Resume.of(vm_dir).discard()
         if not snapshot.memory:
             self._step(vm.id, "restored", snapshot=name)
             return self._mgr._set(vm.id, S.STOPPED, f"restored from snapshot {name}")
         self._stage_resume(vm_dir, folder, snapshot.vm_state, vm.network_info)
         self._mgr._store.update_vm(vm.id, generation_id=str(uuidlib.uuid4()))
-        self._step(vm.id, "restored", snapshot=name)
-        return await self._mgr._start_locked(vm.id, resuming=True)
+        self._step(vm.id, "restored", snapshot=name, standby=False)
+        restoring = await self._mgr._start_locked(vm.id, resuming=True)
+        self._keep_ready(vm.id, snapshot)
+        return restoring
+
+    def _keep_ready(self, vm_id: str, snapshot: Snapshot) -> None:
+        """After a snapshot, or a restore of it: a standby of it, if it wants one."""
+        if snapshot.memory and snapshot.standby:
+            self._mgr.standbys.prepare_soon(vm_id, snapshot.name)
 
     async def _end_qemu(self, vm_id: str, why: str) -> None:
         """Quit the VM's QEMU (if any) without the exit changing its state, and wait until
@@ -465,12 +516,12 @@ class SnapshotService:
         """
         vm_state, mac = resume.state()
         info = vm.network_info
-        # A NAT guest's only neighbour is its new passt, which learns the guest's MAC
-        # from its first frame: announcing it would only cost the guest TCG time.
-        announce = info is None or info.type != "nat"
         with resume.open_memory() as source:
             await snapshots.load_memory(
-                machine, source, timeout_s=self._settings.snapshot_timeout_s, announce=announce
+                machine,
+                source,
+                timeout_s=self._settings.snapshot_timeout_s,
+                announce=snapshots.announces(info),
             )
         if vm_state is S.RUNNING:
             await qmp_commands.cont(machine)
@@ -542,6 +593,7 @@ class SnapshotService:
         return await (await self._job(vm_id, steps)).result()
 
     async def _hibernate(self, vm: Vm, machine: Machine) -> Vm:
+        await self._mgr.standbys.drop(vm.id, "the VM hibernates")  # its memory goes too
         before = vm.state
         vm_dir = self._vm_dir(vm.id)
         staged = Resume.of(vm_dir, partial=True)

@@ -51,6 +51,7 @@ def build_argv(
     nic_fd: int | None = None,
     platform: Platform = _NO_PLATFORM,
     incoming: bool = False,
+    top: str | None = None,
 ) -> list[str]:
     """The complete QEMU command line for ``vm`` (:func:`.qemu.argv.build_argv`).
 
@@ -72,4 +73,5 @@ def build_argv(
         gpu=vfio.gpu(vm.gpu_assignment),
         platform=platform,
         incoming=incoming,
+        top=top,
     )

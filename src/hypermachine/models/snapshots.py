@@ -29,6 +29,12 @@ class SnapshotRequest(_Strict):
         description="Also save RAM and device state (a running or paused VM only; a stopped "
         "VM gets a disk-only snapshot).",
     )
+    standby: bool = Field(
+        default=True,
+        description="A memory snapshot: keep a restore of it ready (a paused QEMU holding "
+        "its RAM, which costs the VM's memory once more while it waits), so restoring it "
+        "is a switch-over. Made when the host's memory budget has room.",
+    )
     wait: bool = Field(default=True, description="false: answer 202 at once.")
     timeout_s: float | None = Field(default=None, gt=0, le=3600)
 
@@ -44,6 +50,12 @@ class Snapshot(_Strict):
         description="Bytes on disk the snapshot holds: memory, VARS, TPM and its disk layer."
     )
     vm_state: VmState = Field(description="The VM's state when it was taken.")
+    standby: bool = Field(default=False, description="A restore of it is to be kept ready.")
+    ready: bool = Field(
+        default=False,
+        description="A restore of it is ready now: a paused QEMU holds its RAM, so "
+        "restoring it is a switch-over, not a launch.",
+    )
     complete: bool = True
 
 

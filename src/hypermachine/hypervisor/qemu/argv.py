@@ -144,11 +144,12 @@ def _machine(accelerator: str, properties: str = "") -> list[str]:
     return argv
 
 
-def _disk(paths: VmPaths) -> list[str]:
-    file_node = {"driver": "file", "node-name": "disk0-file", "filename": str(paths.disk)}
+def _disk(paths: VmPaths, top: str | None) -> list[str]:
+    disk = paths.vm_dir / top if top is not None else paths.disk
+    file_node = {"driver": "file", "node-name": "disk0-file", "filename": str(disk)}
     fmt_node = {"driver": "qcow2", "node-name": "disk0", "file": "disk0-file"}
     device = {"driver": "virtio-blk-pci", "drive": "disk0", "id": DISK_DEVICE, "bootindex": 1}
-    _plain_path(paths.disk)
+    _plain_path(disk)
     return ["-blockdev", _json(file_node), "-blockdev", _json(fmt_node), "-device", _json(device)]
 
 
@@ -373,10 +374,12 @@ def build_argv(
     gpu: Gpu | None = None,
     platform: Platform = Platform(),  # frozen: a shared default is safe
     incoming: bool = False,
+    top: str | None = None,
 ) -> list[str]:
     """The complete QEMU command line for ``guest``; QEMU starts paused (``-S``).
 
     ``incoming``: QEMU waits for a saved RAM state (``migrate-incoming``) instead of booting.
+    ``top``: the disk's top layer (a file of the VM's folder), instead of ``disk.qcow2``.
 
     Raises:
         ValueError: a value that would be unsafe or that this builder cannot express.
@@ -393,7 +396,7 @@ def build_argv(
         "-pidfile", _plain_path(paths.pidfile),
         *_consoles(paths, qmp_fd),
         *_guest_agent(paths),
-        *_disk(paths),
+        *_disk(paths, top),
         *nic_args(nic),
         *seed_args(seed),
         *gpu_args(gpu),

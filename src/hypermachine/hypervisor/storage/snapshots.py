@@ -21,13 +21,14 @@ from typing import BinaryIO
 import trio
 
 from ...errors import HypervisorError, SnapshotRefused
-from ...models import Vm
+from ...models import NetworkInfo, Vm
 from ..qemu import qmp_commands
 from ..qemu.argv import DISK_DEVICE
 from ..qemu.machine import Machine
 from . import layers
 
 __all__ = [
+    "announces",
     "freeze_live",
     "freeze_stopped",
     "load_memory",
@@ -154,6 +155,13 @@ async def save_memory(
     await qmp_commands.migrate(machine, _FD_NAME)
     await wait_migration(machine, timeout_s, sending=True)
     os.fsync(target.fileno())
+
+
+def announces(info: NetworkInfo | None) -> bool:
+    """Whether a guest's NIC should announce itself once its RAM is loaded: not on NAT,
+    where its only neighbour is its new passt, which learns the guest's MAC from its
+    first frame (announcing would only cost the guest TCG time)."""
+    return info is None or info.type != "nat"
 
 
 async def load_memory(
