@@ -7,6 +7,7 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -138,3 +139,20 @@ async def fetch_when_served(url: str, timeout: float) -> bytes:
                 last = err
                 await trio.sleep(0.25)
     raise AssertionError(f"{url} never answered: {last!r}")
+
+
+async def post(client: Any, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    """POST ``body`` with a Quart test client: (status, JSON answer)."""
+    response = await client.post(path, json=body if body is not None else {})
+    return response.status_code, await response.get_json()
+
+
+async def sh(client: Any, vm_id: str, script: str, agent_wait_s: int = 180) -> str:
+    """Run ``script`` in the guest (waiting for its agent) and return its stdout."""
+    status, got = await post(
+        client,
+        f"/api/v1/vms/{vm_id}/exec?wait_agent={agent_wait_s}",
+        {"command": ["sh", "-c", script]},
+    )
+    assert status == 200 and got["exit_code"] == 0, got
+    return str(got["stdout"])

@@ -39,9 +39,9 @@ from hypermachine.hypervisor.platform.vmplatform import vars_file
 from hypermachine.hypervisor.vmfiles.layout import VmPaths
 from hypermachine.models import ExecRequest, SnapshotRequest, Vm, VmState
 from realserver import free_port
-from support import process_gone, qemu_pids_for, wait_until
+from support import post, process_gone, qemu_pids_for, sh, wait_until
 from test_secure_boot import VAR_GUID, Console
-from test_snapshots import TINY, VFIO_REASON, VfioQmp, post, sh
+from test_snapshots import TINY, VFIO_REASON, VfioQmp
 
 pytestmark = pytest.mark.qemu
 

@@ -37,9 +37,11 @@ from hypermachine.server import open_services
 from realserver import Server, free_port
 from support import (
     fetch_when_served,
+    post,
     process_gone,
     qemu_pids_for,
     remove_all_vms,
+    sh,
     wait_until_read,
 )
 
@@ -49,22 +51,6 @@ AGENT_WAIT = 180
 VFIO_REASON = "VFIO device doesn't support migration"  # QEMU 7.2, hw/vfio/migration.c
 TINY = {"image": "tiny", "memory_mb": 512, "disk_gb": 1}
 OTHER = Caller(key_id="k-other", tenant="someone-else", tier="pro", admin=False)
-
-
-async def post(client: Any, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    response = await client.post(path, json=body if body is not None else {})
-    return response.status_code, await response.get_json()
-
-
-async def sh(client: Any, vm_id: str, script: str) -> str:
-    """Run ``script`` in the guest (waiting for its agent) and return its stdout."""
-    status, got = await post(
-        client,
-        f"/api/v1/vms/{vm_id}/exec?wait_agent={AGENT_WAIT}",
-        {"command": ["sh", "-c", script]},
-    )
-    assert status == 200 and got["exit_code"] == 0, got
-    return str(got["stdout"])
 
 
 async def qmp(services: Services, vm_id: str, command: str) -> Any:

@@ -17,31 +17,15 @@ from hypermachine.config import Settings
 from hypermachine.hypervisor.devices import passt
 from hypermachine.hypervisor.storage import layers
 from hypermachine.server import open_services
-from support import process_gone, qemu_pids_for, remove_all_vms, wait_until_read
+from support import post, process_gone, qemu_pids_for, remove_all_vms, sh, wait_until_read
 
 pytestmark = pytest.mark.qemu
 
-AGENT_WAIT = 180
 TINY = {"image": "tiny", "memory_mb": 512, "disk_gb": 1}
 QUICK = {"snapshot_standby": True, "snapshot_standby_after_s": 0.05}
 # Room for one 512 MiB VM and one standby of it, not for a second VM beside them.
 _HOST_MB = psutil.virtual_memory().total // 2**20
 TWO_VMS_RATIO = (1024 + 100) / _HOST_MB
-
-
-async def post(client: Any, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    response = await client.post(path, json=body if body is not None else {})
-    return response.status_code, await response.get_json()
-
-
-async def sh(client: Any, vm_id: str, script: str) -> str:
-    status, got = await post(
-        client,
-        f"/api/v1/vms/{vm_id}/exec?wait_agent={AGENT_WAIT}",
-        {"command": ["sh", "-c", script]},
-    )
-    assert status == 200 and got["exit_code"] == 0, got
-    return str(got["stdout"])
 
 
 async def boot(client: Any, name: str) -> dict[str, Any]:
@@ -57,6 +41,14 @@ async def snapshot(client: Any, vm_id: str, name: str, **extra: Any) -> dict[str
     status, snap = await post(client, f"/api/v1/vms/{vm_id}/snapshots", body)
     assert status == 201, snap
     return dict(snap)
+
+
+async def with_standby(client: Any, vm: dict[str, Any], name: str, **extra: Any) -> int:
+    """Take the memory snapshot ``name``; once its standby is loaded, its QEMU's pid."""
+    await snapshot(client, vm["id"], name, **extra)
+    await wait_until_read(lambda: ready(client, vm["id"], name), True, timeout=60)
+    [pid] = standby_pids(vm["uuid"], vm["pid"])
+    return pid
 
 
 async def ready(client: Any, vm_id: str, name: str) -> bool:
@@ -141,9 +133,7 @@ async def test_a_standby_goes_with_its_vms_qemu_and_a_snapshot_can_decline_one(
 ) -> None:
     vm = await boot(client, "short")
     vm_id, uuid = vm["id"], vm["uuid"]
-    await snapshot(client, vm_id, "s1")
-    await wait_until_read(lambda: ready(client, vm_id, "s1"), True, timeout=60)
-    [standby_pid] = standby_pids(uuid, vm["pid"])
+    standby_pid = await with_standby(client, vm, "s1")
 
     declined = await snapshot(client, vm_id, "s2", standby=False)
     assert (declined["standby"], declined["ready"]) == (False, False)
@@ -169,9 +159,7 @@ async def test_a_standby_goes_with_its_vms_qemu_and_a_snapshot_can_decline_one(
 )
 async def test_a_vm_start_takes_the_memory_of_a_standby(client: Any, services: Services) -> None:
     first = await boot(client, "first")
-    await snapshot(client, first["id"], "s1")
-    await wait_until_read(lambda: ready(client, first["id"], "s1"), True, timeout=60)
-    [standby_pid] = standby_pids(first["uuid"], first["pid"])
+    standby_pid = await with_standby(client, first, "s1")
 
     second = await boot(client, "second")  # 512 + 512 + 512 MiB would not fit
     assert process_gone(standby_pid)
@@ -198,17 +186,13 @@ async def test_no_standby_outlives_its_server(settings: Settings, tiny: Path) ->
     async with open_services(quick) as svc:
         client = create_app(svc).test_client()
         vm = await boot(client, "left")
-        await snapshot(client, vm["id"], "s1")
-        await wait_until_read(lambda: ready(client, vm["id"], "s1"), True, timeout=60)
-        [stopped_with_it] = standby_pids(vm["uuid"], vm["pid"])
+        stopped_with_it = await with_standby(client, vm, "s1")
     assert process_gone(stopped_with_it)
     assert psutil.pid_exists(vm["pid"])
 
     async with open_services(quick) as svc:
         client = create_app(svc).test_client()
-        await snapshot(client, vm["id"], "s2")
-        await wait_until_read(lambda: ready(client, vm["id"], "s2"), True, timeout=60)
-        [left_behind] = standby_pids(vm["uuid"], vm["pid"])
+        left_behind = await with_standby(client, vm, "s2")
         left = svc.manager.standbys._ready.pop(vm["id"])  # as if the server had been killed
         assert left.machine is not None and left.machine.session is not None
         await left.machine.session.close()
