@@ -31,7 +31,7 @@ import secrets
 import shutil
 import socket
 import uuid as uuidlib
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
@@ -163,10 +163,7 @@ class Standbys:
         except InsufficientResources:
             if not self.held_mb():
                 raise
-        for vm_id in list(self._waiting):
-            self._cancel_waiting(vm_id)
-        for vm_id in list(self._ready):
-            await self.drop(vm_id, "a VM start needed the memory")
+        await self.drop_all("a VM start needed the memory")
         admit(budget)
 
     # -- making one -------------------------------------------------------------
@@ -232,7 +229,7 @@ class Standbys:
             await self._start(vm, folder, layer, standby)
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self._discard(vm, standby)
+                await self._discard(standby)
             raise
         finally:
             del self._making[vm_id]
@@ -322,7 +319,7 @@ class Standbys:
             migration.take_run_dir(standby.paths, canonical)
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self._discard(vm, standby)
+                await self._discard(standby)
                 if source is not None and source.exited.is_set():  # its passt, its tap
                     await mgr._resources.release(vm, canonical)
             raise
@@ -361,11 +358,7 @@ class Standbys:
         if standby is None:
             return
         with trio.CancelScope(shield=True):
-            try:
-                vm = self._mgr._store.get_vm(vm_id)
-            except HMError:
-                vm = None
-            await self._discard(vm, standby)
+            await self._discard(standby)
         self._step(vm_id, "standby_dropped", snapshot=standby.snapshot, reason=why)
 
     def drop_soon(self, vm_id: str, why: str) -> None:
@@ -374,11 +367,14 @@ class Standbys:
         if vm_id in self._ready:
             self._mgr._spawn(vm_id, self.drop, vm_id, why)
 
-    async def drop_all(self, why: str, vm_ids: Collection[str] | None = None) -> None:
-        for vm_id in list(vm_ids if vm_ids is not None else self._ready):
+    async def drop_all(self, why: str) -> None:
+        """End every standby, and every one about to be made."""
+        for vm_id in list(self._waiting):
+            self._cancel_waiting(vm_id)
+        for vm_id in list(self._ready):
             await self.drop(vm_id, why)
 
-    async def _discard(self, vm: Vm | None, standby: Standby) -> None:
+    async def _discard(self, standby: Standby) -> None:
         """Kill the standby's QEMU and give back all it holds."""
         if standby.machine is not None:
             await standby.machine.discard()
@@ -390,7 +386,7 @@ class Standbys:
         shutil.rmtree(standby.paths.run_dir, ignore_errors=True)
         if standby.own_tap is not None:
             await self._mgr._resources.drop_tap(standby.own_tap)
-        if standby.top is not None and vm is not None:
+        if standby.top is not None:  # unless the VM's folder is gone, or it is the top now
             with contextlib.suppress(HMError, OSError):
                 if layers.current(standby.paths.vm_dir) != standby.top:
                     with nofollow.Folder(standby.paths.vm_dir) as folder:

@@ -89,17 +89,21 @@ class StateFolder:
         Raises:
             HypervisorError: a name on the way is not a plain folder. FileNotFoundError.
         """
-        with ExitStack() as stack:
+        with self._parent() as parent:
+            if not self.parts:
+                yield parent
+                return
             try:
-                here = stack.enter_context(nofollow.Folder(self.vm_dir))
-                for part in self.parts:
-                    here = stack.enter_context(here.sub(part))
+                here = parent.sub(self.parts[-1])
             except nofollow.NotRegularFile as err:
                 raise _untrusted(err, self.path) from err
-            yield here
+            with here:
+                yield here
 
     @contextmanager
     def _parent(self, *, make: bool = False) -> Iterator[nofollow.Folder]:
+        """The folder holding this one (the VM's own for ``parts`` of one name or none);
+        with ``make``, the folders on the way are created."""
         with ExitStack() as stack:
             try:
                 here = stack.enter_context(nofollow.Folder(self.vm_dir))
