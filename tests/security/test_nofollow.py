@@ -211,6 +211,16 @@ def test_vars_planted_in_a_snapshot_as_a_symlink_is_refused(vm_dir: Path, outsid
     assert (vm_dir / "efivars.fd").read_bytes() == b"the VM's VARS"
 
 
+def test_a_vars_file_grown_past_any_real_one_is_refused_not_cut(vm_dir: Path) -> None:
+    """A cut copy would restore a corrupt VARS store; reading it whole, root's memory."""
+    snapshot = _snapshot(vm_dir)
+    with open(vm_dir / "efivars.fd", "wb") as f:
+        f.truncate(64 * 2**20 + 1)
+    with pytest.raises(HypervisorError, match=r"efivars\.fd is larger than 64 MiB"):
+        snapfiles.copy_platform(vm_dir, vm_dir / "tpm", snapshot)
+    assert not (snapshot.path / "efivars.fd").exists()
+
+
 def test_a_snapshots_folder_swapped_for_a_symlink_is_neither_listed_nor_removed_through(
     vm_dir: Path, tmp_path: Path
 ) -> None:

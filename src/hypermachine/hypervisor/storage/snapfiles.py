@@ -304,11 +304,18 @@ def clear_partial(vm_dir: Path) -> None:
 
 
 def _copy_file(source: nofollow.Folder, dest: nofollow.Folder, name: str, dest_name: str) -> None:
-    """Copy the regular file ``name`` (if there is one) to a fresh ``dest_name``."""
+    """Copy the regular file ``name`` (if there is one) to a fresh ``dest_name``; one
+    larger than a platform file can be (grown by the QEMU user) is refused, not cut."""
     try:
-        data = source.read(name, _PLATFORM_FILE_LIMIT)
+        data = source.read(name, _PLATFORM_FILE_LIMIT + 1)
     except FileNotFoundError:
         return
+    if len(data) > _PLATFORM_FILE_LIMIT:
+        where = source.path / name
+        raise HypervisorError(
+            f"{where} is larger than {_PLATFORM_FILE_LIMIT >> 20} MiB: not a platform file",
+            path=str(where),
+        )
     dest.write(dest_name, data)
 
 
