@@ -454,3 +454,28 @@ async def test_a_damaged_snapshot_layer_fails_the_restore_cleanly(
     assert after.state_reason is not None and "restore failed" in after.state_reason
     deleted = await client.delete(f"/api/v1/vms/{vm['id']}?force=true")
     assert deleted.status_code in (200, 202, 204), await deleted.get_json()
+
+
+async def test_a_resume_image_the_qemu_user_garbled_fails_the_start_cleanly(
+    client: Any, services: Services
+) -> None:
+    """The saved RAM lies in the VM's folder, which QEMU's user can write: a stream that
+    is not QEMU's leaves the VM hibernated with QEMU's reason, and the server serving."""
+    status, vm = await post(client, "/api/v1/vms", {"name": "garbled", **TINY, "start": True,
+                                                      "wait": True})  # fmt: skip
+    assert (status, vm["state"]) == (201, "running"), vm
+    status, slept = await post(client, f"/api/v1/vms/{vm['id']}/hibernate", {})
+    assert (status, slept["state"]) == (200, "hibernated"), slept
+    memory = services.settings.vms_dir / vm["id"] / "resume" / "memory.bin"
+    memory.write_bytes(b"not a migration stream " * 4096)
+
+    status, started = await post(client, f"/api/v1/vms/{vm['id']}/start", {"wait": True})
+    assert (status, started["error"]["code"]) == (409, "INVALID_STATE"), started
+    assert started["error"]["message"].startswith("VM went to hibernated"), started
+    after = services.manager.get(vm["id"])
+    assert after.state is VmState.HIBERNATED, after
+    assert after.state_reason is not None and "Not a migration stream" in after.state_reason
+    listed = await client.get("/api/v1/vms")
+    assert listed.status_code == 200
+    deleted = await client.delete(f"/api/v1/vms/{vm['id']}?force=true")
+    assert deleted.status_code in (200, 202, 204), await deleted.get_json()

@@ -21,7 +21,7 @@ from enum import StrEnum
 from .errors import InvalidState
 from .models import VmState
 
-__all__ = ["LIVE_STATES", "Action", "allowed_from", "transition"]
+__all__ = ["LIVE_STATES", "START_FAILED", "Action", "allowed_from", "transition"]
 
 S = VmState
 
@@ -42,6 +42,9 @@ class Action(StrEnum):
 
 # States in which a QEMU process may exist.
 LIVE_STATES = frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING, S.SNAPSHOTTING, S.RESTORING})
+# Where a start (a boot, a resume of saved RAM) that failed leaves a VM, besides error:
+# someone waiting for it to run stops waiting there.
+START_FAILED = frozenset({S.STOPPED, S.HIBERNATED})
 
 _TABLE: dict[Action, tuple[frozenset[VmState], VmState]] = {
     Action.START: (frozenset({S.STOPPED, S.ERROR, S.HIBERNATED}), S.STARTING),

@@ -427,12 +427,21 @@ class Manager:
         ]
         return f'{{"vms":[{",".join(docs)}],"next_cursor":{json.dumps(cursor)}}}'
 
-    async def wait_for(self, vm_id: str, states: Collection[VmState], timeout_s: float) -> Vm:
-        """Return the VM once it is in one of ``states``.
+    async def wait_for(
+        self,
+        vm_id: str,
+        states: Collection[VmState],
+        timeout_s: float,
+        *,
+        failed_in: Collection[VmState] = (),
+    ) -> Vm:
+        """Return the VM once it is in one of ``states``. ``failed_in``: states that say
+        the awaited change failed (a start that fell back to ``hibernated``), which end
+        the wait at once, as ``error`` does.
 
         Raises:
             WaitTimeout: not reached within ``timeout_s``.
-            InvalidState: the VM went to ``error`` instead (and error was not awaited).
+            InvalidState: the VM went to ``error`` (unless awaited) or a ``failed_in`` state.
             VmNotFound: the VM does not exist (or was deleted meanwhile).
         """
         self.get(vm_id)
@@ -443,9 +452,9 @@ class Manager:
             vm = self._store.get_vm(vm_id)
             if vm.state in states:
                 return vm
-            if vm.state is VmState.ERROR:
+            if vm.state is VmState.ERROR or vm.state in failed_in:
                 raise InvalidState(
-                    f"VM went to error: {vm.state_reason}",
+                    f"VM went to {vm.state.value}: {vm.state_reason}",
                     current=vm.state.value,
                     reason=vm.state_reason,
                 )

@@ -54,7 +54,7 @@ from ..models import (
     VmState,
 )
 from ..security.admission import check_storage
-from ..states import Action, check
+from ..states import START_FAILED, Action, check
 from ..store import Store, utcnow
 from .devices import hostnet
 from .devices.resources import HostResources
@@ -128,7 +128,14 @@ class SnapshotHost(Protocol):
     def _set(self, vm_id: str, state: VmState, reason: str | None, **extra: Any) -> Vm: ...
     async def _start_locked(self, vm_id: str, *, resuming: bool = False) -> Vm: ...
     async def start_task(self, fn: Any) -> None: ...
-    async def wait_for(self, vm_id: str, states: Collection[VmState], timeout_s: float) -> Vm: ...
+    async def wait_for(
+        self,
+        vm_id: str,
+        states: Collection[VmState],
+        timeout_s: float,
+        *,
+        failed_in: Collection[VmState] = (),
+    ) -> Vm: ...
 
 
 class SnapshotService:
@@ -435,7 +442,8 @@ class SnapshotService:
         outcome = await self._job(vm_id, steps)
         vm = await outcome.result()
         if wait and vm.state is S.RESTORING:
-            return await self._mgr.wait_for(vm_id, set(_LIVE), self._settings.snapshot_timeout_s)
+            timeout = self._settings.snapshot_timeout_s
+            return await self._mgr.wait_for(vm_id, set(_LIVE), timeout, failed_in=START_FAILED)
         return vm
 
     async def _restore(self, vm: Vm, folder: SnapshotDir) -> Vm:
@@ -664,7 +672,10 @@ class SnapshotService:
         children = await (await self._job(vm_id, steps)).result()
         if request.wait:
             timeout = request.timeout_s or self._settings.snapshot_timeout_s
-            children = [await self._mgr.wait_for(c.id, set(_LIVE), timeout) for c in children]
+            children = [
+                await self._mgr.wait_for(c.id, set(_LIVE), timeout, failed_in=START_FAILED)
+                for c in children
+            ]
         return children
 
     @staticmethod

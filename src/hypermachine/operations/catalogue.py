@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
 import trio
@@ -69,6 +69,7 @@ from ..models import (
 )
 from ..security.caller import Caller
 from ..security.tokens import ConsoleKind
+from ..states import START_FAILED
 from ..store import VmQuery
 from ..telemetry import CONTENT_TYPE
 from .declare import (
@@ -158,16 +159,24 @@ async def _delete_vm(ctx: Context, args: DeleteVmInput) -> Answer:
     return Answer({"deleted": True, "vm_id": args.vm_id}, status=204)
 
 
-async def _settle(ctx: Context, vm: Vm, wait: bool, timeout_s: float, target: VmState) -> Answer:
+async def _settle(
+    ctx: Context,
+    vm: Vm,
+    wait: bool,
+    timeout_s: float,
+    target: VmState,
+    failed_in: Collection[VmState] = (),
+) -> Answer:
     """The VM once in ``target`` (with wait), else at once: 202 while not there yet."""
     if wait:
-        vm = await ctx.services.manager.wait_for(vm.id, {target}, timeout_s)
+        vm = await ctx.services.manager.wait_for(vm.id, {target}, timeout_s, failed_in=failed_in)
     return Answer(vm, status=200 if vm.state is target else 202)
 
 
 async def _start_vm(ctx: Context, args: StartVmInput) -> Answer:
     vm = await ctx.services.manager.start(args.vm_id)
-    return await _settle(ctx, vm, args.wait, args.timeout_s or DEFAULT_WAIT_S, VmState.RUNNING)
+    wait_s = args.timeout_s or DEFAULT_WAIT_S
+    return await _settle(ctx, vm, args.wait, wait_s, VmState.RUNNING, START_FAILED)
 
 
 async def _stop_vm(ctx: Context, args: StopVmInput) -> Answer:

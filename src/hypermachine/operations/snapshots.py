@@ -32,6 +32,7 @@ from ..models import (
     Vm,
     VmState,
 )
+from ..states import START_FAILED
 from .declare import Access, Answer, Context, HttpRoute, Operation
 from .inputs import (
     DEFAULT_WAIT_S,
@@ -90,7 +91,8 @@ async def _create_vm_from_snapshot(ctx: Context, args: CreateFromSnapshotRequest
     manager = ctx.services.manager
     vm: Vm = await manager.create_from_snapshot(args)
     if args.wait and args.start:
-        vm = await manager.wait_for(vm.id, {VmState.RUNNING, VmState.PAUSED}, DEFAULT_WAIT_S)
+        live = {VmState.RUNNING, VmState.PAUSED}
+        vm = await manager.wait_for(vm.id, live, DEFAULT_WAIT_S, failed_in=START_FAILED)
     return Answer(vm, status=201, headers={"Location": f"/api/v1/vms/{vm.id}"}, target=vm.id)
 
 
