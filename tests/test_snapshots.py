@@ -447,7 +447,7 @@ async def test_a_damaged_snapshot_layer_fails_the_restore_cleanly(
         image.write(b"\0" * 512)  # no qcow2 header any more
 
     status, got = await post(client, f"/api/v1/vms/{vm['id']}/snapshots/s/restore", {})
-    assert (status, got["error"]["code"]) == (500, "HYPERVISOR_ERROR"), got
+    assert (status, got["error"]["code"]) == (409, "VM_FILES_DAMAGED"), got
     assert layer in got["error"]["message"], got
     after = services.manager.get(vm["id"])
     assert after.state is VmState.STOPPED, after

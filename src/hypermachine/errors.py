@@ -102,6 +102,7 @@ __all__ = [
     "UnsupportedLanguage",
     "UnsupportedMediaType",
     "ValidationFailed",
+    "VmFilesDamaged",
     "VmNotFound",
     "WaitTimeout",
     "all_error_classes",
@@ -351,6 +352,14 @@ class ClusterUnavailable(HMError):
 
 class HypervisorError(HMError):
     code, status = "HYPERVISOR_ERROR", 500
+
+
+class VmFilesDamaged(HypervisorError):
+    """A file in the VM's folder, which QEMU's user can write, is not what it should be
+    (a planted symlink, a disk layer that is no qcow2 image, a snapshot's record that is
+    not one): nothing is followed and the operation is refused; details: path."""
+
+    code, status = "VM_FILES_DAMAGED", 409
 
 
 def all_error_classes() -> list[type[HMError]]:

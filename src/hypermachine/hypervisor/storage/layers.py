@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from ...errors import HypervisorError
+from ...errors import HypervisorError, VmFilesDamaged
 from ..vmfiles import nofollow
 from . import disks
 
@@ -76,7 +76,7 @@ def current(vm_dir: Path) -> str:
     """
     name = os.readlink(vm_dir / TOP)
     if not is_layer(name):
-        raise HypervisorError(f"{vm_dir / TOP} points to {name[:200]!r}, not to a disk layer")
+        raise VmFilesDamaged(f"{vm_dir / TOP} points to {name[:200]!r}, not to a disk layer")
     return name
 
 
@@ -171,7 +171,7 @@ async def create_above(
     """
     size = virtual_size(vm_dir / below)
     if size is None:
-        raise HypervisorError(f"disk layer {below} is not a qcow2 image")
+        raise VmFilesDamaged(f"disk layer {below} is not a qcow2 image")
     image = await _empty_layer(qemu_img, below, size)
     name = f"disk-{max(map(_number, all_layers(vm_dir)), default=0) + 1:04d}.qcow2"
     try:

@@ -18,7 +18,7 @@ The VM's folder and all it holds belong to the QEMU user, so every name is reach
 from the folder's descriptor one at a time, never through a symlink
 (:mod:`..vmfiles.nofollow`). A ``snapshots`` swapped for a link to a host folder, an
 ``efivars.fd -> /etc/shadow`` or a FIFO as ``meta.json`` fail the operation
-(:class:`~..errors.HypervisorError`, naming the file); they are never followed,
+(:class:`~..errors.VmFilesDamaged`, 409, naming the file); they are never followed,
 written through, handed to QEMU or waited on. RAM files are passed to QEMU as
 descriptors the server opened this way.
 """
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ...errors import HypervisorError
+from ...errors import HypervisorError, VmFilesDamaged
 from ...models import Snapshot, VmState
 from ..vmfiles import nofollow
 from . import layers
@@ -63,8 +63,8 @@ _JSON_LIMIT = 64 * 1024
 _PLATFORM_FILE_LIMIT = 64 * 2**20  # a VARS store is a few MiB; swtpm's files less
 
 
-def _untrusted(err: OSError, what: Path) -> HypervisorError:
-    return HypervisorError(
+def _untrusted(err: OSError, what: Path) -> VmFilesDamaged:
+    return VmFilesDamaged(
         f"{what} cannot be used: {err.strerror or err} (the VM's folder belongs to the QEMU "
         "user; it is not followed)",
         path=str(what),
@@ -159,9 +159,9 @@ class StateFolder:
         try:
             doc = json.loads(raw)
         except ValueError as err:
-            raise HypervisorError(f"{self.path / name} is not JSON: {err}") from err
+            raise VmFilesDamaged(f"{self.path / name} is not JSON: {err}") from err
         if not isinstance(doc, dict):
-            raise HypervisorError(f"{self.path / name} is not a JSON object")
+            raise VmFilesDamaged(f"{self.path / name} is not a JSON object")
         return doc
 
     def _write_json(self, name: str, doc: dict[str, object]) -> None:
@@ -234,9 +234,9 @@ class SnapshotDir(StateFolder):
         try:
             snapshot, layer = Snapshot.model_validate(doc["snapshot"]), doc["layer"]
         except (KeyError, ValueError) as err:
-            raise HypervisorError(f"{self.path / _META} is not a snapshot's: {err}") from err
+            raise VmFilesDamaged(f"{self.path / _META} is not a snapshot's: {err}") from err
         if not (layer == "" or (isinstance(layer, str) and layers.is_layer(layer))):
-            raise HypervisorError(f"{self.path / _META} names no disk layer of the VM's")
+            raise VmFilesDamaged(f"{self.path / _META} names no disk layer of the VM's")
         return snapshot, layer
 
     def publish(self) -> SnapshotDir:
@@ -312,7 +312,7 @@ def _copy_file(source: nofollow.Folder, dest: nofollow.Folder, name: str, dest_n
         return
     if len(data) > _PLATFORM_FILE_LIMIT:
         where = source.path / name
-        raise HypervisorError(
+        raise VmFilesDamaged(
             f"{where} is larger than {_PLATFORM_FILE_LIMIT >> 20} MiB: not a platform file",
             path=str(where),
         )
@@ -381,7 +381,7 @@ class Resume(StateFolder):
         try:
             return VmState(str(doc["vm_state"])), mac if isinstance(mac, str) else None
         except (KeyError, ValueError) as err:
-            raise HypervisorError(f"{self.path / _STATE} is not a resume image's") from err
+            raise VmFilesDamaged(f"{self.path / _STATE} is not a resume image's") from err
 
     def publish(self) -> Resume:
         final = Resume.of(self.vm_dir)
