@@ -479,3 +479,19 @@ async def test_a_resume_image_the_qemu_user_garbled_fails_the_start_cleanly(
     assert listed.status_code == 200
     deleted = await client.delete(f"/api/v1/vms/{vm['id']}?force=true")
     assert deleted.status_code in (200, 202, 204), await deleted.get_json()
+
+
+async def test_a_vm_hibernated_paused_starts_back_paused(client: Any, services: Services) -> None:
+    status, vm = await post(client, "/api/v1/vms", {"name": "napper", **TINY, "start": True,
+                                                      "wait": True})  # fmt: skip
+    assert (status, vm["state"]) == (201, "running"), vm
+    status, paused = await post(client, f"/api/v1/vms/{vm['id']}/pause", {})
+    assert paused.get("state") == "paused", paused
+    status, slept = await post(client, f"/api/v1/vms/{vm['id']}/hibernate", {})
+    assert (status, slept["state"]) == (200, "hibernated"), slept
+
+    status, started = await post(client, f"/api/v1/vms/{vm['id']}/start", {"wait": True})
+    assert (status, started["state"]) == (200, "paused"), started
+    assert services.manager.get(vm["id"]).state is VmState.PAUSED
+    deleted = await client.delete(f"/api/v1/vms/{vm['id']}?force=true")
+    assert deleted.status_code in (200, 202, 204), await deleted.get_json()

@@ -49,6 +49,7 @@ the details. One handler in ``api`` turns any :class:`HMError` into
     ├── ImagePullFailed (502 IMAGE_PULL_FAILED)
     ├── ClusterUnavailable (503 CLUSTER_UNAVAILABLE)
     └── HypervisorError (500 HYPERVISOR_ERROR)
+        └── VmFilesDamaged (409 VM_FILES_DAMAGED)
 """
 
 from __future__ import annotations

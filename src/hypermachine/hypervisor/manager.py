@@ -59,7 +59,7 @@ from ..models import (
 )
 from ..security.admission import HostBudget, admit
 from ..security.caller import current_caller
-from ..states import LIVE_STATES, Action, check, transition
+from ..states import LIVE_STATES, START_FAILED, Action, check, transition
 from ..store import Store, VmQuery, fingerprint, utcnow
 from ..telemetry import Telemetry
 from .devices import hostnet
@@ -466,6 +466,17 @@ class Manager:
                     current=vm.state.value,
                     awaited=sorted(states),
                 )
+
+    async def wait_started(self, vm_id: str, timeout_s: float) -> Vm:
+        """The VM once a start (a boot, a resume of saved RAM) has it ``running`` or
+        ``paused`` (a guest saved paused comes back paused).
+
+        Raises:
+            InvalidState: the start failed (the VM is in ``error``, or fell back to
+                ``stopped`` or ``hibernated``). WaitTimeout, VmNotFound.
+        """
+        live = {VmState.RUNNING, VmState.PAUSED}
+        return await self.wait_for(vm_id, live, timeout_s, failed_in=START_FAILED)
 
     # -- create / delete -------------------------------------------------------
 

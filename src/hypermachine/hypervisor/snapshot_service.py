@@ -19,7 +19,7 @@ import contextlib
 import ipaddress
 import logging
 import uuid as uuidlib
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
@@ -54,7 +54,7 @@ from ..models import (
     VmState,
 )
 from ..security.admission import check_storage
-from ..states import START_FAILED, Action, check
+from ..states import Action, check
 from ..store import Store, utcnow
 from .devices import hostnet
 from .devices.resources import HostResources
@@ -128,14 +128,7 @@ class SnapshotHost(Protocol):
     def _set(self, vm_id: str, state: VmState, reason: str | None, **extra: Any) -> Vm: ...
     async def _start_locked(self, vm_id: str, *, resuming: bool = False) -> Vm: ...
     async def start_task(self, fn: Any) -> None: ...
-    async def wait_for(
-        self,
-        vm_id: str,
-        states: Collection[VmState],
-        timeout_s: float,
-        *,
-        failed_in: Collection[VmState] = (),
-    ) -> Vm: ...
+    async def wait_started(self, vm_id: str, timeout_s: float) -> Vm: ...
 
 
 class SnapshotService:
@@ -442,8 +435,7 @@ class SnapshotService:
         outcome = await self._job(vm_id, steps)
         vm = await outcome.result()
         if wait and vm.state is S.RESTORING:
-            timeout = self._settings.snapshot_timeout_s
-            return await self._mgr.wait_for(vm_id, set(_LIVE), timeout, failed_in=START_FAILED)
+            return await self._mgr.wait_started(vm_id, self._settings.snapshot_timeout_s)
         return vm
 
     async def _restore(self, vm: Vm, folder: SnapshotDir) -> Vm:
@@ -672,10 +664,7 @@ class SnapshotService:
         children = await (await self._job(vm_id, steps)).result()
         if request.wait:
             timeout = request.timeout_s or self._settings.snapshot_timeout_s
-            children = [
-                await self._mgr.wait_for(c.id, set(_LIVE), timeout, failed_in=START_FAILED)
-                for c in children
-            ]
+            children = [await self._mgr.wait_started(c.id, timeout) for c in children]
         return children
 
     @staticmethod

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import trio
@@ -69,7 +69,6 @@ from ..models import (
 )
 from ..security.caller import Caller
 from ..security.tokens import ConsoleKind
-from ..states import START_FAILED
 from ..store import VmQuery
 from ..telemetry import CONTENT_TYPE
 from .declare import (
@@ -159,24 +158,19 @@ async def _delete_vm(ctx: Context, args: DeleteVmInput) -> Answer:
     return Answer({"deleted": True, "vm_id": args.vm_id}, status=204)
 
 
-async def _settle(
-    ctx: Context,
-    vm: Vm,
-    wait: bool,
-    timeout_s: float,
-    target: VmState,
-    failed_in: Collection[VmState] = (),
-) -> Answer:
+async def _settle(ctx: Context, vm: Vm, wait: bool, timeout_s: float, target: VmState) -> Answer:
     """The VM once in ``target`` (with wait), else at once: 202 while not there yet."""
     if wait:
-        vm = await ctx.services.manager.wait_for(vm.id, {target}, timeout_s, failed_in=failed_in)
+        vm = await ctx.services.manager.wait_for(vm.id, {target}, timeout_s)
     return Answer(vm, status=200 if vm.state is target else 202)
 
 
 async def _start_vm(ctx: Context, args: StartVmInput) -> Answer:
-    vm = await ctx.services.manager.start(args.vm_id)
-    wait_s = args.timeout_s or DEFAULT_WAIT_S
-    return await _settle(ctx, vm, args.wait, wait_s, VmState.RUNNING, START_FAILED)
+    manager = ctx.services.manager
+    vm = await manager.start(args.vm_id)
+    if args.wait:
+        vm = await manager.wait_started(vm.id, args.timeout_s or DEFAULT_WAIT_S)
+    return Answer(vm, status=200 if vm.state in (VmState.RUNNING, VmState.PAUSED) else 202)
 
 
 async def _stop_vm(ctx: Context, args: StopVmInput) -> Answer:
@@ -625,9 +619,11 @@ def _vm_core() -> list[Operation]:
             name="start_vm",
             title="Start a VM",
             summary=(
-                "Boot a stopped (or failed) VM. Returns at once with state 'starting'; "
-                "with wait=true it returns once QEMU reports 'running'. The guest OS may "
-                "need more seconds to be usable."
+                "Boot a stopped (or failed) VM, or resume a hibernated one where it was. "
+                "Returns at once with state 'starting' ('restoring' for a hibernated VM); "
+                "with wait=true it returns once QEMU reports 'running' (or 'paused', for a "
+                "VM hibernated paused), or 409 INVALID_STATE with the reason when the "
+                "start fails. The guest OS may need more seconds to be usable."
             ),
             returns=_VM_RETURNS,
             input=StartVmInput,

@@ -32,7 +32,6 @@ from ..models import (
     Vm,
     VmState,
 )
-from ..states import START_FAILED
 from .declare import Access, Answer, Context, HttpRoute, Operation
 from .inputs import (
     DEFAULT_WAIT_S,
@@ -91,8 +90,7 @@ async def _create_vm_from_snapshot(ctx: Context, args: CreateFromSnapshotRequest
     manager = ctx.services.manager
     vm: Vm = await manager.create_from_snapshot(args)
     if args.wait and args.start:
-        live = {VmState.RUNNING, VmState.PAUSED}
-        vm = await manager.wait_for(vm.id, live, DEFAULT_WAIT_S, failed_in=START_FAILED)
+        vm = await manager.wait_started(vm.id, DEFAULT_WAIT_S)
     return Answer(vm, status=201, headers={"Location": f"/api/v1/vms/{vm.id}"}, target=vm.id)
 
 
