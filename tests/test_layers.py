@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from hypermachine.errors import HypervisorError
+from hypermachine.errors import VmFilesDamaged
 from hypermachine.hypervisor.storage import layers
 
 
@@ -78,7 +78,7 @@ async def test_a_planted_name_fails_the_layer_and_is_not_written_through(
     victim.write_bytes(b"the host's own")
     (vm_dir / "disk-0002.qcow2").symlink_to(victim)
     monkeypatch.setattr(layers, "all_layers", lambda _dir: [layers.FIRST])
-    with pytest.raises(HypervisorError, match=r"disk-0002\.qcow2"):
+    with pytest.raises(VmFilesDamaged, match=r"disk-0002\.qcow2"):
         await layers.create_above("qemu-img", vm_dir, layers.FIRST)
     assert victim.read_bytes() == b"the host's own"
     assert (vm_dir / "disk-0002.qcow2").is_symlink()
@@ -105,7 +105,7 @@ def test_a_planted_layer_is_read_neither_through_a_symlink_nor_as_a_fifo(tmp_pat
 async def test_a_layer_above_a_planted_fifo_is_refused(tmp_path: Path) -> None:
     vm_dir = _vm_dir(tmp_path, "vm")
     os.mkfifo(vm_dir / "disk-0002.qcow2")
-    with trio.fail_after(10), pytest.raises(HypervisorError, match="not a qcow2 image"):
+    with trio.fail_after(10), pytest.raises(VmFilesDamaged, match="not a qcow2 image"):
         await layers.create_above("qemu-img", vm_dir, "disk-0002.qcow2")
 
 

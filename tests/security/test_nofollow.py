@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from hypermachine.config import ConfigError
-from hypermachine.errors import HypervisorError
+from hypermachine.errors import HypervisorError, VmFilesDamaged
 from hypermachine.hypervisor import migration
 from hypermachine.hypervisor.devices import cloudinit, passt
 from hypermachine.hypervisor.guest.console import rotate_at_start, rotate_if_over, tail_lines
@@ -206,7 +206,7 @@ def test_vars_planted_in_a_snapshot_as_a_symlink_is_refused(vm_dir: Path, outsid
     snapshot = _snapshot(vm_dir)
     (snapshot.path / "efivars.fd").symlink_to(outside)
     (vm_dir / "efivars.fd").write_bytes(b"the VM's VARS")
-    with pytest.raises(HypervisorError, match=r"efivars\.fd"):
+    with pytest.raises(VmFilesDamaged, match=r"efivars\.fd"):
         snapfiles.copy_platform(vm_dir, vm_dir / "tpm", snapshot, to_vm=True)
     assert (vm_dir / "efivars.fd").read_bytes() == b"the VM's VARS"
 
@@ -216,7 +216,7 @@ def test_a_vars_file_grown_past_any_real_one_is_refused_not_cut(vm_dir: Path) ->
     snapshot = _snapshot(vm_dir)
     with open(vm_dir / "efivars.fd", "wb") as f:
         f.truncate(64 * 2**20 + 1)
-    with pytest.raises(HypervisorError, match=r"efivars\.fd is larger than 64 MiB"):
+    with pytest.raises(VmFilesDamaged, match=r"efivars\.fd is larger than 64 MiB"):
         snapfiles.copy_platform(vm_dir, vm_dir / "tpm", snapshot)
     assert not (snapshot.path / "efivars.fd").exists()
 
@@ -234,7 +234,7 @@ def test_a_snapshots_folder_swapped_for_a_symlink_is_neither_listed_nor_removed_
     folder.remove()
     snapfiles.clear_partial(vm_dir)
     assert (outside / "s1" / "meta.json").exists()
-    with pytest.raises(HypervisorError, match="not followed"):
+    with pytest.raises(VmFilesDamaged, match="not followed"):
         snapfiles.snapshot_dir(vm_dir, "s2", partial=True).make()
     assert sorted(p.name for p in outside.iterdir()) == ["s1"]
 
@@ -258,11 +258,11 @@ def test_a_ram_file_planted_as_a_symlink_is_never_opened_for_qemu(
     snapshot = _snapshot(vm_dir)
     (snapshot.path / "memory.bin").unlink()
     (snapshot.path / "memory.bin").symlink_to(outside)
-    with pytest.raises(HypervisorError, match=r"memory\.bin"), snapshot.open_memory():
+    with pytest.raises(VmFilesDamaged, match=r"memory\.bin"), snapshot.open_memory():
         pass
     staged = Resume.of(vm_dir, partial=True)
     staged.make()
-    with pytest.raises(HypervisorError, match=r"memory\.bin"):
+    with pytest.raises(VmFilesDamaged, match=r"memory\.bin"):
         snapshot.link_memory(staged)
     assert not (staged.path / "memory.bin").exists()
 
@@ -271,13 +271,13 @@ def test_a_fifo_as_meta_or_state_does_not_hang_the_server(vm_dir: Path) -> None:
     snapshot = _snapshot(vm_dir)
     (snapshot.path / "meta.json").unlink()
     os.mkfifo(snapshot.path / "meta.json")
-    with pytest.raises(HypervisorError, match=r"meta\.json"):
+    with pytest.raises(VmFilesDamaged, match=r"meta\.json"):
         snapshot.meta()
     resume = Resume.of(vm_dir)
     resume.make()
     os.mkfifo(resume.path / "state.json")
     assert not resume.exists
-    with pytest.raises(HypervisorError, match=r"state\.json"):
+    with pytest.raises(VmFilesDamaged, match=r"state\.json"):
         resume.state()
 
 
@@ -285,7 +285,7 @@ def test_a_state_file_planted_as_a_symlink_is_not_read(vm_dir: Path, outside: Pa
     resume = Resume.of(vm_dir)
     resume.make()
     (resume.path / "state.json").symlink_to(outside)
-    with pytest.raises(HypervisorError, match=r"state\.json"):
+    with pytest.raises(VmFilesDamaged, match=r"state\.json"):
         resume.state()
 
 
@@ -295,13 +295,13 @@ def test_a_meta_file_naming_no_layer_of_the_vm_is_refused(vm_dir: Path, layer: o
     doc = json.loads((snapshot.path / "meta.json").read_text())
     doc["layer"] = layer
     (snapshot.path / "meta.json").write_text(json.dumps(doc))
-    with pytest.raises(HypervisorError, match="no disk layer"):
+    with pytest.raises(VmFilesDamaged, match="no disk layer"):
         snapshot.meta()
 
 
 def test_the_top_link_pointing_out_of_the_folder_is_refused(vm_dir: Path) -> None:
     (vm_dir / layers.TOP).symlink_to("../../host/shadow")
-    with pytest.raises(HypervisorError, match="not to a disk layer"):
+    with pytest.raises(VmFilesDamaged, match="not to a disk layer"):
         layers.current(vm_dir)
 
 

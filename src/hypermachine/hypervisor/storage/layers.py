@@ -16,6 +16,7 @@ backing names the same way whether it opens the link or the file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import stat
@@ -183,7 +184,9 @@ async def create_above(
             if owner is not None:
                 os.fchown(out.fileno(), *owner)
     except OSError as err:
-        raise HypervisorError(f"cannot write disk layer {name}: {err.strerror}") from err
+        planted = err.errno in (errno.EEXIST, errno.ELOOP)  # the QEMU user took the name
+        error = VmFilesDamaged if planted else HypervisorError
+        raise error(f"cannot write disk layer {name}: {err.strerror}") from err
     return name
 
 
