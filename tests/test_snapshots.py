@@ -471,7 +471,8 @@ async def test_a_resume_image_the_qemu_user_garbled_fails_the_start_cleanly(
 
     status, started = await post(client, f"/api/v1/vms/{vm['id']}/start", {"wait": True})
     assert (status, started["error"]["code"]) == (409, "INVALID_STATE"), started
-    assert started["error"]["message"].startswith("VM went to hibernated"), started
+    assert started["error"]["message"].startswith(f"VM {vm['id']} went to hibernated"), started
+    assert started["error"]["details"]["vm_id"] == vm["id"], started
     after = services.manager.get(vm["id"])
     assert after.state is VmState.HIBERNATED, after
     assert after.state_reason is not None and "Not a migration stream" in after.state_reason

@@ -454,7 +454,8 @@ class Manager:
                 return vm
             if vm.state is VmState.ERROR or vm.state in failed_in:
                 raise InvalidState(
-                    f"VM went to {vm.state.value}: {vm.state_reason}",
+                    f"VM {vm_id} went to {vm.state.value}: {vm.state_reason}",
+                    vm_id=vm_id,  # a fork's caller learns which child
                     current=vm.state.value,
                     reason=vm.state_reason,
                 )
