@@ -496,3 +496,32 @@ async def test_a_vm_hibernated_paused_starts_back_paused(client: Any, services: 
     assert services.manager.get(vm["id"]).state is VmState.PAUSED
     deleted = await client.delete(f"/api/v1/vms/{vm['id']}?force=true")
     assert deleted.status_code in (200, 202, 204), await deleted.get_json()
+
+
+async def test_a_memory_snapshot_the_qemu_user_garbled_fails_its_restore_cleanly(
+    client: Any, services: Services
+) -> None:
+    """The restore ends the running QEMU before the new one loads: the VM is left
+    hibernated with QEMU's reason (a waiting restore answers at once), and stop then
+    start brings it back booted."""
+    status, vm = await post(client, "/api/v1/vms", {"name": "garbled-snap", **TINY,
+                                                      "start": True, "wait": True})  # fmt: skip
+    assert (status, vm["state"]) == (201, "running"), vm
+    url = f"/api/v1/vms/{vm['id']}/snapshots"
+    status, snap = await post(client, url, {"name": "s", "memory": True, "standby": False})
+    assert status == 201, snap
+    memory = services.settings.vms_dir / vm["id"] / "snapshots" / "s" / "memory.bin"
+    memory.write_bytes(b"not a migration stream " * 4096)
+
+    status, got = await post(client, f"{url}/s/restore", {"wait": True})
+    assert (status, got["error"]["code"]) == (409, "INVALID_STATE"), got
+    after = services.manager.get(vm["id"])
+    assert after.state is VmState.HIBERNATED, after
+    assert after.state_reason is not None and "Not a migration stream" in after.state_reason
+    assert "stop discards the saved RAM" in after.state_reason
+    status, stopped = await post(client, f"/api/v1/vms/{vm['id']}/stop", {"wait": True})
+    assert (status, stopped["state"]) == (200, "stopped"), stopped
+    status, booted = await post(client, f"/api/v1/vms/{vm['id']}/start", {"wait": True})
+    assert (status, booted["state"]) == (200, "running"), booted
+    deleted = await client.delete(f"/api/v1/vms/{vm['id']}?force=true")
+    assert deleted.status_code in (200, 202, 204), await deleted.get_json()

@@ -569,7 +569,8 @@ class SnapshotService:
         """The state of a VM whose QEMU ended unexpectedly while a snapshot operation ran:
         a VM with saved RAM to resume is ``hibernated`` (restorable), not lost."""
         if current in (S.RESTORING, S.SNAPSHOTTING) and Resume.of(self._vm_dir(vm_id)).exists:
-            return S.HIBERNATED, f"resuming failed ({reason}); start tries again"
+            again = "start tries again, stop discards the saved RAM"
+            return S.HIBERNATED, f"resuming failed ({reason}); {again}"
         return state, reason
 
     # -- hibernate ---------------------------------------------------------------
