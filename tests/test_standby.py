@@ -204,3 +204,25 @@ async def test_no_standby_outlives_its_server(settings: Settings, tiny: Path) ->
         assert svc.manager.get(vm["id"]).pid == vm["pid"]
         with trio.CancelScope(shield=True):
             await remove_all_vms(svc)
+
+
+@pytest.mark.hm_settings(snapshot_standby=True, snapshot_standby_after_s=3.0)
+async def test_a_standby_of_a_garbled_ram_file_fails_alone(client: Any, services: Services) -> None:
+    """The snapshot's RAM file lies in the VM's folder, which QEMU's user can write: the
+    standby that would load it fails with QEMU's reason, leaves no QEMU behind, and the
+    VM runs on untouched."""
+    vm = await boot(client, "garbled-standby")
+    vm_id, uuid = vm["id"], vm["uuid"]
+    await snapshot(client, vm_id, "s1")  # its standby is made 3 s from now
+    memory = services.settings.vms_dir / vm_id / "snapshots" / "s1" / "memory.bin"
+    memory.write_bytes(b"not a migration stream " * 4096)
+
+    def failed() -> list[dict[str, Any]]:
+        return [s for s in steps(services, vm_id) if s["step"] == "standby_failed"]
+
+    await wait_until_read(lambda: trio.to_thread.run_sync(lambda: bool(failed())), True, 60)
+    assert "Not a migration stream" in failed()[0]["reason"], failed()
+    assert not await ready(client, vm_id, "s1")
+    await wait_until_read(lambda: trio.to_thread.run_sync(standby_pids, uuid, vm["pid"]), [], 30)
+    assert services.manager.get(vm_id).state.value == "running"
+    assert (await sh(client, vm_id, "echo alive")) == "alive\n"

@@ -42,7 +42,7 @@ import trio
 
 from ..concurrently import run_all
 from ..config import Settings
-from ..errors import HMError, InsufficientResources
+from ..errors import HMError, HypervisorError, InsufficientResources
 from ..events import EventLog
 from ..models import EventType, NetworkInfo, Snapshot, Vm, VmState
 from ..security.admission import HostBudget
@@ -277,12 +277,15 @@ class Standbys:
                 qemu_end.close()  # QEMU holds its own copy
         await qmp_commands.migrate_set_capabilities(standby.machine, {"late-block-activate": True})
         with folder.open_memory() as source:
-            await snapshots.load_memory(
-                standby.machine,
-                source,
-                timeout_s=self._settings.snapshot_timeout_s,
-                announce=snapshots.announces(vm.network_info),
-            )
+            try:
+                await snapshots.load_memory(
+                    standby.machine,
+                    source,
+                    timeout_s=self._settings.snapshot_timeout_s,
+                    announce=snapshots.announces(vm.network_info),
+                )
+            except HypervisorError as err:  # a refused stream ends QEMU: its log says why
+                raise HypervisorError(f"{err.message}: {standby.machine.log_tail()}") from err
 
     # -- using or dropping one --------------------------------------------------
 

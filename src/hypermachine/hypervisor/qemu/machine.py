@@ -252,6 +252,10 @@ class Machine:
             self._process.cpu_percent(None)  # prime: the next call measures from here
         return self.session
 
+    def log_tail(self) -> str:
+        """The last lines QEMU wrote to its log (why it ended, when it did)."""
+        return _log_tail(self.paths.qemu_log)
+
     async def execute(self, command: str, arguments: dict[str, object] | None = None) -> object:
         if self.session is None:
             raise HypervisorError("QMP is not connected", vm_id=self.vm_id)
