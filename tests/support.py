@@ -147,6 +147,19 @@ async def post(client: Any, path: str, body: dict[str, Any] | None = None) -> tu
     return response.status_code, await response.get_json()
 
 
+# What a hostile QEMU user writes over a RAM file of its VM's folder.
+GARBLED_STREAM = b"not a migration stream " * 4096
+
+
+async def boot_tiny(client: Any, name: str) -> dict[str, Any]:
+    """Create and start a 512 MiB tiny guest; the VM once QEMU runs it."""
+    body = {"name": name, "image": "tiny", "memory_mb": 512, "disk_gb": 1,
+            "start": True, "wait": True}  # fmt: skip
+    status, vm = await post(client, "/api/v1/vms", body)
+    assert (status, vm["state"]) == (201, "running"), vm
+    return dict(vm)
+
+
 async def sh(client: Any, vm_id: str, script: str, agent_wait_s: int = 180) -> str:
     """Run ``script`` in the guest (waiting for its agent) and return its stdout."""
     status, got = await post(

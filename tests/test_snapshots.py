@@ -36,6 +36,8 @@ from hypermachine.security.caller import Caller, acting_as
 from hypermachine.server import open_services
 from realserver import Server, free_port
 from support import (
+    GARBLED_STREAM,
+    boot_tiny,
     fetch_when_served,
     post,
     process_gone,
@@ -461,13 +463,11 @@ async def test_a_resume_image_the_qemu_user_garbled_fails_the_start_cleanly(
 ) -> None:
     """The saved RAM lies in the VM's folder, which QEMU's user can write: a stream that
     is not QEMU's leaves the VM hibernated with QEMU's reason, and the server serving."""
-    status, vm = await post(client, "/api/v1/vms", {"name": "garbled", **TINY, "start": True,
-                                                      "wait": True})  # fmt: skip
-    assert (status, vm["state"]) == (201, "running"), vm
+    vm = await boot_tiny(client, "garbled")
     status, slept = await post(client, f"/api/v1/vms/{vm['id']}/hibernate", {})
     assert (status, slept["state"]) == (200, "hibernated"), slept
     memory = services.settings.vms_dir / vm["id"] / "resume" / "memory.bin"
-    memory.write_bytes(b"not a migration stream " * 4096)
+    memory.write_bytes(GARBLED_STREAM)
 
     status, started = await post(client, f"/api/v1/vms/{vm['id']}/start", {"wait": True})
     assert (status, started["error"]["code"]) == (409, "INVALID_STATE"), started
@@ -483,9 +483,7 @@ async def test_a_resume_image_the_qemu_user_garbled_fails_the_start_cleanly(
 
 
 async def test_a_vm_hibernated_paused_starts_back_paused(client: Any, services: Services) -> None:
-    status, vm = await post(client, "/api/v1/vms", {"name": "napper", **TINY, "start": True,
-                                                      "wait": True})  # fmt: skip
-    assert (status, vm["state"]) == (201, "running"), vm
+    vm = await boot_tiny(client, "napper")
     status, paused = await post(client, f"/api/v1/vms/{vm['id']}/pause", {})
     assert paused.get("state") == "paused", paused
     status, slept = await post(client, f"/api/v1/vms/{vm['id']}/hibernate", {})
@@ -504,14 +502,12 @@ async def test_a_memory_snapshot_the_qemu_user_garbled_fails_its_restore_cleanly
     """The restore ends the running QEMU before the new one loads: the VM is left
     hibernated with QEMU's reason (a waiting restore answers at once), and stop then
     start brings it back booted."""
-    status, vm = await post(client, "/api/v1/vms", {"name": "garbled-snap", **TINY,
-                                                      "start": True, "wait": True})  # fmt: skip
-    assert (status, vm["state"]) == (201, "running"), vm
+    vm = await boot_tiny(client, "garbled-snap")
     url = f"/api/v1/vms/{vm['id']}/snapshots"
     status, snap = await post(client, url, {"name": "s", "memory": True, "standby": False})
     assert status == 201, snap
     memory = services.settings.vms_dir / vm["id"] / "snapshots" / "s" / "memory.bin"
-    memory.write_bytes(b"not a migration stream " * 4096)
+    memory.write_bytes(GARBLED_STREAM)
 
     status, got = await post(client, f"{url}/s/restore", {"wait": True})
     assert (status, got["error"]["code"]) == (409, "INVALID_STATE"), got

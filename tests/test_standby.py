@@ -17,7 +17,16 @@ from hypermachine.config import Settings
 from hypermachine.hypervisor.devices import passt
 from hypermachine.hypervisor.storage import layers
 from hypermachine.server import open_services
-from support import post, process_gone, qemu_pids_for, remove_all_vms, sh, wait_until_read
+from support import (
+    GARBLED_STREAM,
+    boot_tiny,
+    post,
+    process_gone,
+    qemu_pids_for,
+    remove_all_vms,
+    sh,
+    wait_until_read,
+)
 
 pytestmark = pytest.mark.qemu
 
@@ -26,14 +35,6 @@ QUICK = {"snapshot_standby": True, "snapshot_standby_after_s": 0.05}
 # Room for one 512 MiB VM and one standby of it, not for a second VM beside them.
 _HOST_MB = psutil.virtual_memory().total // 2**20
 TWO_VMS_RATIO = (1024 + 100) / _HOST_MB
-
-
-async def boot(client: Any, name: str) -> dict[str, Any]:
-    status, vm = await post(
-        client, "/api/v1/vms", {"name": name, **TINY, "start": True, "wait": True}
-    )
-    assert (status, vm["state"]) == (201, "running"), vm
-    return dict(vm)
 
 
 async def snapshot(client: Any, vm_id: str, name: str, **extra: Any) -> dict[str, Any]:
@@ -74,7 +75,7 @@ def run_dirs(services: Services, vm_id: str) -> list[str]:
 async def test_a_restore_switches_to_the_standby_and_a_new_one_follows(
     client: Any, services: Services
 ) -> None:
-    vm = await boot(client, "ready")
+    vm = await boot_tiny(client, "ready")
     vm_id, uuid = vm["id"], vm["uuid"]
     uptime = float(
         (await sh(client, vm_id, "echo first > /tmp/marker; cat /proc/uptime")).split()[0]
@@ -131,7 +132,7 @@ async def test_a_restore_switches_to_the_standby_and_a_new_one_follows(
 async def test_a_standby_goes_with_its_vms_qemu_and_a_snapshot_can_decline_one(
     client: Any, services: Services
 ) -> None:
-    vm = await boot(client, "short")
+    vm = await boot_tiny(client, "short")
     vm_id, uuid = vm["id"], vm["uuid"]
     standby_pid = await with_standby(client, vm, "s1")
 
@@ -158,10 +159,10 @@ async def test_a_standby_goes_with_its_vms_qemu_and_a_snapshot_can_decline_one(
     snapshot_standby=True, snapshot_standby_after_s=0.05, memory_overcommit_ratio=TWO_VMS_RATIO
 )
 async def test_a_vm_start_takes_the_memory_of_a_standby(client: Any, services: Services) -> None:
-    first = await boot(client, "first")
+    first = await boot_tiny(client, "first")
     standby_pid = await with_standby(client, first, "s1")
 
-    second = await boot(client, "second")  # 512 + 512 + 512 MiB would not fit
+    second = await boot_tiny(client, "second")  # 512 + 512 + 512 MiB would not fit
     assert process_gone(standby_pid)
     assert not await ready(client, first["id"], "s1")
     dropped = [s for s in steps(services, first["id"]) if s["step"] == "standby_dropped"]
@@ -185,7 +186,7 @@ async def test_no_standby_outlives_its_server(settings: Settings, tiny: Path) ->
     quick = replace(settings, snapshot_standby=True, snapshot_standby_after_s=0.05)
     async with open_services(quick) as svc:
         client = create_app(svc).test_client()
-        vm = await boot(client, "left")
+        vm = await boot_tiny(client, "left")
         stopped_with_it = await with_standby(client, vm, "s1")
     assert process_gone(stopped_with_it)
     assert psutil.pid_exists(vm["pid"])
@@ -211,11 +212,11 @@ async def test_a_standby_of_a_garbled_ram_file_fails_alone(client: Any, services
     """The snapshot's RAM file lies in the VM's folder, which QEMU's user can write: the
     standby that would load it fails with QEMU's reason, leaves no QEMU behind, and the
     VM runs on untouched."""
-    vm = await boot(client, "garbled-standby")
+    vm = await boot_tiny(client, "garbled-standby")
     vm_id, uuid = vm["id"], vm["uuid"]
     await snapshot(client, vm_id, "s1")  # its standby is made 3 s from now
     memory = services.settings.vms_dir / vm_id / "snapshots" / "s1" / "memory.bin"
-    memory.write_bytes(b"not a migration stream " * 4096)
+    memory.write_bytes(GARBLED_STREAM)
 
     def failed() -> list[dict[str, Any]]:
         return [s for s in steps(services, vm_id) if s["step"] == "standby_failed"]

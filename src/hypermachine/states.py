@@ -21,7 +21,7 @@ from enum import StrEnum
 from .errors import InvalidState
 from .models import VmState
 
-__all__ = ["LIVE_STATES", "START_FAILED", "Action", "allowed_from", "transition"]
+__all__ = ["LIVE_STATES", "STARTED", "START_FAILED", "Action", "allowed_from", "transition"]
 
 S = VmState
 
@@ -42,8 +42,9 @@ class Action(StrEnum):
 
 # States in which a QEMU process may exist.
 LIVE_STATES = frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING, S.SNAPSHOTTING, S.RESTORING})
-# Where a start (a boot, a resume of saved RAM) that failed leaves a VM, besides error:
-# someone waiting for it to run stops waiting there.
+# Where a start (a boot, a resume of saved RAM) leaves a VM when it succeeded (a guest
+# saved paused comes back paused), and, besides error, when it failed.
+STARTED = frozenset({S.RUNNING, S.PAUSED})
 START_FAILED = frozenset({S.STOPPED, S.HIBERNATED})
 
 _TABLE: dict[Action, tuple[frozenset[VmState], VmState]] = {

@@ -59,7 +59,7 @@ from ..models import (
 )
 from ..security.admission import HostBudget, admit
 from ..security.caller import current_caller
-from ..states import LIVE_STATES, START_FAILED, Action, check, transition
+from ..states import LIVE_STATES, START_FAILED, STARTED, Action, check, transition
 from ..store import Store, VmQuery, fingerprint, utcnow
 from ..telemetry import Telemetry
 from .devices import hostnet
@@ -476,8 +476,7 @@ class Manager:
             InvalidState: the start failed (the VM is in ``error``, or fell back to
                 ``stopped`` or ``hibernated``). WaitTimeout, VmNotFound.
         """
-        live = {VmState.RUNNING, VmState.PAUSED}
-        return await self.wait_for(vm_id, live, timeout_s, failed_in=START_FAILED)
+        return await self.wait_for(vm_id, STARTED, timeout_s, failed_in=START_FAILED)
 
     # -- create / delete -------------------------------------------------------
 

@@ -69,6 +69,7 @@ from ..models import (
 )
 from ..security.caller import Caller
 from ..security.tokens import ConsoleKind
+from ..states import STARTED
 from ..store import VmQuery
 from ..telemetry import CONTENT_TYPE
 from .declare import (
@@ -170,7 +171,7 @@ async def _start_vm(ctx: Context, args: StartVmInput) -> Answer:
     vm = await manager.start(args.vm_id)
     if args.wait:
         vm = await manager.wait_started(vm.id, args.timeout_s or DEFAULT_WAIT_S)
-    return Answer(vm, status=200 if vm.state in (VmState.RUNNING, VmState.PAUSED) else 202)
+    return Answer(vm, status=200 if vm.state in STARTED else 202)
 
 
 async def _stop_vm(ctx: Context, args: StopVmInput) -> Answer:

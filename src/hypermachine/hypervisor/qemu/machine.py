@@ -245,7 +245,7 @@ class Machine:
                 self.session = await bridge.connect(self.paths.qmp_socket, name=self.vm_id)
         except (trio.TooSlowError, QmpGone) as err:
             raise HypervisorError(
-                "QEMU did not answer on QMP", reason=str(err), log=_log_tail(self.paths.qemu_log)
+                "QEMU did not answer on QMP", reason=str(err), log=self.log_tail()
             ) from err
         with contextlib.suppress(psutil.Error):
             self._process = psutil.Process(self.pid)
@@ -400,7 +400,7 @@ class Machine:
     def _reap(self) -> None:
         if self.child is not None:
             self.report.returncode = self.child.wait()
-        self.report.log_tail = _log_tail(self.paths.qemu_log)
+        self.report.log_tail = self.log_tail()
 
     async def _follow_events(self, on_state: StateReport) -> None:
         if self.session is None:
