@@ -69,7 +69,6 @@ from ..models import (
 )
 from ..security.caller import Caller
 from ..security.tokens import ConsoleKind
-from ..states import STARTED
 from ..store import VmQuery
 from ..telemetry import CONTENT_TYPE
 from .declare import (
@@ -169,9 +168,10 @@ async def _settle(ctx: Context, vm: Vm, wait: bool, timeout_s: float, target: Vm
 async def _start_vm(ctx: Context, args: StartVmInput) -> Answer:
     manager = ctx.services.manager
     vm = await manager.start(args.vm_id)
-    if args.wait:
-        vm = await manager.wait_started(vm.id, args.timeout_s or DEFAULT_WAIT_S)
-    return Answer(vm, status=200 if vm.state in STARTED else 202)
+    if not args.wait:
+        return Answer(vm, status=202)
+    started = await manager.wait_started(vm.id, args.timeout_s or DEFAULT_WAIT_S)
+    return Answer(started, status=200)  # running, or paused as it was hibernated
 
 
 async def _stop_vm(ctx: Context, args: StopVmInput) -> Answer:
